@@ -1,0 +1,328 @@
+"""`RunConfig`: one pydantic model for a whole CROPI run, loadable from YAML.
+
+Every section forbids unknown keys, and every validation failure is reported as ONE line
+(`ConfigError`: "<file>: <dotted.field>: <problem> (got <value>)").
+
+Fields are grouped by whether they change outputs. Each section lists its *hash-excluded* fields in
+`HASH_EXCLUDE` (batch sizes, devices, worker counts, progress): changing them must not invalidate cached
+artifacts. `RunConfig.hashable(section)` returns the output-determining fields of a section.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from cropi_core.errors import ConfigError
+
+EMBEDDED_MODEL = "tiny"  # model.name_or_path for the embedded ~1M-parameter Qwen2 with a char tokenizer
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    HASH_EXCLUDE: ClassVar[frozenset[str]] = frozenset()
+
+    def hashable(self) -> dict[str, Any]:
+        """Output-determining fields only (JSON-able), for artifact keys."""
+        return self.model_dump(mode="json", exclude=set(self.HASH_EXCLUDE))
+
+
+class TinyModelConfig(Section):
+    """Shape of the embedded Qwen2-architecture model (≈1M parameters at the defaults)."""
+
+    hidden_size: int = Field(128, gt=0)
+    num_hidden_layers: int = Field(4, gt=0)
+    num_attention_heads: int = Field(4, gt=0)
+    num_key_value_heads: int = Field(2, gt=0)
+    intermediate_size: int = Field(256, gt=0)
+    max_position_embeddings: int = Field(512, gt=0)
+    seed: int = 0
+
+
+class ModelConfig(Section):
+    name_or_path: str = EMBEDDED_MODEL  # "tiny" or a local HF folder / fsspec URL
+    gguf_file: str | None = None  # file name inside name_or_path, for GGUF checkpoints
+    tokenizer_path: str | None = None  # defaults to name_or_path
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    tiny: TinyModelConfig = TinyModelConfig()
+    device: str = "auto"
+    HASH_EXCLUDE = frozenset({"device"})
+
+    @property
+    def is_embedded(self) -> bool:
+        return self.name_or_path == EMBEDDED_MODEL
+
+
+class BootstrapConfig(Section):
+    """Supervised warm-up of the embedded model on synthetic problems (ignored for real models)."""
+
+    enabled: bool = True
+    steps: int = Field(600, ge=0)
+    lr: float = Field(3e-3, gt=0)
+    batch_size: int = Field(64, gt=0)
+    num_problems: int = Field(4000, gt=0)
+    seed: int = 0
+
+
+class DatasetSpec(Section):
+    """One dataset file (any fsspec URL) and how to read it into `Problem`s."""
+
+    name: str
+    path: str
+    format: Literal["auto", "jsonl", "json", "parquet"] = "auto"
+    prompt_field: str | list[str] = "question"  # a list is joined with " " (e.g. SVAMP Body + Question)
+    answer_field: str = "answer"
+    extractor: Literal["field", "gsm8k_hash", "boxed", "strip_parenthetical"] = "field"
+    id_field: str | None = None  # defaults to "<name>/<row>"
+    domain: str | None = None  # constant domain; defaults to `name`
+    domain_field: str | None = None  # per-row domain (e.g. MATH "type")
+    verifier: Literal["math", "exact"] = "math"
+    limit: int | None = Field(None, gt=0)  # keep the first `limit` rows after de-duplication
+    val_size: int = Field(100, ge=0)  # targeted sets only: size of the validation part (rest = test)
+
+
+class SyntheticConfig(Section):
+    """The embedded arithmetic suite: a mixed pool where the targeted domains are a minority."""
+
+    domains: list[str] = ["add2", "add3", "sub", "mul", "two_step", "word"]
+    targeted: list[str] = ["mul", "two_step"]
+    pool_per_domain: dict[str, int] = {}  # overrides pool_size for a domain
+    pool_size: int = Field(200, gt=0)  # per domain
+    val_size: int = Field(32, gt=0)  # per targeted domain
+    test_size: int = Field(64, gt=0)  # per domain
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _targeted_subset(self) -> "SyntheticConfig":
+        unknown = [d for d in self.targeted if d not in self.domains]
+        if unknown:
+            raise ValueError(f"targeted domains {unknown} are not in domains {self.domains}")
+        if not self.targeted:
+            raise ValueError("at least one targeted domain is required")
+        return self
+
+
+class DataConfig(Section):
+    """Pool, targeted benchmarks (split into validation + test) and untargeted tests.
+
+    With `synthetic` set, the pool and sets come from the embedded suite and the lists must be empty.
+    """
+
+    synthetic: SyntheticConfig | None = SyntheticConfig()
+    pool: list[DatasetSpec] = []
+    targeted: list[DatasetSpec] = []
+    untargeted: list[DatasetSpec] = []
+    template: Literal["chat_boxed", "plain_boxed", "raw"] = "chat_boxed"
+    split_seed: int = 0
+    dedup: bool = True
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "DataConfig":
+        if self.synthetic is not None and (self.pool or self.targeted or self.untargeted):
+            raise ValueError("set either data.synthetic or data.pool/targeted/untargeted, not both")
+        if self.synthetic is None and (not self.pool or not self.targeted):
+            raise ValueError("data.pool and data.targeted are required when data.synthetic is null")
+        names = [d.name for d in self.pool + self.targeted + self.untargeted]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"dataset names must be unique, repeated: {dup}")
+        return self
+
+
+class RolloutConfig(Section):
+    backend: Literal["hf", "vllm"] = "hf"
+    k_train: int = Field(8, ge=2)  # responses per pool prompt
+    k_val: int = Field(32, ge=2)  # responses per validation prompt
+    temperature: float = Field(0.5, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_new_tokens: int = Field(24, gt=0)
+    seed: int = 0
+    batch_size: int = Field(64, gt=0)  # prompts per generate call
+    HASH_EXCLUDE = frozenset({"batch_size"})
+
+
+class InfluenceConfig(Section):
+    projector: Literal["exact", "dense", "sparse", "factored"] = "factored"
+    dim: int = Field(4096, gt=0)  # k, sketch dimension
+    sparse_ratio: float = Field(0.1, gt=0, le=1)
+    seed: int = 0
+    dtype: Literal["float16", "float32"] = "float16"
+    aggregation: Literal["seq_mean_token_mean", "token_mean"] = "seq_mean_token_mean"
+    micro_batch_tokens: int = Field(4096, gt=0)
+    chunk_rows: int = Field(256, gt=0)  # rows per gradient chunk task (layout, not values)
+    HASH_EXCLUDE = frozenset({"micro_batch_tokens", "chunk_rows"})
+
+
+class SelectionConfig(Section):
+    method: Literal["popi", "full", "random", "pass_rate", "learnability", "influence_once"] = "popi"
+    ratio: float = 0.1
+    k_rrf: float = Field(0.0, ge=0)
+    seed: int = 0
+
+    @field_validator("ratio")
+    @classmethod
+    def _ratio(cls, v: float) -> float:
+        if not (0 < v <= 1):
+            raise ValueError("must be in (0, 1]")
+        return v
+
+
+class TrainConfig(Section):
+    """GRPO per stage with TRL's GRPOTrainer."""
+
+    stages: int = Field(3, ge=1)
+    steps_per_stage: int = Field(20, ge=1)  # E
+    lr: float = Field(1e-3, gt=0)
+    prompts_per_step: int = Field(16, ge=1)
+    num_generations: int = Field(8, ge=2)
+    loss_type: Literal["grpo", "dapo", "dr_grpo", "bnpo"] = "grpo"
+    beta: float = Field(0.001, ge=0)  # KL coefficient
+    epsilon: float = Field(0.2, gt=0)  # clip range
+    temperature: float = Field(0.5, gt=0)
+    max_new_tokens: int = Field(24, gt=0)
+    dynamic_sampling: bool = False  # DAPO: drop groups whose rewards are all equal
+    save_steps: int = Field(5, ge=1)  # checkpoint cadence inside a stage (resume granularity)
+    seed: int = 0
+    HASH_EXCLUDE = frozenset({"save_steps"})
+
+
+class EvalConfig(Section):
+    greedy: bool = True
+    n_samples: int = Field(0, ge=0)  # mean@n sampled (0 = off)
+    temperature: float = Field(0.5, gt=0)
+    max_new_tokens: int = Field(24, gt=0)
+    batch_size: int = Field(128, gt=0)
+    HASH_EXCLUDE = frozenset({"batch_size"})
+
+
+class StorageConfig(Section):
+    root: str = Field(default_factory=lambda: os.environ.get("CROPI_STORAGE", "./.cropi"))
+    verify: Literal["full", "sampled", "manifest"] = "sampled"
+    HASH_EXCLUDE = frozenset({"root", "verify"})
+
+
+class RunnerConfig(Section):
+    kind: Literal["local", "ray"] = "local"
+    address: str | None = None  # Ray cluster address; None starts a local cluster
+    num_cpus: int | None = Field(None, gt=0)
+    gpus_per_task: float = Field(0.0, ge=0)
+    retries: int = Field(2, ge=0)
+    retry_delay_s: float = Field(1.0, ge=0)
+    HASH_EXCLUDE = frozenset({"kind", "address", "num_cpus", "gpus_per_task", "retries", "retry_delay_s"})
+
+
+class RunConfig(Section):
+    name: str = "tiny"
+    seed: int = 0
+    model: ModelConfig = ModelConfig()
+    bootstrap: BootstrapConfig = BootstrapConfig()
+    data: DataConfig = DataConfig()
+    rollout: RolloutConfig = RolloutConfig()
+    influence: InfluenceConfig = InfluenceConfig()
+    selection: SelectionConfig = SelectionConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    storage: StorageConfig = StorageConfig()
+    runner: RunnerConfig = RunnerConfig()
+    HASH_EXCLUDE = frozenset({"name", "storage", "runner"})
+
+    @model_validator(mode="after")
+    def _train_batch(self) -> "RunConfig":
+        if self.train.num_generations > 0 and self.train.prompts_per_step < 1:
+            raise ValueError("train.prompts_per_step must be ≥ 1")
+        return self
+
+    def hashable(self, section: str | None = None) -> dict[str, Any]:
+        if section is None:
+            return {n: getattr(self, n).hashable() for n in type(self).model_fields if n not in self.HASH_EXCLUDE and isinstance(getattr(self, n), Section)}
+        return getattr(self, section).hashable()
+
+    def check_files(self, base: Path | None = None) -> None:
+        """Raise ConfigError naming the first local dataset/model path that does not exist."""
+        for group in ("pool", "targeted", "untargeted"):
+            for i, spec in enumerate(getattr(self.data, group)):
+                if "://" not in spec.path and not _resolve(spec.path, base).exists():
+                    raise ConfigError(f"data.{group}[{i}].path: file not found: {spec.path}")
+        if not self.model.is_embedded and "://" not in self.model.name_or_path:
+            if not _resolve(self.model.name_or_path, base).exists():
+                raise ConfigError(f"model.name_or_path: not found: {self.model.name_or_path}")
+
+
+def _resolve(p: str, base: Path | None) -> Path:
+    path = Path(p).expanduser()
+    return path if path.is_absolute() or base is None else base / path
+
+
+def _absolutize(cfg: RunConfig, base: Path) -> None:
+    for group in ("pool", "targeted", "untargeted"):
+        for spec in getattr(cfg.data, group):
+            if "://" not in spec.path and not Path(spec.path).expanduser().is_absolute():
+                spec.path = str((base / spec.path).resolve())
+    m = cfg.model
+    if not m.is_embedded and "://" not in m.name_or_path and not Path(m.name_or_path).expanduser().is_absolute():
+        if (base / m.name_or_path).exists():
+            m.name_or_path = str((base / m.name_or_path).resolve())
+
+
+def _one_line(err: ValidationError, source: str) -> str:
+    e = err.errors()[0]
+    loc = ".".join(str(x) for x in e["loc"]) or "<root>"
+    msg = e["msg"].removeprefix("Value error, ")
+    if e["type"] == "extra_forbidden":
+        msg = "unknown key"
+    got = e.get("input")
+    got_s = "" if e["type"] == "extra_forbidden" or isinstance(got, dict) else f" (got {got!r})"
+    more = f" [+{len(err.errors()) - 1} more]" if len(err.errors()) > 1 else ""
+    return f"{source}: {loc}: {msg}{got_s}{more}"
+
+
+def parse_config(data: dict[str, Any] | None, source: str = "<config>") -> RunConfig:
+    """Validate a dict into a RunConfig; raise ConfigError with a one-line message."""
+    try:
+        return RunConfig.model_validate(data or {})
+    except ValidationError as err:
+        raise ConfigError(_one_line(err, source)) from None
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None, check_files: bool = True) -> RunConfig:
+    """Load YAML (None = embedded default), apply dotted overrides ({"selection.ratio": 0.2}), validate.
+
+    Relative local dataset/model paths in a YAML file are resolved against that file's folder, so
+    `configs/x.yaml` names shared data as `../../shared/data/...` wherever the command runs.
+    """
+    data: dict[str, Any] = {}
+    source = "<defaults>"
+    if path is not None:
+        source = str(path)
+        p = Path(path)
+        if not p.exists():
+            raise ConfigError(f"{source}: config file not found")
+        try:
+            loaded = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f" line {mark.line + 1}" if mark else ""
+            raise ConfigError(f"{source}:{where}: invalid YAML: {getattr(err, 'problem', err)}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{source}: top level must be a mapping, got {type(loaded).__name__}")
+        data = loaded
+    for dotted, value in (overrides or {}).items():
+        node = data
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {dotted}: {part} is not a section")
+        node[leaf] = value
+    cfg = parse_config(data, source)
+    if path is not None:
+        _absolutize(cfg, Path(path).resolve().parent)
+    if check_files:
+        cfg.check_files()
+    return cfg

@@ -1,0 +1,5 @@
+# Offline / no-telemetry environment (../shared/STACK.md). Sourced by run.sh and test.sh.
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1
+export PREFECT_SERVER_ANALYTICS_ENABLED=false DO_NOT_TRACK=1
+export RAY_AUTH_MODE=disabled RAY_USAGE_STATS_ENABLED=0
+export TOKENIZERS_PARALLELISM=false

@@ -1,0 +1,36 @@
+"""Session-wide test setup: offline, no telemetry, a throwaway Prefect home, shared data location."""
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+for _k, _v in {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "DO_NOT_TRACK": "1",
+    "RAY_AUTH_MODE": "disabled",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "TOKENIZERS_PARALLELISM": "false",
+}.items():
+    os.environ.setdefault(_k, _v)
+os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="cropi-prefect-"))
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("CROPI_SHARED", REPO.parent / "shared")).resolve()
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    """../shared beside the checkout (data, models). Tests read real data from here."""
+    assert (SHARED / "data").is_dir(), f"shared data not found at {SHARED} (set CROPI_SHARED)"
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def data_dir(shared_dir: Path) -> Path:
+    return shared_dir / "data"
