@@ -117,6 +117,7 @@ class DataConfig(Section):
     targeted: list[DatasetSpec] = []
     untargeted: list[DatasetSpec] = []
     template: Literal["chat_boxed", "plain_boxed", "raw"] = "chat_boxed"
+    instruction: str = "Please reason step by step, and put your final answer within \\boxed{}."
     split_seed: int = 0
     dedup: bool = True
 
