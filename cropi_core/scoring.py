@@ -1,0 +1,119 @@
+"""POPI scores, reciprocal-rank fusion and precision@k (PAPER.md §4–5).
+
+    POPI(x) = cos(P ĝ(x), ḡ_V),   ḡ_V = plain mean over validation rows of P ĝ(v)
+
+Conventions shared by every function here:
+- Scores are computed in float64 whatever the sketch dtype (fp16 sketches overflow a dot product).
+- NaN means *unscorable* (a prompt whose K rewards are all equal has no gradient; `sketch_prompts`
+  marks its row NaN). A train row with any NaN, or with zero norm, scores NaN. A validation row with
+  any NaN is left out of the mean.
+- Ranks start at 1 (= best). NaN scores rank after every finite score. Ties (equal scores) are broken
+  by index: the lower index gets the better rank. This makes every ranking a deterministic function
+  of the score array.
+- "top fraction f of N items" keeps n = ⌊f·N⌋ items, computed as floor(f·N + 1e-9) so that
+  0.29·100 keeps 29 (not 28 from float rounding), and at least 1 item when N ≥ 1 (a tiny pool with a
+  small ratio still yields a selection instead of silently training on nothing).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from cropi_core.errors import CropiError
+
+__all__ = ["popi", "fuse_ranks", "precision_at", "rank_order", "top_count"]
+
+
+def top_count(frac: float, n: int) -> int:
+    """n_keep = max(1, ⌊frac·n⌋) for n ≥ 1 (0 for n = 0); frac must be in (0, 1]."""
+    if not (0.0 < frac <= 1.0):
+        raise ValueError(f"fraction must be in (0, 1], got {frac}")
+    if n <= 0:
+        return 0
+    return max(1, min(n, math.floor(frac * n + 1e-9)))
+
+
+def rank_order(scores: np.ndarray) -> np.ndarray:
+    """Indices sorted best-first: descending score, NaN last, ties by ascending index. int64[N]."""
+    s = np.asarray(scores, dtype=np.float64)
+    if s.ndim != 1:
+        raise ValueError(f"scores must be 1-D, got shape {s.shape}")
+    nan = np.isnan(s)
+    # lexsort sorts by the LAST key first: NaN flag, then -score, then index (stable tie-break).
+    key = np.where(nan, 0.0, -s)
+    return np.lexsort((np.arange(s.size), key, nan)).astype(np.int64)
+
+
+def popi(train: np.ndarray, val: np.ndarray) -> np.ndarray:
+    """POPI scores. train: [N, k] pool sketches, val: [M, k] validation sketches -> float64[N].
+
+    score[i] = cos(train[i], mean of the finite val rows). NaN for train rows with a NaN or zero norm.
+    Raises CropiError when no validation row is finite or their mean is the zero vector (nothing can be
+    scored against it: e.g. every validation prompt had all-equal rewards).
+    """
+    t = np.asarray(train, dtype=np.float64)
+    v = np.asarray(val, dtype=np.float64)
+    if t.ndim != 2 or v.ndim != 2 or t.shape[1] != v.shape[1]:
+        raise ValueError(f"popi: expected train [N,k] and val [M,k], got {t.shape} and {v.shape}")
+    good = ~np.isnan(v).any(axis=1)
+    if not good.any():
+        raise CropiError(f"popi: all {v.shape[0]} validation gradient rows are NaN (no validation prompt is scorable)")
+    g = v[good].mean(axis=0)
+    g_norm = np.linalg.norm(g)
+    if not np.isfinite(g_norm) or g_norm == 0.0:
+        raise CropiError(f"popi: the mean validation gradient has norm {g_norm} (cannot score against it)")
+    out = np.full(t.shape[0], np.nan)
+    t_norm = np.linalg.norm(t, axis=1)
+    ok = ~np.isnan(t).any(axis=1) & (t_norm > 0) & np.isfinite(t_norm)
+    out[ok] = (t[ok] @ g) / (t_norm[ok] * g_norm)
+    return out
+
+
+def fuse_ranks(score_lists: list[np.ndarray], top_ratio: float = 0.1, k_rrf: float = 0.0) -> np.ndarray:
+    """Reciprocal-rank fusion of several score lists over the same N items -> float64[N].
+
+    For each list: rank items (1 = best, NaN last, ties by index) and keep its top n = max(1, ⌊top_ratio·N⌋)
+    items, except NaN-scored ones (an unscorable item is never kept). fused[x] = Σ over the lists that kept x
+    of 1/(k_rrf + rank(x)); 0 for items no list kept. With one list and k_rrf ≥ 0, fused is strictly
+    decreasing along that list's top set, so the order is preserved.
+    """
+    if len(score_lists) == 0:
+        raise ValueError("fuse_ranks: no score lists")
+    arrs = [np.asarray(s, dtype=np.float64) for s in score_lists]
+    n = arrs[0].shape[0] if arrs[0].ndim == 1 else -1
+    if any(a.ndim != 1 or a.shape[0] != n for a in arrs):
+        raise ValueError(f"fuse_ranks: every score list must be 1-D of the same length, got {[a.shape for a in arrs]}")
+    if k_rrf < 0:
+        raise ValueError(f"fuse_ranks: k_rrf must be ≥ 0, got {k_rrf}")
+    keep = top_count(top_ratio, n)
+    fused = np.zeros(n)
+    for a in arrs:
+        top = rank_order(a)[:keep]
+        ranks = np.arange(1, top.size + 1, dtype=np.float64)
+        finite = ~np.isnan(a[top])
+        fused[top[finite]] += 1.0 / (k_rrf + ranks[finite])
+    return fused
+
+
+def precision_at(approx: np.ndarray, exact: np.ndarray, frac: float = 0.1) -> float:
+    """|top(approx) ∩ top(exact)| / |top(exact)|, top = the best max(1, ⌊frac·N⌋) finite-scored items.
+
+    NaN scores are never in a top set (if fewer finite items than n exist, the top set is smaller).
+    Returns NaN when the exact top set is empty.
+    """
+    a = np.asarray(approx, dtype=np.float64)
+    e = np.asarray(exact, dtype=np.float64)
+    if a.shape != e.shape or a.ndim != 1:
+        raise ValueError(f"precision_at: approx and exact must be 1-D of equal length, got {a.shape} and {e.shape}")
+    keep = top_count(frac, a.size)
+
+    def top(s: np.ndarray) -> set[int]:
+        idx = rank_order(s)[:keep]
+        return set(idx[~np.isnan(s[idx])].tolist())
+
+    te = top(e)
+    if not te:
+        return float("nan")
+    return len(top(a) & te) / len(te)

@@ -1,0 +1,106 @@
+"""Which pool prompts a curriculum stage trains on (PAPER.md §5 and the §7 baselines).
+
+`select(method, ...)` returns pool indices (int64) in rank order, best first. Every method picks
+n = max(1, ⌊ratio·N⌋) prompts (see `cropi_core.scoring.top_count`), or fewer when fewer are eligible:
+
+- "popi":   reciprocal-rank fusion of one or more POPI score lists (`scores`: ndarray[N] or a list /
+            [n_lists, N] array, one per validation set), each list's top n kept, then the top n by fused
+            score. Unscorable prompts (NaN) and prompts in no list's top set (fused score 0) are never
+            selected. Ties in the fused score go to the lower index.
+- "influence_once": identical ranking to "popi"; the difference is in the flow, which calls it at
+            stage 0 only and reuses that selection for every later stage (no re-scoring).
+- "full":   every prompt, in pool order (ratio ignored).
+- "random": a uniformly random n-subset, seeded (`numpy.random.default_rng(seed)`), in draw order.
+- "pass_rate": a seeded random n-subset of the prompts with 0 < p < 1 (p = offline pass rate).
+- "learnability": top n by p(1−p), ties to the lower index; prompts with p ∈ {0, 1} (learnability 0)
+            appear only if fewer than n prompts have 0 < p < 1 (faithful to the paper's "top 10% by p(1−p)").
+
+N comes from `scores` or `pass_rates` (or `n` for "full"/"random" when neither is given).
+Missing inputs raise ValueError; "nothing eligible" (e.g. every prompt unscorable) raises CropiError.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from cropi_core.errors import CropiError
+from cropi_core.scoring import fuse_ranks, rank_order, top_count
+
+METHODS = ("popi", "full", "random", "pass_rate", "learnability", "influence_once")
+
+__all__ = ["select", "METHODS"]
+
+
+def _score_lists(scores: np.ndarray | Sequence[np.ndarray]) -> list[np.ndarray]:
+    if isinstance(scores, np.ndarray) and scores.ndim == 1:
+        return [scores]
+    if isinstance(scores, np.ndarray) and scores.ndim == 2:
+        return [row for row in scores]
+    if isinstance(scores, np.ndarray):
+        raise ValueError(f"select: scores must be [N] or [n_lists, N], got shape {scores.shape}")
+    return [np.asarray(s) for s in scores]
+
+
+def _pass_rates(pass_rates: np.ndarray | None, method: str) -> np.ndarray:
+    if pass_rates is None:
+        raise ValueError(f"select({method!r}) needs pass_rates (offline pass rate per pool prompt)")
+    p = np.asarray(pass_rates, dtype=np.float64)
+    if p.ndim != 1:
+        raise ValueError(f"select: pass_rates must be 1-D, got shape {p.shape}")
+    bad = np.flatnonzero(~((p >= 0) & (p <= 1)))
+    if bad.size:
+        raise CropiError(f"select: pass rate of pool prompt {bad[0]} is {p[bad[0]]}, expected a value in [0, 1]")
+    return p
+
+
+def select(
+    method: str,
+    *,
+    scores: np.ndarray | Sequence[np.ndarray] | None = None,
+    pass_rates: np.ndarray | None = None,
+    ratio: float = 0.1,
+    seed: int = 0,
+    k_rrf: float = 0.0,
+    n: int | None = None,
+) -> np.ndarray:
+    """Pool indices to train on, best first (int64[n_selected]). See the module docstring per method."""
+    if method not in METHODS:
+        raise CropiError(f"select: unknown method {method!r} (choose from {', '.join(METHODS)})")
+    if not (0.0 < ratio <= 1.0):
+        raise ValueError(f"select: ratio must be in (0, 1], got {ratio}")
+
+    if method in ("popi", "influence_once"):
+        if scores is None:
+            raise ValueError(f"select({method!r}) needs scores (POPI scores per pool prompt, one list per validation set)")
+        fused = fuse_ranks(_score_lists(scores), top_ratio=ratio, k_rrf=k_rrf)
+        order = rank_order(fused)
+        order = order[fused[order] > 0]
+        if order.size == 0:
+            raise CropiError(f"select({method!r}): no pool prompt is scorable (all {fused.size} POPI scores are NaN)")
+        return order[: top_count(ratio, fused.size)]
+
+    if method in ("full", "random"):
+        size = n
+        if size is None and scores is not None:
+            size = _score_lists(scores)[0].shape[0]
+        if size is None and pass_rates is not None:
+            size = np.asarray(pass_rates).shape[0]
+        if size is None:
+            raise ValueError(f"select({method!r}) needs the pool size: pass n=, scores= or pass_rates=")
+        if method == "full":
+            return np.arange(size, dtype=np.int64)
+        rng = np.random.default_rng(seed)
+        return rng.permutation(size)[: top_count(ratio, size)].astype(np.int64)
+
+    p = _pass_rates(pass_rates, method)
+    keep = top_count(ratio, p.size)
+    if method == "pass_rate":
+        eligible = np.flatnonzero((p > 0) & (p < 1))
+        if eligible.size == 0:
+            raise CropiError(f"select('pass_rate'): no pool prompt has 0 < pass rate < 1 (of {p.size})")
+        rng = np.random.default_rng(seed)
+        return eligible[rng.permutation(eligible.size)[:keep]].astype(np.int64)
+    # learnability
+    return rank_order(p * (1.0 - p))[:keep]

@@ -1,0 +1,113 @@
+"""POPI, rank fusion and precision@k against hand-computed small cases."""
+
+import numpy as np
+import pytest
+
+from cropi_core.errors import CropiError
+from cropi_core.scoring import fuse_ranks, popi, precision_at, rank_order, top_count
+
+nan = np.nan
+
+
+def test_popi_hand_computed():
+    val = np.array([[1.0, 0.0], [0.0, 1.0], [nan, 5.0]])  # NaN row excluded -> mean (0.5, 0.5)
+    train = np.array([[1.0, 1.0], [1.0, 0.0], [-2.0, -2.0], [0.0, 0.0], [3.0, nan], [1.0, -1.0]])
+    s = popi(train, val)
+    assert s.dtype == np.float64
+    np.testing.assert_allclose(s[[0, 1, 2, 5]], [1.0, np.sqrt(0.5), -1.0, 0.0], atol=1e-15)
+    assert np.isnan(s[3]) and np.isnan(s[4])  # zero-norm and NaN rows
+
+
+def test_popi_float16_input_computed_in_float64():
+    # fp16 dot products of these rows overflow (60000² > 65504); float64 gives the exact cosine 1.
+    train = np.array([[60000.0, 60000.0]], dtype=np.float16)
+    val = np.array([[30000.0, 30000.0]], dtype=np.float16)
+    assert popi(train, val)[0] == pytest.approx(1.0, abs=1e-12)
+
+
+def test_popi_plain_mean_not_mean_of_normalised():
+    # mean of (10,0) and (0,1) is (5, .5); a mean of unit vectors would be (.5,.5) instead.
+    s = popi(np.array([[1.0, 0.0]]), np.array([[10.0, 0.0], [0.0, 1.0]]))
+    assert s[0] == pytest.approx(5.0 / np.hypot(5.0, 0.5))
+
+
+def test_popi_errors():
+    with pytest.raises(CropiError, match="NaN"):
+        popi(np.ones((2, 2)), np.full((3, 2), nan))
+    with pytest.raises(CropiError, match="norm"):
+        popi(np.ones((2, 2)), np.array([[1.0, 0.0], [-1.0, 0.0]]))
+    with pytest.raises(ValueError):
+        popi(np.ones((2, 3)), np.ones((2, 2)))
+
+
+def test_top_count_rounding():
+    assert top_count(0.1, 25) == 2  # floor(2.5)
+    assert top_count(0.29, 100) == 29  # 0.29*100 = 28.999999999999996 in float
+    assert top_count(0.1, 5) == 1  # floor(0.5) = 0 -> at least one
+    assert top_count(1.0, 7) == 7
+    assert top_count(0.5, 0) == 0
+    with pytest.raises(ValueError):
+        top_count(0.0, 10)
+
+
+def test_rank_order_nan_last_ties_by_index():
+    s = np.array([0.5, nan, 0.9, 0.5, nan, -1.0, 0.9])
+    assert rank_order(s).tolist() == [2, 6, 0, 3, 5, 1, 4]
+
+
+def test_fuse_ranks_hand_computed():
+    a = np.array([0.9, 0.8, 0.1, 0.7, 0.0, nan, 0.2, 0.3, 0.4, 0.5])  # top 3: 0, 1, 3
+    b = np.array([0.1, 0.95, 0.9, 0.2, 0.3, 0.4, 0.5, nan, 0.6, 0.0])  # top 3: 1, 2, 8
+    f = fuse_ranks([a, b], top_ratio=0.3)
+    expected = np.zeros(10)
+    expected[0] = 1.0
+    expected[1] = 1 / 2 + 1 / 1
+    expected[3] = 1 / 3
+    expected[2] = 1 / 2
+    expected[8] = 1 / 3
+    np.testing.assert_allclose(f, expected, rtol=0, atol=1e-15)
+    f2 = fuse_ranks([a, b], top_ratio=0.3, k_rrf=60.0)
+    assert f2[1] == pytest.approx(1 / 62 + 1 / 61)
+    assert f2[5] == 0.0 and f2[9] == 0.0
+
+
+def test_fuse_ranks_one_list_preserves_order():
+    rng = np.random.default_rng(0)
+    s = rng.normal(size=200)
+    s[[3, 50]] = nan
+    f = fuse_ranks([s], top_ratio=0.1)
+    top = rank_order(s)[:20]
+    assert (f > 0).sum() == 20
+    assert rank_order(f)[:20].tolist() == top.tolist()
+    assert np.all(np.diff(f[top]) < 0)
+
+
+def test_fuse_ranks_ties_and_nan_never_kept():
+    s = np.array([nan, 1.0, 1.0, nan, 0.5])
+    f = fuse_ranks([s], top_ratio=0.4)  # keep 2 of 5: tie 1.0 at indices 1, 2 -> ranks 1, 2
+    assert f.tolist() == [0.0, 1.0, 0.5, 0.0, 0.0]
+    all_nan = np.full(4, nan)
+    assert fuse_ranks([all_nan], top_ratio=1.0).tolist() == [0.0] * 4
+    # ratio too small for the pool keeps one item, not zero
+    assert (fuse_ranks([np.arange(5.0)], top_ratio=0.1) > 0).sum() == 1
+
+
+def test_fuse_ranks_bad_input():
+    with pytest.raises(ValueError):
+        fuse_ranks([])
+    with pytest.raises(ValueError):
+        fuse_ranks([np.ones(3), np.ones(4)])
+
+
+def test_precision_at():
+    exact = np.arange(20.0)  # top 10% = {19, 18}
+    assert precision_at(exact, exact) == 1.0
+    approx = exact.copy()
+    approx[18] = -5  # now top = {19, 17}
+    assert precision_at(approx, exact) == 0.5
+    assert precision_at(-exact, exact) == 0.0
+    approx_nan = exact.copy()
+    approx_nan[19] = nan  # NaN is never top -> top = {18, 17}
+    assert precision_at(approx_nan, exact) == 0.5
+    assert precision_at(exact, exact, frac=0.25) == 1.0
+    assert np.isnan(precision_at(exact, np.full(20, nan)))

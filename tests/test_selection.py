@@ -1,0 +1,83 @@
+"""Selection methods against hand-computed small cases: ties, NaNs, ratio rounding, seeds, errors."""
+
+import numpy as np
+import pytest
+
+from cropi_core.errors import CropiError
+from cropi_core.selection import select
+
+nan = np.nan
+
+
+def test_popi_single_list():
+    s = np.array([0.1, 0.9, nan, 0.9, -0.3, 0.5, 0.2, nan, 0.0, 0.4, 0.8, 0.7])  # N=12, ratio .25 -> 3
+    assert select("popi", scores=s, ratio=0.25).tolist() == [1, 3, 10]  # tie 0.9: lower index first
+    assert select("influence_once", scores=s, ratio=0.25).tolist() == [1, 3, 10]
+
+
+def test_popi_excludes_unscorable_and_rounds_down():
+    s = np.array([nan, nan, nan, 0.2, nan, nan, nan, nan, nan, nan, nan, nan, nan, nan, nan, nan, 0.3, nan, nan, nan])
+    # ratio 0.15 of 20 = 3, but only two scorable prompts
+    assert select("popi", scores=s, ratio=0.15).tolist() == [16, 3]
+    # ratio 0.19 of 20 = floor(3.8) = 3
+    s2 = np.linspace(0, 1, 20)
+    assert select("popi", scores=s2, ratio=0.19).tolist() == [19, 18, 17]
+    with pytest.raises(CropiError, match="scorable"):
+        select("popi", scores=np.full(10, nan))
+
+
+def test_popi_two_lists_fused():
+    a = np.array([0.9, 0.8, 0.1, 0.7, 0.0, nan, 0.2, 0.3, 0.4, 0.5])  # top 3: 0 (1), 1 (2), 3 (3)
+    b = np.array([0.1, 0.95, 0.9, 0.2, 0.3, 0.4, 0.5, nan, 0.6, 0.0])  # top 3: 1 (1), 2 (2), 8 (3)
+    # fused: 1 -> 1.5, 0 -> 1, 2 -> .5, 3 -> 1/3, 8 -> 1/3 (tie: lower index 3 first)
+    assert select("popi", scores=[a, b], ratio=0.3).tolist() == [1, 0, 2]
+    # ratio .5 keeps 5 per list: a -> 0, 1, 3, 9, 8 ; b -> 1, 2, 8, 6, 5
+    # fused: 1 -> 1/2+1, 0 -> 1, 8 -> 1/5+1/3, 2 -> 1/2, 3 -> 1/3
+    assert select("popi", scores=np.stack([a, b]), ratio=0.5).tolist() == [1, 0, 8, 2, 3]
+    # k_rrf=10 flattens reciprocal ranks but keeps the same order here
+    assert select("popi", scores=[a, b], ratio=0.3, k_rrf=10.0).tolist() == [1, 0, 2]
+
+
+def test_full_and_random():
+    assert select("full", n=5).tolist() == [0, 1, 2, 3, 4]
+    assert select("full", pass_rates=np.zeros(3)).tolist() == [0, 1, 2]
+    r = select("random", n=100, ratio=0.1, seed=3)
+    assert len(r) == 10 and len(set(r.tolist())) == 10 and r.min() >= 0 and r.max() < 100
+    assert r.tolist() == select("random", n=100, ratio=0.1, seed=3).tolist()
+    assert r.tolist() != select("random", n=100, ratio=0.1, seed=4).tolist()
+    assert select("random", scores=np.zeros(7), ratio=0.1).size == 1  # at least one
+
+
+def test_pass_rate():
+    p = np.array([0.0, 0.5, 1.0, 0.25, 0.0, 1.0, 0.75, 0.125, 1.0, 0.0])  # eligible: 1, 3, 6, 7
+    sel = select("pass_rate", pass_rates=p, ratio=0.3, seed=0)
+    assert len(sel) == 3 and set(sel.tolist()) <= {1, 3, 6, 7}
+    assert sel.tolist() == select("pass_rate", pass_rates=p, ratio=0.3, seed=0).tolist()
+    all_seeds = {tuple(select("pass_rate", pass_rates=p, ratio=0.3, seed=s).tolist()) for s in range(20)}
+    assert len(all_seeds) > 1
+    # more requested than eligible -> all eligible
+    assert sorted(select("pass_rate", pass_rates=p, ratio=1.0).tolist()) == [1, 3, 6, 7]
+    with pytest.raises(CropiError, match="0 < pass rate < 1"):
+        select("pass_rate", pass_rates=np.array([0.0, 1.0]))
+    with pytest.raises(CropiError, match="prompt 1"):
+        select("pass_rate", pass_rates=np.array([0.5, nan]))
+
+
+def test_learnability_ties_deterministic():
+    p = np.array([0.0, 0.25, 0.5, 0.75, 1.0, 0.5, 0.125])
+    # p(1-p): 0, .1875, .25, .1875, 0, .25, .109375  -> order 2, 5, 1, 3, 6, 0, 4
+    assert select("learnability", pass_rates=p, ratio=0.6).tolist() == [2, 5, 1, 3]
+    assert select("learnability", pass_rates=p, ratio=1.0).tolist() == [2, 5, 1, 3, 6, 0, 4]
+
+
+def test_missing_inputs():
+    with pytest.raises(ValueError, match="scores"):
+        select("popi")
+    with pytest.raises(ValueError, match="pass_rates"):
+        select("learnability")
+    with pytest.raises(ValueError, match="pool size"):
+        select("random")
+    with pytest.raises(CropiError, match="unknown method"):
+        select("best")
+    with pytest.raises(ValueError, match="ratio"):
+        select("full", n=3, ratio=0.0)
