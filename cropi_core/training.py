@@ -1,0 +1,321 @@
+"""GRPO for one curriculum stage with TRL's `GRPOTrainer` (PAPER.md §1, §6), resumable mid-stage.
+
+One call trains the model in `model_dir` for `cfg.steps_per_stage` optimizer steps on the selected problems
+and writes the result to `out_dir/final` (safetensors + tokenizer + `train_result.json`, written last via an
+atomic rename, so a `final/` folder that exists is complete).
+
+Batching (TRL 1.16 semantics): `per_device_train_batch_size` counts *completions*, so it is
+`prompts_per_step · num_generations`; with `gradient_accumulation_steps = 1` TRL's `steps_per_generation`
+defaults to 1 and `generation_batch_size` to the same number, i.e. every optimizer step samples
+`num_generations` completions for each of `prompts_per_step` fresh prompts and takes exactly one update
+(the reference run's "one optimizer update per step").
+
+Prompt order: instead of TRL's sampler shuffling (a `torch.Generator` that is *not* restored when a run
+resumes in a later epoch, so a resumed run would see a different order), the dataset handed to TRL is
+already the full visiting order — concatenated seeded permutations of the problems, exactly
+`steps · prompts_per_step` rows — and TRL's shuffling is off. The order is a pure function of
+(problems, cfg.seed); training is a single epoch, so resuming only needs TRL's skip-ahead of the
+dataloader plus the RNG state (python/numpy/torch) that `Trainer` stores in every checkpoint and restores
+after the skip. Result: a run interrupted at any step and resumed from its last checkpoint ends with
+bit-identical weights to an uninterrupted run (CPU; tested).
+
+Learning rate is constant (no warm-up, no decay) so a stage's schedule does not depend on how many
+stages follow. Checkpoints: `out_dir/checkpoints/checkpoint-<step>` every `cfg.save_steps` steps
+(the two newest kept; a checkpoint counts only once its `trainer_state.json`, written last, exists).
+They are deleted once `final/` is written.
+
+Dynamic sampling (`cfg.dynamic_sampling`, DAPO): groups whose rewards are all equal are removed from the
+batch right after generation and scoring, before the loss. Their advantages are zero anyway, but without
+the filter they still contribute through the KL term (beta > 0) and through the loss normaliser (the
+number of sequences for "grpo", of tokens for "dapo"/"bnpo"). The filter does not resample replacement
+prompts (the batch shrinks); a step whose every group is equal contributes a zero gradient, although
+the Adam step still applies its momentum. Kept groups are logged as `dynamic_sampling/kept_fraction`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cropi_core.config import TrainConfig
+from cropi_core.errors import CropiError, ModelError
+
+__all__ = ["TrainResult", "train_grpo", "load_policy", "build_trainer", "drop_equal_reward_groups", "training_order"]
+
+RESULT_FILE = "train_result.json"
+_CKPT_RE = re.compile(r"^checkpoint-(\d+)$")
+
+
+@dataclass
+class TrainResult:
+    """steps: optimizer steps taken in the stage; log_history: TRL's per-step logs (loss, reward, kl, ...);
+    final_dir: the trained model folder (safetensors + tokenizer)."""
+
+    steps: int
+    log_history: list[dict[str, Any]] = field(default_factory=list)
+    final_dir: Path = Path()
+
+
+# ---------------------------------------------------------------- loading
+
+
+def load_policy(model_dir: str | os.PathLike, dtype: torch.dtype = torch.float32):
+    """(model, tokenizer) from an HF folder; tokenizer padded on the left as TRL requires.
+
+    A folder with tokenizer.json loads through `PreTrainedTokenizerFast` (AutoTokenizer would pick the slow
+    Qwen2 class for a qwen2 config and break our char tokenizer's spaces/newlines, see STACK.md).
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
+
+    folder = Path(model_dir)
+    if not (folder / "config.json").exists():
+        raise ModelError(f"model folder {folder}: config.json not found (expected a saved HF model)")
+    if (folder / "tokenizer.json").exists():
+        tok = PreTrainedTokenizerFast.from_pretrained(str(folder))
+    else:
+        tok = AutoTokenizer.from_pretrained(str(folder))
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "left"
+    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype)
+    return model, tok
+
+
+# ---------------------------------------------------------------- data
+
+
+def training_order(n_problems: int, steps: int, prompts_per_step: int, seed: int) -> np.ndarray:
+    """Problem indices in visiting order (int64[steps·prompts_per_step]): concatenated seeded permutations,
+    so every problem is seen once before any is repeated (epochs without a sampler)."""
+    need = steps * prompts_per_step
+    rng = np.random.default_rng(seed)
+    reps = math.ceil(need / n_problems)
+    return np.concatenate([rng.permutation(n_problems) for _ in range(reps)])[:need].astype(np.int64)
+
+
+def _build_dataset(problems: Sequence[Any], order: np.ndarray, tokenizer, template: str, instruction: str):
+    from datasets import Dataset
+
+    from cropi_core.data import format_prompt
+
+    prompts = [format_prompt(p, tokenizer, template=template, instruction=instruction) for p in problems]
+    records = [json.dumps(p.to_record(), sort_keys=True) for p in problems]
+    return Dataset.from_dict({"prompt": [prompts[i] for i in order], "problem": [records[i] for i in order]})
+
+
+def make_reward_func() -> Callable[..., list[float]]:
+    """TRL reward function: (prompts, completions, problem=[json records], ...) -> verifier rewards in {0, 1}."""
+    from cropi_core.data import Problem
+    from cropi_core.verify import reward
+
+    cache: dict[str, Any] = {}
+
+    def verifier_reward(prompts, completions, problem, **_: Any) -> list[float]:
+        out = []
+        for rec, completion in zip(problem, completions, strict=True):
+            p = cache.get(rec)
+            if p is None:
+                p = cache[rec] = Problem.from_record(json.loads(rec))
+            text = completion if isinstance(completion, str) else completion[-1]["content"]
+            out.append(float(reward(p, text)))
+        return out
+
+    return verifier_reward
+
+
+# ---------------------------------------------------------------- dynamic sampling
+
+
+def drop_equal_reward_groups(batch: dict[str, Any], rewards: torch.Tensor, num_generations: int) -> tuple[dict[str, Any], int]:
+    """Keep only the groups (consecutive blocks of `num_generations` rows) whose rewards are not all equal.
+
+    batch: TRL's generation batch (tensors with first dim B = groups·num_generations, plus the scalar
+    `num_items_in_batch`, recomputed here as the kept completion tokens). rewards: FloatTensor[B].
+    Returns (filtered batch, number of kept groups).
+    """
+    g = rewards.view(-1, num_generations)
+    keep_group = (g != g[:, :1]).any(dim=1)
+    keep = keep_group.repeat_interleave(num_generations)
+    b = rewards.shape[0]
+    out: dict[str, Any] = {}
+    for k, v in batch.items():
+        if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == b:
+            out[k] = v[keep.to(v.device)]
+        else:
+            out[k] = v
+    if "num_items_in_batch" in batch:
+        mask = out["completion_mask"] if "tool_mask" not in out else out["completion_mask"] * out["tool_mask"]
+        out["num_items_in_batch"] = mask.sum()
+    return out, int(keep_group.sum())
+
+
+def _trainer_class():
+    from trl import GRPOTrainer
+
+    class CropiGRPOTrainer(GRPOTrainer):
+        """GRPOTrainer + optional DAPO dynamic sampling (filter equal-reward groups before the loss)."""
+
+        dynamic_sampling: bool = False
+
+        def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+            per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+            self._last_rewards_per_func = per_func
+            return per_func
+
+        def _generate_and_score_completions(self, inputs):
+            out = super()._generate_and_score_completions(inputs)
+            if not self.dynamic_sampling or not self.model.training:
+                return out
+            weights = self.reward_weights.to(self._last_rewards_per_func.device)
+            rewards = (self._last_rewards_per_func * weights.unsqueeze(0)).nansum(dim=1)
+            out, kept = drop_equal_reward_groups(out, rewards, self.num_generations)
+            self._metrics["train"]["dynamic_sampling/kept_fraction"].append(kept / (rewards.shape[0] // self.num_generations))
+            return out
+
+        def _compute_loss(self, model, inputs):
+            if inputs["completion_ids"].shape[0] == 0:  # every group dropped: zero loss, zero gradient
+                return sum((p * 0.0).sum() for p in model.parameters() if p.requires_grad)
+            return super()._compute_loss(model, inputs)
+
+    return CropiGRPOTrainer
+
+
+# ---------------------------------------------------------------- trainer
+
+
+def _grpo_args(cfg: TrainConfig, ckpt_dir: Path, progress: bool):
+    from trl import GRPOConfig
+
+    return GRPOConfig(
+        output_dir=str(ckpt_dir),
+        use_cpu=not torch.cuda.is_available(),
+        bf16=False,
+        fp16=False,
+        activation_checkpointing=False,
+        report_to="none",
+        max_steps=cfg.steps_per_stage,
+        per_device_train_batch_size=cfg.prompts_per_step * cfg.num_generations,
+        gradient_accumulation_steps=1,
+        num_generations=cfg.num_generations,
+        shuffle_dataset=False,  # the dataset already is the seeded visiting order (see module docstring)
+        learning_rate=cfg.lr,
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        loss_type=cfg.loss_type,
+        beta=cfg.beta,
+        epsilon=cfg.epsilon,
+        temperature=cfg.temperature,
+        top_p=1.0,
+        max_completion_length=cfg.max_new_tokens,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        save_strategy="steps",
+        save_steps=cfg.save_steps,
+        save_total_limit=2,
+        save_only_model=False,  # optimizer + scheduler + RNG state are needed for an exact resume
+        logging_steps=1,
+        disable_tqdm=not progress,
+        dataloader_num_workers=0,
+        log_completions=False,
+    )
+
+
+def build_trainer(model_dir, problems, cfg: TrainConfig, ckpt_dir, *, template: str, instruction: str,
+                  fault_hook: Callable[[int], None] | None = None, progress: bool = True):
+    """The configured `GRPOTrainer` subclass for one stage (exposed for tests and benchmarks)."""
+    from transformers import TrainerCallback
+
+    if len(problems) == 0:
+        raise CropiError("train_grpo: no problems selected for training")
+    model, tok = load_policy(model_dir)
+    order = training_order(len(problems), cfg.steps_per_stage, cfg.prompts_per_step, cfg.seed)
+    dataset = _build_dataset(problems, order, tok, template, instruction)
+    callbacks = []
+    if fault_hook is not None:
+
+        class _FaultHook(TrainerCallback):
+            def on_step_end(self, args, state, control, **kwargs):
+                fault_hook(state.global_step)
+
+        callbacks.append(_FaultHook())
+    cls = _trainer_class()
+    trainer = cls(
+        model=model,
+        reward_funcs=[make_reward_func()],
+        args=_grpo_args(cfg, Path(ckpt_dir), progress),
+        train_dataset=dataset,
+        processing_class=tok,
+        callbacks=callbacks,
+    )
+    trainer.dynamic_sampling = cfg.dynamic_sampling
+    if not progress:  # with tqdm off, Trainer would print every log dict instead
+        from transformers.trainer_callback import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)
+    return trainer
+
+
+def last_checkpoint(ckpt_dir: str | os.PathLike) -> Path | None:
+    """Newest complete checkpoint folder (one with trainer_state.json, which Trainer writes last)."""
+    d = Path(ckpt_dir)
+    if not d.is_dir():
+        return None
+    found = [(int(m.group(1)), p) for p in d.iterdir() if (m := _CKPT_RE.match(p.name)) and (p / "trainer_state.json").exists()]
+    return max(found)[1] if found else None
+
+
+def train_grpo(
+    model_dir: str | os.PathLike,
+    problems: Sequence[Any],
+    cfg: TrainConfig,
+    out_dir: str | os.PathLike,
+    *,
+    template: str,
+    instruction: str,
+    resume: bool = True,
+    fault_hook: Callable[[int], None] | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """GRPO on `problems` (the stage's selected `Problem`s) for `cfg.steps_per_stage` steps.
+
+    model_dir: HF folder of the current policy (also the KL reference when cfg.beta > 0).
+    out_dir: working folder; checkpoints in out_dir/checkpoints, the trained model in out_dir/final.
+    resume: continue from the newest complete checkpoint (and return at once if final/ is already there);
+    False starts from scratch, deleting old checkpoints. fault_hook(step) runs after every optimizer step
+    (tests raise from it to simulate a crash).
+    """
+    out = Path(out_dir)
+    final_dir, ckpt_dir = out / "final", out / "checkpoints"
+    if resume and (final_dir / RESULT_FILE).exists():
+        saved = json.loads((final_dir / RESULT_FILE).read_text())
+        return TrainResult(steps=saved["steps"], log_history=saved["log_history"], final_dir=final_dir)
+    if not resume:
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+        shutil.rmtree(final_dir, ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+
+    trainer = build_trainer(model_dir, problems, cfg, ckpt_dir, template=template, instruction=instruction,
+                            fault_hook=fault_hook, progress=progress)
+    start = last_checkpoint(ckpt_dir) if resume else None
+    trainer.train(resume_from_checkpoint=str(start) if start else None)
+
+    tmp = out / "final.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    trainer.model.save_pretrained(str(tmp), safe_serialization=True)
+    trainer.processing_class.save_pretrained(str(tmp))
+    history = [dict(h) for h in trainer.state.log_history]
+    (tmp / RESULT_FILE).write_text(json.dumps({"steps": trainer.state.global_step, "log_history": history}, default=float))
+    shutil.rmtree(final_dir, ignore_errors=True)
+    os.replace(tmp, final_dir)
+    shutil.rmtree(ckpt_dir, ignore_errors=True)
+    return TrainResult(steps=trainer.state.global_step, log_history=history, final_dir=final_dir)
