@@ -81,8 +81,13 @@ class DatasetSpec(Section):
     domain: str | None = None  # constant domain; defaults to `name`
     domain_field: str | None = None  # per-row domain (e.g. MATH "type")
     verifier: Literal["math", "exact"] = "math"
+    meta_fields: list[str] = []  # row fields copied into Problem.meta (e.g. MATH "difficulty", DSR-sub "index")
     limit: int | None = Field(None, gt=0)  # keep the first `limit` rows after de-duplication
     val_size: int = Field(100, ge=0)  # targeted sets only: size of the validation part (rest = test)
+
+
+# generators live in cropi_core.data.synthetic (its DOMAINS has exactly these keys)
+SYNTHETIC_DOMAINS = ("add2", "add3", "sub", "mul", "two_step", "word")
 
 
 class SyntheticConfig(Section):
@@ -98,6 +103,16 @@ class SyntheticConfig(Section):
 
     @model_validator(mode="after")
     def _targeted_subset(self) -> "SyntheticConfig":
+        bad = [d for d in self.domains if d not in SYNTHETIC_DOMAINS]
+        if bad:
+            raise ValueError(f"unknown synthetic domains {bad} (known: {list(SYNTHETIC_DOMAINS)})")
+        if len(set(self.domains)) != len(self.domains):
+            raise ValueError(f"repeated synthetic domains in {self.domains}")
+        extra = [d for d in self.pool_per_domain if d not in self.domains]
+        if extra:
+            raise ValueError(f"pool_per_domain names domains {extra} that are not in domains {self.domains}")
+        if any(n < 0 for n in self.pool_per_domain.values()):
+            raise ValueError("pool_per_domain sizes must be ≥ 0")
         unknown = [d for d in self.targeted if d not in self.domains]
         if unknown:
             raise ValueError(f"targeted domains {unknown} are not in domains {self.domains}")

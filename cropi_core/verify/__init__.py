@@ -1,0 +1,36 @@
+"""Verifiable rewards: `math` (math-verify, time-bounded, thread-safe) and `exact` (integers).
+
+Both require a `\\boxed{}` in the response; the LAST box is the answer. Rewards are 0.0 or 1.0.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable
+
+from cropi_core.errors import DataError
+from cropi_core.verify.boxed import extract_boxed
+from cropi_core.verify.exact import exact_verify, parse_int
+from cropi_core.verify.math_verifier import math_verify, wrap_gold
+
+if TYPE_CHECKING:
+    from cropi_core.data.problem import Problem
+
+Verifier = Callable[[str, str], float]
+VERIFIERS: dict[str, Verifier] = {"math": math_verify, "exact": exact_verify}
+
+
+def get_verifier(name: str) -> Verifier:
+    """The verifier `(response, gold) -> 0.0 | 1.0` called `name` ("math" or "exact")."""
+    try:
+        return VERIFIERS[name]
+    except KeyError:
+        raise DataError(f"unknown verifier {name!r} (known: {', '.join(VERIFIERS)})") from None
+
+
+def reward(problem: "Problem", response: str) -> float:
+    """Reward of `response` to `problem` under `problem.verifier`: 0.0 or 1.0."""
+    return get_verifier(problem.verifier)(response, problem.gold)
+
+
+__all__ = ["Verifier", "VERIFIERS", "get_verifier", "reward", "extract_boxed", "exact_verify", "math_verify",
+           "parse_int", "wrap_gold"]

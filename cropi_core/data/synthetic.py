@@ -1,0 +1,159 @@
+"""The embedded synthetic suite: seeded, verifiable integer arithmetic in six domains.
+
+Prompts are short (a ~1M-parameter character-level model has to learn them) and answers are exact
+integers checked by the `exact` verifier. Difficulty rises from `add2` (2-digit addition, easy) through
+`add3`/`sub`/`word` to `mul` (1×2-digit) and `two_step` (`a*b+c`, hard), so a briefly warm-started tiny model
+has intermediate pass rates. Each problem's `meta["level"]` (1 = easiest) records its difficulty within
+the domain, `meta["op"]` the operation.
+
+Domain            prompt                                                          level
+add2      Compute 47+38.                                                 1 no carry, 2 carry
+add3      Compute 472+385.                                               1 + number of carries (max 3)
+sub       Compute 83-47.                                                 1 no borrow, 2 borrow
+mul       Compute 7*38.                                                  1 product<100, 2 <300, 3 otherwise
+two_step  Compute 3*14+25.  /  Compute 6*9-17.                           1 b<10, 2 b<20, 3 b≥20
+word      Tom has 12 apples and buys 7 more. How many apples does he have?   1 add, 2 take away, 3 groups
+"""
+
+from __future__ import annotations
+
+import random
+import string
+from typing import TYPE_CHECKING, Callable, Iterable
+
+from cropi_core.config import SYNTHETIC_DOMAINS
+from cropi_core.data.problem import DataSplits, Problem
+from cropi_core.errors import ConfigError
+
+if TYPE_CHECKING:
+    from cropi_core.config import SyntheticConfig
+
+# Every character a synthetic prompt, answer, instruction or `\boxed{}` response may use: printable ASCII
+# plus newline (chat templates put newlines between turns). Sorted, no duplicates.
+CHARSET: str = "\n" + "".join(sorted(set(string.printable) - set(string.whitespace) | {" "}))
+
+Sample = tuple[str, int, dict]  # prompt, integer answer, meta
+_NAMES = [("Tom", "he"), ("Ann", "she"), ("Sam", "he"), ("Mia", "she"), ("Ben", "he"), ("Eva", "she"),
+          ("Max", "he"), ("Zoe", "she")]
+_ITEMS = ["apples", "pens", "cards", "books", "coins", "eggs", "cups", "balls"]
+
+
+def _carries(a: int, b: int) -> int:
+    n, carry = 0, 0
+    while a or b:
+        carry = 1 if a % 10 + b % 10 + carry >= 10 else 0
+        n += carry
+        a, b = a // 10, b // 10
+    return n
+
+
+def _add2(r: random.Random) -> Sample:
+    a, b = r.randint(10, 99), r.randint(10, 99)
+    return f"Compute {a}+{b}.", a + b, {"level": 1 + min(_carries(a, b), 1), "op": "add"}
+
+
+def _add3(r: random.Random) -> Sample:
+    a, b = r.randint(100, 999), r.randint(100, 999)
+    return f"Compute {a}+{b}.", a + b, {"level": 1 + min(_carries(a, b), 2), "op": "add"}
+
+
+def _sub(r: random.Random) -> Sample:
+    a = r.randint(20, 99)
+    b = r.randint(10, a)
+    return f"Compute {a}-{b}.", a - b, {"level": 2 if a % 10 < b % 10 else 1, "op": "sub"}
+
+
+def _mul(r: random.Random) -> Sample:
+    a, b = r.randint(2, 9), r.randint(10, 99)
+    p = a * b
+    return f"Compute {a}*{b}.", p, {"level": 1 if p < 100 else 2 if p < 300 else 3, "op": "mul"}
+
+
+def _two_step(r: random.Random) -> Sample:
+    level = r.randint(1, 3)
+    a = r.randint(2, 9)
+    b = r.randint(*((2, 9), (10, 19), (20, 99))[level - 1])
+    c = r.randint(1, 99)
+    if r.random() < 0.5 or c > a * b:
+        return f"Compute {a}*{b}+{c}.", a * b + c, {"level": level, "op": "mul_add"}
+    return f"Compute {a}*{b}-{c}.", a * b - c, {"level": level, "op": "mul_sub"}
+
+
+def _word(r: random.Random) -> Sample:
+    (name, pron), item = r.choice(_NAMES), r.choice(_ITEMS)
+    level = r.randint(1, 3)
+    if level == 1:
+        a, b = r.randint(2, 30), r.randint(2, 20)
+        return f"{name} has {a} {item} and buys {b} more. How many {item} does {pron} have?", a + b, {"level": 1, "op": "add"}
+    if level == 2:
+        a = r.randint(5, 40)
+        b = r.randint(1, a - 1)
+        return f"{name} has {a} {item} and gives away {b}. How many {item} are left?", a - b, {"level": 2, "op": "sub"}
+    a, b = r.randint(2, 6), r.randint(2, 9)
+    return f"{name} has {a} bags of {b} {item}. How many {item} does {pron} have?", a * b, {"level": 3, "op": "mul"}
+
+
+DOMAINS: dict[str, Callable[[random.Random], Sample]] = {
+    "add2": _add2, "add3": _add3, "sub": _sub, "mul": _mul, "two_step": _two_step, "word": _word,
+}
+assert tuple(DOMAINS) == SYNTHETIC_DOMAINS, "keep cropi_core.config.SYNTHETIC_DOMAINS in sync"
+
+
+def generate_problems(domain: str, n: int, seed: int, exclude: Iterable[str] = (), id_prefix: str = "syn") -> list[Problem]:
+    """`n` distinct problems of `domain` (ids "<id_prefix>/<domain>/<i>"), deterministic in (domain, seed).
+
+    Prompts in `exclude` are never produced (e.g. validation/test prompts when generating warm-up data).
+    Raises ConfigError if the domain has fewer than `n` distinct problems left.
+    """
+    if domain not in DOMAINS:
+        raise ConfigError(f"unknown synthetic domain {domain!r} (known: {', '.join(DOMAINS)})")
+    gen, rng = DOMAINS[domain], random.Random(f"cropi-synthetic:{seed}:{domain}")
+    seen = set(exclude)
+    out: list[Problem] = []
+    misses = 0
+    while len(out) < n:
+        prompt, answer, meta = gen(rng)
+        if prompt in seen:
+            misses += 1
+            if misses > 50 * n + 10_000:  # the domain's space is (nearly) exhausted
+                raise ConfigError(f"synthetic domain {domain!r} has fewer than {n} distinct problems (got {len(out)})")
+            continue
+        seen.add(prompt)
+        out.append(Problem(f"{id_prefix}/{domain}/{len(out)}", prompt, str(answer), "synthetic", domain, "exact", meta))
+    return out
+
+
+def generate_mixture(domains: Iterable[str], n: int, seed: int, exclude: Iterable[str] = ()) -> list[Problem]:
+    """`n` problems spread evenly over `domains`, shuffled (e.g. warm-up data that avoids `exclude` prompts)."""
+    domains = list(domains)
+    if not domains:
+        raise ConfigError("generate_mixture needs at least one domain")
+    exclude = set(exclude)
+    out: list[Problem] = []
+    for i, d in enumerate(domains):
+        share = n // len(domains) + (1 if i < n % len(domains) else 0)
+        out += generate_problems(d, share, seed, exclude, id_prefix=f"syn{seed}")
+    random.Random(f"cropi-mixture:{seed}").shuffle(out)
+    return out
+
+
+def generate_suite(cfg: "SyntheticConfig") -> DataSplits:
+    """Pool (mixed, shuffled), val per targeted domain ("val/<d>"), tests per domain ("test/<d>").
+
+    Per domain one stream of distinct problems is cut into [val | test | pool], so no prompt appears in
+    two sets. Targeted domains are a minority of the pool at the defaults (2 of 6 domains).
+    """
+    pool: list[Problem] = []
+    val: dict[str, list[Problem]] = {}
+    test_t: dict[str, list[Problem]] = {}
+    test_u: dict[str, list[Problem]] = {}
+    for d in cfg.domains:
+        n_val = cfg.val_size if d in cfg.targeted else 0
+        n_pool = cfg.pool_per_domain.get(d, cfg.pool_size)
+        probs = generate_problems(d, n_val + cfg.test_size + n_pool, cfg.seed)
+        if n_val:
+            val[f"val/{d}"] = probs[:n_val]
+        (test_t if d in cfg.targeted else test_u)[f"test/{d}"] = probs[n_val : n_val + cfg.test_size]
+        pool += probs[n_val + cfg.test_size :]
+    random.Random(f"cropi-pool:{cfg.seed}").shuffle(pool)
+    return DataSplits(pool=pool, val=val, test_targeted=test_t, test_untargeted=test_u)
