@@ -56,6 +56,12 @@ def create_zarr(zstore, shape: tuple[int, ...], chunk_rows: int, dtype: str, cod
     )
 
 
+def _writable(arr: zarr.Array) -> zarr.Array:
+    # write_empty_chunks is a runtime setting, not stored in zarr.json: without it an all-zero chunk written
+    # through a reopened array would not be stored at all (and could never be checksummed)
+    return arr.with_config({"write_empty_chunks": True})
+
+
 def default_chunk_rows(shape: tuple[int, ...], dtype: str) -> int:
     row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * np.dtype(dtype).itemsize if len(shape) > 1 else np.dtype(dtype).itemsize
     return int(max(1, min(max(shape[0], 1), TARGET_CHUNK_BYTES // max(row_bytes, 1))))
@@ -154,7 +160,7 @@ class ChunkedArray:
                                    + ", ".join(f"{k}={a!r} (requested {b!r})" for k, (a, b) in diff.items()))
         zs = zarr_store(self.store, self._path)
         try:
-            arr = zarr.open_array(store=zs, mode="r+")
+            arr = _writable(zarr.open_array(store=zs, mode="r+"))
             if tuple(arr.shape) != self.shape or str(arr.dtype) != self.dtype or arr.chunks[0] != self.rows_per_chunk:
                 raise StorageError(f"array staging of {self.kind} {self.key[:8]}: Zarr metadata does not match spec")
             return arr
@@ -163,7 +169,7 @@ class ChunkedArray:
         try:
             return create_zarr(zs, self.shape, self.rows_per_chunk, self.dtype, self.codec)
         except zarr.errors.ContainsArrayError:  # another writer created it first: same spec, open it
-            return zarr.open_array(store=zs, mode="r+")
+            return _writable(zarr.open_array(store=zs, mode="r+"))
 
     @property
     def zarr(self) -> zarr.Array:
