@@ -63,7 +63,7 @@ def strip_parenthetical(value: Any) -> str | None:
     s = _text(value)
     if s is None:
         return None
-    return _PAREN_RE.sub("", s).strip() or None
+    return _PAREN_RE.sub("", s).strip() or s  # "(2, 3)" alone is an answer, not a unit
 
 
 EXTRACTORS: dict[str, Callable[[Any], str | None]] = {

@@ -11,10 +11,12 @@ from __future__ import annotations
 import logging
 import re
 import threading
+from typing import Callable, TypeVar
 
 from cropi_core.verify.boxed import extract_boxed
 
 DEFAULT_TIMEOUT_S = 5.0
+T = TypeVar("T")
 _log = logging.getLogger(__name__)
 _DELIMITER = re.compile(r"(?<!\\)\$")  # an unescaped "$" ("\$5" is a dollar amount, not math mode)
 
@@ -39,24 +41,32 @@ def _check(boxed: str, gold: str) -> bool:
     return bool(verify(gold_parsed, pred_parsed, timeout_seconds=None))
 
 
-def math_verify_answer(boxed: str, gold: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> bool:
-    """True if `boxed` (an answer without the `\\boxed{}`) equals `gold` per math-verify, within `timeout_s`."""
-    result: list[bool] = []
+def run_with_timeout(fn: Callable[[], T], timeout_s: float, default: T) -> T:
+    """`fn()` run in a daemon thread; `default` if it has not returned after `timeout_s` seconds or raised.
+
+    Works from any thread (no signals). A timed-out call keeps running in the background until it ends on
+    its own, but nobody waits for it and it cannot keep the interpreter alive.
+    """
+    result: list[T] = []
 
     def work() -> None:
         try:
-            result.append(_check(boxed, gold))
+            result.append(fn())
         except Exception as err:  # a parser bug on odd LaTeX is a wrong answer, not a crash
-            _log.debug("math-verify failed on %r vs %r: %s", boxed, gold, err)
-            result.append(False)
+            _log.debug("verifier call failed: %s", err)
 
-    worker = threading.Thread(target=work, name="cropi-math-verify", daemon=True)
+    worker = threading.Thread(target=work, name="cropi-verify", daemon=True)
     worker.start()
     worker.join(timeout_s)
     if worker.is_alive():
-        _log.warning("math-verify timed out after %.1f s on answer %.80r (gold %.80r): reward 0", timeout_s, boxed, gold)
-        return False
-    return bool(result and result[0])
+        _log.warning("verifier timed out after %.3g s: reward 0", timeout_s)
+        return default
+    return result[0] if result else default
+
+
+def math_verify_answer(boxed: str, gold: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> bool:
+    """True if `boxed` (an answer without the `\\boxed{}`) equals `gold` per math-verify, within `timeout_s`."""
+    return run_with_timeout(lambda: _check(boxed, gold), timeout_s, False)
 
 
 def math_verify(response: str, gold: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> float:
