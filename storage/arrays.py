@@ -117,7 +117,9 @@ def csr_to_ragged(flat: np.ndarray, offsets: np.ndarray) -> list[np.ndarray]:
 class ChunkedArray:
     """A staging Zarr array of one artifact, written chunk by chunk by independent writers.
 
-    shape (N, ...), chunk i = rows `chunk_rows(i)`; dtype float16 by default (float32 allowed).
+    shape (N, ...), chunk i = rows `chunk_rows(i)`; dtype float16 by default (float32 allowed). If the staging
+    already exists with another chunk_rows/codec, the existing layout is used: always take the chunk ranges from
+    `num_chunks` / `chunk_rows(i)` of the returned object, not from your own chunk size.
     """
 
     def __init__(self, store: "Store", key: str, name: str, *, kind: str, shape: tuple[int, ...], chunk_rows: int,
@@ -156,8 +158,15 @@ class ChunkedArray:
                 old = None
             if old is not None and old != self._spec:
                 diff = {k: (old.get(k), v) for k, v in self._spec.items() if old.get(k) != v}
-                raise StorageError(f"array staging of {self.kind} {self.key[:8]} exists with different layout: "
-                                   + ", ".join(f"{k}={a!r} (requested {b!r})" for k, (a, b) in diff.items()))
+                if set(diff) <= {"chunk_rows", "codec"}:
+                    # chunk_rows/codec do not change the content (they are hash-excluded): the existing layout
+                    # wins, so writers started with another chunk size still share one staging array
+                    self._spec = old
+                    self.rows_per_chunk, self.codec = int(old["chunk_rows"]), old["codec"]
+                    self.num_chunks = -(-self.shape[0] // self.rows_per_chunk)
+                else:
+                    raise StorageError(f"array staging of {self.kind} {self.key[:8]} exists with a different layout: "
+                                       + ", ".join(f"{k}={a!r} (requested {b!r})" for k, (a, b) in diff.items()))
         zs = zarr_store(self.store, self._path)
         try:
             arr = _writable(zarr.open_array(store=zs, mode="r+"))

@@ -119,7 +119,7 @@ def render_lineage_png(graph: LineageGraph, path: str | os.PathLike) -> Path:
     for d, ks in layers.items():
         for i, k in enumerate(ks):
             pos[k] = ((i + 0.5) * width / len(ks), height - 1 - d)
-    fig, ax = plt.subplots(figsize=(max(4.0, 2.6 * width), max(2.0, 1.3 * height)))
+    fig, ax = plt.subplots(figsize=(max(6.0, 2.6 * width), max(2.5, 1.2 * height)))
     for p, c in graph.edges:
         ax.annotate("", xy=pos[c], xytext=pos[p],
                     arrowprops=dict(arrowstyle="-|>", color="0.4", shrinkA=18, shrinkB=18, lw=1.2))

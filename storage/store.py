@@ -204,6 +204,16 @@ class Store:
         return target
 
     # ---- listing -----------------------------------------------------------------------------------------
+    def resolve(self, prefix: str) -> str:
+        """Full key of the one artifact whose key starts with `prefix` (e.g. the 8-digit short key)."""
+        prefix = prefix.strip().lower()
+        if KEY_RE.match(prefix):
+            return prefix
+        matches = [k for k in self.keys() if k.startswith(prefix)] if prefix else []
+        if len(matches) != 1:
+            raise StorageError(f"key prefix {prefix!r} matches {len(matches)} artifacts in {self.url}")
+        return matches[0]
+
     def keys(self) -> list[str]:
         """Keys of all artifact folders (complete or not)."""
         self.io.refresh(self.artifacts_dir)
@@ -325,8 +335,9 @@ class ArtifactWriter:
 def verify_payload(io: FS, base: str, m: Manifest, mode: str, only: str | None = None) -> list[str]:
     """Check payload files and array chunks under `base` against manifest `m`.
 
-    mode "full": hash everything; "sampled": sizes of everything, hashes of items ≤ 1 MiB and of a few random
-    larger ones; "manifest": nothing. `only`: restrict to one array folder (plus its zarr.json).
+    mode "full": hash everything; "sampled": sizes of everything, hashes of files ≤ 1 MiB and of a few random
+    other items (array chunks, large files); "manifest": nothing. `only`: restrict to one array folder (plus its
+    zarr.json).
     """
     if mode == "manifest":
         return []
@@ -353,13 +364,14 @@ def verify_payload(io: FS, base: str, m: Manifest, mode: str, only: str | None =
         listing = {}
     prefix = io.fs._strip_protocol(base).rstrip("/")
     large = []
+    small_files = {name for name, f in m.files.items() if f.size <= SMALL_FILE}
     for rel, size, digest in items:
         info = listing.get(f"{prefix}/{rel}")
         if info is None:
             problems.append(f"{rel} missing")
         elif info.get("size") != size:
             problems.append(f"{rel} has {info.get('size')} bytes, expected {size}")
-        elif size <= SMALL_FILE:
+        elif rel in small_files:
             raw = io.cat(f"{base}/{rel}")
             if raw is None or sha256_bytes(raw) != digest:
                 problems.append(f"{rel} checksum mismatch")

@@ -282,3 +282,28 @@ def test_lineage_text_and_png(store, tmp_path):
     import matplotlib.image
     img = matplotlib.image.imread(png)
     assert img.shape[0] > 200 and img.shape[1] > 400
+
+
+def test_sampled_verification_and_key_prefixes(tmp_path):
+    store = open_store(str(tmp_path / "root"))  # default mode: sampled
+    assert store.verify_mode == "sampled"
+    key, _ = _write_sample(store)
+    assert store.exists(key) and store.resolve(key[:8]) == key and store.resolve(key) == key
+    with pytest.raises(StorageError, match="matches 0 artifacts"):
+        store.resolve("zz")
+    m = store.manifest(key)
+    base = Path(store.artifact_dir(key)) / m.payload
+    big = base / "big.bin"
+    assert not big.exists()
+    # a missing array chunk and a truncated file are found without hashing every chunk
+    chunk = base / "lengths" / "c" / "0"
+    saved = chunk.read_bytes()
+    chunk.unlink()
+    with pytest.warns(UserWarning, match="lengths/c/0 missing"):
+        assert not store.exists(key)
+    chunk.write_bytes(saved)
+    raw = base / "blob" / "raw.bin"
+    raw.write_bytes(raw.read_bytes()[:-1])
+    with pytest.warns(UserWarning, match="blob/raw.bin has 2559 bytes"):
+        assert not store.exists(key)
+    assert open_store(str(tmp_path / "root"), verify="manifest").exists(key)  # manifest-only trusts the payload
