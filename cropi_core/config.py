@@ -257,15 +257,16 @@ class RunConfig(Section):
             return {n: getattr(self, n).hashable() for n in type(self).model_fields if n not in self.HASH_EXCLUDE and isinstance(getattr(self, n), Section)}
         return getattr(self, section).hashable()
 
-    def check_files(self, base: Path | None = None) -> None:
-        """Raise ConfigError naming the first local dataset/model path that does not exist."""
+    def check_files(self, base: Path | None = None, source: str | None = None) -> None:
+        """Raise ConfigError naming the first local dataset/model path that does not exist (and `source`, the config file)."""
+        where = f"{source}: " if source else ""
         for group in ("pool", "targeted", "untargeted"):
             for i, spec in enumerate(getattr(self.data, group)):
                 if "://" not in spec.path and not _resolve(spec.path, base).exists():
-                    raise ConfigError(f"data.{group}[{i}].path: file not found: {spec.path}")
+                    raise ConfigError(f"{where}data.{group}[{i}].path: file not found: {spec.path}")
         if not self.model.is_embedded and "://" not in self.model.name_or_path:
             if not _resolve(self.model.name_or_path, base).exists():
-                raise ConfigError(f"model.name_or_path: not found: {self.model.name_or_path}")
+                raise ConfigError(f"{where}model.name_or_path: not found: {self.model.name_or_path}")
 
 
 def _resolve(p: str, base: Path | None) -> Path:
@@ -340,5 +341,5 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     if path is not None:
         _absolutize(cfg, Path(path).resolve().parent)
     if check_files:
-        cfg.check_files()
+        cfg.check_files(source=None if path is None else source)
     return cfg

@@ -86,7 +86,7 @@ def normalize_gold(gold: str, verifier: str) -> str:
     if verifier == "exact":
         value = parse_int(g)
         if value is None:
-            raise ValueError(f"gold {gold!r} is not an integer (verifier 'exact')")
+            raise ValueError("gold is not an integer (verifier 'exact')")
         return str(value)
     if len(g) > 2 and g.startswith("$") and g.endswith("$") and not g.endswith("\\$") and "$" not in g[1:-1]:
         g = g[1:-1].strip()

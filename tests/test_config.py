@@ -1,0 +1,101 @@
+"""Config: every file in configs/ loads and builds its data; tiny.yaml is the embedded default written out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cropi_core.config import RunConfig, load_config, parse_config
+from cropi_core.data import CHARSET, build_splits
+from cropi_core.errors import ConfigError
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+ALL_CONFIGS = sorted(CONFIGS.glob("*.yaml"))
+
+
+def test_config_folder_has_the_three_configs():
+    names = {p.name for p in ALL_CONFIGS}
+    assert {"tiny.yaml", "qwen2.5-1.5b-paper.yaml", "smollm2-gsm8k.yaml"} <= names
+
+
+@pytest.mark.parametrize("path", ALL_CONFIGS, ids=lambda p: p.name)
+def test_every_config_loads_and_builds_its_data(path, shared_dir):
+    cfg = load_config(path, check_files=False)
+    assert isinstance(cfg, RunConfig) and cfg.name == path.stem
+    for spec in cfg.data.pool + cfg.data.targeted + cfg.data.untargeted:
+        assert Path(spec.path).is_absolute() and Path(spec.path).is_file(), spec.path  # resolved next to the YAML
+        assert Path(spec.path).is_relative_to(shared_dir / "data")
+    model_local = cfg.model.is_embedded or Path(cfg.model.name_or_path).exists()
+    if model_local:
+        load_config(path, check_files=True)  # everything it names exists here
+    else:  # e.g. /models/Qwen2.5-1.5B-Instruct on a GPU machine: the one-line error names the field
+        with pytest.raises(ConfigError, match=r"model\.name_or_path: not found"):
+            load_config(path, check_files=True)
+    splits = build_splits(cfg.data)
+    assert splits.pool and splits.val and splits.test_targeted
+    held = {p.prompt for ps in splits.eval_sets().values() for p in ps}
+    assert not held & {p.prompt for p in splits.pool}
+    # round trip through a plain dict (what the Prefect UI shows as flow parameters)
+    assert parse_config(cfg.model_dump(mode="json")) == cfg
+
+
+def test_tiny_yaml_is_the_embedded_default():
+    tiny = load_config(CONFIGS / "tiny.yaml").model_dump(mode="json")
+    default = RunConfig().model_dump(mode="json")
+    # the one tuned value: a short instruction for the character-level model
+    assert tiny["data"].pop("instruction") == "Answer in \\boxed{}."
+    default["data"].pop("instruction")
+    assert tiny == default
+    # every section is written out explicitly (nothing silently defaulted), storage.root aside (env dependent)
+    raw = yaml.safe_load((CONFIGS / "tiny.yaml").read_text())
+    for section, fields in default.items():
+        if isinstance(fields, dict):
+            missing = set(fields) - set(raw[section]) - ({"root"} if section == "storage" else set())
+            assert not missing, (section, missing)
+    assert set(load_config(CONFIGS / "tiny.yaml").data.instruction) <= set(CHARSET)
+
+
+def test_paper_config_matches_the_paper():
+    cfg = load_config(CONFIGS / "qwen2.5-1.5b-paper.yaml", check_files=False)
+    assert cfg.model.name_or_path.endswith("Qwen2.5-1.5B-Instruct")
+    assert (cfg.rollout.k_train, cfg.rollout.k_val, cfg.rollout.temperature) == (8, 32, 0.5)
+    assert cfg.rollout.max_new_tokens == 2048
+    assert (cfg.influence.dim, cfg.influence.sparse_ratio, cfg.selection.ratio) == (32768, 0.1, 0.1)
+    assert [s.name for s in cfg.data.targeted] == ["gsm8k", "math500"]
+    assert all(s.val_size == 100 for s in cfg.data.targeted)
+    assert {"gsm8k_train", "math_train", "dsr_sub"} <= {s.name for s in cfg.data.pool}
+    assert {"gaokao2023en", "amc23", "aime24"} <= {s.name for s in cfg.data.untargeted}
+    assert cfg.runner.kind == "ray" and cfg.train.lr == 1e-6
+
+
+def test_smollm2_config_points_at_the_gguf_wheel():
+    cfg = load_config(CONFIGS / "smollm2-gsm8k.yaml")
+    assert (Path(cfg.model.name_or_path) / cfg.model.gguf_file).is_file()
+    splits = build_splits(cfg.data)
+    assert splits.sizes() == {"pool": 64, "val/gsm8k": 32, "test/gsm8k": 64, "test/svamp": 64}
+    assert cfg.rollout.k_train == 4 and cfg.rollout.max_new_tokens == 96
+
+
+def test_overrides_and_hashable_fields(tmp_path):
+    cfg = load_config(CONFIGS / "tiny.yaml", overrides={"selection.ratio": 0.2, "rollout.batch_size": 7})
+    assert cfg.selection.ratio == 0.2
+    base = load_config(CONFIGS / "tiny.yaml")
+    # batch sizes do not change outputs: they are excluded from artifact hashes
+    assert cfg.hashable("rollout") == base.hashable("rollout")
+    assert cfg.hashable("selection") != base.hashable("selection")
+    assert "name" not in base.hashable() and "storage" not in base.hashable()
+
+
+def test_relative_paths_resolve_against_the_yaml_folder(tmp_path, data_dir):
+    sub = tmp_path / "a" / "b"
+    sub.mkdir(parents=True)
+    (tmp_path / "a" / "d.jsonl").write_text('{"question": "1+1?", "answer": "2"}\n')
+    (sub / "c.yaml").write_text(
+        "data:\n  synthetic: null\n"
+        "  pool: [{name: p, path: ../d.jsonl}]\n"
+        "  targeted: [{name: t, path: ../d.jsonl, val_size: 0}]\n"
+    )
+    cfg = load_config(sub / "c.yaml")
+    assert cfg.data.pool[0].path == str((tmp_path / "a" / "d.jsonl").resolve())
