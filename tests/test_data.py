@@ -16,7 +16,7 @@ from cropi_core.data import (CHARSET, DOMAINS, DataSplits, Problem, build_splits
                              generate_mixture, generate_problems, generate_suite, load_acc_history, load_dataset,
                              problems_from_jsonl, problems_to_jsonl, read_dataset, split_val_test)
 from cropi_core.data.extractors import boxed, gsm8k_hash, normalize_gold, strip_parenthetical
-from cropi_core.errors import ModelError
+from cropi_core.errors import ConfigError, ModelError
 from cropi_core.verify import reward
 
 # (relative path, spec kwargs, rows in the file per README, rows skipped for an empty/null answer)
@@ -265,6 +265,18 @@ def test_generate_mixture_avoids_excluded_prompts():
     mix = generate_mixture(list(DOMAINS), 600, seed=1, exclude=held)
     assert len(mix) == 600 and not {p.prompt for p in mix} & held
     assert {p.domain for p in mix} == set(DOMAINS) and len({p.id for p in mix}) == 600
+    # the default warm-up size (4000) fits beside the suite; an exhausted domain hands its share on
+    big = generate_mixture(["mul", "add2"], 3000, seed=2, exclude=held)
+    n_mul = sum(p.domain == "mul" for p in big)
+    assert len(big) == 3000 and len({p.prompt for p in big}) == 3000 and 1000 < n_mul < 1500
+    with pytest.raises(ConfigError, match="fewer than 2000 distinct problems"):
+        generate_mixture(["mul"], 2000, seed=2)
+    with pytest.raises(ConfigError, match="'mul' has fewer than 2000"):
+        generate_problems("mul", 2000, seed=2)
+
+
+def test_longer_generation_extends_the_same_list():
+    assert generate_problems("sub", 50, seed=5)[:20] == generate_problems("sub", 20, seed=5)
 
 
 def test_charset_covers_everything(repo_configs=Path(__file__).resolve().parents[1] / "configs"):

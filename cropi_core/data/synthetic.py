@@ -10,7 +10,7 @@ Domain            prompt                                                        
 add2      Compute 47+38.                                                 1 no carry, 2 carry
 add3      Compute 472+385.                                               1 + number of carries (max 3)
 sub       Compute 83-47.                                                 1 no borrow, 2 borrow
-mul       Compute 7*38.                                                  1 product<100, 2 <300, 3 otherwise
+mul       Compute 7*38.  /  Compute 38*7.                                1 product<100, 2 <300, 3 otherwise
 two_step  Compute 3*14+25.  /  Compute 6*9-17.                           1 b<10, 2 b<20, 3 b≥20
 word      Tom has 12 apples and buys 7 more. How many apples does he have?   1 add, 2 take away, 3 groups
 """
@@ -66,7 +66,8 @@ def _sub(r: random.Random) -> Sample:
 def _mul(r: random.Random) -> Sample:
     a, b = r.randint(2, 9), r.randint(10, 99)
     p = a * b
-    return f"Compute {a}*{b}.", p, {"level": 1 if p < 100 else 2 if p < 300 else 3, "op": "mul"}
+    x, y = (a, b) if r.random() < 0.5 else (b, a)  # both orders: 1440 distinct prompts
+    return f"Compute {x}*{y}.", p, {"level": 1 if p < 100 else 2 if p < 300 else 3, "op": "mul"}
 
 
 def _two_step(r: random.Random) -> Sample:
@@ -99,11 +100,13 @@ DOMAINS: dict[str, Callable[[random.Random], Sample]] = {
 assert tuple(DOMAINS) == SYNTHETIC_DOMAINS, "keep cropi_core.config.SYNTHETIC_DOMAINS in sync"
 
 
-def generate_problems(domain: str, n: int, seed: int, exclude: Iterable[str] = (), id_prefix: str = "syn") -> list[Problem]:
+def generate_problems(domain: str, n: int, seed: int, exclude: Iterable[str] = (), id_prefix: str = "syn",
+                      strict: bool = True) -> list[Problem]:
     """`n` distinct problems of `domain` (ids "<id_prefix>/<domain>/<i>"), deterministic in (domain, seed).
 
     Prompts in `exclude` are never produced (e.g. validation/test prompts when generating warm-up data).
-    Raises ConfigError if the domain has fewer than `n` distinct problems left.
+    A larger `n` extends the list (the first items stay the same). If the domain has fewer than `n` distinct
+    problems left: ConfigError when `strict`, else as many as there are.
     """
     if domain not in DOMAINS:
         raise ConfigError(f"unknown synthetic domain {domain!r} (known: {', '.join(DOMAINS)})")
@@ -116,7 +119,9 @@ def generate_problems(domain: str, n: int, seed: int, exclude: Iterable[str] = (
         if prompt in seen:
             misses += 1
             if misses > 50 * n + 10_000:  # the domain's space is (nearly) exhausted
-                raise ConfigError(f"synthetic domain {domain!r} has fewer than {n} distinct problems (got {len(out)})")
+                if strict:
+                    raise ConfigError(f"synthetic domain {domain!r} has fewer than {n} distinct problems (got {len(out)})")
+                break
             continue
         seen.add(prompt)
         out.append(Problem(f"{id_prefix}/{domain}/{len(out)}", prompt, str(answer), "synthetic", domain, "exact", meta))
@@ -124,15 +129,24 @@ def generate_problems(domain: str, n: int, seed: int, exclude: Iterable[str] = (
 
 
 def generate_mixture(domains: Iterable[str], n: int, seed: int, exclude: Iterable[str] = ()) -> list[Problem]:
-    """`n` problems spread evenly over `domains`, shuffled (e.g. warm-up data that avoids `exclude` prompts)."""
-    domains = list(domains)
+    """`n` problems spread evenly over `domains`, shuffled, none with a prompt in `exclude` (e.g. warm-up data).
+
+    A domain that runs out of distinct problems gives its remaining share to the others.
+    """
+    domains = list(dict.fromkeys(domains))
     if not domains:
         raise ConfigError("generate_mixture needs at least one domain")
     exclude = set(exclude)
-    out: list[Problem] = []
-    for i, d in enumerate(domains):
-        share = n // len(domains) + (1 if i < n % len(domains) else 0)
-        out += generate_problems(d, share, seed, exclude, id_prefix=f"syn{seed}")
+    want = {d: n // len(domains) + (1 if i < n % len(domains) else 0) for i, d in enumerate(domains)}
+    got = {d: generate_problems(d, want[d], seed, exclude, f"syn{seed}", strict=False) for d in domains}
+    while (short := n - sum(map(len, got.values()))) > 0:
+        open_ = [d for d in domains if len(got[d]) == want[d]]  # not exhausted yet
+        if not open_:
+            raise ConfigError(f"synthetic domains {domains} have fewer than {n} distinct problems outside the excluded ones")
+        for i, d in enumerate(open_):
+            want[d] += short // len(open_) + (1 if i < short % len(open_) else 0)
+            got[d] = generate_problems(d, want[d], seed, exclude, f"syn{seed}", strict=False)
+    out = [p for d in domains for p in got[d]]
     random.Random(f"cropi-mixture:{seed}").shuffle(out)
     return out
 
