@@ -14,6 +14,7 @@ import random
 import shutil
 import uuid
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from storage.root import FS, cache_dir
 
 SMALL_FILE = 1 << 20  # "sampled" verification hashes every item up to this size ...
 SAMPLED_LARGE = 2  # ... and this many larger items, chosen at random
+VERIFY_THREADS = min(8, (os.cpu_count() or 1) + 2)
 
 
 class Store:
@@ -350,13 +352,18 @@ def verify_payload(io: FS, base: str, m: Manifest, mode: str, only: str | None =
             items += [(f"{a.path}/{a.chunk_key(i)}", c.nbytes, c.sha256) for i, c in enumerate(a.chunks)]
     problems = []
     if mode == "full":
-        for rel, size, digest in items:
+        def check(item: tuple[str, int, str]) -> str | None:
+            rel, size, digest = item
             raw = io.cat(f"{base}/{rel}")
             if raw is None:
-                problems.append(f"{rel} missing")
-            elif len(raw) != size or sha256_bytes(raw) != digest:
-                problems.append(f"{rel} checksum mismatch")
-        return problems
+                return f"{rel} missing"
+            if len(raw) != size or sha256_bytes(raw) != digest:
+                return f"{rel} checksum mismatch"
+            return None
+
+        # hashlib releases the GIL on large buffers and object stores answer GETs in parallel
+        with ThreadPoolExecutor(max_workers=VERIFY_THREADS) as pool:
+            return [p for p in pool.map(check, items) if p]
     io.refresh(base)
     try:
         listing = {p.rstrip("/"): i for p, i in io.fs.find(base, detail=True).items()}
