@@ -24,8 +24,8 @@ def register_checkpoint(store: Store, folder: str | os.PathLike, *, parents: lis
 
     key: by default artifact_key("checkpoint", parents, {"content": checkpoint_hash(folder), **config});
     pass `key` to register under a key computed upstream (e.g. from the training inputs) instead.
-    meta gets `content_hash`; conventional meta keys are "run" and "stage". move=True moves the files on a
-    local root (and deletes the source folder after the manifest is written on a remote root).
+    meta gets `content_hash`; conventional meta keys are "run" and "stage". move=True hard-links the files (on a
+    local root, else copies) and deletes the source folder once the artifact is complete.
     Registering the same content again reuses the existing artifact.
     """
     folder = Path(folder)
@@ -38,7 +38,7 @@ def register_checkpoint(store: Store, folder: str | os.PathLike, *, parents: lis
             shutil.rmtree(folder, ignore_errors=True)
         return store.ref(key)
     with store.writer(CHECKPOINT_KIND, key, parents=parents, config=config, meta=meta) as w:
-        w.put_dir("", folder, move=move and store.local)
+        w.put_dir("", folder, link=move)
     if move:
         shutil.rmtree(folder, ignore_errors=True)
     return w.ref

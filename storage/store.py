@@ -49,6 +49,9 @@ class Store:
     def __repr__(self) -> str:
         return f"Store({self.url!r}, verify={self.verify_mode!r})"
 
+    def __reduce__(self):  # picklable by URL (e.g. passed to Ray/Prefect workers): reopened on arrival
+        return (_reopen, (self.url, self.verify_mode, self.storage_options))
+
     # ---- paths -------------------------------------------------------------------------------------------
     def artifact_dir(self, key: str) -> str:
         return f"{self.artifacts_dir}/{check_key(key)}"
@@ -242,6 +245,12 @@ class Store:
         return sorted(out, key=lambda m: (m.created_at, m.key))
 
 
+def _reopen(url: str, verify: str, storage_options: dict) -> Store:
+    from storage.root import open_store
+
+    return open_store(url, verify=verify, storage_options=storage_options)
+
+
 class ArtifactWriter:
     """Writes one artifact's payload into a private folder; the manifest is committed on clean exit.
 
@@ -293,23 +302,29 @@ class ArtifactWriter:
     def put_json(self, name: str, obj: Any) -> None:
         self.put_bytes(name, json.dumps(obj, indent=1, ensure_ascii=False, sort_keys=True).encode("utf-8"))
 
-    def put_file(self, name: str, local_path: str | os.PathLike, *, move: bool = False) -> None:
-        """Copy (or, on a local root, move) a local file into the artifact."""
+    def put_file(self, name: str, local_path: str | os.PathLike, *, link: bool = False) -> None:
+        """Copy a local file into the artifact (link=True: hard-link instead when on the same local disk).
+
+        The source is never moved: if the writer fails, the source is still intact (callers that want "move"
+        delete the source after the `with` block).
+        """
         path, src = self._new(name), Path(local_path)
         if not src.is_file():
             raise StorageError(f"put_file: not a file: {src}")
         digest, size = sha256_file(src), src.stat().st_size
         if self.store.local:
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            if move:
-                shutil.move(src, path)
-            else:
+            try:
+                if not link:
+                    raise OSError
+                os.link(src, path)
+            except OSError:
                 shutil.copyfile(src, path)
         else:
             self.store.fs.put_file(str(src), path)
         self.files[name] = FileInfo(size=size, sha256=digest)
 
-    def put_dir(self, name: str, local_dir: str | os.PathLike, *, move: bool = False) -> None:
+    def put_dir(self, name: str, local_dir: str | os.PathLike, *, link: bool = False) -> None:
         """Every file under `local_dir`, as `name/<relative path>` ("" puts them at the payload root)."""
         src = Path(local_dir)
         if not src.is_dir():
@@ -317,7 +332,7 @@ class ArtifactWriter:
         for p in sorted(src.rglob("*")):
             if p.is_file():
                 rel = p.relative_to(src).as_posix()
-                self.put_file(f"{name}/{rel}" if name else rel, p, move=move)
+                self.put_file(f"{name}/{rel}" if name else rel, p, link=link)
 
     def put_array(self, name: str, data: np.ndarray, *, chunk_rows: int | None = None, codec: str = "zstd") -> None:
         """A whole array as row-chunked Zarr (chunk checksums recorded in the manifest)."""

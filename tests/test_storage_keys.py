@@ -132,3 +132,25 @@ def test_checkpoint_hash_covers_weights_config_tokenizer_only(tmp_path):
     (tmp_path / "model.safetensors").unlink()
     with pytest.raises(StorageError, match="no weight files"):
         checkpoint_hash(tmp_path)
+
+
+def test_storage_is_pure_no_torch_prefect_or_pickle():
+    code = ("import sys; import storage, storage.registry, storage.gc; "
+            "bad = [m for m in ('torch', 'prefect', 'transformers') if m in sys.modules]; print(bad)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).parents[1])
+    assert out.stdout.strip() == "[]"
+    src = Path(__file__).parents[1] / "storage"
+    for f in src.glob("*.py"):
+        text = f.read_text()
+        assert "import pickle" not in text and "torch" not in text.replace("no torch", ""), f.name
+
+
+def test_store_reduces_to_its_url(tmp_path):
+    """Workers (Ray, Prefect) receive a Store as (URL, options) and reopen it (copy uses the same __reduce__)."""
+    import copy
+
+    from storage import open_store
+    s = open_store(str(tmp_path), verify="full")
+    s2 = copy.deepcopy(s)
+    assert s2.root == s.root and s2.verify_mode == "full" and s2.local
