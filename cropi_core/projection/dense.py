@@ -4,19 +4,22 @@
 
 one block P_p per parameter p, generated column-chunk by column-chunk from generator(seed, name, shape, dim, …)
 and never stored whole, so E[⟨Pg, Ph⟩] = ⟨g[S], h[S]⟩ and the matrix depends on (seed, name, shape) only.
+Kept coordinates are scaled by √(n_p/|S_p|), which makes inner products unbiased over the subsets as well:
+E_{S,P}[⟨sketch(g), sketch(h)⟩] = ⟨g, h⟩.
 Gradients are accumulated in the compute dtype (FlatProjector), projected in it, cast to `dtype` at the end.
-The projection of a group of prompts is one GEMM per chunk with the number of rows padded to a multiple of 16,
-so a prompt's row does not depend on how many other prompts share the group (see influence.py).
+The projection of a group of prompts is done in GEMMs of exactly 16 rows (zero rows pad the last one), so a
+prompt's row does not depend on how many other prompts share the group (see influence.py).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 from torch import nn
 
-from .base import coordinate_subset, generator
+from .base import coordinate_subset, generator, orthogonal_matrix
 from .exact import FlatProjector
 
 CHUNK_ELEMS = 1 << 22  # random numbers generated per chunk (dim × chunk columns)
@@ -28,8 +31,10 @@ class JLProjector(FlatProjector):
 
     kind = "dense"
 
-    def __init__(self, model: nn.Module, dim: int, *, sparse_ratio: float = 1.0, jl: str = "gaussian", **kw: Any) -> None:
+    def __init__(self, model: nn.Module, dim: int, *, sparse_ratio: float = 1.0, jl: str = "gaussian",
+                 orthogonal: bool = False, **kw: Any) -> None:
         super().__init__(model, dim, **kw)
+        self.orthogonal = orthogonal  # dim ≥ kept coordinates ⇒ an exact isometry instead of JL (factored's rest)
         if not 0 < sparse_ratio <= 1:
             raise ValueError(f"sparse_ratio must be in (0, 1], got {sparse_ratio}")
         if jl not in ("gaussian", "rademacher"):
@@ -38,6 +43,8 @@ class JLProjector(FlatProjector):
         self.subsets = {n: coordinate_subset(self.numel[n], self.sparse_ratio,
                                              generator(self.seed, n, self.shapes[n], "subset", self.sparse_ratio))
                         for n in self.params}
+        # kept coordinates are scaled by √(n/m) so that E_S[⟨g[S], h[S]⟩·n/m] = ⟨g, h⟩ (unbiased over subsets)
+        self.scale = {n: 1.0 if s is None else math.sqrt(self.numel[n] / s.numel()) for n, s in self.subsets.items()}
         self.kept = sum(self.numel[n] if s is None else int(s.numel()) for n, s in self.subsets.items())
         self.chunk = max(1, CHUNK_ELEMS // self.dim)
 
@@ -57,18 +64,33 @@ class JLProjector(FlatProjector):
 
     def finish(self) -> torch.Tensor:
         rows = -(-self.n_slots // ROW_ALIGN) * ROW_ALIGN
+        if self.orthogonal and self.dim >= self.kept:
+            vals = torch.zeros(rows, self.kept, dtype=self.compute_dtype, device=self.device)
+            o = 0
+            for n in self.params:
+                v = self.flat(n) if self.subsets[n] is None else self.flat(n)[:, self.subsets[n].to(self.device)]
+                v = v * self.scale[n] if self.scale[n] != 1.0 else v
+                vals[: self.n_slots, o : o + v.shape[1]] = v
+                o += v.shape[1]
+            g = generator(self.seed, tuple(self.params), tuple(self.shapes[n] for n in self.params), "orth", self.dim,
+                          self.sparse_ratio)
+            q = orthogonal_matrix(self.dim, self.kept, g, self.compute_dtype).to(self.device)  # [dim, kept]
+            self.buffers = {}
+            qt = q.T.contiguous()
+            return torch.cat([vals[r : r + ROW_ALIGN] @ qt for r in range(0, rows, ROW_ALIGN)])[: self.n_slots].to(self.dtype)
         out = torch.zeros(rows, self.dim, dtype=self.compute_dtype, device=self.device)
         vals = torch.zeros(rows, 0, dtype=self.compute_dtype, device=self.device)
         for n in self.params:
             v = self.flat(n)
             sub = self.subsets[n]
             if sub is not None:
-                v = v[:, sub.to(v.device)]
+                v = v[:, sub.to(v.device)] * self.scale[n]
             vals = torch.zeros(rows, v.shape[1], dtype=self.compute_dtype, device=self.device)
             vals[: self.n_slots] = v
             self.buffers.pop(n)
             for s, p in self._chunks(n, v.shape[1], self.compute_dtype, self.device):
-                out += vals[:, s : s + p.shape[0]] @ p
+                for r in range(0, rows, ROW_ALIGN):  # fixed 16-row GEMMs: a row's bits never depend on the group size
+                    out[r : r + ROW_ALIGN] += vals[r : r + ROW_ALIGN, s : s + p.shape[0]] @ p
         del vals
         return out[: self.n_slots].to(self.dtype)
 
