@@ -31,7 +31,7 @@ from storage.root import FS, cache_dir
 
 SMALL_FILE = 1 << 20  # "sampled" verification hashes every item up to this size ...
 SAMPLED_LARGE = 2  # ... and this many larger items, chosen at random
-VERIFY_THREADS = min(8, (os.cpu_count() or 1) + 2)
+VERIFY_THREADS = 8  # parallel GETs when verifying on an object store
 
 
 class Store:
@@ -376,8 +376,8 @@ def verify_payload(io: FS, base: str, m: Manifest, mode: str, only: str | None =
                 return f"{rel} checksum mismatch"
             return None
 
-        # hashlib releases the GIL on large buffers and object stores answer GETs in parallel
-        with ThreadPoolExecutor(max_workers=VERIFY_THREADS) as pool:
+        # object stores answer GETs in parallel; on local disk hashing is CPU-bound and threads do not pay
+        with ThreadPoolExecutor(max_workers=1 if io.local else VERIFY_THREADS) as pool:
             return [p for p in pool.map(check, items) if p]
     io.refresh(base)
     try:
