@@ -17,10 +17,17 @@ class LineageGraph:
     missing: parent keys named by some manifest but not present as complete artifacts.
     """
 
-    root: str
     nodes: dict[str, Manifest] = field(default_factory=dict)
     edges: list[tuple[str, str]] = field(default_factory=list)
+    root: str = ""
     missing: set[str] = field(default_factory=set)
+
+    def sinks(self) -> list[str]:
+        """The root if set, else every node that is nobody's parent."""
+        if self.root:
+            return [self.root]
+        parents = {p for p, _ in self.edges}
+        return sorted(k for k in self.nodes if k not in parents)
 
     def parents(self, key: str) -> list[str]:
         return [p for p, c in self.edges if c == key]
@@ -85,8 +92,8 @@ def _label(g: LineageGraph, k: str) -> str:
 
 def render_lineage_text(graph: LineageGraph) -> str:
     """Tree from the artifact down to its sources; an ancestor reached twice is expanded once."""
-    lines = [_label(graph, graph.root)]
-    seen = {graph.root}
+    lines: list[str] = []
+    seen: set[str] = set()
 
     def walk(k: str, prefix: str) -> None:
         ps = graph.parents(k)
@@ -98,7 +105,11 @@ def render_lineage_text(graph: LineageGraph) -> str:
                 seen.add(p)
                 walk(p, prefix + ("    " if last else "│   "))
 
-    walk(graph.root, "")
+    for sink in graph.sinks():
+        lines.append(_label(graph, sink) + ("  (see above)" if sink in seen else ""))
+        if sink not in seen:
+            seen.add(sink)
+            walk(sink, "")
     return "\n".join(lines)
 
 
@@ -113,7 +124,9 @@ def render_lineage_png(graph: LineageGraph, path: str | os.PathLike) -> Path:
     layers: dict[int, list[str]] = {}
     for k in sorted(depths, key=lambda k: (depths[k], getattr(graph.nodes.get(k), "kind", "~"), k)):
         layers.setdefault(depths[k], []).append(k)
-    width = max(len(v) for v in layers.values())
+    if not layers:
+        layers = {0: []}
+    width = max(1, max(len(v) for v in layers.values()))
     height = len(layers)
     pos = {}
     for d, ks in layers.items():
@@ -136,7 +149,7 @@ def render_lineage_png(graph: LineageGraph, path: str | os.PathLike) -> Path:
     ax.set_xlim(-0.2, width + 0.2)
     ax.set_ylim(-0.7, height - 0.3)
     ax.axis("off")
-    ax.set_title(f"lineage of {_label(graph, graph.root)[:70]}", fontsize=9)
+    ax.set_title("lineage of " + ", ".join(_label(graph, k)[:60] for k in graph.sinks()[:2]), fontsize=9)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -277,6 +277,11 @@ def test_lineage_text_and_png(store, tmp_path):
     assert any(f"selection {sel[:8]}" in ln and "method=popi" in ln and "ratio=0.3" in ln for ln in lines)
     assert sum(f"rollouts {ro[:8]}" in ln and "(see above)" not in ln for ln in lines) == 1  # expanded once
     assert any("(see above)" in ln for ln in lines) and f"{ghost[:8]} (missing)" in text
+    # a graph built by hand (no root): every sink is drawn; a missing artifact renders as missing
+    from storage import LineageGraph
+    hand = LineageGraph(nodes={k: g.nodes[k] for k in (ds, base, ro)}, edges=[(ds, ro), (base, ro)])
+    assert render_lineage_text(hand).splitlines()[0].startswith(f"rollouts {ro[:8]}")
+    assert "(missing)" in render_lineage_text(lineage(store, "e" * 64))
     png = render_lineage_png(g, tmp_path / "lineage.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     import matplotlib.image
