@@ -122,6 +122,9 @@ def test_corrupt_chunk_detected_reported_missing_and_rewritten(tmp_path):
         store.read_array(KEY, "grads")
     with pytest.warns(UserWarning, match="chunk 7 .* corrupt"):
         assert open_array(store).missing_chunks() == [7]
+    with pytest.warns(UserWarning, match="chunk 7 .* corrupt"):
+        assert not open_array(store).chunk_complete(7)
+    assert open_array(store).chunk_complete(6) and open_array(store).chunk_complete(7, verify=False)
     # rows written without a completion record (writer died in between) count as missing too
     a2 = open_array(store)
     a2.zarr[30:40] = rows(3, 30, 40)
