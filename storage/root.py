@@ -98,6 +98,11 @@ class FS:
                 return True
             except FileExistsError:
                 return False
+            except OSError:  # filesystem without hard links: rename (a tiny check-then-act window remains)
+                if os.path.exists(path):
+                    return False
+                os.replace(tmp, path)
+                return True
             finally:
                 try:
                     os.unlink(tmp)

@@ -70,6 +70,13 @@ def test_default_root_from_env(tmp_path, monkeypatch):
     assert s.root == str(tmp_path / "cfg") and s.verify_mode == "manifest"
 
 
+def test_bad_roots_are_one_line_errors(tmp_path):
+    with pytest.raises(StorageError, match="Protocol not known"):
+        open_store("nosuchproto://x")
+    with pytest.raises(StorageError, match="verify mode 'bogus'"):
+        open_store(str(tmp_path), verify="bogus")
+
+
 def test_missing_artifact_and_bad_names(store):
     key = artifact_key("dataset", parents=[], config={"x": 1})
     assert not store.exists(key)
