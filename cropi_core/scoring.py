@@ -57,6 +57,8 @@ def popi(train: np.ndarray, val: np.ndarray) -> np.ndarray:
     v = np.asarray(val, dtype=np.float64)
     if t.ndim != 2 or v.ndim != 2 or t.shape[1] != v.shape[1]:
         raise ValueError(f"popi: expected train [N,k] and val [M,k], got {t.shape} and {v.shape}")
+    if v.shape[0] == 0:
+        raise CropiError("popi: no validation gradient rows")
     good = ~np.isnan(v).any(axis=1)
     if not good.any():
         raise CropiError(f"popi: all {v.shape[0]} validation gradient rows are NaN (no validation prompt is scorable)")

@@ -36,6 +36,8 @@ def test_popi_errors():
         popi(np.ones((2, 2)), np.full((3, 2), nan))
     with pytest.raises(CropiError, match="norm"):
         popi(np.ones((2, 2)), np.array([[1.0, 0.0], [-1.0, 0.0]]))
+    with pytest.raises(CropiError, match="no validation"):
+        popi(np.ones((2, 2)), np.ones((0, 2)))
     with pytest.raises(ValueError):
         popi(np.ones((2, 3)), np.ones((2, 2)))
 
