@@ -136,6 +136,8 @@ class _Hooks:
             return name if name in selected else None
 
         inp_emb = model.get_input_embeddings()
+        if not isinstance(inp_emb, nn.Embedding):
+            raise ModelError(f"model {type(model).__name__} has no nn.Embedding input embedding to hook")
         for mname, mod in model.named_modules():
             if isinstance(mod, nn.Linear):
                 w, b = sel(mod.weight), sel(mod.bias)
@@ -156,8 +158,6 @@ class _Hooks:
                 if w and mod.weight.dim() == 1:
                     self.handles.append(mod.register_forward_hook(self._rmsnorm_hook(w, float(mod.variance_epsilon))))
                     covered.add(w)
-        if not any(h for h in self.handles) or inp_emb is None:
-            raise ModelError("model has no input embedding to hook")
         missing = [n for n in projector.params if n not in covered]
         if missing:
             self.remove()
@@ -165,6 +165,8 @@ class _Hooks:
 
     def _linear_hook(self, w: str | None, b: str | None):
         def hook(mod, args, out):
+            if not out.requires_grad:  # not downstream of the embedding leaf: no gradient can reach it
+                return
             saved = self.projector.save_linear(w, b, args[0]) if w else None
             out.register_hook(lambda g: self.projector.add_linear(w, b, saved, g, self.rows))
         return hook
@@ -180,6 +182,8 @@ class _Hooks:
 
     def _rmsnorm_hook(self, w: str, eps: float):
         def hook(mod, args, out):
+            if not out.requires_grad:
+                return
             x = args[0]
             xf = x.to(torch.float32)  # as Qwen2RMSNorm/LlamaRMSNorm do, even for float64 models
             xhat = (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype).detach()

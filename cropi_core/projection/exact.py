@@ -28,7 +28,7 @@ class FlatProjector(Projector):
         self.compute_dtype = torch.float32
 
     def slot_bytes(self) -> int:
-        return 8 * self.num_params + 4 * self.dim
+        return 4 * self.num_params + 4 * self.dim  # float32 buffers (float64 models: twice that)
 
     def start(self, n_slots: int, compute_dtype: torch.dtype, device: torch.device | str = "cpu") -> None:
         self.n_slots, self.compute_dtype, self.device = n_slots, compute_dtype, torch.device(device)

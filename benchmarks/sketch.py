@@ -1,0 +1,223 @@
+"""Sketching throughput: every projector vs a plain forward+backward and vs the paper's reference procedure.
+
+Same model (a ≥ 20M-parameter Qwen2 by default), same batch of random prompts × K responses, one process:
+  (a) plain forward+backward of the scoring loss over the whole batch (weights require grad, as in training);
+  (b) `sketch_prompts` with each projector: prompts/s, tokens/s, ratio to (a), peak RSS growth, bytes/prompt;
+  (c) the paper's reference procedure (thu-coai/CROPI with TRAK's projector, PAPER.md §4): one prompt at a time,
+      full flat gradient, fixed coordinate subset, dense Gaussian projection generated blockwise on the fly.
+Slow methods (exact, dense, reference) run on the first `--slow-prompts` prompts only; rates are per prompt.
+
+    .venv/bin/python benchmarks/sketch.py                    # table on stdout, JSON in benchmarks/out/
+    .venv/bin/python benchmarks/sketch.py --model tiny --prompts 8   # smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import torch
+from transformers import Qwen2Config, Qwen2ForCausalLM
+
+from cropi_core.influence import PromptRollouts, _micro_batches, _pad, _sequences, _token_logprobs, sketch_prompts
+from cropi_core.objective import group_advantages
+from cropi_core.projection import make_projector
+
+MODELS = {
+    "20m": dict(vocab_size=16000, hidden_size=384, intermediate_size=1024, num_hidden_layers=6, num_attention_heads=6,
+                num_key_value_heads=2),
+    "tiny": dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2),
+}
+
+
+class PeakRSS:
+    """Peak resident-set growth over a block, sampled every 5 ms by a thread (torch allocations included)."""
+
+    def __enter__(self):
+        self.proc = psutil.Process()
+        self.base = self.peak = self.proc.memory_info().rss
+        self.stop = threading.Event()
+        self.t = threading.Thread(target=self._run, daemon=True)
+        self.t.start()
+        return self
+
+    def _run(self):
+        while not self.stop.wait(0.005):
+            self.peak = max(self.peak, self.proc.memory_info().rss)
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.t.join()
+        self.peak = max(self.peak, self.proc.memory_info().rss)
+        self.delta = self.peak - self.base
+
+
+def make_batch(n: int, k: int, prompt_len: int, resp_len: int, vocab: int, seed: int) -> list[PromptRollouts]:
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for i in range(n):
+        p = torch.randint(0, vocab, (int(torch.randint(prompt_len // 2, prompt_len * 3 // 2 + 1, (1,), generator=g)),),
+                          generator=g)
+        rs = [torch.randint(0, vocab, (int(t),), generator=g)
+              for t in torch.randint(resp_len // 2, resp_len * 3 // 2 + 1, (k,), generator=g)]
+        lbs = [-3 * torch.rand(r.shape, generator=g) for r in rs]
+        rewards = torch.zeros(k)
+        rewards[: 1 + i % (k - 1)] = 1  # always scorable
+        out.append(PromptRollouts(p, rs, lbs, rewards, problem_id=f"bench/{i}"))
+    return out
+
+
+def resp_tokens(prompts) -> int:
+    return sum(r.numel() for p in prompts for r in p.response_ids)
+
+
+def all_tokens(prompts) -> int:
+    return sum(p.num_tokens for p in prompts)
+
+
+def plain_fwd_bwd(model, prompts, micro_batch_tokens: int) -> None:
+    """(a): the same loss and packing as sketch_prompts, but ordinary training-style backward into .grad."""
+    model.zero_grad(set_to_none=True)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    for batch in _micro_batches(_sequences(prompts, "seq_mean_token_mean", torch.float32), micro_batch_tokens):
+        ids, attn, logbeta, mask = _pad(batch, torch.device("cpu"), torch.float32)
+        coef = torch.tensor([s.coef for s in batch])
+        logp = _token_logprobs(model, ids, attn, 1.0)
+        (coef[:, None] * torch.exp(logp - logbeta) * mask).sum().backward()
+    model.zero_grad(set_to_none=True)
+
+
+def reference_sketch(model, prompts, dim: int, ratio: float, seed: int) -> torch.Tensor:
+    """(c): per prompt — its K responses through the model, full flat gradient, subset, on-the-fly dense JL."""
+    params = [p for p in model.parameters()]
+    n = sum(p.numel() for p in params)
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(n, generator=g)[: max(1, int(round(ratio * n)))].sort().values
+    chunk = max(1, (1 << 22) // dim)
+    out = torch.zeros(len(prompts), dim)
+    for p in params:
+        p.requires_grad_(True)
+    for b, pr in enumerate(prompts):
+        model.zero_grad(set_to_none=True)
+        adv = group_advantages(pr.rewards)
+        seqs = [torch.cat([pr.prompt_ids, r]) for r in pr.response_ids]
+        length = max(s.numel() for s in seqs)
+        ids = torch.stack([torch.nn.functional.pad(s, (0, length - s.numel())) for s in seqs])
+        attn = torch.stack([(torch.arange(length) < s.numel()).long() for s in seqs])
+        logp = _token_logprobs(model, ids, attn, 1.0)
+        loss = 0.0
+        for k, r in enumerate(pr.response_ids):
+            p0 = pr.prompt_ids.numel()
+            rho = torch.exp(logp[k, p0 - 1 : p0 - 1 + r.numel()] - pr.behavior_logprobs[k])
+            loss = loss - adv[k] * rho.mean() / pr.k
+        loss.backward()
+        flat = torch.cat([p.grad.reshape(-1) for p in params])
+        kept = flat[idx]
+        gen = torch.Generator().manual_seed(seed + 1)
+        for s in range(0, kept.numel(), chunk):
+            c = min(chunk, kept.numel() - s)
+            out[b] += kept[s : s + c] @ (torch.randn(c, dim, generator=gen) / math.sqrt(dim))
+    model.zero_grad(set_to_none=True)
+    return out.half()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", choices=sorted(MODELS), default="20m")
+    ap.add_argument("--prompts", type=int, default=16)
+    ap.add_argument("--slow-prompts", type=int, default=2, help="prompts for exact/dense/reference")
+    ap.add_argument("--k", type=int, default=4)
+    ap.add_argument("--prompt-len", type=int, default=32)
+    ap.add_argument("--resp-len", type=int, default=48)
+    ap.add_argument("--dim", type=int, default=1024)
+    ap.add_argument("--ratio", type=float, default=0.1, help="sparse ratio for sparse/reference/factored-sub")
+    ap.add_argument("--micro-batch-tokens", type=int, default=2048)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    ap.add_argument("--kinds", default="factored,factored-sub,sparse,exact,reference",
+                    help="comma list of factored, factored-sub, sparse, dense, exact, reference")
+    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "out" / "sketch.json")
+    a = ap.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(Qwen2Config(**MODELS[a.model], max_position_embeddings=512, tie_word_embeddings=False,
+                                         attn_implementation="eager")).eval()
+    n_params = sum(p.numel() for p in model.parameters())
+    prompts = make_batch(a.prompts, a.k, a.prompt_len, a.resp_len, model.config.vocab_size, seed=0)
+    slow = prompts[: a.slow_prompts]
+    rows: list[dict] = []
+
+    def record(name, fn, ps, bytes_per_prompt, dim):
+        with PeakRSS() as mem:
+            t = time.perf_counter()
+            fn(ps)
+            dt = time.perf_counter() - t
+        rows.append(dict(method=name, prompts=len(ps), seconds=dt, prompts_per_s=len(ps) / dt,
+                         tokens_per_s=all_tokens(ps) / dt, peak_rss_mb=mem.delta / 2**20,
+                         bytes_per_prompt=bytes_per_prompt, dim=dim))
+        print(f"  {name}: {dt:.1f}s", flush=True)
+
+    print(f"model {a.model}: {n_params / 1e6:.1f}M params; batch {a.prompts} prompts × {a.k} responses, "
+          f"{all_tokens(prompts)} tokens; threads {torch.get_num_threads()}", flush=True)
+    record("(a) plain fwd+bwd", lambda ps: plain_fwd_bwd(model, ps, a.micro_batch_tokens), prompts, 0, 0)
+    kinds = [k.strip() for k in a.kinds.split(",") if k.strip()]
+    specs = {"factored": ("factored", 1.0, prompts), "factored-sub": ("factored", a.ratio, prompts),
+             "sparse": ("sparse", a.ratio, prompts), "dense": ("dense", 1.0, slow), "exact": ("exact", 1.0, slow)}
+    for k in kinds:
+        if k == "reference":
+            continue
+        kind, ratio, ps = specs[k]
+        proj = make_projector(kind, model, a.dim, sparse_ratio=ratio, dtype=torch.float16)
+        name = f"(b) {kind}" + (f" ρ={ratio:g}" if kind in ("sparse", "factored") else "")
+        bpp = 4 * proj.dim if kind == "exact" else proj.bytes_per_prompt()
+        if kind == "exact":
+            proj.dtype = torch.float32
+        record(name, lambda ps: sketch_prompts(model, ps, proj, micro_batch_tokens=a.micro_batch_tokens), ps, bpp,
+               proj.dim)
+    if "reference" in kinds:
+        record(f"(c) reference ρ={a.ratio:g}", lambda ps: reference_sketch(model, ps, a.dim, a.ratio, 0), slow,
+               2 * a.dim, a.dim)
+    base = rows[0]["tokens_per_s"]
+    ref = next((r for r in rows if r["method"].startswith("(c)")), None)
+    for r in rows:
+        r["vs_plain"] = r["tokens_per_s"] / base
+        r["vs_reference"] = r["prompts_per_s"] / ref["prompts_per_s"] if ref else None
+
+    from rich.console import Console
+    from rich.table import Table
+
+    tab = Table(title=f"sketch benchmark — {a.model} ({n_params / 1e6:.1f}M params), dim {a.dim}, "
+                      f"{torch.get_num_threads()} thread(s)")
+    for c in ("method", "prompts", "s", "prompts/s", "tokens/s", "× (a)", "× (c)", "peak RSS MB", "bytes/prompt"):
+        tab.add_column(c, justify="left" if c == "method" else "right")
+    for r in rows:
+        tab.add_row(r["method"], str(r["prompts"]), f"{r['seconds']:.1f}", f"{r['prompts_per_s']:.3f}",
+                    f"{r['tokens_per_s']:.0f}", f"{r['vs_plain']:.2f}",
+                    "" if r["vs_reference"] is None else f"{r['vs_reference']:.1f}", f"{r['peak_rss_mb']:.0f}",
+                    f"{r['bytes_per_prompt']:,}")
+    Console(width=200).print(tab)
+    print("\n| method | prompts | s | prompts/s | tokens/s | × (a) | × (c) | peak RSS MB | bytes/prompt |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        vc = "" if r["vs_reference"] is None else f"{r['vs_reference']:.1f}"
+        print(f"| {r['method']} | {r['prompts']} | {r['seconds']:.1f} | {r['prompts_per_s']:.3f} | {r['tokens_per_s']:.0f} "
+              f"| {r['vs_plain']:.2f} | {vc} | {r['peak_rss_mb']:.0f} | {r['bytes_per_prompt']:,} |")
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    meta = dict(args={k: str(v) for k, v in vars(a).items()}, n_params=n_params, threads=torch.get_num_threads(),
+                cpu=platform.processor() or platform.machine(), cpus=os.cpu_count(),
+                load_avg=os.getloadavg(), torch=torch.__version__, time=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    a.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    print(f"wrote {a.out}")
+
+
+if __name__ == "__main__":
+    main()
