@@ -1,0 +1,223 @@
+"""The `cropi` command line: run the curriculum, inspect artifacts and lineage, start the Prefect UI.
+
+Every user error (bad config, bad data, unreachable storage) prints ONE line `error: ...` on stderr and
+exits with code 2; validation happens before any flow starts, so nothing is registered on bad input.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+import yaml
+
+from cropi_core.errors import ConfigError, CropiError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="CROPI: curriculum RL with off-policy influence guidance.")
+
+EXIT_USER_ERROR = 2
+# a loaded 2-core machine can take > 20 s (Prefect's default) to start the temporary API server
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+
+
+def _fail(err: BaseException) -> None:
+    msg = " ".join(str(err).split()) or type(err).__name__
+    typer.echo(f"error: {msg}", err=True)
+    raise typer.Exit(EXIT_USER_ERROR)
+
+
+def parse_sets(items: list[str] | None) -> dict[str, Any]:
+    """["selection.ratio=0.2", "train.stages=2"] -> {"selection.ratio": 0.2, ...} (values parsed as YAML)."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key=value")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        if not key or any(not part for part in key.split(".")):
+            raise ConfigError(f"--set {item!r}: empty key")
+        try:
+            out[key] = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            raise ConfigError(f"--set {item!r}: value is not valid YAML") from None
+    return out
+
+
+def probe_storage(url: str) -> None:
+    """Raise StorageError unless the storage root at `url` can be created, written and read back."""
+    import fsspec
+
+    from storage import StorageError
+
+    try:
+        fs, path = fsspec.core.url_to_fs(url)
+        path = path.rstrip("/") or "/"
+        fs.makedirs(path, exist_ok=True)
+        probe = f"{path}/.cropi-probe-{os.getpid()}"
+        fs.pipe_file(probe, b"ok")
+        ok = fs.cat_file(probe) == b"ok"
+        fs.rm_file(probe)
+    except StorageError:
+        raise
+    except Exception as err:  # noqa: BLE001 - any backend failure means "unreachable"
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise StorageError(f"storage root {url!r} is not reachable or writable: {type(err).__name__}: {first}") from None
+    if not ok:
+        raise StorageError(f"storage root {url!r}: probe file did not read back")
+
+
+def prepare(config: Path | None, sets: list[str] | None, storage: str | None, name: str | None = None):
+    """Load + validate the config, probe storage and build the data splits (raises CropiError on bad input)."""
+    from cropi_core.config import load_config
+
+    overrides = parse_sets(sets)
+    if storage is not None:
+        overrides["storage.root"] = storage
+    if name is not None:
+        overrides["name"] = name
+    cfg = load_config(config, overrides)
+    probe_storage(cfg.storage.root)
+    from tasks.dataset import build_splits_cached
+
+    build_splits_cached(cfg.data)  # missing / malformed datasets fail here, before any flow run
+    return cfg
+
+
+@app.command()
+def run(
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML RunConfig (default: the embedded tiny setup)"),
+    set_: Optional[list[str]] = typer.Option(None, "--set", "-s", help="override a field: section.key=value (repeatable)"),
+    storage: Optional[str] = typer.Option(None, "--storage", help="storage root URL (default $CROPI_STORAGE or ./.cropi)"),
+    name: Optional[str] = typer.Option(None, "--name", help="run name (report folder runs/<name>)"),
+) -> None:
+    """Run the CROPI curriculum (cached: a rerun recomputes nothing) and print where the report is."""
+    try:
+        cfg = prepare(config, set_, storage, name)
+    except CropiError as err:
+        _fail(err)
+    from flows.curriculum import run_curriculum
+
+    try:
+        summary = run_curriculum(cfg)
+    except CropiError as err:
+        _fail(err)
+    c = summary["counts"]
+    typer.echo(
+        f"done in {summary['seconds']:.1f}s: {c['task_runs']} task runs, {c['computed']} computed, "
+        f"{c['cached']} cached by Prefect, {c['storage_hits']} reused from storage"
+    )
+    typer.echo(f"final checkpoint: {summary['final_checkpoint']}")
+    typer.echo(f"report: {summary['report']}")
+
+
+def _resolve_key(store, key: str) -> str:
+    from storage import StorageError
+
+    if len(key) == 64:
+        return key
+    hits = sorted({m.key for m in store.find() if m.key.startswith(key)})
+    if len(hits) != 1:
+        raise StorageError(f"artifact key prefix {key!r} matches {len(hits)} artifacts in {store.url}")
+    return hits[0]
+
+
+@app.command()
+def lineage(
+    key: str = typer.Argument(..., help="artifact key (or a unique prefix)"),
+    storage: Optional[str] = typer.Option(None, "--storage", help="storage root URL"),
+    png: Optional[Path] = typer.Option(None, "--png", help="also draw the graph to this PNG"),
+) -> None:
+    """Print the artifact DAG (parents first) of KEY from storage manifests alone (no Prefect needed)."""
+    from storage import StorageError, lineage as lineage_of, open_store, render_lineage_png, render_lineage_text
+
+    try:
+        store = open_store(storage)
+        full = _resolve_key(store, key)
+        if not store.exists(full):
+            raise StorageError(f"no artifact {key!r} in {store.url}")
+        graph = lineage_of(store, full)
+        typer.echo(render_lineage_text(graph))
+        if png is not None:
+            render_lineage_png(graph, png)
+            typer.echo(f"lineage graph: {png}")
+    except CropiError as err:
+        _fail(err)
+
+
+@app.command()
+def inspect(
+    key: str = typer.Argument(..., help="artifact key (or a unique prefix)"),
+    storage: Optional[str] = typer.Option(None, "--storage", help="storage root URL"),
+) -> None:
+    """Print an artifact's manifest (kind, parents, config, files, meta) as JSON."""
+    from storage import StorageError, open_store
+
+    try:
+        store = open_store(storage)
+        full = _resolve_key(store, key)
+        if not store.exists(full):
+            raise StorageError(f"no artifact {key!r} in {store.url}")
+        m = store.manifest(full)
+        typer.echo(json.dumps(m.model_dump(mode="json"), indent=2, sort_keys=True))
+    except CropiError as err:
+        _fail(err)
+
+
+def wait_healthy(url: str, timeout: float = 120.0, proc: subprocess.Popen | None = None) -> bool:
+    """Poll `<url>/api/health` until it answers 200 (False on timeout or if `proc` exits)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            return False
+        try:
+            with urllib.request.urlopen(f"{url}/api/health", timeout=2) as r:
+                if r.status == 200:
+                    return True
+        except Exception:  # noqa: BLE001 - not up yet
+            pass
+        time.sleep(0.5)
+    return False
+
+
+def start_server(port: int, log_path: Path | None = None) -> tuple[subprocess.Popen, str]:
+    """Start `prefect server start --host 127.0.0.1 --port PORT` in the background; return (process, url)."""
+    url = f"http://127.0.0.1:{port}"
+    exe = Path(sys.executable).with_name("prefect")
+    cmd = [str(exe) if exe.exists() else "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+    out = open(log_path, "ab") if log_path else subprocess.DEVNULL
+    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    return proc, url
+
+
+@app.command()
+def ui(
+    port: int = typer.Option(4200, "--port", help="port for the Prefect server"),
+    timeout: float = typer.Option(120.0, "--timeout", help="seconds to wait for the server to become healthy"),
+) -> None:
+    """Start the Prefect server + UI on 127.0.0.1, wait until healthy, print the URL; Ctrl-C stops it."""
+    proc, url = start_server(port)
+    try:
+        if not wait_healthy(url, timeout, proc):
+            proc.terminate()
+            _fail(CropiError(f"prefect server did not become healthy on {url} within {timeout:.0f}s"))
+        typer.echo(f"Prefect UI: {url}")
+        typer.echo(f"send runs to it with: export PREFECT_API_URL={url}/api")
+        proc.wait()
+    except KeyboardInterrupt:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def main() -> None:  # pragma: no cover - `python -m flows.cli`
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

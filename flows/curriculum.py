@@ -1,0 +1,91 @@
+"""`curriculum(config)`: the whole CROPI run as one Prefect flow.
+
+datasets → stage-0 checkpoint (bootstrap of the embedded model) → offline rollouts of β (pool: K = k_train,
+each validation set: K = k_val) → evaluation of θ_0 → for m in stages: `stage(m)` subflow → final report.
+Every task is keyed by its storage artifact key, so a rerun recomputes nothing and a killed run resumes at the
+first missing artifact (or gradient chunk).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from prefect import flow
+
+from cropi_core.config import RunConfig
+from flows.runtime import Tracker, add_counts, task_runner
+from flows.stage import stage as stage_flow
+from tasks import bootstrap as T_boot
+from tasks import dataset as T_data
+from tasks import evaluate as T_eval
+from tasks import rollouts as T_roll
+from tasks.common import LEDGER, run_dir
+
+
+@flow(name="cropi-curriculum", flow_run_name="curriculum-{config.name}")
+def curriculum(config: RunConfig) -> dict[str, Any]:
+    """Run the multi-stage CROPI curriculum described by `config`; returns refs, per-stage outputs and counts."""
+    cfg = config
+    tr = Tracker(cfg)
+    names = T_data.set_names(cfg)
+    pool = tr.submit(T_data.dataset, retries=False, cfg=cfg, role="pool", name="pool")
+    vals = {n: tr.submit(T_data.dataset, retries=False, cfg=cfg, role="val", name=n) for n in names["val"]}
+    tests = {n: tr.submit(T_data.dataset, retries=False, cfg=cfg, role=role, name=n)
+             for role in ("test_targeted", "test_untargeted") for n in names[role]}
+
+    base = tr.submit(T_boot.base_model, cfg=cfg)
+    roll_pool = tr.submit(T_roll.rollouts, cfg=cfg, ckpt=base, data=pool, k=cfg.rollout.k_train, label="pool")
+    roll_val = {n: tr.submit(T_roll.rollouts, cfg=cfg, ckpt=base, data=d, k=cfg.rollout.k_val, label=n.replace("/", "-"))
+                for n, d in vals.items()}
+    evals0 = {n: tr.submit(T_eval.evaluate, cfg=cfg, ckpt=base, data=d, name=n, stage=0) for n, d in tests.items()}
+
+    tests_r = {n: f.result() for n, f in tests.items()}
+    pool_r, roll_pool_r = pool.result(), roll_pool.result()
+    roll_val_r = {n: f.result() for n, f in roll_val.items()}
+    ckpt = base.result()
+    stages: list[dict[str, Any]] = []
+    counts = {"task_runs": 0, "cached": 0, "failed": 0}
+    runner = task_runner(cfg)
+    fixed = None
+    for m in range(cfg.train.stages):
+        out = stage_flow.with_options(task_runner=runner)(
+            config=cfg, stage=m, ckpt=ckpt, pool=pool_r, pool_rollouts=roll_pool_r, val_rollouts=roll_val_r,
+            tests=tests_r, fixed_selection=fixed)
+        counts = add_counts(counts, out.pop("counts"))
+        stages.append(out)
+        ckpt = out["checkpoint"]
+        if cfg.selection.method == "influence_once" and fixed is None:
+            fixed = out["selection"]
+
+    from flows.reports import final_report
+
+    summary = {
+        "name": cfg.name, "base_checkpoint": base.result(), "final_checkpoint": ckpt, "pool": pool_r,
+        "pool_rollouts": roll_pool_r, "val_rollouts": roll_val_r, "tests": tests_r,
+        "evals0": {n: f.result() for n, f in evals0.items()}, "stages": stages,
+    }
+    summary["report"] = str(final_report(cfg, summary))
+    summary["counts"] = add_counts(counts, tr.counts())
+    return summary
+
+
+def run_curriculum(cfg: RunConfig) -> dict[str, Any]:
+    """Run the flow with the configured task runner; add the in-process ledger (computed vs reused from
+    storage) and wall time, and write `<run folder>/summary.json`. Returns the JSON-able summary."""
+    LEDGER.reset()
+    t0 = time.perf_counter()
+    out = curriculum.with_options(task_runner=task_runner(cfg))(config=cfg)
+    seconds = time.perf_counter() - t0
+    counts = {**out["counts"], "computed": LEDGER.count("computed"), "storage_hits": LEDGER.count("storage-hit")}
+    summary = {
+        "name": cfg.name, "seconds": seconds, "counts": counts, "computed": LEDGER.computed(),
+        "final_checkpoint": out["final_checkpoint"].key, "base_checkpoint": out["base_checkpoint"].key,
+        "report": out["report"],
+        "stages": [{"stage": s["stage"], "checkpoint": s["checkpoint"].key, "selection": s["selection"].key,
+                    "grads": {n: g.key for n, g in s["grads"].items()}} for s in out["stages"]],
+        "pool_rollouts": out["pool_rollouts"].key, "val_rollouts": {n: r.key for n, r in out["val_rollouts"].items()},
+    }
+    (run_dir(cfg) / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary

@@ -1,0 +1,292 @@
+"""Per-stage and per-run reports: matplotlib PNGs + markdown in the run folder, and the same as Prefect
+artifacts (keyed tables, markdown, images as data URLs).
+
+Plots: accuracy vs training step (targeted / untargeted), selected-set composition by domain, POPI score
+histogram, stage-to-stage selection overlap, offline vs online pass rate of the selected prompts (paper's
+Figure 6), off-policy health (ESS, KL), and the lineage graph of the final checkpoint.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from cropi_core.config import RunConfig
+from storage import ArtifactRef, lineage, render_lineage_png, render_lineage_text
+from tasks.common import get_store, run_dir
+
+
+def slug(cfg: RunConfig) -> str:
+    """Prefect artifact key prefix (lowercase letters, digits, dashes)."""
+    return "cropi-" + (re.sub(r"[^a-z0-9-]+", "-", cfg.name.lower()).strip("-") or "run")
+
+
+def data_url(png: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(Path(png).read_bytes()).decode()
+
+
+def _publish_table(key: str, rows: list[dict], description: str) -> None:
+    try:
+        from prefect.artifacts import create_table_artifact
+
+        create_table_artifact(table=rows, key=key, description=description)
+    except Exception:  # noqa: BLE001 - outside a flow run (e.g. report rebuilt from a script)
+        pass
+
+
+def _publish_markdown(key: str, md: str, description: str) -> None:
+    try:
+        from prefect.artifacts import create_markdown_artifact
+
+        create_markdown_artifact(markdown=md, key=key, description=description)
+    except Exception:  # noqa: BLE001
+        pass
+
+
+def _publish_image(key: str, png: Path, description: str) -> None:
+    try:
+        from prefect.artifacts import create_image_artifact
+
+        create_image_artifact(image_url=data_url(png), key=key, description=description)
+    except Exception:  # noqa: BLE001
+        pass
+
+
+def _meta(cfg: RunConfig, ref: ArtifactRef | None) -> dict:
+    return dict(get_store(cfg).manifest(ref.key).meta) if ref is not None else {}
+
+
+def _fmt(x: Any) -> str:
+    if x is None or (isinstance(x, float) and not np.isfinite(x)):
+        return "–"
+    return f"{x:.3f}" if isinstance(x, float) else str(x)
+
+
+def _md_table(rows: list[dict]) -> str:
+    if not rows:
+        return "_(none)_\n"
+    cols = list(rows[0])
+    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    out += ["| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |" for r in rows]
+    return "\n".join(out) + "\n"
+
+
+# ---------------------------------------------------------------- per stage
+def stage_rows(cfg: RunConfig, out: dict[str, Any]) -> dict[str, Any]:
+    """Numbers of one stage, read back from the artifacts' manifests."""
+    from tasks.selection import read_selection
+
+    sel = read_selection(cfg, out["selection"])
+    sm = _meta(cfg, out["selection"])
+    online = _meta(cfg, out["online"])
+    health = _meta(cfg, out["health"])
+    ck = _meta(cfg, out["checkpoint"])
+    return {
+        "stage": out["stage"], "method": sel["method"], "selected": len(sel["indices"]), "pool": sm.get("pool"),
+        "domains": sm.get("domains", {}), "offline_pass_rate": float(np.mean(sel["offline_pass_rate"])) if sel["indices"] else None,
+        "online_pass_rate": online.get("mean_pass_rate"), "ess_frac": health.get("ess_frac"), "kl": health.get("kl"),
+        "train_reward": ck.get("reward_mean"), "checkpoint": out["checkpoint"].key,
+        "accuracy": {n: _meta(cfg, r).get("accuracy") for n, r in out["evals"].items()},
+    }
+
+
+@task(name="report-stage", task_run_name="report-s{out[stage]}", cache_policy=NO_CACHE)
+def stage_report(cfg: RunConfig, out: dict[str, Any]) -> str:
+    """Markdown + keyed table for one stage; file `<run folder>/stage_<m>.md`. Returns the file path."""
+    r = stage_rows(cfg, out)
+    m = r["stage"]
+    table = [{"field": k, "value": json.dumps(v) if isinstance(v, dict) else _fmt(v)} for k, v in r.items()]
+    md = (f"# {cfg.name}: stage {m}\n\nSelection `{r['method']}`: {r['selected']} of {r['pool']} pool prompts.\n\n"
+          f"Composition by domain: {json.dumps(r['domains'])}\n\n"
+          f"Pass rate of the selected prompts: offline (β) {_fmt(r['offline_pass_rate'])}, online (θ_{m}) "
+          f"{_fmt(r['online_pass_rate'])}. Off-policy health: ESS/K {_fmt(r['ess_frac'])}, KL {_fmt(r['kl'])}.\n\n"
+          "Accuracy after this stage:\n\n" + _md_table([{"set": n, "accuracy": a} for n, a in r["accuracy"].items()])
+          + f"\nCheckpoint: `{r['checkpoint']}`\n")
+    path = run_dir(cfg) / f"stage_{m}.md"
+    path.write_text(md)
+    _publish_table(f"{slug(cfg)}-stage-{m}", table, f"{cfg.name} stage {m}")
+    _publish_markdown(f"{slug(cfg)}-stage-{m}-report", md, f"{cfg.name} stage {m} report")
+    return str(path)
+
+
+# ---------------------------------------------------------------- per run
+def collect(cfg: RunConfig, summary: dict[str, Any]) -> dict[str, Any]:
+    """Everything the final report plots, as plain numbers."""
+    from tasks.rollouts import pass_rates
+    from tasks.selection import read_scores, read_selection
+
+    store = get_store(cfg)
+    E = cfg.train.steps_per_stage
+    roles = {n: _meta(cfg, d).get("role", "test") for n, d in summary["tests"].items()}
+    acc: dict[str, list[tuple[int, float]]] = {n: [(0, _meta(cfg, r).get("accuracy"))] for n, r in summary["evals0"].items()}
+    stages = []
+    for s in summary["stages"]:
+        for n, r in s["evals"].items():
+            acc.setdefault(n, []).append(((s["stage"] + 1) * E, _meta(cfg, r).get("accuracy")))
+        sel = read_selection(cfg, s["selection"])
+        scores = read_scores(cfg, s["scores"])[1] if s.get("scores") is not None else None
+        online = pass_rates(store, s["online"].key)
+        stages.append({**stage_rows(cfg, s), "ids": sel["ids"], "offline": np.asarray(sel["offline_pass_rate"]),
+                       "online": online, "scores": scores})
+    return {"acc": acc, "roles": roles, "stages": stages}
+
+
+def _plots(cfg: RunConfig, d: dict[str, Any], folder: Path) -> dict[str, Path]:
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    paths: dict[str, Path] = {}
+
+    def save(fig, name: str) -> None:
+        p = folder / f"{name}.png"
+        fig.tight_layout()
+        fig.savefig(p, dpi=90)
+        plt.close(fig)
+        paths[name] = p
+
+    # accuracy vs step, per set and the mean of each group
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for group, style in (("test_targeted", "-"), ("test_untargeted", "--")):
+        names = [n for n, r in d["roles"].items() if r == group]
+        for n in names:
+            pts = [(s, a) for s, a in d["acc"].get(n, []) if a is not None]
+            ax.plot([s for s, _ in pts], [a for _, a in pts], style, alpha=0.4, label=n)
+        if names:
+            steps = sorted({s for n in names for s, _ in d["acc"].get(n, [])})
+            mean = [np.mean([a for n in names for s2, a in d["acc"][n] if s2 == s and a is not None]) for s in steps]
+            ax.plot(steps, mean, style, lw=2.5, color="k" if group == "test_targeted" else "0.5",
+                    label=f"{'targeted' if group == 'test_targeted' else 'untargeted'} (mean)")
+    ax.set_xlabel("GRPO step")
+    ax.set_ylabel("accuracy (greedy pass@1)")
+    ax.set_title("Accuracy vs step")
+    ax.legend(fontsize=7)
+    save(fig, "accuracy")
+
+    st = d["stages"]
+    # composition by domain per stage
+    fig, ax = plt.subplots(figsize=(6, 4))
+    domains = sorted({k for s in st for k in s["domains"]})
+    bottom = np.zeros(len(st))
+    for dom in domains:
+        v = np.array([s["domains"].get(dom, 0) for s in st], dtype=float)
+        ax.bar([f"stage {s['stage']}" for s in st], v, bottom=bottom, label=dom)
+        bottom += v
+    ax.set_ylabel("selected prompts")
+    ax.set_title("Selected-set composition by domain")
+    ax.legend(fontsize=7)
+    save(fig, "composition")
+
+    # POPI histogram
+    fig, ax = plt.subplots(figsize=(6, 4))
+    any_scores = False
+    for s in st:
+        if s["scores"] is not None:
+            v = np.asarray(s["scores"], dtype=float).ravel()
+            v = v[np.isfinite(v)]
+            if v.size:
+                ax.hist(v, bins=40, alpha=0.5, label=f"stage {s['stage']}")
+                any_scores = True
+    ax.set_xlabel("POPI (cosine to validation mean sketch)")
+    ax.set_ylabel("pool prompts")
+    ax.set_title("POPI score histogram" + ("" if any_scores else " (method does not score)"))
+    if any_scores:
+        ax.legend(fontsize=7)
+    save(fig, "popi_hist")
+
+    # stage-to-stage overlap |S_i ∩ S_j| / |S_j|
+    n = len(st)
+    ov = np.zeros((n, n))
+    for i in range(n):
+        for j in range(n):
+            a, b = set(st[i]["ids"]), set(st[j]["ids"])
+            ov[i, j] = len(a & b) / max(1, len(b))
+    fig, ax = plt.subplots(figsize=(4, 3.5))
+    im = ax.imshow(ov, vmin=0, vmax=1, cmap="viridis")
+    for i in range(n):
+        for j in range(n):
+            ax.text(j, i, f"{ov[i, j]:.2f}", ha="center", va="center", color="w", fontsize=8)
+    ax.set_xticks(range(n))
+    ax.set_yticks(range(n))
+    ax.set_xlabel("stage")
+    ax.set_ylabel("stage")
+    ax.set_title("Selection overlap")
+    fig.colorbar(im)
+    save(fig, "overlap")
+
+    # offline vs online pass rate of the selected prompts (Figure 6)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    x = np.arange(n)
+    ax.bar(x - 0.2, [float(np.mean(s["offline"])) if len(s["offline"]) else 0 for s in st], 0.4, label="offline (β)")
+    ax.bar(x + 0.2, [float(np.mean(s["online"])) if len(s["online"]) else 0 for s in st], 0.4, label="online (θ_m)")
+    ax.set_xticks(x, [f"stage {s['stage']}" for s in st])
+    ax.set_ylabel("mean pass rate of selected prompts")
+    ax.set_title("Offline vs online pass rate (Figure 6)")
+    ax.legend()
+    save(fig, "offline_online")
+
+    # off-policy health
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(x, [s["ess_frac"] if s["ess_frac"] is not None else np.nan for s in st], "o-", label="ESS / K")
+    ax2 = ax.twinx()
+    ax2.plot(x, [s["kl"] if s["kl"] is not None else np.nan for s in st], "s--", color="C3", label="KL(π_θ‖β) per token")
+    ax.set_xticks(x, [f"stage {s['stage']}" for s in st])
+    ax.set_ylabel("ESS / K")
+    ax2.set_ylabel("KL per token")
+    ax.set_title("Off-policy health of the selected prompts")
+    fig.legend(loc="lower left", fontsize=7)
+    save(fig, "health")
+    return paths
+
+
+@task(name="report", cache_policy=NO_CACHE)
+def final_report(cfg: RunConfig, summary: dict[str, Any]) -> Path:
+    """Write `<run folder>/report.md` with plots and the lineage graph; publish them as Prefect artifacts."""
+    folder = run_dir(cfg)
+    d = collect(cfg, summary)
+    paths = _plots(cfg, d, folder)
+    store = get_store(cfg)
+    graph = lineage(store, summary["final_checkpoint"].key)
+    paths["lineage"] = render_lineage_png(graph, folder / "lineage.png")
+    lineage_txt = render_lineage_text(graph)
+    (folder / "lineage.txt").write_text(lineage_txt + "\n")
+
+    acc_rows = []
+    for n, pts in d["acc"].items():
+        for step, a in pts:
+            acc_rows.append({"set": n, "group": d["roles"].get(n, ""), "step": step, "accuracy": a})
+    stage_tab = [{"stage": s["stage"], "method": s["method"], "selected": s["selected"],
+                  "offline_pass_rate": s["offline_pass_rate"], "online_pass_rate": s["online_pass_rate"],
+                  "ess_frac": s["ess_frac"], "kl": s["kl"], "checkpoint": s["checkpoint"][:12]} for s in d["stages"]]
+    titles = {"accuracy": "Accuracy vs step", "composition": "Selected-set composition", "popi_hist": "POPI histogram",
+              "overlap": "Stage-to-stage overlap", "offline_online": "Offline vs online pass rate (Figure 6)",
+              "health": "Off-policy health", "lineage": "Lineage of the final checkpoint"}
+    md = [f"# CROPI run `{cfg.name}`\n", f"Final checkpoint: `{summary['final_checkpoint'].key}`\n",
+          f"Selection: `{cfg.selection.method}`, ratio {cfg.selection.ratio}, {cfg.train.stages} stages × "
+          f"{cfg.train.steps_per_stage} GRPO steps.\n", "## Stages\n", _md_table(stage_tab), "## Accuracy\n",
+          _md_table(acc_rows)]
+    for name, p in paths.items():
+        md.append(f"## {titles[name]}\n\n![{name}]({Path(p).name})\n")
+    md.append("## Lineage (from storage manifests)\n\n```\n" + lineage_txt + "\n```\n")
+    report = folder / "report.md"
+    report.write_text("\n".join(md))
+
+    key = slug(cfg)
+    _publish_table(f"{key}-accuracy", acc_rows, f"{cfg.name}: accuracy vs step")
+    _publish_table(f"{key}-stages", stage_tab, f"{cfg.name}: per-stage selection and health")
+    for name, p in paths.items():
+        _publish_image(f"{key}-{name.replace('_', '-')}", Path(p), f"{cfg.name}: {titles[name]}")
+    md_prefect = "\n".join(md)
+    for name, p in paths.items():  # the Prefect UI cannot read local files: inline the PNGs
+        md_prefect = md_prefect.replace(f"]({Path(p).name})", f"]({data_url(Path(p))})")
+    _publish_markdown(f"{key}-report", md_prefect, f"{cfg.name}: CROPI report")
+    _publish_markdown(f"{key}-lineage", "```\n" + lineage_txt + "\n```\n", f"{cfg.name}: artifact lineage")
+    return report

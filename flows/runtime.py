@@ -1,0 +1,58 @@
+"""What flows share: submitting bound tasks while keeping their futures (for executed-vs-cached counts), and
+the task runner chosen by `RunnerConfig`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import Task
+from prefect.futures import PrefectFuture, wait
+
+from cropi_core.config import RunConfig
+from cropi_core.errors import ConfigError
+from tasks.common import bind
+
+
+class Tracker:
+    """Submits tasks with this run's result storage + retries and remembers every future."""
+
+    def __init__(self, cfg: RunConfig) -> None:
+        self.cfg = cfg
+        self.futures: list[PrefectFuture] = []
+
+    def submit(self, task: Task, *, retries: bool = True, wait_for: list | None = None, **params: Any) -> PrefectFuture:
+        fut = bind(task, self.cfg, retries=retries).submit(wait_for=wait_for, **params)
+        self.futures.append(fut)
+        return fut
+
+    def counts(self) -> dict[str, int]:
+        """Task runs submitted by this flow, how many Prefect served from its cache, and how many failed."""
+        wait(self.futures)
+        states = [f.state for f in self.futures]
+        return {
+            "task_runs": len(states),
+            "cached": sum(1 for s in states if s.name == "Cached"),
+            "failed": sum(1 for s in states if s.is_failed() or s.is_crashed()),
+        }
+
+
+def add_counts(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
+    return {k: a.get(k, 0) + b.get(k, 0) for k in set(a) | set(b)}
+
+
+def task_runner(cfg: RunConfig):
+    """ThreadPoolTaskRunner for `runner.kind == "local"` (one worker unless num_cpus says otherwise: torch
+    already uses every core inside a task), prefect-ray's RayTaskRunner for "ray"."""
+    r = cfg.runner
+    if r.kind == "ray":
+        try:
+            from prefect_ray import RayTaskRunner
+        except ImportError:
+            raise ConfigError("runner.kind: ray needs the [ray] extra (pip install 'cropi[ray]')") from None
+        init = {"include_dashboard": False}
+        if r.num_cpus:
+            init["num_cpus"] = r.num_cpus
+        return RayTaskRunner(address=r.address, init_kwargs=init) if r.address else RayTaskRunner(init_kwargs=init)
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    return ThreadPoolTaskRunner(max_workers=r.num_cpus or 1)

@@ -1,0 +1,103 @@
+"""One curriculum stage as a subflow: θ_m → projected grads (pool + val sets, chunked) → POPI scores →
+selection → GRPO train E steps → checkpoint θ_{m+1} → evaluation, plus the stage's report inputs
+(online pass rates of the selected prompts under θ_m, off-policy health)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+
+from cropi_core.config import RunConfig
+from storage import ArtifactRef, StorageError
+from flows.runtime import Tracker
+from tasks import evaluate as T_eval
+from tasks import grads as T_grads
+from tasks import rollouts as T_roll
+from tasks import selection as T_sel
+from tasks import train as T_train
+from tasks.common import get_store, log
+
+SCORED = ("popi", "influence_once")
+
+
+def submit_grads(tr: Tracker, cfg: RunConfig, stage: int, ckpt: ArtifactRef, rollouts: ArtifactRef, label: str):
+    """Map the gradient computation over the row chunks still missing, then finalize; returns the finalize future."""
+    n = T_roll.num_rows(get_store(cfg), rollouts)
+    missing = T_grads.missing_chunks(cfg, ckpt, rollouts, n, stage)
+    if missing:
+        log(f"stage {stage}: grads {label}: {len(missing)} of {T_grads.num_chunks(cfg, n)} chunks to compute")
+    chunks = [tr.submit(T_grads.grads_chunk, cfg=cfg, ckpt=ckpt, rollouts=rollouts, chunk=i, n_rows=n, stage=stage,
+                        label=label) for i in missing]
+    fin = tr.submit(T_grads.grads_finalize, retries=False, cfg=cfg, ckpt=ckpt, rollouts=rollouts, chunks=chunks,
+                    n_rows=n, stage=stage, label=label)
+    return fin, chunks
+
+
+def result_or_upstream_error(fut, upstream: list):
+    """`fut.result()`, but when an upstream task failed (fut never ran) raise that task's own exception."""
+    fut.wait()
+    if fut.state.is_pending():
+        for u in upstream:
+            u.result()  # raises the failed chunk's exception
+    return fut.result()
+
+
+def grads_ref(tr: Tracker, cfg: RunConfig, stage: int, ckpt: ArtifactRef, rollouts: ArtifactRef, label: str) -> ArtifactRef:
+    """Finalized gradient artifact; chunks found corrupt at finalize time are recomputed once, bypassing the cache."""
+    fut, chunks = submit_grads(tr, cfg, stage, ckpt, rollouts, label)
+    try:
+        return result_or_upstream_error(fut, chunks)
+    except StorageError as err:
+        log(f"stage {stage}: grads {label}: {err}; recomputing the missing chunks")
+        n = T_roll.num_rows(get_store(cfg), rollouts)
+        missing = T_grads.missing_chunks(cfg, ckpt, rollouts, n, stage)
+        chunks = [tr.submit(T_grads.grads_chunk.with_options(refresh_cache=True), cfg=cfg, ckpt=ckpt, rollouts=rollouts,
+                            chunk=i, n_rows=n, stage=stage, label=label) for i in missing]
+        return tr.submit(T_grads.grads_finalize.with_options(refresh_cache=True), retries=False, cfg=cfg, ckpt=ckpt,
+                         rollouts=rollouts, chunks=chunks, n_rows=n, stage=stage, label=label).result()
+
+
+@flow(name="cropi-stage", flow_run_name="stage-{stage}")
+def stage(config: RunConfig, stage: int, ckpt: ArtifactRef, pool: ArtifactRef, pool_rollouts: ArtifactRef,
+          val_rollouts: dict[str, ArtifactRef], tests: dict[str, ArtifactRef],
+          fixed_selection: ArtifactRef | None = None) -> dict[str, Any]:
+    """Run curriculum stage `stage` from checkpoint `ckpt`; returns the refs it produced and its task counts.
+
+    fixed_selection: reuse this selection instead of scoring (method `influence_once` after stage 0).
+    """
+    cfg = config
+    tr = Tracker(cfg)
+    method = cfg.selection.method
+    out: dict[str, Any] = {"stage": stage, "input_checkpoint": ckpt, "grads": {}, "scores": None}
+
+    if fixed_selection is not None:
+        sel = fixed_selection
+    else:
+        scores = None
+        if method in SCORED:
+            g_pool = grads_ref(tr, cfg, stage, ckpt, pool_rollouts, "pool")
+            g_val = {n: grads_ref(tr, cfg, stage, ckpt, r, n.replace("/", "-")) for n, r in val_rollouts.items()}
+            out["grads"] = {"pool": g_pool, **g_val}
+            scores = tr.submit(T_sel.scores, cfg=cfg, pool_grads=g_pool, val_grads=g_val, stage=stage)
+        sel = tr.submit(T_sel.selection, cfg=cfg, stage=stage, pool=pool, pool_rollouts=pool_rollouts, scores=scores)
+        out["scores"] = scores.result() if scores is not None else None
+        sel = sel.result()
+    out["selection"] = sel
+
+    online = tr.submit(T_roll.rollouts, cfg=cfg, ckpt=ckpt, data=pool, k=cfg.rollout.k_train, subset=sel,
+                       label=f"online-s{stage}")
+    health = tr.submit(T_sel.health, cfg=cfg, ckpt=ckpt, pool_rollouts=pool_rollouts, sel=sel, stage=stage)
+    new_ckpt = tr.submit(T_train.train, cfg=cfg, stage=stage, ckpt=ckpt, pool=pool, sel=sel)
+    evals = {n: tr.submit(T_eval.evaluate, cfg=cfg, ckpt=new_ckpt, data=d, name=n, stage=stage + 1)
+             for n, d in tests.items()}
+
+    out["checkpoint"] = new_ckpt.result()
+    out["online"] = online.result()
+    out["health"] = health.result()
+    out["evals"] = {n: f.result() for n, f in evals.items()}
+    from flows.reports import stage_report
+
+    stage_report(cfg, out)
+    out["counts"] = tr.counts()
+    return out

@@ -1,0 +1,109 @@
+"""The stage-0 checkpoint: the embedded tiny model after its supervised warm-up, or a registered local model."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from prefect import task
+
+from cropi_core.config import RunConfig
+from storage import ArtifactRef, Store, artifact_key
+from storage.registry import register_checkpoint
+from tasks.common import Timer, computed, get_store, key_policy, maybe_fault, storage_hit, work_dir
+
+
+def find_produced(store: Store, kind: str, producer: str) -> ArtifactRef | None:
+    """The artifact of `kind` whose meta records `producer` (content-keyed outputs, e.g. checkpoints)."""
+    found = store.find(kind, meta={"producer": producer})
+    return store.ref(found[-1].key) if found else None
+
+
+def checkpoint_path(cfg: RunConfig, ref: ArtifactRef | str) -> Path:
+    """Local folder of a checkpoint artifact (loadable with `cropi_core.models.load_model`)."""
+    from storage.registry import checkpoint_dir
+
+    return checkpoint_dir(get_store(cfg), ref.key if isinstance(ref, ArtifactRef) else ref)
+
+
+def load_checkpoint(cfg: RunConfig, ref: ArtifactRef):
+    """(model, tokenizer) of a checkpoint artifact, on CPU in the configured dtype."""
+    from transformers.utils import logging as hf_logging
+
+    from cropi_core.models import load_model
+
+    hf_logging.disable_progress_bar()  # one "Loading weights" bar per chunk task is noise
+    return load_model(str(checkpoint_path(cfg, ref)))
+
+
+def base_key(cfg: RunConfig) -> str:
+    """Producer key of the stage-0 checkpoint (tiny model shape + warm-up config, or the model source)."""
+    conf = {"model": cfg.model.hashable()}
+    if cfg.model.is_embedded:
+        conf["bootstrap"] = cfg.bootstrap.hashable()
+        conf["data"] = {"template": cfg.data.template, "instruction": cfg.data.instruction,
+                        "domains": cfg.data.synthetic.domains if cfg.data.synthetic else None}
+    return artifact_key("base_model", parents=[], config=conf)
+
+
+def bootstrap_problems(cfg: RunConfig, exclude: list[str]):
+    """Warm-up problems: a seeded synthetic mixture avoiding every pool/val/test prompt."""
+    from cropi_core.data import DOMAINS, generate_mixture
+
+    domains = cfg.data.synthetic.domains if cfg.data.synthetic is not None else list(DOMAINS)
+    return generate_mixture(domains, cfg.bootstrap.num_problems, seed=10_000 + cfg.bootstrap.seed, exclude=exclude)
+
+
+@task(name="bootstrap", cache_policy=key_policy(lambda cfg: base_key(cfg)))
+def base_model(cfg: RunConfig) -> ArtifactRef:
+    """Register the stage-0 checkpoint θ_0 = β.
+
+    Embedded model: build the ~1M-parameter Qwen2 with the character tokenizer and run the supervised
+    warm-up on synthetic problems disjoint from every evaluation prompt. Real model: copy the local folder.
+    """
+    store = get_store(cfg)
+    key = base_key(cfg)
+    found = find_produced(store, "checkpoint", key)
+    if found is not None:
+        return storage_hit("bootstrap", found)
+    maybe_fault("bootstrap")
+    out = work_dir(cfg, "bootstrap", key[:16])
+    shutil.rmtree(out, ignore_errors=True)
+    with Timer() as t:
+        meta = {"producer": key, "run": cfg.name, "stage": 0}
+        if cfg.model.is_embedded:
+            from cropi_core.models import bootstrap, build_char_tokenizer, build_tiny, save_model
+            from tasks.dataset import build_splits_cached
+
+            torch_seed(cfg.model.tiny.seed)
+            tok = build_char_tokenizer()
+            model = build_tiny(cfg.model.tiny, tok)
+            held = [p.prompt for p in build_splits_cached(cfg.data).all_problems()]
+            stats = {}
+            if cfg.bootstrap.enabled and cfg.bootstrap.steps > 0:
+                stats = bootstrap(model, tok, bootstrap_problems(cfg, held), cfg.bootstrap,
+                                  template=cfg.data.template, instruction=cfg.data.instruction, progress=True) or {}
+            save_model(model, tok, out)
+            meta["bootstrap"] = {k: v for k, v in stats.items() if isinstance(v, (int, float, str))}
+        else:
+            src = Path(cfg.model.name_or_path)
+            if cfg.model.gguf_file:
+                from cropi_core.models.gguf import convert_gguf
+
+                src = convert_gguf(src, cfg.model.gguf_file, out)
+            else:
+                shutil.copytree(src, out, dirs_exist_ok=True)
+        ref = register_checkpoint(store, out, parents=[], config={"producer": key, **cfg.model.hashable()},
+                                  meta=meta, move=True)
+    return computed("bootstrap", ref, [], store, t.seconds)
+
+
+def torch_seed(seed: int) -> None:
+    import random
+
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)

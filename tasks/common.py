@@ -1,0 +1,235 @@
+"""Plumbing shared by every cropi task: cache keys, result storage, retries, fault injection, assets, ledger.
+
+A cropi task is a thin `@task` around one artifact kind. Its Prefect cache key IS the storage artifact key
+(computed from parent keys + the config section's `.hashable()`), results are persisted under the storage
+root, and the task body checks storage first, so a fresh Prefect database (or lost result records) still
+recomputes nothing. Tasks take and return small `ArtifactRef`s, never tensors.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prefect import Task, get_run_logger
+from prefect.cache_policies import CacheKeyFnPolicy
+
+from cropi_core.config import RunConfig
+from cropi_core.errors import CropiError
+from storage import ArtifactRef, Store, open_store
+
+FAULT_ENV = "CROPI_FAULT"
+
+
+class TransientFault(RuntimeError):
+    """An injected, retryable failure (see `maybe_fault`)."""
+
+
+# ---------------------------------------------------------------- store + result storage
+@functools.lru_cache(maxsize=16)
+def _store(root: str) -> Store:
+    return open_store(root)
+
+
+def get_store(cfg: RunConfig) -> Store:
+    """The (process-cached) store named by `cfg.storage.root`."""
+    return _store(cfg.storage.root)
+
+
+def local_root(cfg: RunConfig) -> Path | None:
+    """The storage root as a local folder, or None for remote (s3://, memory://, ...) roots."""
+    root = cfg.storage.root
+    if root.startswith("file://"):
+        return Path(root[len("file://"):]).resolve()
+    if "://" in root:
+        return None
+    return Path(root).expanduser().resolve()
+
+
+def work_dir(cfg: RunConfig, *parts: str) -> Path:
+    """A local scratch folder that survives a killed process (mid-stage training checkpoints live here).
+
+    Under `<root>/work/` for local roots, else under the user cache (the artifacts themselves go to storage).
+    """
+    base = local_root(cfg)
+    if base is None:
+        base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "cropi"
+    p = base.joinpath("work", *parts)
+    p.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+def results_dir(cfg: RunConfig) -> Path:
+    """Where Prefect persists task results (a pathlib.Path: a bare string would be read as a block name)."""
+    return work_dir(cfg, "prefect-results")
+
+
+def run_dir(cfg: RunConfig) -> Path:
+    """The run folder for reports: `<local storage root>/runs/<name>/`, or `./runs/<name>/` for remote roots."""
+    base = local_root(cfg)
+    p = (base / "runs" / cfg.name) if base is not None else Path("runs") / cfg.name
+    p.mkdir(parents=True, exist_ok=True)
+    return p.resolve()
+
+
+# ---------------------------------------------------------------- cache policy + binding
+def key_policy(key_fn: Callable[..., str]) -> CacheKeyFnPolicy:
+    """Prefect cache policy whose key is `key_fn(**task_parameters)` (the storage artifact key)."""
+
+    def cache_key(_ctx: Any, params: dict[str, Any]) -> str:
+        return key_fn(**params)
+
+    return CacheKeyFnPolicy(cache_key_fn=cache_key)
+
+
+def retry_transient(_task: Any, _run: Any, state: Any) -> bool:
+    """Retry anything except user errors (CropiError: bad data/config, retrying cannot help)."""
+    try:
+        exc = state.result(raise_on_failure=False)
+    except Exception:  # noqa: BLE001 - result not retrievable: treat as transient
+        return True
+    return not isinstance(exc, CropiError)
+
+
+def bind(task: Task, cfg: RunConfig, *, retries: bool = True) -> Task:
+    """The task with this run's result storage and retry settings (from `cfg.runner`)."""
+    opts: dict[str, Any] = {"result_storage": results_dir(cfg), "persist_result": True}
+    if retries:
+        opts["retries"] = cfg.runner.retries
+        opts["retry_delay_seconds"] = cfg.runner.retry_delay_s
+        opts["retry_condition_fn"] = retry_transient
+    return task.with_options(**opts)
+
+
+# ---------------------------------------------------------------- fault injection
+def fault_budget(name: str, env: str | None = None) -> int:
+    """How many leading attempts of task `name` must fail, from CROPI_FAULT="grads:1,train:2" (0 if unset)."""
+    spec = os.environ.get(FAULT_ENV, "") if env is None else env
+    for item in spec.split(","):
+        if ":" in item:
+            n, count = item.split(":", 1)
+            if n.strip() == name:
+                return int(count)
+        elif item.strip() == name:
+            return 1
+    return 0
+
+
+def attempt() -> int:
+    """1-based attempt number of the current task run (1 outside a task)."""
+    try:
+        from prefect.runtime import task_run
+
+        return int(task_run.run_count or 1)
+    except Exception:  # noqa: BLE001 - outside a task run
+        return 1
+
+
+def maybe_fault(name: str) -> None:
+    """Raise TransientFault while this task run's attempt ≤ the CROPI_FAULT budget for `name`."""
+    n = fault_budget(name)
+    a = attempt()
+    if a <= n:
+        raise TransientFault(f"injected transient fault in {name} (attempt {a} of {n} failing)")
+
+
+# ---------------------------------------------------------------- ledger: what ran in this process
+@dataclass
+class Ledger:
+    """Counts task bodies that computed an artifact vs found it in storage (thread-safe, per process)."""
+
+    events: list[tuple[str, str, str]] = field(default_factory=list)  # (task, key, "computed"|"storage-hit")
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, task: str, key: str, outcome: str) -> None:
+        with self.lock:
+            self.events.append((task, key, outcome))
+
+    def reset(self) -> None:
+        with self.lock:
+            self.events.clear()
+
+    def count(self, outcome: str) -> int:
+        with self.lock:
+            return sum(1 for e in self.events if e[2] == outcome)
+
+    def computed(self) -> list[tuple[str, str]]:
+        with self.lock:
+            return [(t, k) for t, k, o in self.events if o == "computed"]
+
+
+LEDGER = Ledger()
+
+
+def log(msg: str) -> None:
+    """Log to the Prefect run logger when inside a run, else to the module logger."""
+    try:
+        get_run_logger().info(msg)
+    except Exception:  # noqa: BLE001 - outside a run context
+        logging.getLogger("cropi").info(msg)
+
+
+def storage_hit(task: str, ref: ArtifactRef) -> ArtifactRef:
+    LEDGER.add(task, ref.key, "storage-hit")
+    log(f"{task}: reusing {ref.kind} {ref.key[:12]} from storage")
+    return ref
+
+
+def computed(task: str, ref: ArtifactRef, parents: list[ArtifactRef | str], store: Store, seconds: float,
+             meta: dict | None = None) -> ArtifactRef:
+    """Record a freshly computed artifact and emit its Prefect asset materialisation."""
+    LEDGER.add(task, ref.key, "computed")
+    log(f"{task}: computed {ref.kind} {ref.key[:12]} in {seconds:.1f}s")
+    emit_asset(ref, parents, store, meta={"seconds": round(seconds, 3), **(meta or {})})
+    return ref
+
+
+# ---------------------------------------------------------------- assets
+def asset_key(uri: str) -> str:
+    """A Prefect asset key for an artifact URI (asset keys need a scheme)."""
+    return uri if "://" in uri else "file://" + str(Path(uri).resolve())
+
+
+def emit_asset(ref: ArtifactRef, parents: list[ArtifactRef | str], store: Store, meta: dict | None = None) -> None:
+    """Emit `prefect.asset.materialization.succeeded` for `ref` with its parents as upstream assets.
+
+    Artifact URIs are content-derived, known only at run time, so events are emitted directly in the same
+    shape `@materialize` uses (resource = the asset, related = upstream assets with role "asset").
+    """
+    try:
+        from prefect.events import emit_event
+
+        upstream = []
+        for p in parents:
+            uri = p.uri if isinstance(p, ArtifactRef) else store.uri(p)
+            upstream.append({"prefect.resource.id": asset_key(uri), "prefect.resource.role": "asset"})
+            emit_event(event="prefect.asset.referenced", resource={"prefect.resource.id": asset_key(uri)})
+        upstream.append({"prefect.resource.id": "cropi", "prefect.resource.role": "asset-materialized-by"})
+        emit_event(
+            event="prefect.asset.materialization.succeeded",
+            resource={"prefect.resource.id": asset_key(ref.uri), "prefect.resource.name": f"{ref.kind}:{ref.key[:12]}"},
+            related=upstream,
+            payload={"kind": ref.kind, "key": ref.key, **(meta or {})},
+        )
+    except Exception as err:  # noqa: BLE001 - lineage events must never fail a task
+        logging.getLogger("cropi").debug("asset event not emitted: %s", err)
+
+
+class Timer:
+    def __enter__(self) -> "Timer":
+        self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.seconds = time.perf_counter() - self.t0
+
+
+def parent_keys(*refs: ArtifactRef | None) -> list[str]:
+    return [r.key for r in refs if r is not None]
