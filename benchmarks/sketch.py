@@ -14,12 +14,14 @@ Slow methods (exact, dense, reference) run on the first `--slow-prompts` prompts
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import json
 import math
 import os
 import platform
 import threading
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import psutil
@@ -130,6 +132,45 @@ def reference_sketch(model, prompts, dim: int, ratio: float, seed: int) -> torch
     return out.half()
 
 
+def build(a: dict):
+    if a["threads"]:
+        torch.set_num_threads(a["threads"])
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(Qwen2Config(**MODELS[a["model"]], max_position_embeddings=512, tie_word_embeddings=False,
+                                         attn_implementation="eager")).eval()
+    prompts = make_batch(a["prompts"], a["k"], a["prompt_len"], a["resp_len"], model.config.vocab_size, seed=0)
+    return model, prompts
+
+
+def run_one(kind: str, a: dict) -> tuple[dict, int, int]:
+    """One method on the shared batch, in this (fresh) process: its row of the table."""
+    model, prompts = build(a)
+    n_params = sum(p.numel() for p in model.parameters())
+    slow = prompts[: a["slow_prompts"]]
+    mbt, dim, ratio = a["micro_batch_tokens"], a["dim"], a["ratio"]
+    if kind == "plain":
+        name, ps, bpp, d = "(a) plain fwd+bwd", prompts, 0, 0
+        fn = lambda ps: plain_fwd_bwd(model, ps, mbt)  # noqa: E731
+    elif kind == "reference":
+        name, ps, bpp, d = f"(c) reference ρ={ratio:g}", slow, 2 * dim, dim
+        fn = lambda ps: reference_sketch(model, ps, dim, ratio, 0)  # noqa: E731
+    else:
+        specs = {"factored": ("factored", 1.0, prompts), "factored-sub": ("factored", ratio, prompts),
+                 "sparse": ("sparse", ratio, prompts), "dense": ("dense", 1.0, slow), "exact": ("exact", 1.0, slow)}
+        pk, pr, ps = specs[kind]
+        proj = make_projector(pk, model, dim, sparse_ratio=pr, dtype=torch.float32 if pk == "exact" else torch.float16)
+        name = f"(b) {pk}" + (f" ρ={pr:g}" if pk in ("sparse", "factored") else "")
+        bpp, d = proj.bytes_per_prompt(), proj.dim
+        fn = lambda ps: sketch_prompts(model, ps, proj, micro_batch_tokens=mbt)  # noqa: E731
+    with PeakRSS() as mem:
+        t = time.perf_counter()
+        fn(ps)
+        dt = time.perf_counter() - t
+    row = dict(method=name, prompts=len(ps), seconds=dt, prompts_per_s=len(ps) / dt, tokens_per_s=all_tokens(ps) / dt,
+               peak_rss_mb=mem.delta / 2**20, bytes_per_prompt=bpp, dim=d)
+    return row, n_params, torch.get_num_threads()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", choices=sorted(MODELS), default="20m")
@@ -148,44 +189,16 @@ def main() -> None:
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
-    torch.manual_seed(0)
-    model = Qwen2ForCausalLM(Qwen2Config(**MODELS[a.model], max_position_embeddings=512, tie_word_embeddings=False,
-                                         attn_implementation="eager")).eval()
-    n_params = sum(p.numel() for p in model.parameters())
-    prompts = make_batch(a.prompts, a.k, a.prompt_len, a.resp_len, model.config.vocab_size, seed=0)
-    slow = prompts[: a.slow_prompts]
+    kinds = ["plain"] + [k.strip() for k in a.kinds.split(",") if k.strip()]
+    n_params = None
     rows: list[dict] = []
-
-    def record(name, fn, ps, bytes_per_prompt, dim):
-        with PeakRSS() as mem:
-            t = time.perf_counter()
-            fn(ps)
-            dt = time.perf_counter() - t
-        rows.append(dict(method=name, prompts=len(ps), seconds=dt, prompts_per_s=len(ps) / dt,
-                         tokens_per_s=all_tokens(ps) / dt, peak_rss_mb=mem.delta / 2**20,
-                         bytes_per_prompt=bytes_per_prompt, dim=dim))
-        print(f"  {name}: {dt:.1f}s", flush=True)
-
-    print(f"model {a.model}: {n_params / 1e6:.1f}M params; batch {a.prompts} prompts × {a.k} responses, "
-          f"{all_tokens(prompts)} tokens; threads {torch.get_num_threads()}", flush=True)
-    record("(a) plain fwd+bwd", lambda ps: plain_fwd_bwd(model, ps, a.micro_batch_tokens), prompts, 0, 0)
-    kinds = [k.strip() for k in a.kinds.split(",") if k.strip()]
-    specs = {"factored": ("factored", 1.0, prompts), "factored-sub": ("factored", a.ratio, prompts),
-             "sparse": ("sparse", a.ratio, prompts), "dense": ("dense", 1.0, slow), "exact": ("exact", 1.0, slow)}
+    # each method in a fresh process: peak RSS growth is then that method's own, not what earlier ones left
+    ctx = multiprocessing.get_context("spawn")
     for k in kinds:
-        if k == "reference":
-            continue
-        kind, ratio, ps = specs[k]
-        proj = make_projector(kind, model, a.dim, sparse_ratio=ratio, dtype=torch.float16)
-        name = f"(b) {kind}" + (f" ρ={ratio:g}" if kind in ("sparse", "factored") else "")
-        bpp = 4 * proj.dim if kind == "exact" else proj.bytes_per_prompt()
-        if kind == "exact":
-            proj.dtype = torch.float32
-        record(name, lambda ps: sketch_prompts(model, ps, proj, micro_batch_tokens=a.micro_batch_tokens), ps, bpp,
-               proj.dim)
-    if "reference" in kinds:
-        record(f"(c) reference ρ={a.ratio:g}", lambda ps: reference_sketch(model, ps, a.dim, a.ratio, 0), slow,
-               2 * a.dim, a.dim)
+        with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as ex:
+            row, n_params, threads = ex.submit(run_one, k, vars(a)).result()
+        rows.append(row)
+        print(f"  {row['method']}: {row['seconds']:.1f}s on {row['prompts']} prompts", flush=True)
     base = rows[0]["tokens_per_s"]
     ref = next((r for r in rows if r["method"].startswith("(c)")), None)
     for r in rows:
@@ -196,7 +209,8 @@ def main() -> None:
     from rich.table import Table
 
     tab = Table(title=f"sketch benchmark — {a.model} ({n_params / 1e6:.1f}M params), dim {a.dim}, "
-                      f"{torch.get_num_threads()} thread(s)")
+                      f"{threads} thread(s); {a.prompts} prompts × {a.k} responses, "
+                      f"{all_tokens(build(vars(a))[1])} tokens")
     for c in ("method", "prompts", "s", "prompts/s", "tokens/s", "× (a)", "× (c)", "peak RSS MB", "bytes/prompt"):
         tab.add_column(c, justify="left" if c == "method" else "right")
     for r in rows:
@@ -212,7 +226,7 @@ def main() -> None:
         print(f"| {r['method']} | {r['prompts']} | {r['seconds']:.1f} | {r['prompts_per_s']:.3f} | {r['tokens_per_s']:.0f} "
               f"| {r['vs_plain']:.2f} | {vc} | {r['peak_rss_mb']:.0f} | {r['bytes_per_prompt']:,} |")
     a.out.parent.mkdir(parents=True, exist_ok=True)
-    meta = dict(args={k: str(v) for k, v in vars(a).items()}, n_params=n_params, threads=torch.get_num_threads(),
+    meta = dict(args={k: str(v) for k, v in vars(a).items()}, n_params=n_params, threads=threads,
                 cpu=platform.processor() or platform.machine(), cpus=os.cpu_count(),
                 load_avg=os.getloadavg(), torch=torch.__version__, time=time.strftime("%Y-%m-%dT%H:%M:%S"))
     a.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
