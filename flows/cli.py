@@ -110,7 +110,7 @@ def run(
         _fail(err)
     c = summary["counts"]
     typer.echo(
-        f"done in {summary['seconds']:.1f}s: {c['task_runs']} task runs, {c['computed']} computed, "
+        f"done in {summary['seconds']:.1f}s (flow {summary['flow_seconds']:.1f}s): {c['task_runs']} task runs, {c['computed']} computed, "
         f"{c['cached']} cached by Prefect, {c['storage_hits']} reused from storage"
     )
     typer.echo(f"final checkpoint: {summary['final_checkpoint']}")

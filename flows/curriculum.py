@@ -22,12 +22,14 @@ from tasks import dataset as T_data
 from tasks import evaluate as T_eval
 from tasks import rollouts as T_roll
 from tasks.common import LEDGER, run_dir
+from tasks.selection import read_selection
 
 
 @flow(name="cropi-curriculum", flow_run_name="curriculum-{config.name}")
 def curriculum(config: RunConfig) -> dict[str, Any]:
     """Run the multi-stage CROPI curriculum described by `config`; returns refs, per-stage outputs and counts."""
     cfg = config
+    t0 = time.perf_counter()
     tr = Tracker(cfg)
     names = T_data.set_names(cfg)
     pool = tr.submit(T_data.dataset, retries=False, cfg=cfg, role="pool", name="pool")
@@ -68,6 +70,7 @@ def curriculum(config: RunConfig) -> dict[str, Any]:
     }
     summary["report"] = str(final_report(cfg, summary))
     summary["counts"] = add_counts(counts, tr.counts())
+    summary["flow_seconds"] = time.perf_counter() - t0
     return summary
 
 
@@ -80,10 +83,12 @@ def run_curriculum(cfg: RunConfig) -> dict[str, Any]:
     seconds = time.perf_counter() - t0
     counts = {**out["counts"], "computed": LEDGER.count("computed"), "storage_hits": LEDGER.count("storage-hit")}
     summary = {
-        "name": cfg.name, "seconds": seconds, "counts": counts, "computed": LEDGER.computed(),
+        "name": cfg.name, "seconds": seconds, "flow_seconds": out["flow_seconds"], "counts": counts,
+        "faults": LEDGER.count("fault"), "computed": LEDGER.computed(),
         "final_checkpoint": out["final_checkpoint"].key, "base_checkpoint": out["base_checkpoint"].key,
         "report": out["report"],
         "stages": [{"stage": s["stage"], "checkpoint": s["checkpoint"].key, "selection": s["selection"].key,
+                    "selected_ids": read_selection(cfg, s["selection"])["ids"],
                     "grads": {n: g.key for n, g in s["grads"].items()}} for s in out["stages"]],
         "pool_rollouts": out["pool_rollouts"].key, "val_rollouts": {n: r.key for n, r in out["val_rollouts"].items()},
     }

@@ -137,6 +137,7 @@ def maybe_fault(name: str) -> None:
     n = fault_budget(name)
     a = attempt()
     if a <= n:
+        LEDGER.add(name, f"attempt-{a}", "fault")
         raise TransientFault(f"injected transient fault in {name} (attempt {a} of {n} failing)")
 
 

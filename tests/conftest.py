@@ -34,3 +34,16 @@ def shared_dir() -> Path:
 @pytest.fixture(scope="session")
 def data_dir(shared_dir: Path) -> Path:
     return shared_dir / "data"
+
+
+@pytest.fixture(scope="session")
+def prefect_api():
+    """One temporary Prefect API server for the whole session (../shared/STACK.md); yields its API URL.
+
+    Subprocesses given PREFECT_API_URL=<this> report to the same server instead of starting their own.
+    """
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield PREFECT_API_URL.value()
