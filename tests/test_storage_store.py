@@ -114,8 +114,9 @@ def test_truncated_manifest_means_absent_with_warning(store):
     store.fs.pipe_file(path, json.dumps(data).encode())
     with pytest.warns(UserWarning, match="checksum"):
         assert not store.exists(key)
-    # rewriting the artifact repairs it
-    key2, w = _write_sample(store)
+    # rewriting the artifact repairs it (the writer sees, and reports, the corrupt manifest it replaces)
+    with pytest.warns(UserWarning, match="corrupt manifest"):
+        key2, w = _write_sample(store)
     assert key2 == key and not w.reused and store.exists(key)
 
 
