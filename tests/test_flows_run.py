@@ -139,3 +139,70 @@ def test_lineage_and_inspect_from_storage(clean):
     assert res.exit_code == 0, res.output
     m = json.loads(res.output)
     assert m["kind"] == "checkpoint" and m["key"] == final and len(m["parents"]) == 2
+
+
+def _run_until(cmd: list[str], env: dict, marker: str, timeout: float = 300) -> tuple[str, bool]:
+    """Run `cmd`; SIGKILL its process group as soon as a line containing `marker` appears.
+    Returns (output so far, killed)."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True,
+                            start_new_session=True)
+    lines, killed, deadline = [], False, time.monotonic() + timeout
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if marker in line:
+                os.killpg(proc.pid, signal.SIGKILL)
+                killed = True
+                break
+            if time.monotonic() > deadline:
+                break
+    finally:
+        if proc.poll() is None and not killed:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    return "".join(lines), killed
+
+
+def test_resume_after_sigkill_in_grads_and_training(coin, clean, prefect_api, tmp_path, capfd):
+    """Kill `cropi run` during stage-1 gradient chunks, then again during stage-1 training; the rerun
+    recomputes only what is missing and ends with the uninterrupted run's checkpoint and selections."""
+    import os
+    import sys
+
+    storage = tmp_path / "store"
+    exe = Path(sys.executable).with_name("cropi")
+    cmd = [str(exe), "run", "--config", str(coin["config"]), "--storage", str(storage)]
+    env = {**os.environ, "PREFECT_API_URL": prefect_api, "PREFECT_HOME": str(tmp_path / "prefect-home"),
+           "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    env.pop("CROPI_FAULT", None)
+
+    out1, killed = _run_until(cmd, env, "grads pool stage 1: chunk 1/3 done")
+    assert killed, out1[-3000:]
+    from storage import open_store
+
+    store = open_store(str(storage))
+    assert not store.find("grads", meta={"stage": 1})  # stage-1 pool grads not sealed
+    assert len(store.find("checkpoint")) == 2  # θ_0 and θ_1 only
+
+    out2, killed = _run_until(cmd, env, "train stage 1: step 3/4")
+    assert killed, out2[-3000:]
+    assert "stage 1: grads pool: 2 of 3 chunks to compute" in out2  # chunk 0 survived the kill
+    assert "grads pool stage 0" not in out2  # stage 0 entirely reused
+    assert list((storage / "work" / "train").glob("*/checkpoints/checkpoint-2"))
+    assert len(store.find("checkpoint")) == 2
+
+    capfd.readouterr()
+    res = cli("run", "--config", str(coin["config"]), "--storage", str(storage))
+    assert res.exit_code == 0, res.output
+    logs = capfd.readouterr()
+    s = summary_of(storage)
+    assert sorted(t for t, _ in s["computed"]) == ["evaluate", "evaluate", "train"]  # stage-1 train + its evals
+    text = logs.out + logs.err + res.output
+    assert "train stage 1: step 4/4" in text and "train stage 1: step 1/4" not in text  # resumed mid-stage
+    assert s["final_checkpoint"] == clean["summary"]["final_checkpoint"]
+    assert [st["selected_ids"] for st in s["stages"]] == [st["selected_ids"] for st in clean["summary"]["stages"]]
