@@ -1,0 +1,120 @@
+"""The `cropi` CLI on bad input: one line `error: ...` on stderr, exit code 2, nothing registered in storage."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+import flows_helpers as H
+from flows.cli import app, parse_sets
+
+
+def run_cli(*args: str, env: dict | None = None):
+    return CliRunner().invoke(app, list(args), env=env)
+
+
+def assert_user_error(res, *needles: str) -> str:
+    assert res.exit_code == 2, (res.exit_code, res.output, res.exception)
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1, res.stderr
+    assert lines[0].startswith("error: ")
+    assert "Traceback" not in res.output
+    for n in needles:
+        assert n in lines[0], lines[0]
+    return lines[0]
+
+
+def nothing_registered(storage: Path) -> bool:
+    return not (storage / "artifacts").exists() or not any((storage / "artifacts").iterdir())
+
+
+@pytest.fixture
+def coin_cfg(tmp_path) -> dict:
+    data = H.write_coin_data(tmp_path / "data")
+    return H.coin_config(data, tmp_path / "model-not-needed")
+
+
+CASES = {
+    "bad_yaml": ("selection: {ratio: [0.1\n", [], ["invalid YAML", "line"]),
+    "unknown_key": ("selection:\n  ratioo: 0.2\n", [], ["selection.ratioo", "unknown key"]),
+    "k_zero": ("", ["rollout.k_train=0"], ["rollout.k_train", "0"]),
+    "k_negative": ("", ["rollout.k_val=-3"], ["rollout.k_val", "-3"]),
+    "stages_zero": ("", ["train.stages=0"], ["train.stages", "0"]),
+    "bad_set": ("", ["selection.ratio"], ["--set", "key=value"]),
+    "ratio_out_of_range": ("", ["selection.ratio=1.5"], ["selection.ratio", "1.5"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_config_one_line_exit_2(case, tmp_path):
+    text, sets, needles = CASES[case]
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(text or "name: t\n")
+    storage = tmp_path / "store"
+    args = ["run", "--config", str(cfg), "--storage", str(storage)]
+    for s in sets:
+        args += ["--set", s]
+    t0 = time.perf_counter()
+    assert_user_error(run_cli(*args), *needles)
+    assert time.perf_counter() - t0 < 30  # rejected before any flow (or model) starts
+    assert nothing_registered(storage)
+
+
+def test_missing_config_file(tmp_path):
+    assert_user_error(run_cli("run", "--config", str(tmp_path / "nope.yaml"), "--storage", str(tmp_path / "s")),
+                      "nope.yaml", "not found")
+
+
+def test_missing_dataset_file(tmp_path, coin_cfg):
+    coin_cfg["data"]["pool"][0]["path"] = str(tmp_path / "missing.jsonl")
+    coin_cfg["model"]["name_or_path"] = "tiny"
+    cfg = H.write_config(tmp_path / "run.yaml", coin_cfg)
+    storage = tmp_path / "store"
+    assert_user_error(run_cli("run", "--config", str(cfg), "--storage", str(storage)), "data.pool[0].path", "missing.jsonl")
+    assert nothing_registered(storage)
+
+
+def test_malformed_dataset_row(tmp_path, coin_cfg):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "Pick 1.", "answer": "1"}\n{"question": "Pick 2."\n')
+    coin_cfg["data"]["pool"][0]["path"] = str(bad)
+    coin_cfg["model"]["name_or_path"] = "tiny"
+    cfg = H.write_config(tmp_path / "run.yaml", coin_cfg)
+    storage = tmp_path / "store"
+    assert_user_error(run_cli("run", "--config", str(cfg), "--storage", str(storage)), "bad.jsonl")
+    assert nothing_registered(storage)
+
+
+def test_unreachable_storage(tmp_path):
+    """An S3 endpoint nobody listens on: the probe fails fast with one line naming the URL."""
+    env = {"AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x",
+           "AWS_MAX_ATTEMPTS": "1", "AWS_RETRY_MODE": "standard", "AWS_DEFAULT_REGION": "us-east-1"}
+    t0 = time.perf_counter()
+    assert_user_error(run_cli("run", "--storage", "s3://cropi-nowhere/root", env=env), "s3://cropi-nowhere/root",
+                      "not reachable")
+    assert time.perf_counter() - t0 < 60
+
+
+def test_unwritable_storage():
+    assert_user_error(run_cli("run", "--storage", "/proc/cropi-store"), "/proc/cropi-store")
+
+
+def test_lineage_and_inspect_unknown_key(tmp_path):
+    storage = str(tmp_path / "store")
+    assert_user_error(run_cli("lineage", "ab" * 32, "--storage", storage), "no artifact")
+    assert_user_error(run_cli("inspect", "abcdef", "--storage", storage), "abcdef")
+
+
+def test_parse_sets_values_are_yaml():
+    assert parse_sets(["selection.ratio=0.2", "name=x", "data.synthetic.domains=[add2, mul]", "train.dynamic_sampling=true"]) == {
+        "selection.ratio": 0.2, "name": "x", "data.synthetic.domains": ["add2", "mul"], "train.dynamic_sampling": True}
+
+
+def test_help_lists_commands():
+    res = run_cli("--help")
+    assert res.exit_code == 0
+    for c in ("run", "lineage", "inspect", "ui"):
+        assert c in res.output
