@@ -1,18 +1,18 @@
 """The embedded synthetic suite: seeded, verifiable integer arithmetic in six domains.
 
 Prompts are short (a ~1M-parameter character-level model has to learn them) and answers are exact
-integers checked by the `exact` verifier. Difficulty rises from `add2` (2-digit addition, easy) through
-`add3`/`sub`/`word` to `mul` (1×2-digit) and `two_step` (`a*b+c`, hard), so a briefly warm-started tiny model
-has intermediate pass rates. Each problem's `meta["level"]` (1 = easiest) records its difficulty within
-the domain, `meta["op"]` the operation.
+integers checked by the `exact` verifier. Each domain mixes three difficulty levels in equal parts
+(`meta["level"]`, 1 = easiest; `meta["op"]` = the operation), so a briefly warm-started tiny model solves
+the easy level and little of the hard one: intermediate pass rates per domain, with `add2`/`sub`/`word`
+easier than `mul`/`two_step`. Level 1 needs only digit-wise facts (no carry, no borrow, multiples of 10).
 
-Domain            prompt                                                          level
-add2      Compute 47+38.                                                 1 no carry, 2 carry
-add3      Compute 472+385.                                               1 + number of carries (max 3)
-sub       Compute 83-47.                                                 1 no borrow, 2 borrow
-mul       Compute 7*38.  /  Compute 38*7.                                1 product<100, 2 <300, 3 otherwise
-two_step  Compute 3*14+25.  /  Compute 6*9-17.                           1 b<10, 2 b<20, 3 b≥20
-word      Tom has 12 apples and buys 7 more. How many apples does he have?   1 add, 2 take away, 3 groups
+Domain    prompt                                        level 1            level 2              level 3
+add2      Compute 47+38.                                no carry           units carry, <100    sum ≥ 100
+add3      Compute 472+385.                              no carry           one carry            ≥ 2 carries
+sub       Compute 83-47.                                no borrow          borrow               (two levels)
+mul       Compute 7*38.  /  Compute 38*7.               7*30 (b%10==0)     b in 11..19          b in 21..99
+two_step  Compute 3*4+5.  /  Compute 6*19-17.           a*b±c, b,c < 10    b < 10, c ≥ 10       b ≥ 10
+word      Tom has 12 apples and buys 7 more. How many apples does he have?   add / take away / groups
 """
 
 from __future__ import annotations
@@ -47,34 +47,49 @@ def _carries(a: int, b: int) -> int:
     return n
 
 
+def _pick(r: random.Random, draw: Callable[[], tuple[int, int]], level_of: Callable[[int, int], int], levels: int):
+    """Operands of a uniformly chosen level (rejection sampling: every level is reasonably likely)."""
+    want = r.randint(1, levels)
+    while True:
+        a, b = draw()
+        if level_of(a, b) == want:
+            return a, b, want
+
+
 def _add2(r: random.Random) -> Sample:
-    a, b = r.randint(10, 99), r.randint(10, 99)
-    return f"Compute {a}+{b}.", a + b, {"level": 1 + min(_carries(a, b), 1), "op": "add"}
+    def level(a: int, b: int) -> int:
+        return 1 if _carries(a, b) == 0 else 2 if a + b < 100 else 3
+
+    a, b, lv = _pick(r, lambda: (r.randint(10, 99), r.randint(10, 99)), level, 3)
+    return f"Compute {a}+{b}.", a + b, {"level": lv, "op": "add"}
 
 
 def _add3(r: random.Random) -> Sample:
-    a, b = r.randint(100, 999), r.randint(100, 999)
-    return f"Compute {a}+{b}.", a + b, {"level": 1 + min(_carries(a, b), 2), "op": "add"}
+    a, b, lv = _pick(r, lambda: (r.randint(100, 999), r.randint(100, 999)), lambda a, b: 1 + min(_carries(a, b), 2), 3)
+    return f"Compute {a}+{b}.", a + b, {"level": lv, "op": "add"}
 
 
 def _sub(r: random.Random) -> Sample:
-    a = r.randint(20, 99)
-    b = r.randint(10, a)
-    return f"Compute {a}-{b}.", a - b, {"level": 2 if a % 10 < b % 10 else 1, "op": "sub"}
+    def draw() -> tuple[int, int]:
+        a = r.randint(20, 99)
+        return a, r.randint(10, a)
+
+    a, b, lv = _pick(r, draw, lambda a, b: 2 if a % 10 < b % 10 else 1, 2)
+    return f"Compute {a}-{b}.", a - b, {"level": lv, "op": "sub"}
 
 
 def _mul(r: random.Random) -> Sample:
-    a, b = r.randint(2, 9), r.randint(10, 99)
-    p = a * b
+    a, b, lv = _pick(r, lambda: (r.randint(2, 9), r.randint(10, 99)),
+                     lambda a, b: 1 if b % 10 == 0 else 2 if b < 20 else 3, 3)
     x, y = (a, b) if r.random() < 0.5 else (b, a)  # both orders: 1440 distinct prompts
-    return f"Compute {x}*{y}.", p, {"level": 1 if p < 100 else 2 if p < 300 else 3, "op": "mul"}
+    return f"Compute {x}*{y}.", a * b, {"level": lv, "op": "mul"}
 
 
 def _two_step(r: random.Random) -> Sample:
     level = r.randint(1, 3)
     a = r.randint(2, 9)
-    b = r.randint(*((2, 9), (10, 19), (20, 99))[level - 1])
-    c = r.randint(1, 99)
+    b = r.randint(2, 9) if level < 3 else r.randint(10, 99)
+    c = r.randint(1, 9) if level == 1 else r.randint(10, 99) if level == 2 else r.randint(1, 99)
     if r.random() < 0.5 or c > a * b:
         return f"Compute {a}*{b}+{c}.", a * b + c, {"level": level, "op": "mul_add"}
     return f"Compute {a}*{b}-{c}.", a * b - c, {"level": level, "op": "mul_sub"}
