@@ -91,9 +91,9 @@ def plain_fwd_bwd(model, prompts, micro_batch_tokens: int) -> None:
     for p in model.parameters():
         p.requires_grad_(True)
     for batch in _micro_batches(_sequences(prompts, "seq_mean_token_mean", torch.float32), micro_batch_tokens):
-        ids, attn, logbeta, mask = _pad(batch, torch.device("cpu"), torch.float32)
+        ids, attn, pos, logbeta, mask, _ = _pad(batch, torch.device("cpu"), torch.float32)
         coef = torch.tensor([s.coef for s in batch])
-        logp = _token_logprobs(model, ids, attn, 1.0)
+        logp = _token_logprobs(model, ids, attn, 1.0, pos)
         (coef[:, None] * torch.exp(logp - logbeta) * mask).sum().backward()
     model.zero_grad(set_to_none=True)
 

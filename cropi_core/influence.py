@@ -16,13 +16,13 @@ gradient). How it is computed:
 
 Why rows are bit-identical whatever the batch around them (measured, not assumed): every op of the model is
 row-wise or per-sequence, except the GEMMs whose kernel on CPU depends on the number of rows M — and only for
-small M (a few rows take a GEMV-like path); with L ≥ 16, M = N·L ≥ 16 always takes the same path. Padding is
-always on the right and to a length fixed by the sequence, so the attention softmax reductions see the same
-vector; right padding with a causal mask also makes δ exactly zero on padded positions. Per-sequence weight
-gradients use only the n real positions (or, for `factored`, the bucket length), and a prompt's sequences are
-added to its accumulator in the order (L, k), which depends on that prompt alone. Callers therefore get the same
-bits for a prompt in any batch, chunk, micro-batch size or process. `padding_side` of a tokenizer plays no role:
-inputs are unpadded token ids and padding is internal.
+small M (a few rows take a GEMV-like path); with L ≥ 16, M = N·L ≥ 16 always takes the same path. Padding goes
+to a length fixed by the sequence, so the attention softmax reductions see the same vector. Small-width
+projections (factored) were measured to change bits with the batch size when batched, so they run per
+sequence. Per-sequence weight gradients use only the real positions, and a prompt's sequences are added to its
+accumulator in the order (L, k), which depends on that prompt alone. Callers therefore get the same bits for a
+prompt in any batch, chunk, micro-batch size or process. Inputs are unpadded token ids; the padding side
+(right by default; left with explicit position ids) was measured not to change the bits either (tests).
 """
 
 from __future__ import annotations
@@ -90,24 +90,31 @@ def _micro_batches(seqs: list[_Seq], micro_batch_tokens: int) -> list[list[_Seq]
     return batches
 
 
-def _pad(batch: list[_Seq], device: torch.device, dtype: torch.dtype):
-    """ids/attention [N, L]; logβ, response mask [N, L-1] aligned with the positions that predict each token."""
+def _pad(batch: list[_Seq], device: torch.device, dtype: torch.dtype, padding_side: str = "right"):
+    """ids/attention/position ids [N, L]; logβ, response mask [N, L-1] aligned with the positions that predict
+    each token; rows (slot, start, stop) of real positions."""
     n, length = len(batch), batch[0].length
     ids = torch.zeros(n, length, dtype=torch.long)
     attn = torch.zeros(n, length, dtype=torch.long)
+    pos = torch.zeros(n, length, dtype=torch.long)
     logbeta = torch.zeros(n, length - 1, dtype=dtype)
     mask = torch.zeros(n, length - 1, dtype=dtype)
+    rows = []
     for b, s in enumerate(batch):
-        ids[b, : s.n] = s.ids
-        attn[b, : s.n] = 1
-        logbeta[b, s.n_prompt - 1 : s.n - 1] = s.logbeta.to(dtype)
-        mask[b, s.n_prompt - 1 : s.n - 1] = 1
-    return ids.to(device), attn.to(device), logbeta.to(device), mask.to(device)
+        o = length - s.n if padding_side == "left" else 0
+        ids[b, o : o + s.n] = s.ids
+        attn[b, o : o + s.n] = 1
+        pos[b, o : o + s.n] = torch.arange(s.n)
+        logbeta[b, o + s.n_prompt - 1 : o + s.n - 1] = s.logbeta.to(dtype)
+        mask[b, o + s.n_prompt - 1 : o + s.n - 1] = 1
+        rows.append((s.slot, o, o + s.n))
+    return ids.to(device), attn.to(device), pos.to(device), logbeta.to(device), mask.to(device), rows
 
 
-def _token_logprobs(model: nn.Module, ids: torch.Tensor, attn: torch.Tensor, temperature: float) -> torch.Tensor:
+def _token_logprobs(model: nn.Module, ids: torch.Tensor, attn: torch.Tensor, temperature: float,
+                    position_ids: torch.Tensor | None = None) -> torch.Tensor:
     """log π(ids[:, t+1] | ids[:, :t+1]) for every position: [N, L-1], in the logits' dtype."""
-    logits = model(input_ids=ids, attention_mask=attn, use_cache=False).logits[:, :-1]
+    logits = model(input_ids=ids, attention_mask=attn, position_ids=position_ids, use_cache=False).logits[:, :-1]
     if temperature != 1.0:
         logits = logits / temperature
     return logits.gather(-1, ids[:, 1:, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
@@ -123,7 +130,7 @@ class _Hooks:
 
     def __init__(self, model: nn.Module, projector: Projector) -> None:
         self.model, self.projector = model, projector
-        self.rows: list[tuple[int, int]] = []
+        self.rows: list[tuple[int, int, int]] = []
         self.handles: list[Any] = []
         canon: dict[int, str] = {}
         for name, p in model.named_parameters():
@@ -167,7 +174,7 @@ class _Hooks:
         def hook(mod, args, out):
             if not out.requires_grad:  # not downstream of the embedding leaf: no gradient can reach it
                 return
-            saved = self.projector.save_linear(w, b, args[0]) if w else None
+            saved = self.projector.save_linear(w, b, args[0], self.rows) if w else None
             out.register_hook(lambda g: self.projector.add_linear(w, b, saved, g, self.rows))
         return hook
 
@@ -175,7 +182,7 @@ class _Hooks:
         def hook(mod, args, out):
             leaf = out.detach().requires_grad_(True)
             if w:
-                saved = self.projector.save_embedding(w, args[0])
+                saved = self.projector.save_embedding(w, args[0], self.rows)
                 leaf.register_hook(lambda g: self.projector.add_embedding(w, saved, g, self.rows))
             return leaf
         return hook
@@ -190,7 +197,7 @@ class _Hooks:
 
             def on_grad(g: torch.Tensor) -> None:
                 gx = g * xhat
-                grads = torch.stack([gx[b, :n].sum(0) for b, (_, n) in enumerate(self.rows)])
+                grads = torch.stack([gx[b, st:e].sum(0) for b, (_, st, e) in enumerate(self.rows)])
                 self.projector.add_vector(w, grads, self.rows)
             out.register_hook(on_grad)
         return hook
@@ -241,6 +248,7 @@ def sketch_prompts(
     aggregation: Aggregation = "seq_mean_token_mean",
     micro_batch_tokens: int = 4096,
     temperature: float = 1.0,
+    padding_side: str = "right",
     progress: bool = False,
 ) -> torch.Tensor:
     """Projected off-policy gradients: FloatTensor[B, projector.dim] in projector.dtype.
@@ -248,8 +256,12 @@ def sketch_prompts(
     Row b = P ∇θ L_b(θ) (objective.py) at the model's current weights; rows of unscorable prompts (all K rewards
     equal, or K < 2) are NaN. `temperature` divides the logits before log π (1.0 = the model's own policy; use
     the value the behaviour log-probs were computed with). `micro_batch_tokens` bounds padded tokens per
-    forward pass; it changes speed and memory, never the values.
+    forward pass; it changes speed and memory, never the values. `padding_side` ("right" default, or "left" with
+    explicit position ids) is where each micro-batch row's padding goes; it does not change the values either
+    (tested bit for bit on CPU).
     """
+    if padding_side not in ("right", "left"):
+        raise ValueError(f"padding_side must be 'right' or 'left', got {padding_side!r}")
     if aggregation not in AGGREGATIONS:
         raise ValueError(f"unknown aggregation {aggregation!r}; expected one of {AGGREGATIONS}")
     _check(prompts, model)
@@ -271,10 +283,9 @@ def sketch_prompts(
             for idx in it:
                 projector.start(len(idx), cdt, device)
                 for batch in _micro_batches(_sequences([prompts[i] for i in idx], aggregation, cdt), micro_batch_tokens):
-                    ids, attn, logbeta, mask = _pad(batch, device, cdt)
-                    hooks.rows = [(s.slot, s.n) for s in batch]
+                    ids, attn, pos, logbeta, mask, hooks.rows = _pad(batch, device, cdt, padding_side)
                     coef = torch.tensor([s.coef for s in batch], dtype=cdt, device=device)
-                    logp = _token_logprobs(model, ids, attn, temperature).to(cdt)
+                    logp = _token_logprobs(model, ids, attn, temperature, pos).to(cdt)
                     loss = (coef[:, None] * torch.exp(logp - logbeta) * mask).sum()
                     loss.backward()
                 out[idx] = projector.finish().to(projector.dtype).cpu()
@@ -339,8 +350,8 @@ def offpolicy_health(
     model.eval()
     try:
         for batch in _micro_batches(seqs, micro_batch_tokens):
-            ids, attn, logbeta, mask = _pad(batch, device, cdt)
-            logr = (_token_logprobs(model, ids, attn, temperature).to(cdt) - logbeta) * mask  # log π − log β
+            ids, attn, pos, logbeta, mask, _ = _pad(batch, device, cdt)
+            logr = (_token_logprobs(model, ids, attn, temperature, pos).to(cdt) - logbeta) * mask  # log π − log β
             rho = torch.exp(logr)
             for b, s in enumerate(batch):
                 m = mask[b].bool()

@@ -161,6 +161,8 @@ def test_rows_bit_identical_whatever_the_batch(kind):
     others = make_prompts(6, seed=99)
     mixed = sketch_prompts(model, others[:3] + prompts[4:7] + others[3:], proj, micro_batch_tokens=300)
     assert torch.equal(mixed[3:6], base[4:7])
+    left = sketch_prompts(model, prompts, proj, micro_batch_tokens=64, padding_side="left")
+    assert torch.equal(left.nan_to_num(7.0), base.nan_to_num(7.0))
 
 
 def test_bad_input_one_line_error():
@@ -170,6 +172,8 @@ def test_bad_input_one_line_error():
                          problem_id="gsm8k/3")
     with pytest.raises(ModelError, match="gsm8k/3.*outside vocab"):
         sketch_prompts(model, [bad], make_projector("exact", model, 0))
+    with pytest.raises(ValueError, match="padding_side"):
+        sketch_prompts(model, [pr], make_projector("exact", model, 0), padding_side="middle")
     with pytest.raises(ValueError, match="aggregation"):
         sketch_prompts(model, [pr], make_projector("exact", model, 0), aggregation="sum")  # type: ignore[arg-type]
 

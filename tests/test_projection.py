@@ -125,6 +125,7 @@ def test_factored_rows_bit_identical_whatever_the_batch():
     assert torch.equal(sketch_prompts(model, [prompts[i] for i in perm], proj, micro_batch_tokens=96).nan_to_num(5.0),
                        base[perm])
     assert torch.equal(sketch_prompts(model, prompts[6:7], proj)[0].nan_to_num(5.0), base[6])
+    assert torch.equal(sketch_prompts(model, prompts, proj, padding_side="left").nan_to_num(5.0), base)
 
 
 def test_bad_arguments():

@@ -9,7 +9,8 @@ projector what the per-example gradient is made of, never the gradient of a whol
     Embedding E[V, H]:               ids [N, L] and δ [N, L, H];  G_b = Σ_t onehot(id_b,t) δ_b,tᵀ
     vector    w[H] (RMSNorm weight): per-sequence grad g_b [N, H] = Σ_t δ_b,t ⊙ x̂_b,t (computed by the hook)
 
-`rows[b] = (slot, n)`: row b belongs to prompt slot `slot` and its first `n` positions are real tokens. A
+`rows[b] = (slot, start, stop)`: row b belongs to prompt slot `slot` and positions start:stop are its real
+tokens (start = 0 with right padding). Per-sequence reductions run over those positions only. A
 projector adds each row's contribution to its slot's accumulator in row order; influence.py orders the rows so
 that a prompt's own sequences are always visited in the same order, which makes every output row a function of
 its prompt alone (bit for bit), whatever the batch around it.
@@ -27,7 +28,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-Rows = Sequence[tuple[int, int]]  # per micro-batch row: (prompt slot, number of real tokens)
+Rows = Sequence[tuple[int, int, int]]  # per micro-batch row: (prompt slot, first real position, end of real positions)
 
 
 def generator(seed: int, *parts: Any) -> torch.Generator:
@@ -117,14 +118,14 @@ class Projector(ABC):
     @abstractmethod
     def start(self, n_slots: int, compute_dtype: torch.dtype, device: torch.device | str = "cpu") -> None: ...
 
-    def save_linear(self, weight: str, bias: str | None, x: torch.Tensor) -> Any:
+    def save_linear(self, weight: str, bias: str | None, x: torch.Tensor, rows: Rows) -> Any:
         """Forward hook of a Linear: keep what `add_linear` needs (default: the input itself)."""
         return x.detach()
 
     @abstractmethod
     def add_linear(self, weight: str | None, bias: str | None, saved: Any, delta: torch.Tensor, rows: Rows) -> None: ...
 
-    def save_embedding(self, weight: str, ids: torch.Tensor) -> Any:
+    def save_embedding(self, weight: str, ids: torch.Tensor, rows: Rows) -> Any:
         return ids
 
     @abstractmethod

@@ -1,7 +1,7 @@
 """`exact`: the full flat per-prompt gradient (the reference; small models only) and the shared flat machinery.
 
 `FlatProjector` materialises every prompt's full gradient, parameter by parameter, from the per-sequence pieces
-the hooks hand over (base.py): G_b = δ_bᵀ x_b for a Linear (over the row's n real positions only), index-add of
+the hooks hand over (base.py): G_b = δ_bᵀ x_b for a Linear (over the row's real positions only), index-add of
 δ_b into the embedding rows of its tokens, the reduced vector for 1-D parameters. `finish` turns the buffers into
 rows; `exact` concatenates them in parameter order (dim = number of parameters), `dense`/`sparse` project them.
 """
@@ -37,20 +37,20 @@ class FlatProjector(Projector):
 
     def add_linear(self, weight: str | None, bias: str | None, saved: Any, delta: torch.Tensor, rows: Rows) -> None:
         x = saved
-        for b, (slot, n) in enumerate(rows):
-            d = delta[b, :n]
+        for b, (slot, s, e) in enumerate(rows):
+            d = delta[b, s:e].clone()  # fresh, aligned copies: a slice's alignment can change GEMM bits
             if weight is not None:
-                self.buffers[weight][slot] += d.T @ x[b, :n]
+                self.buffers[weight][slot] += d.T @ x[b, s:e].clone()
             if bias is not None:
                 self.buffers[bias][slot] += d.sum(0)
 
     def add_embedding(self, weight: str, saved: Any, delta: torch.Tensor, rows: Rows) -> None:
         ids = saved
-        for b, (slot, n) in enumerate(rows):
-            self.buffers[weight][slot].index_add_(0, ids[b, :n], delta[b, :n])
+        for b, (slot, s, e) in enumerate(rows):
+            self.buffers[weight][slot].index_add_(0, ids[b, s:e], delta[b, s:e])
 
     def add_vector(self, name: str, grads: torch.Tensor, rows: Rows) -> None:
-        for b, (slot, _) in enumerate(rows):
+        for b, (slot, _, _) in enumerate(rows):
             self.buffers[name][slot] += grads[b]
 
     def flat(self, name: str) -> torch.Tensor:

@@ -13,7 +13,7 @@ block's sketch is
 
 so the forward hook stores u_t = P_c x̃_t[S_c] (k_c numbers per token instead of in), the backward hook forms
 v_t = P_r δ_t[S_r] and the k_r×k_c sketch of each sequence of the micro-batch is one matmul vᵀu over
-its padded positions (δ is exactly 0 on padding), computed sequence by sequence. Since the sketch is linear in G, summing sequence sketches
+its real positions, computed sequence by sequence. Since the sketch is linear in G, summing sequence sketches
 gives the prompt's P_r G P_cᵀ; the flattened block has ⟨P_r G P_cᵀ, P_r H P_cᵀ⟩_F with expectation
 ⟨G[S], H[S]⟩_F over independent P_r, P_c (E[PᵀP] = I), equal to it when k_r = |S_r| and k_c = |S_c|.
 P_r, P_c are also scaled by √(out/|S_r|), √((in+1)/|S_c|), so that over random subsets too
@@ -221,9 +221,11 @@ class FactoredProjector(Projector):
         if self.rest:
             self.rest.start(n_slots, compute_dtype, device)
 
-    # Every matmul below is per sequence, with shapes fixed by that sequence (its bucket length L and the block's
-    # k): batched GEMMs with a small output width (k = 1…13) were measured to change bits with the batch size.
-    def save_linear(self, weight: str, bias: str | None, x: torch.Tensor) -> Any:
+    # Every matmul below is per sequence and over its real positions only, so shapes and operands are fixed by the
+    # sequence: batched GEMMs with a small output width (k = 1…13) were measured to change bits with the batch
+    # size, per-sequence ones over the padded length with the padding side, and a GEMV on a slice with the
+    # slice's memory alignment: operands are fresh copies (`clone`).
+    def save_linear(self, weight: str, bias: str | None, x: torch.Tensor, rows: Rows) -> Any:
         blk = self.by_name.get(weight)
         if blk is None or not blk.k_r:
             return None
@@ -231,37 +233,38 @@ class FactoredProjector(Projector):
         if blk.s_c is not None:
             x = x[..., blk.get("cx", torch.long, x.device)]
         pc = blk.get("pc_x", x.dtype, x.device)
-        u = torch.stack([x[b].contiguous() @ pc for b in range(x.shape[0])])
-        if blk.pc_bias is not None:
-            u = u + blk.get("pc_bias", x.dtype, x.device)
-        return u  # [N, L, k_c]
+        pb = blk.get("pc_bias", x.dtype, x.device) if blk.pc_bias is not None else None
+        us = [x[b, s:e].clone() @ pc for b, (_, s, e) in enumerate(rows)]
+        return us if pb is None else [u + pb for u in us]  # per sequence [n, k_c]
 
     def add_linear(self, weight: str | None, bias: str | None, saved: Any, delta: torch.Tensor, rows: Rows) -> None:
         if weight is None or weight not in self.by_name:  # an unfolded bias, or a weight that got no dims
             if weight is None and bias is not None and self.rest and bias in self.rest.params:
-                self.rest.add_vector(bias, torch.stack([delta[b, :n].sum(0) for b, (_, n) in enumerate(rows)]), rows)
+                self.rest.add_vector(bias, torch.stack([delta[b, s:e].sum(0) for b, (_, s, e) in enumerate(rows)]), rows)
             return
         blk = self.by_name[weight]
         d = delta if blk.s_r is None else delta[..., blk.get("s_r", torch.long, delta.device)]
         pr = blk.get("pr_t", delta.dtype, delta.device)
-        self._add_outer(blk, [d[b].contiguous() @ pr for b in range(d.shape[0])], saved, rows)
+        self._add_outer(blk, [d[b, s:e].clone() @ pr for b, (_, s, e) in enumerate(rows)], saved, rows)
 
-    def save_embedding(self, weight: str, ids: torch.Tensor) -> Any:
+    def save_embedding(self, weight: str, ids: torch.Tensor, rows: Rows) -> Any:
         return ids if weight in self.by_name else None
 
     def add_embedding(self, weight: str, saved: Any, delta: torch.Tensor, rows: Rows) -> None:
         blk = self.by_name.get(weight)
         if blk is None:
             return
-        u = blk.get("row_table", delta.dtype, delta.device)[saved]  # [N, L, k_r]: P_r onehot(id_t)
+        table = blk.get("row_table", delta.dtype, delta.device)  # [V, k_r]: row i = P_r onehot(i)
         d = delta if blk.s_c is None else delta[..., blk.get("cx", torch.long, delta.device)]
         pc = blk.get("pc_x", delta.dtype, delta.device)
-        self._add_outer(blk, list(u), torch.stack([d[b].contiguous() @ pc for b in range(d.shape[0])]), rows)
+        us = [table[saved[b, s:e]] for b, (_, s, e) in enumerate(rows)]
+        vs = [d[b, s:e].clone() @ pc for b, (_, s, e) in enumerate(rows)]
+        self._add_outer(blk, us, vs, rows)
 
-    def _add_outer(self, blk: _Block, left: list[torch.Tensor], right: torch.Tensor, rows: Rows) -> None:
-        """acc[slot] += vec(leftᵀ right) per sequence: Σ_t over its L padded positions ([L,k_r]ᵀ[L,k_c])."""
+    def _add_outer(self, blk: _Block, left: list[torch.Tensor], right: list[torch.Tensor], rows: Rows) -> None:
+        """acc[slot] += vec(leftᵀ right) per sequence: Σ_t over its n real positions ([n,k_r]ᵀ[n,k_c])."""
         sl = slice(blk.offset, blk.offset + blk.k_r * blk.k_c)
-        for b, (slot, _) in enumerate(rows):
+        for b, (slot, _, _) in enumerate(rows):
             self.acc[slot, sl] += (left[b].T.contiguous() @ right[b].contiguous()).reshape(-1)
 
     def add_vector(self, name: str, grads: torch.Tensor, rows: Rows) -> None:
