@@ -206,3 +206,34 @@ def test_resume_after_sigkill_in_grads_and_training(coin, clean, prefect_api, tm
     assert "train stage 1: step 4/4" in text and "train stage 1: step 1/4" not in text  # resumed mid-stage
     assert s["final_checkpoint"] == clean["summary"]["final_checkpoint"]
     assert [st["selected_ids"] for st in s["stages"]] == [st["selected_ids"] for st in clean["summary"]["stages"]]
+
+
+def test_asset_events_carry_lineage(clean, prefect_api):
+    """Each computed artifact was announced as a Prefect asset materialisation (key = artifact URI) with its
+    parents as upstream assets: the final checkpoint's event names the previous checkpoint and the selection."""
+    import time
+
+    import httpx
+
+    from storage import open_store
+    from tasks.common import asset_key
+
+    store = open_store(str(clean["storage"]))
+    final = clean["summary"]["final_checkpoint"]
+    want = asset_key(store.uri(final))
+    body = {"filter": {"event": {"name": ["prefect.asset.materialization.succeeded"]},
+                       "any_resource": {"id": [want]}}, "limit": 50}
+    events = []
+    for _ in range(30):  # the server ingests events asynchronously
+        r = httpx.post(f"{prefect_api}/events/filter", json=body, timeout=10)
+        r.raise_for_status()
+        events = [e for e in r.json()["events"] if e["resource"]["prefect.resource.id"] == want]
+        if events:
+            break
+        time.sleep(1)
+    assert events, "no asset event for the final checkpoint"
+    ev = events[0]
+    assert ev["payload"]["kind"] == "checkpoint" and ev["payload"]["key"] == final
+    upstream = {x["prefect.resource.id"] for x in ev["related"] if x.get("prefect.resource.role") == "asset"}
+    parents = store.manifest(final).parents
+    assert upstream == {asset_key(store.uri(p)) for p in parents} and len(parents) == 2
