@@ -47,7 +47,7 @@ class FlatProjector(Projector):
     def add_embedding(self, weight: str, saved: Any, delta: torch.Tensor, rows: Rows) -> None:
         ids = saved
         for b, (slot, s, e) in enumerate(rows):
-            self.buffers[weight][slot].index_add_(0, ids[b, s:e], delta[b, s:e])
+            self.buffers[weight][slot].index_add_(0, ids[b, s:e], delta[b, s:e].to(self.buffers[weight].dtype))
 
     def add_vector(self, name: str, grads: torch.Tensor, rows: Rows) -> None:
         for b, (slot, _, _) in enumerate(rows):

@@ -193,6 +193,7 @@ class FactoredProjector(Projector):
             if b.k_r:
                 b.make_matrices(self.seed, self.shapes[b.name], self.sparse_ratio)
         self.blocks = [b for b in self.blocks if b.k_r]
+        self.by_name = {b.name: b for b in self.blocks}  # hooks skip weights that got no dims
         self.rest_offset = off
         self.rest: JLProjector | None = None
         if self.rest_dim > 0:
