@@ -14,8 +14,8 @@ Slow methods (exact, dense, reference) run on the first `--slow-prompts` prompts
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import json
+import multiprocessing
 import math
 import os
 import platform

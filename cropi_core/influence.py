@@ -4,8 +4,8 @@
 L_b the scoring loss of objective.py on prompt b's K stored responses (ρ = exp(log π_θ − log β), ρ carries the
 gradient). How it is computed:
 
-1. Every response becomes one sequence prompt+response of n = P + T_k tokens, padded on the right to a bucket
-   length L = ⌈n/16⌉·16 that depends on n alone. Sequences are sorted by (L, prompt, k) and packed into
+1. Every response becomes one sequence prompt+response of n = P + T_k tokens, padded (right by default) to a
+   bucket length L = ⌈n/16⌉·16 that depends on n alone. Sequences are sorted by (L, prompt, k) and packed into
    micro-batches of one bucket length and at most `micro_batch_tokens` padded tokens.
 2. All weights are frozen; the embedding output is made a leaf that requires grad, so backward computes
    activation gradients only. Forward hooks on every Linear / Embedding / RMSNorm owning a selected parameter
@@ -23,6 +23,9 @@ sequence. Per-sequence weight gradients use only the real positions, and a promp
 accumulator in the order (L, k), which depends on that prompt alone. Callers therefore get the same bits for a
 prompt in any batch, chunk, micro-batch size or process. Inputs are unpadded token ids; the padding side
 (right by default; left with explicit position ids) was measured not to change the bits either (tests).
+On other devices (GPU) the same structure applies, but bit-identity there depends on the kernels and is not
+tested here. Float64 models: Qwen2's RMSNorm computes in float32, so float64 gradients agree with an autograd
+reference to ~1e-8 relative, not 1e-15 (both sides go through the same float32 rounding).
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ rows; `exact` concatenates them in parameter order (dim = number of parameters),
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import nn
