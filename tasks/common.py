@@ -9,6 +9,7 @@ recomputes nothing. Tasks take and return small `ArtifactRef`s, never tensors.
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import os
 import threading
@@ -84,7 +85,11 @@ def key_policy(key_fn: Callable[..., str]) -> CacheKeyFnPolicy:
     """Prefect cache policy whose key is `key_fn(**task_parameters)` (the storage artifact key)."""
 
     def cache_key(_ctx: Any, params: dict[str, Any]) -> str:
-        return key_fn(**params)
+        # namespaced by storage root: a cache hit must mean "this artifact is in THIS store" (two runs with
+        # different roots sharing one Prefect server would otherwise skip writing to the second root)
+        cfg = params.get("cfg")
+        root = str((local_root(cfg) or cfg.storage.root) if isinstance(cfg, RunConfig) else "")
+        return f"{key_fn(**params)}-{hashlib.sha256(root.encode()).hexdigest()[:12]}"
 
     return CacheKeyFnPolicy(cache_key_fn=cache_key)
 
@@ -165,8 +170,15 @@ class Ledger:
         with self.lock:
             return [(t, k) for t, k, o in self.events if o == "computed"]
 
+    def __reduce__(self):  # Ray pickles task functions by value: a worker process uses its own ledger
+        return (_process_ledger, ())
+
 
 LEDGER = Ledger()
+
+
+def _process_ledger() -> Ledger:
+    return LEDGER
 
 
 def log(msg: str) -> None:

@@ -1,0 +1,159 @@
+"""Scale-out by config alone: a reduced curriculum (the flows tests' setup) on a local 2-CPU Ray cluster (prefect-ray's
+RayTaskRunner) against an S3-compatible server on loopback (moto) gives the same artifact keys and the same
+gradient bytes as the local runner on a local folder; and SIGKILLing a Ray worker while it computes a gradient
+chunk still completes (Ray re-runs the task, storage-first chunks) with identical results."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+import psutil
+import pytest
+
+from cropi_core.config import load_config
+from flows.curriculum import run_curriculum
+from storage import open_store
+
+import flows_helpers as H
+
+CREDS = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
+BUCKET = "cropi-scaleout"
+RAY = {"runner.kind": "ray", "runner.num_cpus": 2}
+
+
+@pytest.fixture(scope="module")
+def coin(tmp_path_factory):
+    """The flows tests' reduced setup (tests/flows_helpers.py): a tiny Qwen2 warmed up in seconds on a task where
+    most prompts have 0 < pass rate < 1, 48 pool prompts (3 gradient chunks of 16), 2 stages x 4 GRPO steps.
+    (The embedded default's own bootstrap needs minutes before any validation prompt becomes scorable.)"""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("coin")
+    data = H.write_coin_data(root / "data")
+    model = H.train_coin_model(root / "model", data)
+    yield H.write_config(root / "coin.yaml", H.coin_config(data, model, name="scaleout"))
+    torch.set_num_threads(threads)
+
+
+def config(path, root: str, **extra):
+    return load_config(path, {"storage.root": root, **extra})
+
+
+@pytest.fixture(scope="module")
+def s3(prefect_api):
+    """moto's S3 server on 127.0.0.1 (free port); credentials and endpoint in the environment, as a user would
+    set them (Ray workers inherit the driver's environment)."""
+    from moto.server import ThreadedMotoServer
+    import s3fs
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    endpoint = "http://127.0.0.1:%d" % server.get_host_and_port()[1]
+    env = {**CREDS, "AWS_ENDPOINT_URL": endpoint}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    s3fs.S3FileSystem.clear_instance_cache()
+    s3fs.S3FileSystem(endpoint_url=endpoint).mkdir(BUCKET)
+    yield endpoint
+    server.stop()
+    for k, v in old.items():
+        os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+
+
+@pytest.fixture(scope="module")
+def local_run(coin, tmp_path_factory, prefect_api):
+    """The reference: local runner (thread pool, one torch thread), local folder."""
+    root = str(tmp_path_factory.mktemp("local-store"))
+    t = time.perf_counter()
+    summary = run_curriculum(config(coin, root))
+    return {"root": root, "summary": summary, "seconds": time.perf_counter() - t}
+
+
+def artifacts(root: str) -> dict[str, str]:
+    """key -> kind of every complete artifact in a store."""
+    return {m.key: m.kind for m in open_store(root).find()}
+
+
+def grads_bytes(root: str) -> dict[str, bytes]:
+    store = open_store(root)
+    return {m.key: store.read_array(m.key, "grads").tobytes() for m in store.find("grads")}
+
+
+def assert_same_results(run: dict, ref: dict) -> None:
+    a, b = artifacts(run["root"]), artifacts(ref["root"])
+    assert a == b  # same keys, same kinds: every artifact content-hashed the same
+    assert sorted(set(a.values())) == ["checkpoint", "dataset", "evaluation", "grads", "health", "rollouts",
+                                       "scores", "selection"]
+    g, h = grads_bytes(run["root"]), grads_bytes(ref["root"])
+    assert len(g) == 2 * 2 and g.keys() == h.keys()  # 2 stages × (pool + the targeted validation set)
+    for k in g:
+        assert g[k] == h[k], f"gradient bytes differ for {k[:12]}"
+        assert np.isfinite(np.frombuffer(g[k], np.float16)).any()
+    s, r = run["summary"], ref["summary"]
+    assert s["final_checkpoint"] == r["final_checkpoint"]
+    assert [st["selected_ids"] for st in s["stages"]] == [st["selected_ids"] for st in r["stages"]]
+
+
+def test_ray_on_s3_equals_local(coin, local_run, s3):
+    root = f"s3://{BUCKET}/equal"
+    t = time.perf_counter()
+    summary = run_curriculum(config(coin, root, **RAY))
+    run = {"root": root, "summary": summary, "seconds": time.perf_counter() - t}
+    print(f"\nlocal runner {local_run['seconds']:.0f}s, ray+s3 {run['seconds']:.0f}s")
+    assert summary["counts"]["failed"] == 0
+    assert_same_results(run, local_run)
+    # refs travel, not arrays: gradient chunks and training ran in Ray worker processes, which opened the s3 store
+    # themselves — this (driver) process's ledger saw none of that work, yet every chunk is in storage
+    driver = {t for t, _ in summary["computed"]}
+    assert "grads-chunk" not in driver and "train" not in driver
+    assert open_store(root).fs.ls(f"{BUCKET}/equal")
+
+
+def ray_workers() -> list[psutil.Process]:
+    """Ray worker processes (descendants of this driver) currently running a grads-chunk task."""
+    out = []
+    for p in psutil.Process().children(recursive=True):
+        try:
+            if any("ray::grads-chunk" in part for part in p.cmdline()):
+                out.append(p)
+        except psutil.Error:
+            pass
+    return out
+
+
+def test_killed_ray_worker_during_grads_chunks(coin, local_run, tmp_path):
+    """SIGKILL the worker computing a gradient chunk (stage 0, pool, first time a chunk task shows up)."""
+    root = str(tmp_path / "store")
+    killed: list[int] = []
+    stop = threading.Event()
+
+    def killer() -> None:
+        while not stop.is_set() and not killed:
+            for p in ray_workers():
+                time.sleep(0.5)  # let it get into the chunk (model load / sketch)
+                try:
+                    p.send_signal(signal.SIGKILL)
+                    killed.append(p.pid)
+                except psutil.Error:
+                    continue
+                break
+            stop.wait(0.05)
+
+    th = threading.Thread(target=killer, daemon=True)
+    th.start()
+    try:
+        summary = run_curriculum(config(coin, root, **RAY))
+    finally:
+        stop.set()
+        th.join()
+    assert killed, "no Ray worker was seen running a grads-chunk task"
+    assert summary["counts"]["failed"] == 0
+    assert_same_results({"root": root, "summary": summary}, local_run)
