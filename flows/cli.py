@@ -192,7 +192,9 @@ def start_server(port: int, log_path: Path | None = None) -> tuple[subprocess.Po
     exe = Path(sys.executable).with_name("prefect")
     cmd = [str(exe) if exe.exists() else "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)]
     out = open(log_path, "ab") if log_path else subprocess.DEVNULL
-    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    env = {**os.environ, "PREFECT_UI_API_URL": f"{url}/api"}  # the UI must call this port, not the default 4200
+    env.pop("PREFECT_API_URL", None)
+    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env)
     return proc, url
 
 

@@ -283,7 +283,7 @@ def final_report(cfg: RunConfig, summary: dict[str, Any]) -> Path:
     _publish_table(f"{key}-accuracy", acc_rows, f"{cfg.name}: accuracy vs step")
     _publish_table(f"{key}-stages", stage_tab, f"{cfg.name}: per-stage selection and health")
     for name, p in paths.items():
-        _publish_image(f"{key}-{name.replace('_', '-')}", Path(p), f"{cfg.name}: {titles[name]}")
+        _publish_image(f"{key}-plot-{name.replace('_', '-')}", Path(p), f"{cfg.name}: {titles[name]}")
     md_prefect = "\n".join(md)
     for name, p in paths.items():  # the Prefect UI cannot read local files: inline the PNGs
         md_prefect = md_prefect.replace(f"]({Path(p).name})", f"]({data_url(Path(p))})")
