@@ -199,7 +199,8 @@ class _Hooks:
             xhat = (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype).detach()
 
             def on_grad(g: torch.Tensor) -> None:
-                gx = g * xhat
+                cdt = torch.promote_types(g.dtype, torch.float32)  # reduce bf16/fp16 grads in float32
+                gx = g.to(cdt) * xhat.to(cdt)
                 grads = torch.stack([gx[b, st:e].sum(0) for b, (_, st, e) in enumerate(self.rows)])
                 self.projector.add_vector(w, grads, self.rows)
             out.register_hook(on_grad)

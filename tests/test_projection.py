@@ -136,3 +136,15 @@ def test_bad_arguments():
         make_projector("sparse", model, 8, sparse_ratio=0.0)
     with pytest.raises(ValueError, match="unknown parameter"):
         make_projector("dense", model, 8, params=["nope.weight"])
+
+
+@pytest.mark.parametrize("kind", ["exact", "sparse", "factored"])
+def test_bf16_model_computes_in_float32(kind):
+    """A bf16 model sketches (hooks hand bf16 pieces; projectors compute in float32) close to its float32 twin."""
+    m32 = tiny(0, dtype=torch.float32)
+    m16 = tiny(0, dtype=torch.bfloat16)
+    prompts = [p for p in make_prompts(4, seed=6) if p.scorable]
+    a = sketch_prompts(m32, prompts, make_projector(kind, m32, 128, sparse_ratio=0.5, dtype=torch.float32))
+    b = sketch_prompts(m16, prompts, make_projector(kind, m16, 128, sparse_ratio=0.5, dtype=torch.float32))
+    assert b.dtype == torch.float32 and torch.isfinite(b).all()
+    assert (torch.nn.functional.cosine_similarity(a, b) > 0.99).all()

@@ -38,9 +38,10 @@ class FlatProjector(Projector):
     def add_linear(self, weight: str | None, bias: str | None, saved: Any, delta: torch.Tensor, rows: Rows) -> None:
         x = saved
         for b, (slot, s, e) in enumerate(rows):
-            d = delta[b, s:e].clone()  # fresh, aligned copies: a slice's alignment can change GEMM bits
+            # fresh, aligned copies in the compute dtype: a slice's alignment can change GEMM bits
+            d = delta[b, s:e].to(self.compute_dtype, copy=True)
             if weight is not None:
-                self.buffers[weight][slot] += d.T @ x[b, s:e].clone()
+                self.buffers[weight][slot] += d.T @ x[b, s:e].to(self.compute_dtype, copy=True)
             if bias is not None:
                 self.buffers[bias][slot] += d.sum(0)
 
@@ -51,7 +52,7 @@ class FlatProjector(Projector):
 
     def add_vector(self, name: str, grads: torch.Tensor, rows: Rows) -> None:
         for b, (slot, _, _) in enumerate(rows):
-            self.buffers[name][slot] += grads[b]
+            self.buffers[name][slot] += grads[b].to(self.compute_dtype)
 
     def flat(self, name: str) -> torch.Tensor:
         """[n_slots, numel] view of one parameter's accumulated gradients."""

@@ -225,7 +225,7 @@ class FactoredProjector(Projector):
     # Every matmul below is per sequence and over its real positions only, so shapes and operands are fixed by the
     # sequence: batched GEMMs with a small output width (k = 1…13) were measured to change bits with the batch
     # size, per-sequence ones over the padded length with the padding side, and a GEMV on a slice with the
-    # slice's memory alignment: operands are fresh copies (`clone`).
+    # slice's memory alignment: operands are fresh copies, in the compute dtype (float32 for bf16/fp16 models).
     def save_linear(self, weight: str, bias: str | None, x: torch.Tensor, rows: Rows) -> Any:
         blk = self.by_name.get(weight)
         if blk is None or not blk.k_r:
@@ -233,20 +233,20 @@ class FactoredProjector(Projector):
         x = x.detach()
         if blk.s_c is not None:
             x = x[..., blk.get("cx", torch.long, x.device)]
-        pc = blk.get("pc_x", x.dtype, x.device)
-        pb = blk.get("pc_bias", x.dtype, x.device) if blk.pc_bias is not None else None
-        us = [x[b, s:e].clone() @ pc for b, (_, s, e) in enumerate(rows)]
+        pc = blk.get("pc_x", self.cdt, x.device)
+        pb = blk.get("pc_bias", self.cdt, x.device) if blk.pc_bias is not None else None
+        us = [x[b, s:e].to(self.cdt, copy=True) @ pc for b, (_, s, e) in enumerate(rows)]
         return us if pb is None else [u + pb for u in us]  # per sequence [n, k_c]
 
     def add_linear(self, weight: str | None, bias: str | None, saved: Any, delta: torch.Tensor, rows: Rows) -> None:
         if weight is None or weight not in self.by_name:  # an unfolded bias, or a weight that got no dims
             if weight is None and bias is not None and self.rest and bias in self.rest.params:
-                self.rest.add_vector(bias, torch.stack([delta[b, s:e].sum(0) for b, (_, s, e) in enumerate(rows)]), rows)
+                self.rest.add_vector(bias, torch.stack([delta[b, s:e].to(self.cdt).sum(0) for b, (_, s, e) in enumerate(rows)]), rows)
             return
         blk = self.by_name[weight]
         d = delta if blk.s_r is None else delta[..., blk.get("s_r", torch.long, delta.device)]
-        pr = blk.get("pr_t", delta.dtype, delta.device)
-        self._add_outer(blk, [d[b, s:e].clone() @ pr for b, (_, s, e) in enumerate(rows)], saved, rows)
+        pr = blk.get("pr_t", self.cdt, delta.device)
+        self._add_outer(blk, [d[b, s:e].to(self.cdt, copy=True) @ pr for b, (_, s, e) in enumerate(rows)], saved, rows)
 
     def save_embedding(self, weight: str, ids: torch.Tensor, rows: Rows) -> Any:
         return ids if weight in self.by_name else None
@@ -255,11 +255,11 @@ class FactoredProjector(Projector):
         blk = self.by_name.get(weight)
         if blk is None:
             return
-        table = blk.get("row_table", delta.dtype, delta.device)  # [V, k_r]: row i = P_r onehot(i)
+        table = blk.get("row_table", self.cdt, delta.device)  # [V, k_r]: row i = P_r onehot(i)
         d = delta if blk.s_c is None else delta[..., blk.get("cx", torch.long, delta.device)]
-        pc = blk.get("pc_x", delta.dtype, delta.device)
+        pc = blk.get("pc_x", self.cdt, delta.device)
         us = [table[saved[b, s:e]] for b, (_, s, e) in enumerate(rows)]
-        vs = [d[b, s:e].clone() @ pc for b, (_, s, e) in enumerate(rows)]
+        vs = [d[b, s:e].to(self.cdt, copy=True) @ pc for b, (_, s, e) in enumerate(rows)]
         self._add_outer(blk, us, vs, rows)
 
     def _add_outer(self, blk: _Block, left: list[torch.Tensor], right: list[torch.Tensor], rows: Rows) -> None:
