@@ -168,6 +168,15 @@ def test_split_val_test_is_seeded_by_id(loaded):
     assert [p.id for p in v] == [p.id for p in ps if p.id in {q.id for q in v}]  # original order kept
 
 
+def test_dedup_key_normalises_text():
+    a = Problem("s/1", "What is  2+2?\n", "4", "s", "s")
+    b = Problem("s/2", "what is 2+2?", "4", "s", "s")
+    c = Problem("s/3", "What is 2+3?", "5", "s", "s")
+    assert dedup([a, b, c]) == [a, c]
+    assert dedup([b, c], against=[a]) == [c]
+    assert dedup_key("Ｗhat\tis 2+2?") == dedup_key("what is 2+2?")  # NFKC full-width letters
+
+
 def test_dedup_pool_against_tests_and_itself(data_dir, loaded):
     # DSR-sub contains 232 MATH-train problems verbatim (whitespace aside)
     math_keys = {dedup_key(p.prompt) for p in loaded["math_train"].problems}
