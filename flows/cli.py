@@ -117,6 +117,43 @@ def run(
     typer.echo(f"report: {summary['report']}")
 
 
+@app.command()
+def compare(
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML RunConfig (default: the embedded tiny setup)"),
+    methods: str = typer.Option("cropi,full,random,pass_rate,learnability,influence_once,dapo", "--methods",
+                                help="comma-separated methods to compare"),
+    seeds: int = typer.Option(3, "--seeds", help="seeds per method (train.seed/selection.seed + 0..N-1)"),
+    set_: Optional[list[str]] = typer.Option(None, "--set", "-s", help="override a field: section.key=value (repeatable)"),
+    storage: Optional[str] = typer.Option(None, "--storage", help="storage root URL (default $CROPI_STORAGE or ./.cropi)"),
+    name: Optional[str] = typer.Option(None, "--name", help="base run name (report folder runs/<name>-compare)"),
+) -> None:
+    """CROPI vs baselines from the same bootstrap at an equal budget, several seeds; prints the report path."""
+    from flows.compare import parse_methods
+
+    try:
+        names = parse_methods(methods)
+        if seeds < 1:
+            raise ConfigError(f"--seeds: must be ≥ 1 (got {seeds})")
+        cfg = prepare(config, set_, storage, name)
+    except CropiError as err:
+        _fail(err)
+    from flows.compare import run_compare
+
+    try:
+        out = run_compare(cfg, names, seeds)
+    except CropiError as err:
+        _fail(err)
+    res = out["results"]
+    typer.echo(f"compared {len(out['records'])} runs in {out['seconds']:.1f}s")
+    for m, row in res["methods"].items():
+        tgt, unt = row.get("tgt_final", [float("nan")] * 2), row.get("unt_final", [float("nan")] * 2)
+        extra = ""
+        if "step_speedup" in row:
+            extra = f", step speed-up {row['step_speedup']}, wall speed-up {row['wall_speedup']}"
+        typer.echo(f"  {m}: targeted {tgt[0]:.3f}±{tgt[1]:.3f}, untargeted {unt[0]:.3f}±{unt[1]:.3f}{extra}")
+    typer.echo(f"report: {out['report']}")
+
+
 def _resolve_key(store, key: str) -> str:
     from storage import StorageError
 

@@ -153,10 +153,14 @@ class Ledger:
 
     events: list[tuple[str, str, str]] = field(default_factory=list)  # (task, key, "computed"|"storage-hit")
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # compute seconds per computed key, kept across reset() (flows.compare prices reused artifacts with them)
+    seconds: dict[str, float] = field(default_factory=dict)
 
-    def add(self, task: str, key: str, outcome: str) -> None:
+    def add(self, task: str, key: str, outcome: str, seconds: float | None = None) -> None:
         with self.lock:
             self.events.append((task, key, outcome))
+            if seconds is not None:
+                self.seconds[key] = float(seconds)
 
     def reset(self) -> None:
         with self.lock:
@@ -198,7 +202,7 @@ def storage_hit(task: str, ref: ArtifactRef) -> ArtifactRef:
 def computed(task: str, ref: ArtifactRef, parents: list[ArtifactRef | str], store: Store, seconds: float,
              meta: dict | None = None) -> ArtifactRef:
     """Record a freshly computed artifact and emit its Prefect asset materialisation."""
-    LEDGER.add(task, ref.key, "computed")
+    LEDGER.add(task, ref.key, "computed", seconds)
     log(f"{task}: computed {ref.kind} {ref.key[:12]} in {seconds:.1f}s")
     emit_asset(ref, parents, store, meta={"seconds": round(seconds, 3), **(meta or {})})
     return ref

@@ -95,7 +95,7 @@ def grads_chunk(cfg: RunConfig, ckpt: ArtifactRef, rollouts: ArtifactRef, chunk:
         sk = sketch_prompts(model, prompts, proj, aggregation=inf.aggregation, micro_batch_tokens=inf.micro_batch_tokens,
                             temperature=behavior_temperature(cfg))
         arr.write_chunk(chunk, sk.float().numpy())
-    LEDGER.add("grads-chunk", f"{key}:{chunk}", "computed")
+    LEDGER.add("grads-chunk", f"{key}:{chunk}", "computed", t.seconds)
     # the marker tests and the console progress watch for
     log(f"grads {label} stage {stage}: chunk {chunk + 1}/{arr.num_chunks} done (rows {lo}-{hi}, {t.seconds:.1f}s)")
     return {"chunk": chunk, "rows": [lo, hi], "computed": True}

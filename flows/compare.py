@@ -1,0 +1,176 @@
+"""`compare(config, methods, seeds)`: CROPI against the paper's baselines at an equal budget (PAPER.md §7).
+
+Every (method, seed) run is the `curriculum` flow on a copy of `config` that differs only in
+
+- `name`               → `<name>-<method>-s<seed>` (its own run folder; names are not hashed),
+- `selection.method`   → cropi = "popi", dapo = "full", the others by their own name,
+- `train.dynamic_sampling` → True for dapo (DAPO's dynamic sampling on the full pool), else as configured,
+- `train.seed`, `selection.seed` → the configured values + seed (GRPO sampling order/generation, random subsets).
+
+So all runs start from the SAME bootstrap checkpoint with the same offline rollouts, step budget, batch, K and
+test sets, and every artifact two runs have in common (bootstrap, offline rollouts, stage-0 gradients and
+scores, stage-0 evaluations, a selection shared by full/dapo, ...) has the same storage key and is computed once.
+Seed 0 of method "cropi" is exactly `cropi run` on the same config.
+
+Wall-clock costs are compute seconds per artifact (`tasks.common.LEDGER.seconds`, recorded where the artifact was
+computed in this process, persisted in `<compare folder>/timings.json` so a cached rerun still prices them).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from prefect import flow
+
+from cropi_core.config import RunConfig
+from cropi_core.errors import ConfigError
+from flows.runtime import task_runner
+from tasks.common import LEDGER, local_root
+
+METHODS = ("cropi", "full", "random", "pass_rate", "learnability", "influence_once", "dapo")
+SELECTION_METHOD = {"cropi": "popi", "dapo": "full"}
+# what each method needs before stage 0 besides the bootstrap: offline rollouts of the pool (pass rates, or the
+# responses POPI sketches) and of the validation sets (POPI's targets)
+NEEDS_OFFLINE = {"cropi": ("pool", "val"), "influence_once": ("pool", "val"), "pass_rate": ("pool",),
+                 "learnability": ("pool",)}
+
+
+def parse_methods(spec: str | list[str] | tuple[str, ...] | None) -> list[str]:
+    """"cropi,full" or a list → validated method names in the given order (ConfigError on unknown/empty)."""
+    if spec is None:
+        return list(METHODS)
+    items = [m.strip() for m in spec.split(",")] if isinstance(spec, str) else [str(m).strip() for m in spec]
+    items = [m for m in items if m]
+    bad = [m for m in items if m not in METHODS]
+    if bad:
+        raise ConfigError(f"--methods: unknown method {bad[0]!r} (choose from {','.join(METHODS)})")
+    if not items:
+        raise ConfigError("--methods: no method given")
+    return list(dict.fromkeys(items))
+
+
+def method_config(cfg: RunConfig, method: str, seed: int) -> RunConfig:
+    """The RunConfig of one (method, seed) run (see the module docstring for what changes)."""
+    if method not in METHODS:
+        raise ConfigError(f"compare: unknown method {method!r} (choose from {','.join(METHODS)})")
+    c = cfg.model_copy(deep=True)
+    c.name = f"{cfg.name}-{method}-s{seed}"
+    c.selection.method = SELECTION_METHOD.get(method, method)
+    c.selection.seed = cfg.selection.seed + seed
+    c.train.seed = cfg.train.seed + seed
+    c.train.dynamic_sampling = True if method == "dapo" else cfg.train.dynamic_sampling
+    return c
+
+
+def compare_dir(cfg: RunConfig) -> Path:
+    """`<local storage root>/runs/<name>-compare/` (or `./runs/<name>-compare/` for remote roots)."""
+    base = local_root(cfg)
+    p = (base / "runs" if base is not None else Path("runs")) / f"{cfg.name}-compare"
+    p.mkdir(parents=True, exist_ok=True)
+    return p.resolve()
+
+
+# ---------------------------------------------------------------- timings
+def load_timings(folder: Path) -> dict[str, float]:
+    p = folder / "timings.json"
+    return json.loads(p.read_text()) if p.exists() else {}
+
+
+def save_timings(folder: Path) -> dict[str, float]:
+    """Merge this process's compute seconds into `<folder>/timings.json`; returns the merged map."""
+    t = load_timings(folder)
+    with LEDGER.lock:
+        t.update(LEDGER.seconds)
+    tmp = folder / "timings.json.tmp"
+    tmp.write_text(json.dumps(t, indent=0, sort_keys=True))
+    tmp.replace(folder / "timings.json")
+    return t
+
+
+def seconds_of(timings: dict[str, float], key: str) -> float | None:
+    """Compute seconds of artifact `key`, including its gradient chunks (`key:i`); None if never timed here."""
+    vals = [v for k, v in timings.items() if k == key or k.startswith(key + ":")]
+    return float(sum(vals)) if vals else None
+
+
+def _sum(xs: list[float | None]) -> float | None:
+    return None if any(x is None for x in xs) else float(sum(xs))  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------- one run → plain numbers
+def run_record(cfg: RunConfig, method: str, seed: int, out: dict[str, Any], timings: dict[str, float]) -> dict[str, Any]:
+    """JSON-able numbers of one curriculum run: accuracy per set and step, per-stage selection/health/costs.
+
+    Costs (seconds): `offline` = offline rollouts the method needs (see NEEDS_OFFLINE); per stage `scoring` =
+    gradient sketches (chunks + finalize) + POPI scores + selection, `train` = the GRPO stage. Evaluation,
+    online-rollout diagnostics and health are not part of a method's cost. None = not timed in this folder.
+    """
+    from flows.reports import collect
+
+    d = collect(cfg, out)
+    stages = []
+    for s, row in zip(out["stages"], d["stages"], strict=True):
+        keys = [g.key for g in s["grads"].values()] + [r.key for r in (s.get("scores"), s["selection"]) if r is not None]
+        scoring = _sum([seconds_of(timings, k) for k in keys])
+        if method == "influence_once" and s["stage"] > 0:
+            scoring = 0.0  # reuses the stage-0 selection: no scoring at all
+        stages.append({
+            "stage": row["stage"], "selected": row["selected"], "pool": row["pool"], "domains": row["domains"],
+            "offline_pass_rate": row["offline_pass_rate"],
+            "online_pass_rate": float(row["online"].mean()) if len(row["online"]) else None,
+            "ess_frac": row["ess_frac"], "kl": row["kl"], "train_reward": row["train_reward"],
+            "scoring_s": scoring, "train_s": seconds_of(timings, s["checkpoint"].key),
+            "checkpoint": s["checkpoint"].key, "selection": s["selection"].key,
+        })
+    need = NEEDS_OFFLINE.get(method, ())
+    off_keys = ([out["pool_rollouts"].key] if "pool" in need else []) + \
+               ([r.key for r in out["val_rollouts"].values()] if "val" in need else [])
+    return {
+        "method": method, "seed": seed, "name": cfg.name, "steps_per_stage": cfg.train.steps_per_stage,
+        "acc": {n: [[int(t), a] for t, a in pts] for n, pts in d["acc"].items()}, "roles": d["roles"],
+        "stages": stages, "offline_s": _sum([seconds_of(timings, k) for k in off_keys]),
+        "bootstrap_s": seconds_of(timings, out["base_checkpoint"].key),
+        "base_checkpoint": out["base_checkpoint"].key, "final_checkpoint": out["final_checkpoint"].key,
+        "report": out["report"],
+    }
+
+
+# ---------------------------------------------------------------- the flow
+@flow(name="cropi-compare", flow_run_name="compare-{config.name}")
+def compare(config: RunConfig, methods: list[str] | None = None, seeds: int = 3) -> dict[str, Any]:
+    """Run every method × seed (seed-major: a complete seed first) and write the comparison report.
+
+    Returns {"records": [run_record, ...], "report": path of compare.md, "results": headline numbers}.
+    """
+    from flows.compare_report import write_report
+    from flows.curriculum import curriculum
+
+    if seeds < 1:
+        raise ConfigError(f"--seeds: must be ≥ 1 (got {seeds})")
+    names = parse_methods(methods)
+    folder = compare_dir(config)
+    records = []
+    for seed in range(seeds):
+        for m in names:
+            c = method_config(config, m, seed)
+            t0 = time.perf_counter()
+            out = curriculum.with_options(task_runner=task_runner(c))(config=c)
+            timings = save_timings(folder)
+            rec = run_record(c, m, seed, out, timings)
+            rec["flow_seconds"] = time.perf_counter() - t0
+            records.append(rec)
+            # partial results survive an interrupted comparison
+            (folder / "records.json").write_text(json.dumps(records, indent=1))
+    report, results = write_report(config, records, folder, names, seeds)
+    return {"records": records, "report": str(report), "results": results}
+
+
+def run_compare(cfg: RunConfig, methods: list[str] | None = None, seeds: int = 3) -> dict[str, Any]:
+    """`compare` as the CLI runs it; adds wall seconds."""
+    t0 = time.perf_counter()
+    out = compare(config=cfg, methods=parse_methods(methods), seeds=seeds)
+    out["seconds"] = time.perf_counter() - t0
+    return out

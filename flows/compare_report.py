@@ -1,0 +1,311 @@
+"""The comparison report: accuracy vs step per method (mean ± spread over seeds), CROPI's speed-up over full data
+in steps and in wall-clock (scoring included), a Table-1-style table, selected-set composition per stage and
+Figure-6-style offline vs online pass rates. Written as PNG + markdown + results.json in the compare folder and
+published as Prefect artifacts.
+
+Definitions (all on the seed-MEAN curves):
+
+- targeted accuracy of a run at step t = mean over the targeted test sets of greedy pass@1; untargeted likewise.
+  Evaluations exist at stage boundaries t_i = i·E (i = 0..S).
+- target A* = full data's final (t = S·E) mean targeted accuracy.
+- steps to target t*(method): the first crossing of A* by the piecewise-LINEAR interpolation of the method's mean
+  targeted curve between consecutive evaluations: the first i with a(t_i) ≥ A*; t* = 0 if i = 0, else
+  t* = t_{i-1} + (A* − a(t_{i-1})) / (a(t_i) − a(t_{i-1})) · E. Never reached → no speed-up ("not reached").
+- step speed-up = (S·E) / t*  (the paper's 2.66×: full data's steps over the method's steps to the same accuracy).
+- cost c(t) in seconds: offline rollouts the method needs + for each stage begun, its scoring (sketches, scores,
+  selection; paid at the stage start) + the stage's training time pro rata to the steps done in it. Bootstrap
+  (common to all methods), evaluation and diagnostics are excluded.
+- wall-clock speed-up = c_full(S·E) / c_method(t*).
+The spread is the sample standard deviation over seeds (0 with one seed); plots shade min..max over seeds.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cropi_core.config import RunConfig
+
+
+# ---------------------------------------------------------------- numbers
+def group_curve(rec: dict[str, Any], group: str) -> tuple[np.ndarray, np.ndarray]:
+    """(steps [S+1], mean accuracy over the run's sets of role `group` [S+1])."""
+    names = [n for n, r in rec["roles"].items() if r == group]
+    if not names:
+        return np.zeros(0), np.zeros(0)
+    steps = np.array([t for t, _ in rec["acc"][names[0]]], dtype=float)
+    vals = np.array([[a if a is not None else np.nan for _, a in rec["acc"][n]] for n in names], dtype=float)
+    return steps, vals.mean(axis=0)
+
+
+def steps_to_reach(steps: np.ndarray, acc: np.ndarray, target: float) -> float | None:
+    """First crossing of `target` by the linear interpolation of (steps, acc); None if never reached."""
+    for i in range(len(acc)):
+        if acc[i] >= target - 1e-12:
+            if i == 0:
+                return 0.0
+            a0, a1 = acc[i - 1], acc[i]
+            return float(steps[i - 1] + (target - a0) / (a1 - a0) * (steps[i] - steps[i - 1]))
+    return None
+
+
+def cost_at(rec: dict[str, Any], t: float) -> float | None:
+    """Seconds spent by a run to reach step t (see the module docstring); None if any part was not timed."""
+    E = rec["steps_per_stage"]
+    c = rec["offline_s"]
+    if c is None:
+        return None
+    for s in rec["stages"]:
+        lo = s["stage"] * E
+        if t <= lo:  # stage not begun
+            break
+        if s["scoring_s"] is None or s["train_s"] is None:
+            return None
+        c += s["scoring_s"] + s["train_s"] * min(1.0, (t - lo) / E)
+    return float(c)
+
+
+def _mean_std(x: list[float]) -> tuple[float, float]:
+    a = np.asarray([v for v in x if v is not None and np.isfinite(v)], dtype=float)
+    if a.size == 0:
+        return float("nan"), float("nan")
+    return float(a.mean()), float(a.std(ddof=1)) if a.size > 1 else 0.0
+
+
+def summarize(records: list[dict[str, Any]], methods: list[str]) -> dict[str, Any]:
+    """Per method: mean/min/max curves, final accuracies (mean, std), steps to target, speed-ups, costs."""
+    by = {m: [r for r in records if r["method"] == m] for m in methods}
+    by = {m: rs for m, rs in by.items() if rs}
+    out: dict[str, Any] = {"methods": {}, "target": None}
+    for m, rs in by.items():
+        row: dict[str, Any] = {"seeds": [r["seed"] for r in rs]}
+        for g, short in (("test_targeted", "tgt"), ("test_untargeted", "unt")):
+            curves = [group_curve(r, g) for r in rs]
+            if not curves or curves[0][0].size == 0:
+                continue
+            steps = curves[0][0]
+            mat = np.stack([c[1] for c in curves])
+            row["steps"] = steps.tolist()
+            row[f"{short}_mean"] = mat.mean(0).tolist()
+            row[f"{short}_min"] = mat.min(0).tolist()
+            row[f"{short}_max"] = mat.max(0).tolist()
+            row[f"{short}_final"] = _mean_std(mat[:, -1].tolist())
+        sets = sorted({n for r in rs for n in r["acc"]})
+        row["sets_final"] = {n: _mean_std([r["acc"][n][-1][1] for r in rs if n in r["acc"]]) for n in sets}
+        row["total_steps"] = rs[0]["steps_per_stage"] * len(rs[0]["stages"])
+        costs = [cost_at(r, row["total_steps"]) for r in rs]
+        row["total_cost_s"] = _mean_std(costs) if all(c is not None for c in costs) else (float("nan"), float("nan"))
+        row["scoring_s"] = _mean_std([sum(s["scoring_s"] or 0 for s in r["stages"]) + (r["offline_s"] or 0) for r in rs])
+        out["methods"][m] = row
+    if "full" in out["methods"] and "tgt_mean" in out["methods"]["full"]:
+        target = out["methods"]["full"]["tgt_mean"][-1]
+        out["target"] = target
+        full_cost = out["methods"]["full"]["total_cost_s"][0]
+        T = out["methods"]["full"]["total_steps"]
+        for m, row in out["methods"].items():
+            if "tgt_mean" not in row:
+                continue
+            t_star = steps_to_reach(np.asarray(row["steps"]), np.asarray(row["tgt_mean"]), target)
+            row["steps_to_target"] = t_star
+            row["step_speedup"] = (T / t_star if t_star and t_star > 0 else (float("inf") if t_star == 0 else None))
+            # wall-clock at t* on the seed-mean cost curve (costs of each seed at t*, averaged)
+            cs = [cost_at(r, t_star) for r in by[m]] if t_star is not None else [None]
+            c_star = float(np.mean(cs)) if all(c is not None for c in cs) else None
+            row["cost_to_target_s"] = c_star
+            row["wall_speedup"] = (full_cost / c_star if c_star and np.isfinite(full_cost) else None)
+            # per-seed step speed-ups against the same target (spread of the headline metric)
+            per = []
+            for r in by[m]:
+                st, a = group_curve(r, "test_targeted")
+                ts = steps_to_reach(st, a, target)
+                per.append(None if ts is None else (float("inf") if ts == 0 else T / ts))
+            row["step_speedup_per_seed"] = per
+    return out
+
+
+# ---------------------------------------------------------------- markdown helpers
+def _pm(ms: tuple[float, float] | list[float] | None) -> str:
+    if ms is None or not np.isfinite(ms[0]):
+        return "–"
+    return f"{ms[0]:.3f} ± {ms[1]:.3f}"
+
+
+def _x(v: float | None) -> str:
+    if v is None:
+        return "not reached"
+    if not np.isfinite(v):
+        return "∞ (at step 0)"
+    return f"{v:.2f}×"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(out) + "\n"
+
+
+# ---------------------------------------------------------------- plots
+def _plots(summary: dict[str, Any], records: list[dict[str, Any]], folder: Path, targeted_domains: set[str]) -> dict[str, Path]:
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    paths: dict[str, Path] = {}
+    ms = summary["methods"]
+
+    def save(fig, name: str) -> None:
+        p = folder / f"{name}.png"
+        fig.tight_layout()
+        fig.savefig(p, dpi=90)
+        plt.close(fig)
+        paths[name] = p
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, short, title in ((axes[0], "tgt", "targeted"), (axes[1], "unt", "untargeted")):
+        for i, (m, row) in enumerate(ms.items()):
+            if f"{short}_mean" not in row:
+                continue
+            st = row["steps"]
+            ax.plot(st, row[f"{short}_mean"], "o-", color=f"C{i}", lw=2.5 if m == "cropi" else 1.5, label=m)
+            ax.fill_between(st, row[f"{short}_min"], row[f"{short}_max"], color=f"C{i}", alpha=0.15)
+        if short == "tgt" and summary["target"] is not None:
+            ax.axhline(summary["target"], color="k", ls=":", lw=1, label="full data, final")
+        ax.set_xlabel("GRPO step")
+        ax.set_ylabel(f"{title} accuracy (mean of sets)")
+        ax.set_title(f"{title.capitalize()} accuracy vs step (mean, min–max over seeds)")
+        ax.legend(fontsize=7)
+    save(fig, "compare_accuracy")
+
+    # share of targeted-domain prompts in the selected set, per stage (mean over seeds)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for i, m in enumerate(ms):
+        rs = [r for r in records if r["method"] == m]
+        n_st = len(rs[0]["stages"])
+        share = [np.mean([sum(v for d, v in r["stages"][k]["domains"].items() if d in targeted_domains)
+                          / max(1, r["stages"][k]["selected"]) for r in rs]) for k in range(n_st)]
+        ax.plot(range(n_st), share, "o-", color=f"C{i}", label=m)
+    ax.set_xticks(range(n_st), [f"stage {k}" for k in range(n_st)])
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("targeted-domain share of selected prompts")
+    ax.set_title("Selected-set composition")
+    ax.legend(fontsize=7)
+    save(fig, "compare_composition")
+
+    # Figure 6: offline (β) vs online (θ_m) pass rate of the selected prompts, per method and stage
+    fig, ax = plt.subplots(figsize=(7, 4))
+    labels, off, on = [], [], []
+    for m in ms:
+        rs = [r for r in records if r["method"] == m]
+        for k in range(len(rs[0]["stages"])):
+            labels.append(f"{m}\ns{k}")
+            off.append(np.nanmean([r["stages"][k]["offline_pass_rate"] or np.nan for r in rs]))
+            on.append(np.nanmean([np.nan if r["stages"][k]["online_pass_rate"] is None else r["stages"][k]["online_pass_rate"]
+                                  for r in rs]))
+    x = np.arange(len(labels))
+    ax.bar(x - 0.2, off, 0.4, label="offline (β)")
+    ax.bar(x + 0.2, on, 0.4, label="online (θ_m)")
+    ax.set_xticks(x, labels, fontsize=6)
+    ax.set_ylabel("mean pass rate of selected prompts")
+    ax.set_title("Offline vs online pass rate (Figure 6)")
+    ax.legend(fontsize=7)
+    save(fig, "compare_offline_online")
+    return paths
+
+
+def targeted_domains_of(cfg: RunConfig) -> set[str]:
+    d = cfg.data
+    if d.synthetic is not None:
+        return set(d.synthetic.targeted)
+    return {s.domain or s.name for s in d.targeted}
+
+
+# ---------------------------------------------------------------- the report
+def write_report(cfg: RunConfig, records: list[dict[str, Any]], folder: Path, methods: list[str],
+                 seeds: int) -> tuple[Path, dict[str, Any]]:
+    """Write compare.md, the PNGs and results.json into `folder`; publish them as Prefect artifacts."""
+    from flows.reports import _publish_image, _publish_markdown, _publish_table, data_url, slug
+
+    summary = summarize(records, methods)
+    tdom = targeted_domains_of(cfg)
+    paths = _plots(summary, records, folder, tdom)
+    ms = summary["methods"]
+    sets = sorted({n for r in records for n in r["acc"]})
+    roles = {n: r["roles"][n] for r in records for n in r["roles"]}
+    tsets = [n for n in sets if roles.get(n) == "test_targeted"]
+    usets = [n for n in sets if roles.get(n) == "test_untargeted"]
+
+    head = ["method"] + tsets + ["targeted avg"] + usets + ["untargeted avg", "steps to A*", "step speed-up",
+                                                              "wall speed-up", "cost (s)"]
+    rows, table_rows = [], []
+    for m, row in ms.items():
+        r = [m] + [_pm(row["sets_final"].get(n)) for n in tsets] + [_pm(row.get("tgt_final"))] + \
+            [_pm(row["sets_final"].get(n)) for n in usets] + [_pm(row.get("unt_final")),
+             "–" if row.get("steps_to_target") is None else f"{row['steps_to_target']:.1f}",
+             _x(row.get("step_speedup")) if "step_speedup" in row else "–",
+             _x(row.get("wall_speedup")) if "wall_speedup" in row else "–", _pm(row.get("total_cost_s"))]
+        rows.append(r)
+        table_rows.append(dict(zip(head, r)))
+
+    comp_rows = []
+    for m in ms:
+        rs = [r for r in records if r["method"] == m]
+        for k in range(len(rs[0]["stages"])):
+            doms = sorted({d for r in rs for d in r["stages"][k]["domains"]})
+            mean = {d: np.mean([r["stages"][k]["domains"].get(d, 0) for r in rs]) for d in doms}
+            sel = np.mean([r["stages"][k]["selected"] for r in rs])
+            share = sum(v for d, v in mean.items() if d in tdom) / max(1.0, sel)
+            f = lambda key: np.nanmean([np.nan if r["stages"][k][key] is None else r["stages"][k][key] for r in rs])  # noqa: E731
+            comp_rows.append([m, str(k), f"{sel:.0f}", f"{share:.2f}", ", ".join(f"{d}:{v:.0f}" for d, v in mean.items()),
+                              f"{f('offline_pass_rate'):.3f}", f"{f('online_pass_rate'):.3f}", f"{f('ess_frac'):.3f}",
+                              f"{f('kl'):.4f}", f"{f('scoring_s'):.1f}", f"{f('train_s'):.1f}"])
+
+    c = cfg
+    cr = ms.get("cropi", {})
+    headline = (f"CROPI step speed-up over full data: **{_x(cr.get('step_speedup'))}** "
+                f"(wall-clock incl. scoring: **{_x(cr.get('wall_speedup'))}**); target A* = full data's final "
+                f"targeted accuracy = {summary['target']:.3f}." if "step_speedup" in cr and summary["target"] is not None
+                else "Speed-up needs both `cropi` and `full` in --methods.")
+    md = [f"# CROPI vs baselines: `{c.name}`\n",
+          f"{len(records)} runs: methods {', '.join(ms)}; seeds {sorted({r['seed'] for r in records})} "
+          f"(of {seeds} requested). All from base checkpoint `{records[0]['base_checkpoint'][:12]}`; "
+          f"{c.train.stages} stages × {c.train.steps_per_stage} GRPO steps, {c.train.prompts_per_step} prompts × "
+          f"{c.train.num_generations} generations per step, offline K = {c.rollout.k_train} (val {c.rollout.k_val}), "
+          f"selection ratio {c.selection.ratio}.\n",
+          headline + "\n",
+          "## Final accuracy (Table 1 style; mean ± sample std over seeds)\n", _table(head, rows),
+          "Step speed-up per seed (same target): " + "; ".join(
+              f"{m}: " + ", ".join(_x(v) for v in row.get("step_speedup_per_seed", [])) for m, row in ms.items()) + "\n",
+          "## Definitions\n", (__doc__ or "").split("Definitions (all on the seed-MEAN curves):", 1)[-1].strip() + "\n",
+          "## Accuracy vs step\n", f"![accuracy]({paths['compare_accuracy'].name})\n",
+          _table(["method", "steps", "targeted (mean)", "untargeted (mean)"],
+                 [[m, " ".join(f"{s:g}" for s in row.get("steps", [])),
+                   " ".join(f"{a:.3f}" for a in row.get("tgt_mean", [])),
+                   " ".join(f"{a:.3f}" for a in row.get("unt_mean", []))] for m, row in ms.items()]),
+          "## Selected-set composition, pass rates and off-policy health per stage (mean over seeds)\n",
+          f"Targeted domains: {', '.join(sorted(tdom))}.\n",
+          _table(["method", "stage", "selected", "targeted share", "domains", "offline pass", "online pass", "ESS/K",
+                  "KL", "scoring s", "train s"], comp_rows),
+          f"![composition]({paths['compare_composition'].name})\n",
+          "## Offline vs online pass rate of the selected prompts (Figure 6)\n",
+          f"![offline vs online]({paths['compare_offline_online'].name})\n",
+          "## Runs\n", _table(["method", "seed", "run report", "final checkpoint"],
+                               [[r["method"], str(r["seed"]), r["report"], r["final_checkpoint"][:12]] for r in records])]
+    text = "\n".join(md)
+    report = folder / "compare.md"
+    report.write_text(text)
+    results = {"target": summary["target"], "methods": {m: {k: v for k, v in row.items()} for m, row in ms.items()}}
+    (folder / "results.json").write_text(json.dumps(results, indent=1, default=float))
+
+    key = slug(cfg) + "-compare"
+    _publish_table(f"{key}-table", table_rows, f"{cfg.name}: CROPI vs baselines (final accuracy, speed-ups)")
+    for name, p in paths.items():
+        _publish_image(f"{key}-{name.replace('_', '-')}", p, f"{cfg.name}: {name}")
+    inline = text
+    for p in paths.values():
+        inline = inline.replace(f"]({p.name})", f"]({data_url(p)})")
+    _publish_markdown(f"{key}-report", inline, f"{cfg.name}: comparison report")
+    return report, results

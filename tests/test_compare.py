@@ -1,0 +1,104 @@
+"""`cropi compare` end to end on the coin task (2 methods, 1 seed, 2 stages × 4 steps): every run starts from the
+same base checkpoint and offline rollouts, shared artifacts are computed once, and the report files exist with
+numbers that follow from the per-run evaluations. Plus the speed-up arithmetic on hand-made curves."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+import flows_helpers as H
+from flows.cli import app
+from flows.compare_report import cost_at, steps_to_reach, summarize
+
+
+@pytest.fixture(scope="module")
+def compared(tmp_path_factory, prefect_api):
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("cmp")
+    data = H.write_coin_data(root / "data")
+    model = H.train_coin_model(root / "model", data)
+    cfg = H.write_config(root / "coin.yaml", H.coin_config(data, model))
+    storage = root / "store"
+    res = CliRunner().invoke(app, ["compare", "--config", str(cfg), "--storage", str(storage),
+                                   "--methods", "cropi,full", "--seeds", "1"])
+    torch.set_num_threads(threads)
+    assert res.exit_code == 0, res.output
+    return {"storage": storage, "output": res.output, "folder": storage / "runs" / "coin-compare"}
+
+
+def test_compare_writes_report_files(compared):
+    f = compared["folder"]
+    for name in ("compare.md", "results.json", "records.json", "timings.json", "compare_accuracy.png",
+                 "compare_composition.png", "compare_offline_online.png"):
+        assert (f / name).stat().st_size > 0, name
+    assert f"report: {f / 'compare.md'}" in compared["output"]
+    md = (f / "compare.md").read_text()
+    assert "| cropi |" in md and "| full |" in md and "Figure 6" in md
+    # every method's own curriculum report exists too
+    for m in ("cropi", "full"):
+        assert (compared["storage"] / "runs" / f"coin-{m}-s0" / "report.md").exists()
+
+
+def test_compare_runs_share_base_and_rollouts(compared):
+    recs = json.loads((compared["folder"] / "records.json").read_text())
+    assert [(r["method"], r["seed"]) for r in recs] == [("cropi", 0), ("full", 0)]
+    assert recs[0]["base_checkpoint"] == recs[1]["base_checkpoint"]
+    # both runs evaluated the base on the same test sets at step 0 → identical step-0 accuracies
+    assert {n: a[0] for n, a in recs[0]["acc"].items()} == {n: a[0] for n, a in recs[1]["acc"].items()}
+    cropi, full = recs
+    assert [s["selected"] for s in full["stages"]] == [48, 48]  # full = whole pool
+    assert all(s["selected"] == 12 for s in cropi["stages"])  # ratio 0.25 of 48
+    # costs were timed in-process: cropi pays offline rollouts + scoring, full pays neither
+    assert cropi["offline_s"] > 0 and full["offline_s"] == 0
+    assert all(s["scoring_s"] > 0 and s["train_s"] > 0 for s in cropi["stages"])
+    assert sum(s["scoring_s"] for s in full["stages"]) < sum(s["scoring_s"] for s in cropi["stages"])  # selection only
+
+
+def test_compare_results_follow_from_records(compared):
+    recs = json.loads((compared["folder"] / "records.json").read_text())
+    res = json.loads((compared["folder"] / "results.json").read_text())
+    full = next(r for r in recs if r["method"] == "full")
+    tsets = [n for n, role in full["roles"].items() if role == "test_targeted"]
+    final = sum(full["acc"][n][-1][1] for n in tsets) / len(tsets)
+    assert math.isclose(res["target"], final)
+    assert math.isclose(res["methods"]["full"]["tgt_final"][0], final)
+    # full reaches its own final accuracy no later than its last step → speed-up ≥ 1 (or ∞ if already at step 0)
+    assert res["methods"]["full"]["step_speedup"] >= 1.0
+
+
+def test_speedup_interpolation():
+    steps = [0, 10, 20, 30]
+    assert steps_to_reach(steps, [0.1, 0.2, 0.4, 0.5], 0.3) == pytest.approx(15.0)
+    assert steps_to_reach(steps, [0.1, 0.2, 0.4, 0.5], 0.1) == 0.0
+    assert steps_to_reach(steps, [0.1, 0.2, 0.4, 0.5], 0.6) is None
+    # non-monotone curve: the FIRST crossing counts
+    assert steps_to_reach(steps, [0.1, 0.5, 0.2, 0.5], 0.3) == pytest.approx(5.0)
+
+
+def _rec(method: str, acc_t: list[float], offline: float, scoring: float, train: float) -> dict:
+    return {"method": method, "seed": 0, "steps_per_stage": 10, "offline_s": offline,
+            "roles": {"t": "test_targeted", "u": "test_untargeted"},
+            "acc": {"t": [[10 * i, a] for i, a in enumerate(acc_t)], "u": [[10 * i, 0.5] for i in range(len(acc_t))]},
+            "stages": [{"stage": k, "scoring_s": scoring, "train_s": train, "selected": 1, "domains": {}}
+                       for k in range(len(acc_t) - 1)]}
+
+
+def test_step_and_wall_speedup_definitions():
+    full = _rec("full", [0.1, 0.2, 0.3, 0.4], 0.0, 0.0, 100.0)
+    cropi = _rec("cropi", [0.1, 0.3, 0.5, 0.6], 20.0, 10.0, 100.0)
+    # cropi reaches 0.4 at step 15: offline 20 + stage 0 (10 + 100) + stage 1 scoring 10 + half of 100
+    assert cost_at(cropi, 15.0) == pytest.approx(20 + 110 + 10 + 50)
+    s = summarize([full, cropi], ["full", "cropi"])
+    c = s["methods"]["cropi"]
+    assert s["target"] == pytest.approx(0.4)
+    assert c["steps_to_target"] == pytest.approx(15.0)
+    assert c["step_speedup"] == pytest.approx(30 / 15)
+    assert c["wall_speedup"] == pytest.approx(300 / 190)
