@@ -247,17 +247,47 @@ def _plots(cfg: RunConfig, d: dict[str, Any], folder: Path) -> dict[str, Path]:
     return paths
 
 
+def report_stamp(cfg: RunConfig, summary: dict[str, Any]) -> str:
+    """Hash of every artifact key the report is drawn from (plus the plotted config fields)."""
+    import hashlib
+
+    from storage import canonical_json
+
+    def keys(x: Any) -> Any:
+        if isinstance(x, ArtifactRef):
+            return x.key
+        if isinstance(x, dict):
+            return {str(k): keys(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [keys(v) for v in x]
+        return x if isinstance(x, (str, int, float, bool)) or x is None else str(x)
+
+    body = {"summary": keys({k: v for k, v in summary.items() if k not in ("report", "counts", "flow_seconds")}),
+            "steps": cfg.train.steps_per_stage, "version": 1}
+    return hashlib.sha256(canonical_json(body).encode()).hexdigest()
+
+
 @task(name="report", cache_policy=NO_CACHE)
 def final_report(cfg: RunConfig, summary: dict[str, Any]) -> Path:
     """Write `<run folder>/report.md` with plots and the lineage graph; publish them as Prefect artifacts."""
     folder = run_dir(cfg)
     d = collect(cfg, summary)
-    paths = _plots(cfg, d, folder)
-    store = get_store(cfg)
-    graph = lineage(store, summary["final_checkpoint"].key)
-    paths["lineage"] = render_lineage_png(graph, folder / "lineage.png")
-    lineage_txt = render_lineage_text(graph)
-    (folder / "lineage.txt").write_text(lineage_txt + "\n")
+    stamp = report_stamp(cfg, summary)
+    names = ("accuracy", "composition", "popi_hist", "overlap", "offline_online", "health", "lineage")
+    stamp_file = folder / "report.stamp"
+    lineage_txt_file = folder / "lineage.txt"
+    if (stamp_file.exists() and stamp_file.read_text() == stamp and lineage_txt_file.exists()
+            and all((folder / f"{n}.png").exists() for n in names)):
+        # same artifacts as the last rendering: reuse the PNGs (a cached rerun costs no plotting)
+        paths = {n: folder / f"{n}.png" for n in names}
+        lineage_txt = lineage_txt_file.read_text().rstrip("\n")
+    else:
+        paths = _plots(cfg, d, folder)
+        graph = lineage(get_store(cfg), summary["final_checkpoint"].key)
+        paths["lineage"] = render_lineage_png(graph, folder / "lineage.png")
+        lineage_txt = render_lineage_text(graph)
+        lineage_txt_file.write_text(lineage_txt + "\n")
+        stamp_file.write_text(stamp)
 
     acc_rows = []
     for n, pts in d["acc"].items():
