@@ -115,7 +115,10 @@ def summarize(records: list[dict[str, Any]], methods: list[str]) -> dict[str, An
             cs = [cost_at(r, t_star) for r in by[m]] if t_star is not None else [None]
             c_star = float(np.mean(cs)) if all(c is not None for c in cs) else None
             row["cost_to_target_s"] = c_star
-            row["wall_speedup"] = (full_cost / c_star if c_star and np.isfinite(full_cost) else None)
+            if c_star is None or not np.isfinite(full_cost):
+                row["wall_speedup"] = None
+            else:
+                row["wall_speedup"] = full_cost / c_star if c_star > 0 else float("inf")
             # per-seed step speed-ups against the same target (spread of the headline metric)
             per = []
             for r in by[m]:

@@ -102,3 +102,10 @@ def test_step_and_wall_speedup_definitions():
     assert c["steps_to_target"] == pytest.approx(15.0)
     assert c["step_speedup"] == pytest.approx(30 / 15)
     assert c["wall_speedup"] == pytest.approx(300 / 190)
+
+
+def test_target_reached_at_step_zero_is_infinite_speedup():
+    flat = _rec("full", [0.3, 0.3, 0.3], 0.0, 0.0, 50.0)
+    s = summarize([flat], ["full"])
+    assert s["methods"]["full"]["steps_to_target"] == 0.0
+    assert math.isinf(s["methods"]["full"]["step_speedup"]) and math.isinf(s["methods"]["full"]["wall_speedup"])
