@@ -23,6 +23,9 @@ from cropi_core.errors import ConfigError, CropiError
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="CROPI: curriculum RL with off-policy influence guidance.")
 
 EXIT_USER_ERROR = 2
+# `cropi run` without --config: the embedded default written out (RunConfig() + the short instruction the
+# character-level model is tuned for; tests/test_config.py keeps the two in sync)
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
 # a loaded 2-core machine can take > 20 s (Prefect's default) to start the temporary API server
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
@@ -82,6 +85,8 @@ def prepare(config: Path | None, sets: list[str] | None, storage: str | None, na
         overrides["storage.root"] = storage
     if name is not None:
         overrides["name"] = name
+    if config is None and DEFAULT_CONFIG.exists():
+        config = DEFAULT_CONFIG
     cfg = load_config(config, overrides)
     probe_storage(cfg.storage.root)
     from tasks.dataset import build_splits_cached

@@ -46,6 +46,13 @@ def result_or_upstream_error(fut, upstream: list):
 def grads_ref(tr: Tracker, cfg: RunConfig, stage: int, ckpt: ArtifactRef, rollouts: ArtifactRef, label: str) -> ArtifactRef:
     """Finalized gradient artifact; chunks found corrupt at finalize time are recomputed once, bypassing the cache."""
     fut, chunks = submit_grads(tr, cfg, stage, ckpt, rollouts, label)
+    if chunks:  # console progress over the chunk tasks
+        from prefect.futures import as_completed
+        from tqdm.auto import tqdm
+
+        with tqdm(total=len(chunks), desc=f"grads {label} stage {stage}", unit="chunk", leave=False) as bar:
+            for _ in as_completed(chunks):
+                bar.update()
     try:
         return result_or_upstream_error(fut, chunks)
     except StorageError as err:

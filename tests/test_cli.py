@@ -118,3 +118,20 @@ def test_help_lists_commands():
     assert res.exit_code == 0
     for c in ("run", "lineage", "inspect", "ui"):
         assert c in res.output
+
+
+def test_prefect_yaml_deployments_point_at_flows():
+    """Every deployment's entrypoint loads as a Prefect flow and its parameters validate."""
+    import yaml
+    from prefect.flows import load_flow_from_entrypoint
+
+    repo = Path(__file__).resolve().parents[1]
+    spec = yaml.safe_load((repo / "prefect.yaml").read_text())
+    assert {d["name"] for d in spec["deployments"]} >= {"tiny-nightly", "evaluate"}
+    for d in spec["deployments"]:
+        path, func = d["entrypoint"].split(":")
+        fl = load_flow_from_entrypoint(f"{repo / path}:{func}")
+        params = dict(d.get("parameters", {}))
+        if "checkpoint" in fl.parameters.properties:
+            params["checkpoint"] = "0" * 64
+        fl.validate_parameters(params)  # raises on a bad config / unknown parameter
