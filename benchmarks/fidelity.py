@@ -110,6 +110,10 @@ def main(
     bootstrap_problems: int = typer.Option(2400, help="warm-up problems (mul has only 720 distinct problems in all)"),
     bootstrap_steps: int = typer.Option(None, help="warm-up steps (default: the config's)"),
     threads: int = typer.Option(0, help="torch threads (0 = torch's default)"),
+    val_source: str = typer.Option("targeted", help="'targeted' (the run's validation sets) or 'tests' (the first "
+                                   "--val-per-domain test prompts of every domain; for weak warm-ups)"),
+    val_per_domain: int = typer.Option(16, help="with --val-source tests"),
+    k_val: int = typer.Option(None, help="responses per validation prompt (default: the config's k_val)"),
 ) -> None:
     from cropi_core.data import generate_suite
     from cropi_core.influence import sketch_prompts
@@ -136,8 +140,15 @@ def main(
 
     t0 = time.time()
     pool_r = _rollouts(cfg, model, tok, splits.pool, cfg.rollout.k_train, cache / "pool_rollouts.pt")
-    val_problems = [p for v in splits.val.values() for p in v]
-    val_r = _rollouts(cfg, model, tok, val_problems, cfg.rollout.k_val, cache / "val_rollouts.pt")
+    if k_val:
+        cfg.rollout.k_val = k_val
+    if val_source == "targeted":
+        val_problems = [p for v in splits.val.values() for p in v]
+    else:
+        tests = {**splits.test_targeted, **splits.test_untargeted}
+        val_problems = [p for v in tests.values() for p in v[:val_per_domain]]
+    val_r = _rollouts(cfg, model, tok, val_problems, cfg.rollout.k_val,
+                      cache / f"val_rollouts-{val_source}-{len(val_problems)}-{cfg.rollout.k_val}.pt")
     pool_sc = [r for r in pool_r if r.scorable][:pool]
     val_sc = [r for r in val_r if r.scorable]
     typer.echo(f"rollouts: {len(pool_sc)}/{len(pool_r)} scorable pool prompts used, {len(val_sc)}/{len(val_r)} "
@@ -162,6 +173,15 @@ def main(
     via = _jl_from_exact(make_projector("sparse", model, 256, sparse_ratio=0.1, seed=0), exact[:8]).float()
     assert torch.allclose(direct, via, rtol=1e-2, atol=1e-3 * float(direct.abs().max())), "JL shortcut mismatch"
 
+    meta = {"val_source": val_source, "n_pool": n_pool, "n_val": len(val_sc), "n_params": n_params, "seeds": seeds,
+            "exact_seconds": exact_s, "k_train": cfg.rollout.k_train, "k_val": cfg.rollout.k_val, "aggregation": agg,
+            "bootstrap_steps": cfg.bootstrap.steps}
+
+    def write(rows) -> None:  # after every configuration, so a cut-short run still leaves its table
+        (out / "fidelity.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+        (out / "fidelity.md").write_text(_markdown(rows, meta, dims, ratios, projectors))
+        _plot(rows, out / "fidelity.png", meta)
+
     rows = []
     for kind in projectors:
         for ratio in ratios:
@@ -181,14 +201,11 @@ def main(
                        "bytes": proj.bytes_per_prompt(), "precision": float(np.mean(precs)), "std": float(np.std(precs)),
                        "per_seed": precs, "seconds": float(np.mean(secs)), "skipped": False}
                 rows.append(row)
+                write(rows)
                 typer.echo(f"{row['projector']:9s} ratio {ratio:<5} dim {dim:<6} P@10% {row['precision']:.3f} "
                            f"± {row['std']:.3f}  ({row['seconds']:.1f}s/seed)")
 
-    meta = {"n_pool": n_pool, "n_val": len(val_sc), "n_params": n_params, "seeds": seeds, "exact_seconds": exact_s,
-            "k_train": cfg.rollout.k_train, "k_val": cfg.rollout.k_val, "aggregation": agg}
-    (out / "fidelity.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
-    (out / "fidelity.md").write_text(_markdown(rows, meta, dims, ratios, projectors))
-    _plot(rows, out / "fidelity.png", meta)
+    write(rows)
     typer.echo((out / "fidelity.md").read_text())
 
 
@@ -197,7 +214,8 @@ def _markdown(rows, meta, dims, ratios, projectors) -> str:
         f"# Sketch fidelity: precision@10% of POPI rankings vs exact gradients",
         "",
         f"Pool: {meta['n_pool']} scorable synthetic prompts (K={meta['k_train']}), validation: {meta['n_val']} "
-        f"targeted prompts (K={meta['k_val']}); model: embedded tiny Qwen2 after warm-up, {meta['n_params']:,} "
+        f"scorable prompts from the {meta['val_source']} sets (K={meta['k_val']}); model: embedded tiny Qwen2 after "
+        f"{meta['bootstrap_steps']} warm-up steps, {meta['n_params']:,} "
         f"parameters; θ = β; aggregation {meta['aggregation']}; mean ± std over seeds {meta['seeds']}. "
         f"Random selection = 0.10. Exact gradients: {meta['exact_seconds']:.0f}s for all prompts.",
         "",
