@@ -246,17 +246,30 @@ def ui(
     timeout: float = typer.Option(120.0, "--timeout", help="seconds to wait for the server to become healthy"),
 ) -> None:
     """Start the Prefect server + UI on 127.0.0.1, wait until healthy, print the URL; Ctrl-C stops it."""
+    import signal
+
+    def _stop(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _stop)  # `kill` stops the server too, like Ctrl-C
     proc, url = start_server(port)
     try:
         if not wait_healthy(url, timeout, proc):
             proc.terminate()
             _fail(CropiError(f"prefect server did not become healthy on {url} within {timeout:.0f}s"))
-        typer.echo(f"Prefect UI: {url}")
+        typer.echo(f"Prefect UI: {url}", nl=True)
         typer.echo(f"send runs to it with: export PREFECT_API_URL={url}/api")
+        sys.stdout.flush()
         proc.wait()
     except KeyboardInterrupt:
-        proc.terminate()
-        proc.wait(timeout=30)
+        pass
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
 
 
 def main() -> None:  # pragma: no cover - `python -m flows.cli`

@@ -98,18 +98,44 @@ class Browser:
 
 
 @pytest.fixture
-def server(tmp_path, monkeypatch):
-    """`prefect server start` on a free port with its own PREFECT_HOME (what `cropi ui` runs)."""
-    from flows.cli import start_server, wait_healthy
-
-    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect-home"))
-    proc, url = start_server(free_port(), tmp_path / "server.log")
+def server(tmp_path):
+    """`cropi ui --port P` (prefect server on 127.0.0.1 with its own PREFECT_HOME); yields the URL it prints."""
+    port = free_port()
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), "PYTHONUNBUFFERED": "1"}
+    env.pop("PREFECT_API_URL", None)
+    cropi = Path(sys.executable).with_name("cropi")
+    proc = subprocess.Popen([str(cropi), "ui", "--port", str(port), "--timeout", "240"], env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    url, lines = None, []
     try:
-        assert wait_healthy(url, 180, proc), (tmp_path / "server.log").read_text()[-3000:]
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("Prefect UI: "):
+                url = line.split("Prefect UI: ", 1)[1].strip()
+                break
+        assert url == f"http://127.0.0.1:{port}", "".join(lines)[-3000:]
         yield url
     finally:
-        os.killpg(proc.pid, 9)
-        proc.wait()
+        os.kill(proc.pid, 15)  # `cropi ui` stops its server on SIGTERM
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+            proc.wait()
+    assert httpx_down(url)
+
+
+def httpx_down(url: str | None) -> bool:
+    """True once nothing answers at `url` (the server went away with `cropi ui`)."""
+    if url is None:
+        return True
+    for _ in range(30):
+        try:
+            httpx.get(f"{url}/api/health", timeout=1)
+        except httpx.HTTPError:
+            return True
+        time.sleep(1)
+    return False
 
 
 def test_ui_shows_task_graph_artifacts_and_asset_events(server, tmp_path):
