@@ -13,6 +13,10 @@ from cropi_core.errors import ConfigError
 from tasks.common import bind
 
 
+# tasks that run a model (and so want a GPU when `runner.gpus_per_task > 0` on Ray)
+GPU_TASKS = frozenset({"bootstrap", "rollouts", "grads-chunk", "train", "evaluate", "health"})
+
+
 class Tracker:
     """Submits tasks with this run's result storage + retries and remembers every future."""
 
@@ -21,7 +25,15 @@ class Tracker:
         self.futures: list[PrefectFuture] = []
 
     def submit(self, task: Task, *, retries: bool = True, wait_for: list | None = None, **params: Any) -> PrefectFuture:
-        fut = bind(task, self.cfg, retries=retries).submit(wait_for=wait_for, **params)
+        bound = bind(task, self.cfg, retries=retries)
+        r = self.cfg.runner
+        if r.kind == "ray" and r.gpus_per_task > 0 and task.name in GPU_TASKS:
+            from prefect_ray.context import remote_options
+
+            with remote_options(num_gpus=r.gpus_per_task):  # Ray schedules the task on a GPU slot
+                fut = bound.submit(wait_for=wait_for, **params)
+        else:
+            fut = bound.submit(wait_for=wait_for, **params)
         self.futures.append(fut)
         return fut
 

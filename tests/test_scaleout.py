@@ -157,3 +157,30 @@ def test_killed_ray_worker_during_grads_chunks(coin, local_run, tmp_path):
     assert killed, "no Ray worker was seen running a grads-chunk task"
     assert summary["counts"]["failed"] == 0
     assert_same_results({"root": root, "summary": summary}, local_run)
+
+
+def test_gpu_tasks_request_gpus_through_remote_options(tmp_path, prefect_api):
+    """`runner.gpus_per_task > 0` on Ray: model tasks are scheduled with num_gpus (a local Ray cluster told it has
+    one logical GPU; no real GPU needed), other tasks are not."""
+    import ray
+    from prefect import flow, task
+    from prefect.cache_policies import NO_CACHE
+    from prefect_ray import RayTaskRunner
+
+    from flows.runtime import Tracker
+
+    def assigned() -> dict:
+        return dict(ray.get_runtime_context().get_assigned_resources())
+
+    model_task = task(name="grads-chunk", cache_policy=NO_CACHE)(assigned)
+    light_task = task(name="scores", cache_policy=NO_CACHE)(assigned)
+    cfg = load_config(None, {"storage.root": str(tmp_path / "store"), "runner.kind": "ray", "runner.gpus_per_task": 0.5})
+
+    @flow(task_runner=RayTaskRunner(init_kwargs={"num_cpus": 2, "num_gpus": 1, "include_dashboard": False}))
+    def probe() -> tuple[dict, dict]:
+        tr = Tracker(cfg)
+        return tr.submit(model_task).result(), tr.submit(light_task).result()
+
+    heavy, light = probe()
+    assert heavy.get("GPU") == 0.5
+    assert "GPU" not in light
