@@ -48,11 +48,13 @@ def test_tiny_yaml_is_the_embedded_default():
     assert tiny["data"].pop("instruction") == "Answer in \\boxed{}."
     default["data"].pop("instruction")
     assert tiny == default
-    # every section is written out explicitly (nothing silently defaulted), storage.root aside (env dependent)
+    # every output-determining field is written out explicitly (nothing silently defaulted); execution-only
+    # (hash-excluded) fields such as storage.root may be left to their defaults
     raw = yaml.safe_load((CONFIGS / "tiny.yaml").read_text())
+    cfg = RunConfig()
     for section, fields in default.items():
         if isinstance(fields, dict):
-            missing = set(fields) - set(raw[section]) - ({"root"} if section == "storage" else set())
+            missing = set(fields) - set(raw[section]) - set(getattr(cfg, section).HASH_EXCLUDE)
             assert not missing, (section, missing)
     assert set(load_config(CONFIGS / "tiny.yaml").data.instruction) <= set(CHARSET)
 
