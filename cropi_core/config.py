@@ -203,7 +203,12 @@ class TrainConfig(Section):
     dynamic_sampling: bool = False  # DAPO: drop groups whose rewards are all equal
     save_steps: int = Field(5, ge=1)  # checkpoint cadence inside a stage (resume granularity)
     seed: int = 0
-    HASH_EXCLUDE = frozenset({"save_steps"})
+    # TRL's vLLM generation during GRPO (needs a GPU and the [vllm] extra); "colocate" shares the training GPU.
+    # An execution backend like model.device: hash-excluded, so adding these kept existing artifact keys.
+    use_vllm: bool = False
+    vllm_mode: Literal["colocate", "server"] = "colocate"
+    vllm_gpu_memory_utilization: float = Field(0.3, gt=0, le=1)
+    HASH_EXCLUDE = frozenset({"save_steps", "use_vllm", "vllm_mode", "vllm_gpu_memory_utilization"})
 
 
 class EvalConfig(Section):

@@ -227,7 +227,21 @@ def _grpo_args(cfg: TrainConfig, ckpt_dir: Path, progress: bool):
         disable_tqdm=not progress,
         dataloader_num_workers=0,
         log_completions=False,
+        **_vllm_args(cfg),
     )
+
+
+def _vllm_args(cfg: TrainConfig) -> dict[str, Any]:
+    """GRPOConfig options for `train.use_vllm` (TRL generates with vLLM); ConfigError if vLLM is missing."""
+    if not cfg.use_vllm:
+        return {}
+    import importlib.util
+
+    from cropi_core.errors import ConfigError
+
+    if importlib.util.find_spec("vllm") is None:
+        raise ConfigError("train.use_vllm: true needs vLLM and a GPU: pip install 'cropi[vllm]'")
+    return {"use_vllm": True, "vllm_mode": cfg.vllm_mode, "vllm_gpu_memory_utilization": cfg.vllm_gpu_memory_utilization}
 
 
 def build_trainer(model_dir, problems, cfg: TrainConfig, ckpt_dir, *, template: str, instruction: str,

@@ -184,3 +184,21 @@ def test_gpu_tasks_request_gpus_through_remote_options(tmp_path, prefect_api):
     heavy, light = probe()
     assert heavy.get("GPU") == 0.5
     assert "GPU" not in light
+
+
+def test_train_use_vllm_option():
+    """`train.use_vllm` reaches TRL's GRPOConfig; without vLLM installed it is a one-line ConfigError."""
+    import importlib.util
+
+    from cropi_core.config import TrainConfig
+    from cropi_core.errors import ConfigError
+    from cropi_core.training import _vllm_args
+
+    assert _vllm_args(TrainConfig()) == {}
+    cfg = TrainConfig(use_vllm=True, vllm_gpu_memory_utilization=0.5)
+    assert TrainConfig().hashable() == cfg.hashable()  # a backend choice (like model.device): same keys
+    if importlib.util.find_spec("vllm") is None:
+        with pytest.raises(ConfigError, match=r"train.use_vllm.*cropi\[vllm\]"):
+            _vllm_args(cfg)
+    else:
+        assert _vllm_args(cfg) == {"use_vllm": True, "vllm_mode": "colocate", "vllm_gpu_memory_utilization": 0.5}
