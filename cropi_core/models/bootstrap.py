@@ -54,6 +54,18 @@ def response_loss(model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor,
     return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100)
 
 
+def epoch_batches(lengths: list[int], batch_size: int, gen: torch.Generator, window: int = 8) -> list[list[int]]:
+    """One epoch of batches (popped from the end): a seeded permutation cut into windows of `window` batches,
+    each window sorted by length before cutting it into batches (less padding: word problems are ~5x longer
+    than "Compute a+b."), then the batch order shuffled."""
+    perm = torch.randperm(len(lengths), generator=gen).tolist()
+    batches = []
+    for lo in range(0, len(perm), batch_size * window):
+        chunk = sorted(perm[lo : lo + batch_size * window], key=lambda i: lengths[i])
+        batches += [chunk[j : j + batch_size] for j in range(0, len(chunk), batch_size)]
+    return [batches[i] for i in torch.randperm(len(batches), generator=gen).tolist()]
+
+
 def bootstrap(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -66,7 +78,7 @@ def bootstrap(
 ) -> dict:
     """Train `model` in place for `cfg.steps` AdamW steps on `problems`; return stats.
 
-    Batches of `cfg.batch_size` problems are drawn from seeded epoch-wise permutations (`cfg.seed`);
+    Batches of `cfg.batch_size` problems are drawn from seeded, length-bucketed epochs (`epoch_batches`);
     the learning rate warms up linearly for 5% of the steps, then decays on a cosine to 10%.
     Deterministic for a given (model, problems, cfg) on one device. Leaves the model in eval mode.
     Returns {"steps", "loss_first", "loss_last" (mean of the last 10 steps), "losses", "wall_s", "num_problems"}.
@@ -85,15 +97,15 @@ def bootstrap(
         t = (step - warmup) / max(1, cfg.steps - warmup)
         return cfg.lr * (0.1 + 0.45 * (1 + math.cos(math.pi * t)))
 
-    order: list[int] = []
+    batches: list[list[int]] = []
     losses: list[float] = []
     start = time.perf_counter()
     model.train()
     bar = tqdm(range(cfg.steps), desc="bootstrap", disable=not progress, leave=False)
     for step in bar:
-        if len(order) < cfg.batch_size:
-            order += torch.randperm(len(pairs), generator=gen).tolist()
-        batch, order = order[: cfg.batch_size], order[cfg.batch_size :]
+        if not batches:
+            batches = epoch_batches([len(a) + len(b) for a, b in pairs], cfg.batch_size, gen)
+        batch = batches.pop()
         ids, mask, labels = (t.to(device) for t in collate([pairs[i] for i in batch], tokenizer.pad_token_id))
         for group in opt.param_groups:
             group["lr"] = lr_at(step)
