@@ -13,8 +13,9 @@ projector's set-up time. `sparse` keeps every selected parameter's full per-prom
 kept coordinates with a dense Gaussian generated on the fly (CPU generator, so rows are identical on any
 machine); at 1.5B x 32768 that is ~5e12 random numbers per prompt group, hours of work. Unless `--sparse-params
 all`, sparse therefore runs on a named subset of parameters and its full-model time is extrapolated linearly in
-kept coordinates: t_full = t_plain + t_projection(subset) * kept_all / kept_subset, with t_projection the time of
-the projector's projection step (timed separately).
+kept coordinates: per prompt, t_full = t_plain + t_proj_group(subset) * (kept_all / kept_subset) / prompts_per_group(all),
+with t_proj_group the measured time of one projection step (once per group of prompts; with all parameters a
+group holds GROUP_BYTES / (4 bytes x parameters) prompts, i.e. one at 1.5B).
 Rows marked "extrapolated" are estimates, the others are measured.
 """
 
@@ -34,7 +35,7 @@ import psutil
 import torch
 from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
-from cropi_core.influence import PromptRollouts, sketch_prompts
+from cropi_core.influence import GROUP_BYTES, PromptRollouts, sketch_prompts
 from cropi_core.objective import group_advantages
 from cropi_core.projection import make_projector
 from cropi_core.rollout.logprobs import teacher_force_pairs
@@ -296,8 +297,14 @@ def main() -> None:
         row = timed(label, run, ps, setup_s=setup, bytes_per_prompt=proj.bytes_per_prompt())
         if kind == "sparse" and params is not None:
             # everything but the projection scales like a forward+backward; the projection like kept coordinates
-            full = make_projector("sparse", model, 1, sparse_ratio=a.sparse_ratio, seed=a.seed).kept
-            proj_per_prompt = finish_s[0] / row["prompts"] * full / proj.kept
+            # the projection runs once per group of prompts (sketch_prompts groups by GROUP_BYTES of buffers), and
+            # its cost per group grows with kept coordinates; all parameters => far fewer prompts per group
+            whole = make_projector("sparse", model, dim, sparse_ratio=a.sparse_ratio, seed=a.seed)
+            full = whole.kept
+            groups_subset = -(-row["prompts"] // max(1, GROUP_BYTES // proj.slot_bytes()))
+            per_group_full = max(1, GROUP_BYTES // whole.slot_bytes())
+            proj_per_prompt = finish_s[0] / groups_subset * full / proj.kept / per_group_full
+            del whole
             per_prompt = plain["seconds"] / plain["prompts"] + proj_per_prompt
             tok_per_prompt = row["tokens_per_s"] * row["seconds"] / row["prompts"]
             row.update(projection_s=finish_s[0], kept_subset=proj.kept)
