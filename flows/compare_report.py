@@ -16,6 +16,7 @@ Definitions (all on the seed-MEAN curves):
   selection; paid at the stage start) + the stage's training time pro rata to the steps done in it. Bootstrap
   (common to all methods), evaluation and diagnostics are excluded.
 - wall-clock speed-up = c_full(S·E) / c_method(t*).
+- if A* is not above full data's own step-0 accuracy, both speed-ups are undefined (reported as such, not ∞).
 The spread is the sample standard deviation over seeds (0 with one seed); plots shade min..max over seeds.
 """
 
@@ -105,6 +106,10 @@ def summarize(records: list[dict[str, Any]], methods: list[str]) -> dict[str, An
         out["target"] = target
         full_cost = out["methods"]["full"]["total_cost_s"][0]
         T = out["methods"]["full"]["total_steps"]
+        # full data never beat its own starting point: "steps to full data's final accuracy" is 0 for everyone
+        # and says nothing, so the speed-ups are reported as undefined (NaN) instead of ∞
+        degenerate = target <= out["methods"]["full"]["tgt_mean"][0] + 1e-12
+        out["degenerate"] = degenerate
         for m, row in out["methods"].items():
             if "tgt_mean" not in row:
                 continue
@@ -126,6 +131,9 @@ def summarize(records: list[dict[str, Any]], methods: list[str]) -> dict[str, An
                 ts = steps_to_reach(st, a, target)
                 per.append(None if ts is None else (float("inf") if ts == 0 else T / ts))
             row["step_speedup_per_seed"] = per
+            if degenerate:
+                row["step_speedup"] = row["wall_speedup"] = float("nan")
+                row["step_speedup_per_seed"] = [float("nan")] * len(per)
     return out
 
 
@@ -139,6 +147,8 @@ def _pm(ms: tuple[float, float] | list[float] | None) -> str:
 def _x(v: float | None) -> str:
     if v is None:
         return "not reached"
+    if np.isnan(v):
+        return "undefined"
     if not np.isfinite(v):
         return "∞ (at step 0)"
     return f"{v:.2f}×"
@@ -272,13 +282,16 @@ def write_report(cfg: RunConfig, records: list[dict[str, Any]], folder: Path, me
                 f"(wall-clock incl. scoring: **{_x(cr.get('wall_speedup'))}**); target A* = full data's final "
                 f"targeted accuracy = {summary['target']:.3f}." if "step_speedup" in cr and summary["target"] is not None
                 else "Speed-up needs both `cropi` and `full` in --methods.")
+    if summary.get("degenerate"):
+        headline += (" **Undefined here:** full data's final targeted accuracy is not above its step-0 accuracy, so "
+                     "every method 'reaches' it at step 0.")
     md = [f"# CROPI vs baselines: `{c.name}`\n",
           f"{len(records)} runs: methods {', '.join(ms)}; seeds {sorted({r['seed'] for r in records})} "
           f"(of {seeds} requested). All from base checkpoint `{records[0]['base_checkpoint'][:12]}`; "
           f"{c.train.stages} stages × {c.train.steps_per_stage} GRPO steps, {c.train.prompts_per_step} prompts × "
           f"{c.train.num_generations} generations per step, offline K = {c.rollout.k_train} (val {c.rollout.k_val}), "
           f"selection ratio {c.selection.ratio}.\n",
-          headline + "\n",
+          f"Accuracy metric: {records[0].get('metric', 'greedy pass@1')}.\n", headline + "\n",
           "## Final accuracy (Table 1 style; mean ± sample std over seeds)\n", _table(head, rows),
           "Step speed-up per seed (same target): " + "; ".join(
               f"{m}: " + ", ".join(_x(v) for v in row.get("step_speedup_per_seed", [])) for m, row in ms.items()) + "\n",
@@ -300,7 +313,7 @@ def write_report(cfg: RunConfig, records: list[dict[str, Any]], folder: Path, me
     text = "\n".join(md)
     report = folder / "compare.md"
     report.write_text(text)
-    results = {"target": summary["target"], "methods": {m: {k: v for k, v in row.items()} for m, row in ms.items()}}
+    results = {"target": summary["target"], "degenerate": bool(summary.get("degenerate")), "methods": {m: {k: v for k, v in row.items()} for m, row in ms.items()}}
     (folder / "results.json").write_text(json.dumps(results, indent=1, default=float))
 
     key = slug(cfg) + "-compare"
