@@ -161,6 +161,7 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 
 # ---------------------------------------------------------------- plots
+LINES = ("-", "--", ":", "-.")  # methods often coincide (cropi = influence_once at stage 0): keep both visible
 def _plots(summary: dict[str, Any], records: list[dict[str, Any]], folder: Path, targeted_domains: set[str]) -> dict[str, Path]:
     import matplotlib
 
@@ -183,7 +184,8 @@ def _plots(summary: dict[str, Any], records: list[dict[str, Any]], folder: Path,
             if f"{short}_mean" not in row:
                 continue
             st = row["steps"]
-            ax.plot(st, row[f"{short}_mean"], "o-", color=f"C{i}", lw=2.5 if m == "cropi" else 1.5, label=m)
+            ax.plot(st, row[f"{short}_mean"], marker="os^vDP*"[i % 7], ls=LINES[i % 4], color=f"C{i}",
+                    lw=2.5 if m == "cropi" else 1.5, label=m)
             ax.fill_between(st, row[f"{short}_min"], row[f"{short}_max"], color=f"C{i}", alpha=0.15)
         if short == "tgt" and summary["target"] is not None:
             ax.axhline(summary["target"], color="k", ls=":", lw=1, label="full data, final")
@@ -200,7 +202,7 @@ def _plots(summary: dict[str, Any], records: list[dict[str, Any]], folder: Path,
         n_st = len(rs[0]["stages"])
         share = [np.mean([sum(v for d, v in r["stages"][k]["domains"].items() if d in targeted_domains)
                           / max(1, r["stages"][k]["selected"]) for r in rs]) for k in range(n_st)]
-        ax.plot(range(n_st), share, "o-", color=f"C{i}", label=m)
+        ax.plot(range(n_st), share, marker="os^vDP*"[i % 7], ls=LINES[i % 4], color=f"C{i}", label=m)
     ax.set_xticks(range(n_st), [f"stage {k}" for k in range(n_st)])
     ax.set_ylim(0, 1)
     ax.set_ylabel("targeted-domain share of selected prompts")
