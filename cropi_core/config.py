@@ -132,7 +132,8 @@ class DataConfig(Section):
     targeted: list[DatasetSpec] = []
     untargeted: list[DatasetSpec] = []
     template: Literal["chat_boxed", "plain_boxed", "raw"] = "chat_boxed"
-    instruction: str = "Please reason step by step, and put your final answer within \\boxed{}."
+    # short: the embedded char-level model reads every character; real-model configs set the paper's instruction
+    instruction: str = "Answer in \\boxed{}."
     split_seed: int = 0
     dedup: bool = True
 

@@ -44,9 +44,8 @@ def test_every_config_loads_and_builds_its_data(path, shared_dir):
 def test_tiny_yaml_is_the_embedded_default():
     tiny = load_config(CONFIGS / "tiny.yaml").model_dump(mode="json")
     default = RunConfig().model_dump(mode="json")
-    # the one tuned value: a short instruction for the character-level model
-    assert tiny["data"].pop("instruction") == "Answer in \\boxed{}."
-    default["data"].pop("instruction")
+    # the embedded default carries the short instruction the character-level model was tuned with
+    assert tiny["data"]["instruction"] == "Answer in \\boxed{}."
     assert tiny == default
     # every output-determining field is written out explicitly (nothing silently defaulted); execution-only
     # (hash-excluded) fields such as storage.root may be left to their defaults
