@@ -170,6 +170,17 @@ def _resolve_key(store, key: str) -> str:
     return hits[0]
 
 
+def _open_artifact(storage: str | None, key: str):
+    """(store, full key) of a complete artifact named by key or unique prefix; StorageError otherwise."""
+    from storage import StorageError, open_store
+
+    store = open_store(storage)
+    full = _resolve_key(store, key)
+    if not store.exists(full):
+        raise StorageError(f"no artifact {key!r} in {store.url}")
+    return store, full
+
+
 @app.command()
 def lineage(
     key: str = typer.Argument(..., help="artifact key (or a unique prefix)"),
@@ -177,13 +188,10 @@ def lineage(
     png: Optional[Path] = typer.Option(None, "--png", help="also draw the graph to this PNG"),
 ) -> None:
     """Print the artifact DAG (parents first) of KEY from storage manifests alone (no Prefect needed)."""
-    from storage import StorageError, lineage as lineage_of, open_store, render_lineage_png, render_lineage_text
+    from storage import lineage as lineage_of, render_lineage_png, render_lineage_text
 
     try:
-        store = open_store(storage)
-        full = _resolve_key(store, key)
-        if not store.exists(full):
-            raise StorageError(f"no artifact {key!r} in {store.url}")
+        store, full = _open_artifact(storage, key)
         graph = lineage_of(store, full)
         typer.echo(render_lineage_text(graph))
         if png is not None:
@@ -199,13 +207,8 @@ def inspect(
     storage: Optional[str] = typer.Option(None, "--storage", help="storage root URL"),
 ) -> None:
     """Print an artifact's manifest (kind, parents, config, files, meta) as JSON."""
-    from storage import StorageError, open_store
-
     try:
-        store = open_store(storage)
-        full = _resolve_key(store, key)
-        if not store.exists(full):
-            raise StorageError(f"no artifact {key!r} in {store.url}")
+        store, full = _open_artifact(storage, key)
         m = store.manifest(full)
         typer.echo(json.dumps(m.model_dump(mode="json"), indent=2, sort_keys=True))
     except CropiError as err:
