@@ -29,6 +29,8 @@ from storage.manifest import MANIFEST_NAME, ArrayInfo, FileInfo, Manifest, parse
 from storage.refs import ArtifactRef
 from storage.root import FS, cache_dir
 
+IDENTITY_NAME = "store.json"  # {"id": <random hex>} at the root
+
 SMALL_FILE = 1 << 20  # "sampled" verification hashes every item up to this size ...
 SAMPLED_LARGE = 2  # ... and this many larger items, chosen at random
 VERIFY_THREADS = 8  # parallel GETs when verifying on an object store
@@ -207,6 +209,25 @@ class Store:
         os.replace(tmp, target)
         marker.write_text(m.checksum)
         return target
+
+    # ---- identity ----------------------------------------------------------------------------------------
+    def identity(self) -> str:
+        """A random id created once at the root (first creator wins). A wiped and recreated root gets a new
+        one, so caches keyed on it (Prefect's task cache) never outlive the artifacts they point to."""
+        path = f"{self.root}/{IDENTITY_NAME}"
+        for _ in range(2):
+            raw = self.io.cat(path)
+            if raw is not None:
+                try:
+                    return str(json.loads(raw)["id"])
+                except (ValueError, KeyError, TypeError):
+                    self.io.write_atomic(path, json.dumps({"id": uuid.uuid4().hex}).encode())  # corrupt: replace
+                    continue
+            self.io.create_exclusive(path, json.dumps({"id": uuid.uuid4().hex}).encode())
+        raw = self.io.cat(path)
+        if raw is None:
+            raise StorageError(f"cannot write the store identity {self.url_of(path)}")
+        return str(json.loads(raw)["id"])
 
     # ---- listing -----------------------------------------------------------------------------------------
     def resolve(self, prefix: str) -> str:

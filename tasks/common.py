@@ -87,8 +87,12 @@ def key_policy(key_fn: Callable[..., str]) -> CacheKeyFnPolicy:
     def cache_key(_ctx: Any, params: dict[str, Any]) -> str:
         # namespaced by storage root: a cache hit must mean "this artifact is in THIS store" (two runs with
         # different roots sharing one Prefect server would otherwise skip writing to the second root)
+        # and by the store's identity: a wiped and recreated root (e.g. an s3 bucket, whose Prefect records live
+        # in a local cache dir) must not serve stale hits for artifacts it no longer holds
         cfg = params.get("cfg")
-        root = str((local_root(cfg) or cfg.storage.root) if isinstance(cfg, RunConfig) else "")
+        root = ""
+        if isinstance(cfg, RunConfig):
+            root = f"{local_root(cfg) or cfg.storage.root}|{get_store(cfg).identity()}"
         return f"{key_fn(**params)}-{hashlib.sha256(root.encode()).hexdigest()[:12]}"
 
     return CacheKeyFnPolicy(cache_key_fn=cache_key)

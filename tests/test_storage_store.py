@@ -320,3 +320,16 @@ def test_sampled_verification_and_key_prefixes(tmp_path):
     with pytest.warns(UserWarning, match="blob/raw.bin has 2559 bytes"):
         assert not store.exists(key)
     assert open_store(str(tmp_path / "root"), verify="manifest").exists(key)  # manifest-only trusts the payload
+
+
+def test_identity_is_stable_and_renewed_when_the_root_is_wiped(tmp_path):
+    """Caches keyed on the store identity (Prefect's task cache) must not survive a wiped root."""
+    import shutil
+
+    from storage import open_store
+
+    root = tmp_path / "root"
+    first = open_store(str(root)).identity()
+    assert open_store(str(root)).identity() == first  # same root, another handle: same id
+    shutil.rmtree(root)
+    assert open_store(str(root)).identity() != first
