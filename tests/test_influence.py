@@ -14,13 +14,7 @@ from cropi_core.projection import make_projector
 VOCAB = 61
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny matmuls: one thread is ~10-40× faster than two on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny(seed: int = 0, dtype=torch.float64, tie: bool = False) -> Qwen2ForCausalLM:

@@ -13,12 +13,7 @@ from cropi_core.projection.factored import _factor, _split
 from test_influence import make_prompts, tiny
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def small() -> Qwen2ForCausalLM:

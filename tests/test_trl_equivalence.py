@@ -12,12 +12,7 @@ from cropi_core.projection import make_projector
 trl = pytest.importorskip("trl")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def char_tokenizer():
