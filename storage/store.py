@@ -190,24 +190,39 @@ class Store:
                 raise StorageError(f"artifact {m.kind} {key[:8]} is corrupt: {problems[0]}")
             return Path(self._payload_path(m))
         target = cache_dir() / key / m.payload
-        marker = target.parent / ".verified"
-        if marker.exists() and marker.read_text() == m.checksum:
+        marker = target.parent / f".verified-{m.payload}"
+        if target.is_dir() and marker.exists() and marker.read_text() == m.checksum:
             return target
-        tmp = target.parent / f".tmp-{uuid.uuid4().hex[:8]}"
-        items = [n for n in m.files] + [f"{a.path}/{a.chunk_key(i)}" for a in m.arrays.values() for i in range(len(a.chunks))]
-        for rel in items:
-            dst = tmp / rel
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            self.fs.get_file(self._payload_path(m, rel), str(dst))
         local_io = FS(fsspec.filesystem("file"), True)
-        problems = verify_payload(local_io, str(tmp), m, "full")
-        if problems:
+        # Several processes (Ray workers) may fetch the same artifact at once. Each downloads into its own
+        # temporary folder and renames it into place; the first rename wins and a copy that is in place is
+        # never deleted (another process may be loading from it).
+        tmp = target.parent / f".tmp-{uuid.uuid4().hex[:8]}"
+        try:
+            items = [n for n in m.files] + [
+                f"{a.path}/{a.chunk_key(i)}" for a in m.arrays.values() for i in range(len(a.chunks))
+            ]
+            for rel in items:
+                dst = tmp / rel
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                self.fs.get_file(self._payload_path(m, rel), str(dst))
+            problems = verify_payload(local_io, str(tmp), m, "full")
+            if problems:
+                raise StorageError(f"artifact {m.kind} {key[:8]} is corrupt: {problems[0]}")
+            try:
+                os.rename(tmp, target)
+            except OSError:
+                # already in place: a finished copy from another process, or a leftover of a killed one
+                if verify_payload(local_io, str(target), m, "full"):
+                    stale = target.parent / f".stale-{uuid.uuid4().hex[:8]}"
+                    os.rename(target, stale)
+                    os.rename(tmp, target)
+                    shutil.rmtree(stale, ignore_errors=True)
+        finally:
             shutil.rmtree(tmp, ignore_errors=True)
-            raise StorageError(f"artifact {m.kind} {key[:8]} is corrupt: {problems[0]}")
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-        marker.write_text(m.checksum)
+        part = marker.parent / f".{marker.name}.{uuid.uuid4().hex[:8]}"
+        part.write_text(m.checksum)
+        os.replace(part, marker)
         return target
 
     # ---- identity ----------------------------------------------------------------------------------------

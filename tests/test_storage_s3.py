@@ -126,3 +126,37 @@ def test_s3_chunks_from_separate_processes(s3_endpoint):
     a.finalize()
     out = store.read_array(key, "grads")
     assert out[:10].tolist() == [[0.0] * 4] * 10 and out[10:].tolist() == [[1.0] * 4] * 10
+
+
+FETCHER = """
+import json, sys, time
+from pathlib import Path
+from storage import open_store
+url, endpoint, key, start = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
+store = open_store(url, storage_options={"endpoint_url": endpoint}, verify="full")
+time.sleep(max(0.0, start - time.time()))
+for _ in range(20):
+    p = store.local_path(key)
+    assert (p / "f.bin").read_bytes() == bytes(range(256)) * 4000, "payload differs"
+    assert len(json.loads((p / "records.json").read_text())) == 50
+    for marker in p.parent.glob(".verified*"):  # make the next round race to reinstall the copy
+        marker.unlink(missing_ok=True)
+"""
+
+
+def test_concurrent_local_copies_of_a_remote_artifact(store, s3_endpoint, tmp_path):
+    """Ray workers on one node fetch the same remote checkpoint at once. Every process must always see a complete
+    folder: an installed copy is never deleted under a reader (CI once failed with HF reading a vanished folder)."""
+    key = artifact_key("checkpoint", parents=[], config={"race": 1})
+    with store.writer("checkpoint", key, parents=[], config={"race": 1}) as w:
+        w.put_bytes("f.bin", bytes(range(256)) * 4000)
+        w.put_json("records.json", [{"i": i} for i in range(50)])
+    env = {**os.environ, "CROPI_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(REPO)}
+    import time
+    start = time.time() + 4.0
+    procs = [subprocess.Popen([sys.executable, "-c", FETCHER, store.url, s3_endpoint, key, str(start)], env=env,
+                              stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    errs = [(p.wait(timeout=240), p.stderr.read()) for p in procs]
+    assert all(rc == 0 for rc, _ in errs), [e.strip().splitlines()[-1] for rc, e in errs if rc]
+    left = [p.name for p in (tmp_path / "cache" / key).iterdir() if p.name.startswith((".tmp-", ".stale-"))]
+    assert left == []

@@ -333,3 +333,14 @@ def test_identity_is_stable_and_renewed_when_the_root_is_wiped(tmp_path):
     assert open_store(str(root)).identity() == first  # same root, another handle: same id
     shutil.rmtree(root)
     assert open_store(str(root)).identity() != first
+
+
+def test_remote_local_copy_replaces_a_damaged_leftover(tmp_path, monkeypatch):
+    monkeypatch.setenv("CROPI_CACHE", str(tmp_path / "cache"))
+    store = open_store(f"memory://cropi-{uuid.uuid4().hex[:8]}", verify="full")
+    key, _ = _write_sample(store)
+    p = store.local_path(key)
+    (p / "blob" / "raw.bin").write_bytes(b"flipped")  # a killed copy / tampering, then the marker is lost
+    for marker in p.parent.glob(".verified-*"):
+        marker.unlink()
+    assert (store.local_path(key) / "blob" / "raw.bin").read_bytes() == bytes(range(256)) * 10
