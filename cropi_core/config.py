@@ -158,8 +158,9 @@ class RolloutConfig(Section):
     top_p: float = Field(1.0, gt=0, le=1)
     max_new_tokens: int = Field(24, gt=0)
     seed: int = 0
-    batch_size: int = Field(64, gt=0)  # prompts per generate call
-    HASH_EXCLUDE = frozenset({"batch_size"})
+    # prompts per generate call. Part of the key: one sampling RNG stream serves a whole batch, so another
+    # batch size draws other responses (a cached artifact must be what this config would compute)
+    batch_size: int = Field(64, gt=0)
 
 
 class InfluenceConfig(Section):
@@ -217,8 +218,7 @@ class EvalConfig(Section):
     n_samples: int = Field(0, ge=0)  # mean@n sampled (0 = off)
     temperature: float = Field(0.5, gt=0)
     max_new_tokens: int = Field(24, gt=0)
-    batch_size: int = Field(128, gt=0)
-    HASH_EXCLUDE = frozenset({"batch_size"})
+    batch_size: int = Field(128, gt=0)  # part of the key, as for rollouts: mean@n samples depend on batching
 
 
 class StorageConfig(Section):

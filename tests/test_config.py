@@ -80,11 +80,11 @@ def test_smollm2_config_points_at_the_gguf_wheel():
 
 
 def test_overrides_and_hashable_fields(tmp_path):
-    cfg = load_config(CONFIGS / "tiny.yaml", overrides={"selection.ratio": 0.2, "rollout.batch_size": 7})
+    cfg = load_config(CONFIGS / "tiny.yaml", overrides={"selection.ratio": 0.2, "influence.micro_batch_tokens": 7})
     assert cfg.selection.ratio == 0.2
     base = load_config(CONFIGS / "tiny.yaml")
-    # batch sizes do not change outputs: they are excluded from artifact hashes
-    assert cfg.hashable("rollout") == base.hashable("rollout")
+    # micro-batching does not change gradients: excluded from artifact hashes (rollout batch size is not: sampling)
+    assert cfg.hashable("influence") == base.hashable("influence")
     assert cfg.hashable("selection") != base.hashable("selection")
     assert "name" not in base.hashable() and "storage" not in base.hashable()
 

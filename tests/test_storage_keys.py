@@ -86,10 +86,11 @@ def test_every_hashed_field_changes_key_and_excluded_fields_do_not(name, section
         assert artifact_key(name, parents=[PARENT], config=changed.hashable()) == k0, f"{name}.{field}"
 
 
-def test_rollout_batch_size_keeps_key_temperature_changes_it():
+def test_rollout_batch_size_temperature_and_seed_change_the_key():
+    # the batch shares one sampling RNG stream, so the batch size determines which responses are drawn
     r = RolloutConfig()
     k = artifact_key("rollouts", parents=[PARENT], config=r.hashable())
-    assert artifact_key("rollouts", parents=[PARENT], config=RolloutConfig(batch_size=7).hashable()) == k
+    assert artifact_key("rollouts", parents=[PARENT], config=RolloutConfig(batch_size=7).hashable()) != k
     assert artifact_key("rollouts", parents=[PARENT], config=RolloutConfig(temperature=0.9).hashable()) != k
     assert artifact_key("rollouts", parents=[PARENT], config=RolloutConfig(seed=1).hashable()) != k
 
