@@ -61,7 +61,7 @@ class BootstrapConfig(Section):
     """Supervised warm-up of the embedded model on synthetic problems (ignored for real models)."""
 
     enabled: bool = True
-    steps: int = Field(600, ge=0)
+    steps: int = Field(1000, ge=0)
     lr: float = Field(3e-3, gt=0)
     batch_size: int = Field(64, gt=0)
     num_problems: int = Field(4000, gt=0)
@@ -87,13 +87,13 @@ class DatasetSpec(Section):
 
 
 # generators live in cropi_core.data.synthetic (its DOMAINS has exactly these keys)
-SYNTHETIC_DOMAINS = ("add2", "add3", "sub", "mul", "two_step", "word")
+SYNTHETIC_DOMAINS = ("add", "sub", "mul", "two_step", "word", "max")
 
 
 class SyntheticConfig(Section):
     """The embedded arithmetic suite: a mixed pool where the targeted domains are a minority."""
 
-    domains: list[str] = ["add2", "add3", "sub", "mul", "two_step", "word"]
+    domains: list[str] = ["add", "sub", "mul", "two_step", "word", "max"]
     targeted: list[str] = ["mul", "two_step"]
     pool_per_domain: dict[str, int] = {}  # overrides pool_size for a domain
     pool_size: int = Field(200, gt=0)  # per domain
@@ -131,9 +131,11 @@ class DataConfig(Section):
     pool: list[DatasetSpec] = []
     targeted: list[DatasetSpec] = []
     untargeted: list[DatasetSpec] = []
-    template: Literal["chat_boxed", "plain_boxed", "raw"] = "chat_boxed"
-    # short: the embedded char-level model reads every character; real-model configs set the paper's instruction
-    instruction: str = "Answer in \\boxed{}."
+    # The embedded default is the bare question ("Compute 4+5.\n"): the char-level model pays one token per
+    # character, and a 14-token prompt instead of a 50-token chat+instruction one halves the warm-up step time
+    # (the warm-up teaches the `\\boxed{}` format). Real-model configs set chat_boxed and the paper's instruction.
+    template: Literal["chat_boxed", "plain_boxed", "raw"] = "plain_boxed"
+    instruction: str = ""
     split_seed: int = 0
     dedup: bool = True
 

@@ -134,9 +134,9 @@ def test_bad_accuracy_history(tmp_path):
 
 
 def test_bad_problem_record(tmp_path):
-    rec = generate_problems("add2", 1, 0)[0].to_record()
+    rec = generate_problems("add", 1, 0)[0].to_record()
     del rec["gold"]
-    expect(lambda: Problem.from_record(rec), DataError, "syn/add2/0", "field 'gold'", folder=tmp_path)
+    expect(lambda: Problem.from_record(rec), DataError, "syn/add/0", "field 'gold'", folder=tmp_path)
 
 
 # ---------------------------------------------------------------- config
@@ -153,7 +153,7 @@ def test_bad_problem_record(tmp_path):
      "  synthetic: null\n", ["data.pool.0.question_field", "unknown key"]),  # unknown dataset field
     ("train:\n  stages: 0\n", ["train.stages", "got 0"]),
     ("data:\n  synthetic:\n    targeted: [div]\n", ["data.synthetic", "targeted domains ['div']"]),
-    ("data:\n  synthetic:\n    domains: [add2, cube]\n    targeted: [add2]\n", ["unknown synthetic domains ['cube']"]),
+    ("data:\n  synthetic:\n    domains: [add, cube]\n    targeted: [add]\n", ["unknown synthetic domains ['cube']"]),
     ("data:\n  synthetic: null\n", ["data.pool and data.targeted are required"]),
     ("selection:\n  ratio: 0.1\n\tseed: 1\n", ["line 3", "invalid YAML", "'\\t'"]),  # bad YAML syntax
     ("- just\n- a list\n", ["top level must be a mapping"]),

@@ -109,8 +109,8 @@ def test_lineage_and_inspect_unknown_key(tmp_path):
 
 
 def test_parse_sets_values_are_yaml():
-    assert parse_sets(["selection.ratio=0.2", "name=x", "data.synthetic.domains=[add2, mul]", "train.dynamic_sampling=true"]) == {
-        "selection.ratio": 0.2, "name": "x", "data.synthetic.domains": ["add2", "mul"], "train.dynamic_sampling": True}
+    assert parse_sets(["selection.ratio=0.2", "name=x", "data.synthetic.domains=[add, mul]", "train.dynamic_sampling=true"]) == {
+        "selection.ratio": 0.2, "name": "x", "data.synthetic.domains": ["add", "mul"], "train.dynamic_sampling": True}
 
 
 def test_help_lists_commands():

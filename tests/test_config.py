@@ -45,7 +45,7 @@ def test_tiny_yaml_is_the_embedded_default():
     tiny = load_config(CONFIGS / "tiny.yaml").model_dump(mode="json")
     default = RunConfig().model_dump(mode="json")
     # the embedded default carries the short instruction the character-level model was tuned with
-    assert tiny["data"]["instruction"] == "Answer in \\boxed{}."
+    assert tiny["data"]["instruction"] == "" and tiny["data"]["template"] == "plain_boxed"
     assert tiny == default
     # every output-determining field is written out explicitly (nothing silently defaulted); execution-only
     # (hash-excluded) fields such as storage.root may be left to their defaults

@@ -22,7 +22,7 @@ def memorised():
     """A small model that memorised 8 problems (supervised on exactly them): known-correct answers."""
     tok = build_char_tokenizer()
     model = build_tiny(SMALL, tok)
-    problems = generate_problems("add2", 8, seed=5)
+    problems = generate_problems("add", 8, seed=5)
     stats = bootstrap(model, tok, problems, BootstrapConfig(steps=80, lr=1e-2, batch_size=8), template="chat_boxed",
                       instruction=INSTRUCTION, progress=False)
     assert stats["loss_last"] < 0.05, stats["loss_last"]
@@ -50,7 +50,7 @@ def test_greedy_accuracy_matches_reference(memorised):
     res = evaluate(model, tok, items, max_new_tokens=12, instruction=INSTRUCTION, batch_size=5, progress=False)
     ref = {p.id: _greedy_reference(model, tok, p) for p in items}
     assert res.correct == ref
-    assert res.by_domain["add2"] == 1.0 and res.by_domain["wrong"] == 0.0
+    assert res.by_domain["add"] == 1.0 and res.by_domain["wrong"] == 0.0
     assert res.accuracy == 0.5 and res.mean_at_n is None and res.sampled is None
     again = evaluate(model, tok, items, max_new_tokens=12, instruction=INSTRUCTION, batch_size=16, progress=False)
     assert again.correct == res.correct, "batching does not change greedy results"

@@ -138,7 +138,7 @@ def test_gguf_without_package_names_it(tmp_path, monkeypatch):
 
 
 def test_bootstrap_masks_prompt_tokens(tok):
-    probs = generate_problems("add2", 3, seed=0)
+    probs = generate_problems("add", 3, seed=0)
     pairs = encode_pairs(tok, probs, template="chat_boxed", instruction=INSTRUCTION)
     ids, mask, labels = collate(pairs, tok.pad_token_id)
     for row, (p, (a, b)) in enumerate(zip(probs, pairs)):
@@ -167,8 +167,8 @@ def test_bootstrap_teaches_the_answer_format(tok):
     from cropi_core.evaluation import evaluate
 
     model = build_tiny(TinyModelConfig(), tok)
-    tests = generate_problems("add2", 32, seed=123)
-    train = generate_mixture(["add2"], 400, seed=7, exclude=[p.prompt for p in tests])
+    tests = generate_problems("add", 32, seed=123)
+    train = generate_mixture(["add"], 400, seed=7, exclude=[p.prompt for p in tests])
     kw = dict(template="chat_boxed", instruction=INSTRUCTION, max_new_tokens=12, progress=False)
     fmt_before, before = _boxed_int_rate(model, tok, tests), evaluate(model, tok, tests, **kw)
     t0 = time.perf_counter()
@@ -176,7 +176,7 @@ def test_bootstrap_teaches_the_answer_format(tok):
                       instruction=INSTRUCTION, progress=False)
     fmt_after, after = _boxed_int_rate(model, tok, tests), evaluate(model, tok, tests, **kw)
     print(f"\nbootstrap {stats['steps']} steps {time.perf_counter() - t0:.1f}s loss {stats['loss_first']:.2f}->{stats['loss_last']:.2f}"
-          f" boxed-int rate {fmt_before:.2f}->{fmt_after:.2f} add2 greedy pass@1 {before.accuracy:.2f}->{after.accuracy:.2f}")
+          f" boxed-int rate {fmt_before:.2f}->{fmt_after:.2f} add greedy pass@1 {before.accuracy:.2f}->{after.accuracy:.2f}")
     assert stats["loss_last"] < 0.5 * stats["loss_first"]
     assert fmt_before == 0.0 and before.accuracy == 0.0
     assert fmt_after >= 0.9, fmt_after

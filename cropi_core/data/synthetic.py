@@ -1,18 +1,21 @@
 """The embedded synthetic suite: seeded, verifiable integer arithmetic in six domains.
 
-Prompts are short (a ~1M-parameter character-level model has to learn them) and answers are exact
-integers checked by the `exact` verifier. Each domain mixes three difficulty levels in equal parts
-(`meta["level"]`, 1 = easiest; `meta["op"]` = the operation), so a briefly warm-started tiny model solves
-the easy level and little of the hard one: intermediate pass rates per domain, with `add2`/`sub`/`word`
-easier than `mul`/`two_step`. Level 1 needs only digit-wise facts (no carry, no borrow, multiples of 10).
+Built for a ~1M-parameter character-level model that gets ~2 minutes of supervised warm-up on two CPU cores.
+Such a model learns *facts* (single-digit sums, products, comparisons) in that budget, but not multi-digit
+algorithms (carries): a 2-digit adder needs ~10k steps. So each domain is a small table of facts asked in six
+phrasings ("Compute 7*8.", "What is 7*8?", "7*8=?", ...), and difficulty grows with the size of the table and
+the number of facts an answer chains. The warm-up never sees a val/test/pool prompt, but it sees the same facts
+in other phrasings, so pass rates are intermediate and differ by domain and level (`meta["level"]`, 1 = easiest;
+`meta["op"]` = the operation). RL on one phrasing of a fact transfers to the others, and `two_step` reuses the
+`add` and `mul` facts: the structure CROPI's gradient alignment can find (targeted: mul, two_step; a minority of the pool).
 
-Domain    prompt                                        level 1            level 2              level 3
-add2      Compute 47+38.                                no carry           units carry, <100    sum ≥ 100
-add3      Compute 472+385.                              no carry           one carry            ≥ 2 carries
-sub       Compute 83-47.                                no borrow          borrow               (two levels)
-mul       Compute 7*38.  /  Compute 38*7.               7*30 (b%10==0)     b in 11..19          b in 21..99
-two_step  Compute 3*4+5.  /  Compute 6*19-17.           a*b±c, b,c < 10    b < 10, c ≥ 10       b ≥ 10
-word      Tom has 12 apples and buys 7 more. How many apples does he have?   add / take away / groups
+Domain    example                          level 1              level 2                     level 3
+add       Compute 4+5.                     a,b ≤ 5              a,b ≤ 9 (one ≥ 6)           teen + digit, no carry
+sub       What is 13-5?                    a ≤ 9                10 ≤ a ≤ 18, answer ≤ 9     teen − digit, no borrow
+mul       7*8=?                            a,b ∈ 2..5           a,b ∈ 2..9 (one ≥ 6)        digit × 10 or 11
+two_step  Compute 2+3+1.                   a+b+c, digits ≤ 3    a+b+c, digits ≤ 9           a*b+c, a,b ≤ 5
+word      Tom has 3 apples and buys 4 more. How many apples does he have?   add / take away / bags of
+max       Which is larger, 47 or 38?       digits               2-digit, tens differ        2-digit, same tens
 """
 
 from __future__ import annotations
@@ -38,79 +41,97 @@ _NAMES = [("Tom", "he"), ("Ann", "she"), ("Sam", "he"), ("Mia", "she"), ("Ben", 
 _ITEMS = ["apples", "pens", "cards", "books", "coins", "eggs", "cups", "balls"]
 
 
-def _carries(a: int, b: int) -> int:
-    n, carry = 0, 0
-    while a or b:
-        carry = 1 if a % 10 + b % 10 + carry >= 10 else 0
-        n += carry
-        a, b = a // 10, b // 10
-    return n
+_PHRASES = ["Compute {e}.", "What is {e}?", "{e}=?", "Find {e}.", "Calculate {e}.", "Evaluate {e}."]
 
 
-def _pick(r: random.Random, draw: Callable[[], tuple[int, int]], level_of: Callable[[int, int], int], levels: int):
-    """Operands of a uniformly chosen level (rejection sampling: every level is reasonably likely)."""
-    want = r.randint(1, levels)
-    while True:
-        a, b = draw()
-        if level_of(a, b) == want:
-            return a, b, want
+def _ask(r: random.Random, expr: str) -> str:
+    return r.choice(_PHRASES).format(e=expr)
 
 
-def _add2(r: random.Random) -> Sample:
-    def level(a: int, b: int) -> int:
-        return 1 if _carries(a, b) == 0 else 2 if a + b < 100 else 3
-
-    a, b, lv = _pick(r, lambda: (r.randint(10, 99), r.randint(10, 99)), level, 3)
-    return f"Compute {a}+{b}.", a + b, {"level": lv, "op": "add"}
-
-
-def _add3(r: random.Random) -> Sample:
-    a, b, lv = _pick(r, lambda: (r.randint(100, 999), r.randint(100, 999)), lambda a, b: 1 + min(_carries(a, b), 2), 3)
-    return f"Compute {a}+{b}.", a + b, {"level": lv, "op": "add"}
+def _add(r: random.Random) -> Sample:
+    level = r.randint(1, 3)
+    if level == 1:
+        a, b = r.randint(0, 5), r.randint(0, 5)
+    elif level == 2:
+        while max(a := r.randint(0, 9), b := r.randint(0, 9)) < 6:
+            pass
+    else:  # a teen plus a digit without carry: a digit fact plus copying the tens
+        while (a := r.randint(10, 19)) % 10 + (b := r.randint(0, 9)) >= 10:
+            pass
+        if r.random() < 0.5:
+            a, b = b, a
+    return _ask(r, f"{a}+{b}"), a + b, {"level": level, "op": "add"}
 
 
 def _sub(r: random.Random) -> Sample:
-    def draw() -> tuple[int, int]:
-        a = r.randint(20, 99)
-        return a, r.randint(10, a)
-
-    a, b, lv = _pick(r, draw, lambda a, b: 2 if a % 10 < b % 10 else 1, 2)
-    return f"Compute {a}-{b}.", a - b, {"level": lv, "op": "sub"}
+    level = r.randint(1, 3)
+    if level == 1:
+        a = r.randint(0, 9)
+        b = r.randint(0, a)
+    elif level == 2:
+        a = r.randint(10, 18)
+        b = r.randint(a - 9, 9)
+    else:  # a teen minus a digit without borrow
+        a = r.randint(10, 19)
+        b = r.randint(0, a % 10)
+    return _ask(r, f"{a}-{b}"), a - b, {"level": level, "op": "sub"}
 
 
 def _mul(r: random.Random) -> Sample:
-    a, b, lv = _pick(r, lambda: (r.randint(2, 9), r.randint(10, 99)),
-                     lambda a, b: 1 if b % 10 == 0 else 2 if b < 20 else 3, 3)
-    x, y = (a, b) if r.random() < 0.5 else (b, a)  # both orders: 1440 distinct prompts
-    return f"Compute {x}*{y}.", a * b, {"level": lv, "op": "mul"}
+    level = r.randint(1, 3)
+    if level == 1:
+        a, b = r.randint(2, 5), r.randint(2, 5)
+    elif level == 2:
+        while max(a := r.randint(2, 9), b := r.randint(2, 9)) < 6:
+            pass
+    else:  # a digit times 10 or 11
+        a, b = r.randint(2, 9), r.choice([10, 11])
+        if r.random() < 0.5:
+            a, b = b, a
+    return _ask(r, f"{a}*{b}"), a * b, {"level": level, "op": "mul"}
 
 
 def _two_step(r: random.Random) -> Sample:
     level = r.randint(1, 3)
-    a = r.randint(2, 9)
-    b = r.randint(2, 9) if level < 3 else r.randint(10, 99)
-    c = r.randint(1, 9) if level == 1 else r.randint(10, 99) if level == 2 else r.randint(1, 99)
-    if r.random() < 0.5 or c > a * b:
-        return f"Compute {a}*{b}+{c}.", a * b + c, {"level": level, "op": "mul_add"}
-    return f"Compute {a}*{b}-{c}.", a * b - c, {"level": level, "op": "mul_sub"}
+    if level == 1:
+        a, b, c = r.randint(0, 3), r.randint(0, 3), r.randint(0, 3)
+        return _ask(r, f"{a}+{b}+{c}"), a + b + c, {"level": 1, "op": "add_add"}
+    if level == 2:
+        a, b, c = r.randint(0, 9), r.randint(0, 9), r.randint(0, 9)
+        return _ask(r, f"{a}+{b}+{c}"), a + b + c, {"level": 2, "op": "add_add"}
+    a, b, c = r.randint(2, 5), r.randint(2, 5), r.randint(1, 9)
+    return _ask(r, f"{a}*{b}+{c}"), a * b + c, {"level": 3, "op": "mul_add"}
 
 
 def _word(r: random.Random) -> Sample:
     (name, pron), item = r.choice(_NAMES), r.choice(_ITEMS)
     level = r.randint(1, 3)
     if level == 1:
-        a, b = r.randint(2, 30), r.randint(2, 20)
+        a, b = r.randint(1, 5), r.randint(1, 5)
         return f"{name} has {a} {item} and buys {b} more. How many {item} does {pron} have?", a + b, {"level": 1, "op": "add"}
     if level == 2:
-        a = r.randint(5, 40)
-        b = r.randint(1, a - 1)
-        return f"{name} has {a} {item} and gives away {b}. How many {item} are left?", a - b, {"level": 2, "op": "sub"}
-    a, b = r.randint(2, 6), r.randint(2, 9)
+        b, d = r.randint(1, 5), r.randint(0, 5)
+        return f"{name} has {b + d} {item} and gives away {b}. How many {item} are left?", d, {"level": 2, "op": "sub"}
+    a, b = r.randint(2, 3), r.randint(2, 5)
     return f"{name} has {a} bags of {b} {item}. How many {item} does {pron} have?", a * b, {"level": 3, "op": "mul"}
 
 
+def _max(r: random.Random) -> Sample:
+    level = r.randint(1, 3)
+    while True:
+        if level == 1:
+            a, b = r.randint(0, 9), r.randint(0, 9)
+        else:
+            a, b = r.randint(10, 99), r.randint(10, 99)
+        if a != b and (level == 1 or (a // 10 == b // 10) == (level == 3)):
+            break
+    form = r.choice(["Which is larger, {a} or {b}?", "What is the larger of {a} and {b}?", "max({a},{b})=?",
+                     "Find the larger number: {a}, {b}."])
+    return form.format(a=a, b=b), max(a, b), {"level": level, "op": "max"}
+
+
 DOMAINS: dict[str, Callable[[random.Random], Sample]] = {
-    "add2": _add2, "add3": _add3, "sub": _sub, "mul": _mul, "two_step": _two_step, "word": _word,
+    "add": _add, "sub": _sub, "mul": _mul, "two_step": _two_step, "word": _word, "max": _max,
 }
 assert tuple(DOMAINS) == SYNTHETIC_DOMAINS, "keep cropi_core.config.SYNTHETIC_DOMAINS in sync"
 
