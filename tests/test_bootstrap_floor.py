@@ -2,7 +2,7 @@
 model into a usable starting policy: greedy pass rates on every held-out test set rise from 0 to an
 intermediate level, and the pool has many prompts with 0 < sampled pass rate < 1 (what CROPI scores).
 
-Floors are set well below the measured values (README / issue note: 1000 steps ≈ 2.5 min on 2 cores,
+Floors are set well below the measured values (README / issue note: 1000 steps ≈ 2–4 min on 1–2 threads,
 greedy pass@1 0.17–0.50 per domain, ~half the pool prompts with an intermediate pass rate)."""
 
 import time
@@ -17,7 +17,7 @@ from cropi_core.models.bootstrap import bootstrap
 from cropi_core.rollout.hf import HFBackend
 
 
-def test_default_bootstrap_gives_intermediate_pass_rates():
+def test_default_bootstrap_gives_intermediate_pass_rates(one_torch_thread):
     cfg = RunConfig()
     d = cfg.data
     suite = generate_suite(d.synthetic)
