@@ -212,7 +212,17 @@ class TrainConfig(Section):
     use_vllm: bool = False
     vllm_mode: Literal["colocate", "server"] = "colocate"
     vllm_gpu_memory_utilization: float = Field(0.3, gt=0, le=1)
+    # "bf16": autocast mixed precision in the GRPO step (fp32 master weights), for GPUs; "no" = plain fp32.
+    mixed_precision: Literal["no", "bf16"] = "no"
     HASH_EXCLUDE = frozenset({"save_steps", "use_vllm", "vllm_mode", "vllm_gpu_memory_utilization"})
+
+    def hashable(self) -> dict[str, Any]:
+        """As Section.hashable, but `mixed_precision` enters the key only when set (it came after the first
+        release: the default keeps every existing checkpoint key)."""
+        out = super().hashable()
+        if out.get("mixed_precision") == "no":
+            del out["mixed_precision"]
+        return out
 
 
 class EvalConfig(Section):

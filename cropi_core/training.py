@@ -199,7 +199,7 @@ def _grpo_args(cfg: TrainConfig, ckpt_dir: Path, progress: bool):
     return GRPOConfig(
         output_dir=str(ckpt_dir),
         use_cpu=not torch.cuda.is_available(),
-        bf16=False,
+        bf16=cfg.mixed_precision == "bf16",
         fp16=False,
         activation_checkpointing=False,
         report_to="none",

@@ -205,3 +205,17 @@ def test_train_use_vllm_option():
             _vllm_args(cfg)
     else:
         assert _vllm_args(cfg) == {"use_vllm": True, "vllm_mode": "colocate", "vllm_gpu_memory_utilization": 0.5}
+
+
+def test_train_mixed_precision_option(tmp_path):
+    """`train.mixed_precision: bf16` reaches TRL as bf16=True and changes the checkpoint key; the default "no"
+    leaves the key exactly as it was before the option existed."""
+    from cropi_core.config import Section, TrainConfig
+    from cropi_core.training import _grpo_args
+
+    plain = TrainConfig()
+    assert "mixed_precision" not in plain.hashable()  # keys from before the option stay valid
+    bf16 = TrainConfig(mixed_precision="bf16")
+    assert bf16.hashable() == {**plain.hashable(), "mixed_precision": "bf16"}
+    assert _grpo_args(plain, tmp_path, False).bf16 is False
+    assert _grpo_args(bf16, tmp_path, False).bf16 is True
