@@ -87,7 +87,10 @@ def load_policy(model_dir: str | os.PathLike, dtype: torch.dtype = torch.float32
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"
-    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype)
+    from cropi_core.models.loading import LOAD_LOCK
+
+    with LOAD_LOCK:
+        model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype)
     return model, tok
 
 
@@ -262,15 +265,18 @@ def build_trainer(model_dir, problems, cfg: TrainConfig, ckpt_dir, *, template: 
                 fault_hook(state.global_step)
 
         callbacks.append(_FaultHook())
+    from cropi_core.models.loading import LOAD_LOCK
+
     cls = _trainer_class()
-    trainer = cls(
-        model=model,
-        reward_funcs=[make_reward_func()],
-        args=_grpo_args(cfg, Path(ckpt_dir), progress),
-        train_dataset=dataset,
-        processing_class=tok,
-        callbacks=callbacks,
-    )
+    with LOAD_LOCK:  # GRPOTrainer loads the KL reference model with from_pretrained
+        trainer = cls(
+            model=model,
+            reward_funcs=[make_reward_func()],
+            args=_grpo_args(cfg, Path(ckpt_dir), progress),
+            train_dataset=dataset,
+            processing_class=tok,
+            callbacks=callbacks,
+        )
     trainer.dynamic_sampling = cfg.dynamic_sampling
     if not progress:  # with tqdm off, Trainer would print every log dict instead
         from transformers.trainer_callback import PrinterCallback

@@ -180,3 +180,30 @@ def test_bootstrap_teaches_the_answer_format(tok):
     assert stats["loss_last"] < 0.5 * stats["loss_first"]
     assert fmt_before == 0.0 and before.accuracy == 0.0
     assert fmt_after >= 0.9, fmt_after
+
+
+def test_concurrent_loads_in_threads_give_intact_models(tok, tmp_path):
+    """Prefect runs tasks in a thread pool, so several tasks load checkpoints at once. A model with tied
+    input/output embeddings (like SmolLM2) must come back with the saved weights in every thread: unguarded
+    concurrent `from_pretrained` calls left some with a random lm_head or meta tensors."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from transformers import Qwen2Config
+
+    torch.manual_seed(0)
+    config = Qwen2Config(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True,
+                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    save_model(Qwen2ForCausalLM(config), tok, tmp_path / "m")
+    want = {k: v.clone() for k, v in load_model(str(tmp_path / "m"))[0].state_dict().items()}
+
+    def load(_: int) -> list[str]:
+        model = load_model(str(tmp_path / "m"))[0]
+        bad = [k for k, v in model.state_dict().items() if v.is_meta or not torch.equal(v, want[k])]
+        if model.lm_head.weight.data_ptr() != model.model.embed_tokens.weight.data_ptr():
+            bad.append("lm_head not tied")
+        return bad
+
+    with ThreadPoolExecutor(6) as pool:
+        problems = [b for bad in pool.map(load, range(36)) for b in bad]
+    assert not problems, problems[:5]

@@ -30,9 +30,12 @@ def load_gguf(src_dir: str | Path, gguf_file: str, *, dtype: torch.dtype = torch
     src = Path(src_dir)
     if not (src / gguf_file).is_file():
         raise ModelError(f"{src / gguf_file}: GGUF file not found")
+    from cropi_core.models.loading import LOAD_LOCK
+
     try:
-        loaded = AutoModelForCausalLM.from_pretrained(str(src), gguf_file=gguf_file, dtype=dtype, attn_implementation=attn_implementation)
-        tokenizer = AutoTokenizer.from_pretrained(str(src), gguf_file=gguf_file)
+        with LOAD_LOCK:
+            loaded = AutoModelForCausalLM.from_pretrained(str(src), gguf_file=gguf_file, dtype=dtype, attn_implementation=attn_implementation)
+            tokenizer = AutoTokenizer.from_pretrained(str(src), gguf_file=gguf_file)
     except ImportError as err:  # e.g. gguf present but too old, or accelerate missing
         raise ModelError(f"{src / gguf_file}: cannot load GGUF: {str(err).splitlines()[0]}") from None
     config = loaded.config

@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import shutil
+import threading
 from pathlib import Path
 
 import torch
@@ -25,6 +26,12 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 # would instead follow config.json's model_type (qwen2 -> a BPE Qwen2Tokenizer that drops spaces and newlines).
 _GENERIC_TOKENIZERS = {"PreTrainedTokenizerFast", "TokenizersBackend"}
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+# transformers' from_pretrained builds the model under process-global patches (meta-device init, tied-weight
+# bookkeeping); two threads loading at once (Prefect's thread-pool tasks) can leave one model with a
+# randomly initialised lm_head or meta tensors. Every load in cropi holds this lock.
+LOAD_LOCK = threading.RLock()
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -113,9 +120,10 @@ def load_model(
         raise ModelError(f"{folder}: no weights (expected model.safetensors); for a GGUF file set model.gguf_file")
     tokenizer = load_tokenizer(_local_folder(cfg.tokenizer_path) if cfg.tokenizer_path else folder)
     try:
-        model = AutoModelForCausalLM.from_pretrained(
-            str(folder), dtype=torch_dtype, local_files_only=True, attn_implementation=attn_implementation
-        )
+        with LOAD_LOCK:
+            model = AutoModelForCausalLM.from_pretrained(
+                str(folder), dtype=torch_dtype, local_files_only=True, attn_implementation=attn_implementation
+            )
     except (OSError, ValueError, KeyError) as err:
         raise ModelError(f"{folder}: cannot load model: {_first_line(err)}") from None
     return model.to(dev).eval(), tokenizer
