@@ -65,6 +65,9 @@ class BootstrapConfig(Section):
     lr: float = Field(3e-3, gt=0)
     batch_size: int = Field(64, gt=0)
     num_problems: int = Field(4000, gt=0)
+    # share of multi-step problems (two_step, word) taught with their worked solution ("2+3=5. 5+4=9. \\boxed{9}")
+    # instead of the direct answer: the policy starts with both habits, and RL can learn which one pays
+    worked_fraction: float = Field(0.5, ge=0, le=1)
     seed: int = 0
 
 
@@ -94,7 +97,7 @@ class SyntheticConfig(Section):
     """The embedded arithmetic suite: a mixed pool where the targeted domains are a minority."""
 
     domains: list[str] = ["add", "sub", "mul", "two_step", "word", "max"]
-    targeted: list[str] = ["mul", "two_step"]
+    targeted: list[str] = ["two_step", "word"]
     pool_per_domain: dict[str, int] = {}  # overrides pool_size for a domain
     pool_size: int = Field(120, gt=0)  # per domain
     val_size: int = Field(32, gt=0)  # per targeted domain
@@ -158,7 +161,7 @@ class RolloutConfig(Section):
     k_val: int = Field(16, ge=2)  # responses per validation prompt (the paper: 32)
     temperature: float = Field(0.5, gt=0)
     top_p: float = Field(1.0, gt=0, le=1)
-    max_new_tokens: int = Field(24, gt=0)
+    max_new_tokens: int = Field(32, gt=0)
     seed: int = 0
     # prompts per generate call. Part of the key: one sampling RNG stream serves a whole batch, so another
     # batch size draws other responses (a cached artifact must be what this config would compute)
@@ -203,7 +206,7 @@ class TrainConfig(Section):
     beta: float = Field(0.001, ge=0)  # KL coefficient
     epsilon: float = Field(0.2, gt=0)  # clip range
     temperature: float = Field(0.5, gt=0)
-    max_new_tokens: int = Field(24, gt=0)
+    max_new_tokens: int = Field(32, gt=0)
     dynamic_sampling: bool = False  # DAPO: drop groups whose rewards are all equal
     save_steps: int = Field(5, ge=1)  # checkpoint cadence inside a stage (resume granularity)
     seed: int = 0
@@ -229,7 +232,7 @@ class EvalConfig(Section):
     greedy: bool = True
     n_samples: int = Field(0, ge=0)  # mean@n sampled (0 = off)
     temperature: float = Field(0.5, gt=0)
-    max_new_tokens: int = Field(24, gt=0)
+    max_new_tokens: int = Field(32, gt=0)
     batch_size: int = Field(128, gt=0)  # part of the key, as for rollouts: mean@n samples depend on batching
 
 

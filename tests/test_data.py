@@ -251,9 +251,9 @@ def test_generate_suite_layout_and_no_overlap():
     cfg = SyntheticConfig()
     s = generate_suite(cfg)
     assert isinstance(s, DataSplits)
-    assert sorted(s.val) == ["val/mul", "val/two_step"]
-    assert sorted(s.test_targeted) == ["test/mul", "test/two_step"]
-    assert sorted(s.test_untargeted) == ["test/add", "test/max", "test/sub", "test/word"]
+    assert sorted(s.val) == ["val/two_step", "val/word"]
+    assert sorted(s.test_targeted) == ["test/two_step", "test/word"]
+    assert sorted(s.test_untargeted) == ["test/add", "test/max", "test/mul", "test/sub"]
     assert len(s.pool) == 6 * cfg.pool_size and all(len(v) == cfg.val_size for v in s.val.values())
     assert all(len(v) == cfg.test_size for v in s.eval_sets().values() if v not in s.val.values())
     targeted_share = sum(p.domain in cfg.targeted for p in s.pool) / len(s.pool)
@@ -276,8 +276,8 @@ def test_generate_mixture_avoids_excluded_prompts():
     assert {p.domain for p in mix} == set(DOMAINS) and len({p.id for p in mix}) == 600
     # the default warm-up size (4000) fits beside the suite; an exhausted domain hands its share on
     big = generate_mixture(["mul", "word"], 3000, seed=2, exclude=held)
-    n_mul = sum(p.domain == "mul" for p in big)  # mul has 576 distinct prompts, 96 of them held out
-    assert len(big) == 3000 and len({p.prompt for p in big}) == 3000 and 400 < n_mul <= 480
+    n_mul = sum(p.domain == "mul" for p in big)  # mul has 576 distinct prompts, its 64 test prompts held out
+    assert len(big) == 3000 and len({p.prompt for p in big}) == 3000 and 400 < n_mul <= 512
     with pytest.raises(ConfigError, match="fewer than 2000 distinct problems"):
         generate_mixture(["mul"], 2000, seed=2)
     with pytest.raises(ConfigError, match="'mul' has fewer than 2000"):
@@ -295,3 +295,31 @@ def test_charset_covers_everything(repo_configs=Path(__file__).resolve().parents
     text += load_config(repo_configs / "tiny.yaml").data.instruction + "\\boxed{-123}"
     assert set(text) <= set(CHARSET)
     assert len(set(CHARSET)) == len(CHARSET) and "\n" in CHARSET
+
+
+def test_worked_solutions_are_correct_and_only_for_multi_step_domains():
+    """two_step and word carry a worked solution whose every step is true arithmetic and whose boxed answer
+    is the gold; one-fact domains have none. The warm-up teaches it for a seeded share of the problems."""
+    import re
+
+    from cropi_core.data.synthetic import worked_response
+    from cropi_core.models.bootstrap import target_text
+
+    for d in DOMAINS:
+        probs = generate_problems(d, 200, seed=3)
+        for p in probs:
+            w = worked_response(p)
+            if d not in ("two_step", "word"):
+                assert w is None and target_text(p, 1.0, 0) == f"\\boxed{{{p.gold}}}"
+                continue
+            steps = re.findall(r"(\d+)([+*-])(\d+)=(\d+)\.", w)
+            assert steps and w.endswith(f"\\boxed{{{p.gold}}}"), w
+            for a, op, b, c in steps:
+                assert {"+": int(a) + int(b), "-": int(a) - int(b), "*": int(a) * int(b)}[op] == int(c), w
+            assert int(steps[-1][3]) == int(p.gold)
+        if d in ("two_step", "word"):
+            chosen = [target_text(p, 0.5, 7) for p in probs]
+            assert chosen == [target_text(p, 0.5, 7) for p in probs]  # a pure function of (problem, seed)
+            share = sum(not t.startswith("\\boxed") for t in chosen) / len(chosen)
+            assert 0.35 < share < 0.65, share
+            assert all(t.startswith("\\boxed") for t in (target_text(p, 0.0, 7) for p in probs))

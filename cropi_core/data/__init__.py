@@ -5,7 +5,7 @@ from cropi_core.data.loaders import (LoadResult, iter_rows, load_acc_history, lo
                                      problems_to_jsonl, read_dataset)
 from cropi_core.data.problem import DataSplits, Problem
 from cropi_core.data.splits import build_splits, dedup, dedup_key, split_val_test
-from cropi_core.data.synthetic import CHARSET, DOMAINS, generate_mixture, generate_problems, generate_suite
+from cropi_core.data.synthetic import CHARSET, DOMAINS, generate_mixture, generate_problems, generate_suite, worked_response
 from cropi_core.data.templates import DEFAULT_INSTRUCTION, TEMPLATES, format_prompt
 
 __all__ = [

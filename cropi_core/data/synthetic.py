@@ -95,12 +95,14 @@ def _two_step(r: random.Random) -> Sample:
     level = r.randint(1, 3)
     if level == 1:
         a, b, c = r.randint(0, 3), r.randint(0, 3), r.randint(0, 3)
-        return _ask(r, f"{a}+{b}+{c}"), a + b + c, {"level": 1, "op": "add_add"}
-    if level == 2:
+    elif level == 2:
         a, b, c = r.randint(0, 9), r.randint(0, 9), r.randint(0, 9)
-        return _ask(r, f"{a}+{b}+{c}"), a + b + c, {"level": 2, "op": "add_add"}
+    if level < 3:
+        work = f"{a}+{b}={a + b}. {a + b}+{c}={a + b + c}."
+        return _ask(r, f"{a}+{b}+{c}"), a + b + c, {"level": level, "op": "add_add", "work": work}
     a, b, c = r.randint(2, 5), r.randint(2, 5), r.randint(1, 9)
-    return _ask(r, f"{a}*{b}+{c}"), a * b + c, {"level": 3, "op": "mul_add"}
+    work = f"{a}*{b}={a * b}. {a * b}+{c}={a * b + c}."
+    return _ask(r, f"{a}*{b}+{c}"), a * b + c, {"level": 3, "op": "mul_add", "work": work}
 
 
 def _word(r: random.Random) -> Sample:
@@ -108,12 +110,15 @@ def _word(r: random.Random) -> Sample:
     level = r.randint(1, 3)
     if level == 1:
         a, b = r.randint(1, 5), r.randint(1, 5)
-        return f"{name} has {a} {item} and buys {b} more. How many {item} does {pron} have?", a + b, {"level": 1, "op": "add"}
+        return (f"{name} has {a} {item} and buys {b} more. How many {item} does {pron} have?", a + b,
+                {"level": 1, "op": "add", "work": f"{a}+{b}={a + b}."})
     if level == 2:
         b, d = r.randint(1, 5), r.randint(0, 5)
-        return f"{name} has {b + d} {item} and gives away {b}. How many {item} are left?", d, {"level": 2, "op": "sub"}
+        return (f"{name} has {b + d} {item} and gives away {b}. How many {item} are left?", d,
+                {"level": 2, "op": "sub", "work": f"{b + d}-{b}={d}."})
     a, b = r.randint(2, 3), r.randint(2, 5)
-    return f"{name} has {a} bags of {b} {item}. How many {item} does {pron} have?", a * b, {"level": 3, "op": "mul"}
+    return (f"{name} has {a} bags of {b} {item}. How many {item} does {pron} have?", a * b,
+            {"level": 3, "op": "mul", "work": f"{a}*{b}={a * b}."})
 
 
 def _max(r: random.Random) -> Sample:
@@ -134,6 +139,13 @@ DOMAINS: dict[str, Callable[[random.Random], Sample]] = {
     "add": _add, "sub": _sub, "mul": _mul, "two_step": _two_step, "word": _word, "max": _max,
 }
 assert tuple(DOMAINS) == SYNTHETIC_DOMAINS, "keep cropi_core.config.SYNTHETIC_DOMAINS in sync"
+
+
+def worked_response(p: Problem) -> str | None:
+    """The worked solution of a multi-step synthetic problem ("2+3=5. 5+4=9. \\boxed{9}"), None for one-fact
+    domains (their only response is the direct `\\boxed{answer}`)."""
+    work = p.meta.get("work") if p.meta else None
+    return f"{work} \\boxed{{{p.gold}}}" if work else None
 
 
 def generate_problems(domain: str, n: int, seed: int, exclude: Iterable[str] = (), id_prefix: str = "syn",

@@ -10,6 +10,7 @@ prompts with 0 < sampled pass rate < 1), which is what CROPI needs; tests/test_b
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 
@@ -18,19 +19,32 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from cropi_core.config import BootstrapConfig
-from cropi_core.data import Problem, format_prompt
+from cropi_core.data import Problem, format_prompt, worked_response
 from cropi_core.errors import DataError
 
 
+def target_text(p: Problem, worked_fraction: float, seed: int) -> str:
+    """The supervised response of `p`: its worked solution (multi-step domains only) for a seeded
+    `worked_fraction` of the problems, else the direct `\\boxed{gold}`. The choice is a pure function of
+    (problem id, seed): a problem keeps its format for the whole warm-up."""
+    worked = worked_response(p)
+    if worked is None or worked_fraction <= 0.0:
+        return f"\\boxed{{{p.gold}}}"
+    u = int.from_bytes(hashlib.sha256(f"{seed}:{p.id}".encode()).digest()[:8], "big") / 2**64
+    return worked if u < worked_fraction else f"\\boxed{{{p.gold}}}"
+
+
 def encode_pairs(
-    tokenizer: PreTrainedTokenizerBase, problems: list[Problem], *, template: str, instruction: str
+    tokenizer: PreTrainedTokenizerBase, problems: list[Problem], *, template: str, instruction: str,
+    worked_fraction: float = 0.0, seed: int = 0,
 ) -> list[tuple[list[int], list[int]]]:
-    """(prompt ids, target ids) per problem; target = `\\boxed{gold}` + EOS."""
+    """(prompt ids, target ids) per problem; target = `target_text(...)` + EOS."""
     pairs = []
     for p in problems:
         prompt = format_prompt(p, tokenizer, template=template, instruction=instruction)
         prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        target_ids = tokenizer(f"\\boxed{{{p.gold}}}", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        target = target_text(p, worked_fraction, seed)
+        target_ids = tokenizer(target, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
         pairs.append((prompt_ids, target_ids))
     return pairs
 
@@ -86,7 +100,8 @@ def bootstrap(
     """
     if not problems:
         raise DataError("bootstrap: no problems to train on")
-    pairs = encode_pairs(tokenizer, problems, template=template, instruction=instruction)
+    pairs = encode_pairs(tokenizer, problems, template=template, instruction=instruction,
+                         worked_fraction=cfg.worked_fraction, seed=cfg.seed)
     device = next(model.parameters()).device
     gen = torch.Generator().manual_seed(cfg.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=0.01)
