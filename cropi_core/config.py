@@ -169,7 +169,7 @@ class RolloutConfig(Section):
 
 
 class InfluenceConfig(Section):
-    projector: Literal["exact", "dense", "sparse", "factored"] = "factored"
+    projector: Literal["exact", "dense", "sparse", "factored"] = "sparse"  # factored ranks poorly on the tiny model (benchmarks/fidelity.py)
     dim: int = Field(4096, gt=0)  # k, sketch dimension
     sparse_ratio: float = Field(0.1, gt=0, le=1)
     seed: int = 0
