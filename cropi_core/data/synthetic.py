@@ -5,9 +5,14 @@ Such a model learns *facts* (single-digit sums, products, comparisons) in that b
 algorithms (carries): a 2-digit adder needs ~10k steps. So each domain is a small table of facts asked in six
 phrasings ("Compute 7*8.", "What is 7*8?", "7*8=?", ...), and difficulty grows with the size of the table and
 the number of facts an answer chains. The warm-up never sees a val/test/pool prompt, but it sees the same facts
-in other phrasings, so pass rates are intermediate and differ by domain and level (`meta["level"]`, 1 = easiest;
-`meta["op"]` = the operation). RL on one phrasing of a fact transfers to the others, and `two_step` reuses the
-`add` and `mul` facts: the structure CROPI's gradient alignment can find (targeted: mul, two_step; a minority of the pool).
+in other phrasings, so pass rates are intermediate and differ by domain and level (`meta["level"]`, 1 = easiest; `meta["op"]` = the operation).
+
+The multi-step domains (`two_step`, `word`) also carry a worked solution (`meta["work"]`, e.g. "2+3=5. 5+4=9.").
+The warm-up teaches it for half of those problems and the bare `\\boxed{}` answer for the other half
+(`BootstrapConfig.worked_fraction`), so the starting policy has two habits on exactly these domains and RL can
+learn, domain-wide, which one pays: a skill that transfers across the prompts of a domain but not to the one-fact
+domains. They are the targeted domains of the embedded default (a third of the pool), which is the structure
+CROPI's gradient alignment can find.
 
 Domain    example                          level 1              level 2                     level 3
 add       Compute 4+5.                     a,b ≤ 5              a,b ≤ 9 (one ≥ 6)           teen + digit, no carry

@@ -2,7 +2,8 @@
 
 The untrained model emits noise and never writes `\\boxed{}`, so RL would see only zero rewards. A short
 supervised phase on synthetic problems teaches the answer format and part of the fact tables: the target of a
-prompt is `\\boxed{<gold>}` followed by EOS, and the loss is the mean cross-entropy over response tokens
+prompt is `\\boxed{<gold>}` (or, for a seeded share of the multi-step problems, their worked solution
+ending in it, see `target_text`) followed by EOS, and the loss is the mean cross-entropy over response tokens
 only (prompt and padding positions are masked). The default (1000 steps × 64, lr 3e-3, ≈2.5 min on 2 CPU
 cores) stops while every domain is partially solved (greedy pass@1 ≈ 0.2–0.5 per domain, about half the pool
 prompts with 0 < sampled pass rate < 1), which is what CROPI needs; tests/test_bootstrap_floor.py holds it.
