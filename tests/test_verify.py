@@ -143,3 +143,15 @@ def test_gsm8k_golds_with_exact(golds):
     ps = golds["gsm8k_test"]
     assert all(exact_v(f"\\boxed{{{int(p.gold):,}}}", p.gold) == 1.0 for p in ps)  # "1,234" style answers
     assert not any(exact_v(f"\\boxed{{{int(p.gold) + 1}}}", p.gold) for p in ps)
+
+
+def test_last_number_verifier():
+    from cropi_core.verify import get_verifier
+
+    v = get_verifier("last_number")
+    assert v("7 + 2 = 9 apples are in the basket.", "9") == 1.0
+    assert v("7 + 2 = 9, then 9 - 1 = 8", "9") == 0.0  # the LAST number counts
+    assert v("so \\boxed{12} and later 5", "12") == 1.0  # a box wins over later numbers
+    assert v("\\boxed{1,000}", "1000") == 1.0 and v("It costs $3.50.", "3.5") == 1.0
+    assert v("total: -4", "-4") == 1.0 and v("no number here", "4") == 0.0 and v("4", "four") == 0.0
+    assert v("The answer is 15.", "15 (balls)".split()[0]) == 1.0 and v("12.5", "12") == 0.0

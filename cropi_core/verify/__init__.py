@@ -1,6 +1,7 @@
-"""Verifiable rewards: `math` (math-verify, time-bounded, thread-safe) and `exact` (integers).
+"""Verifiable rewards: `math` (math-verify, time-bounded, thread-safe), `exact` (integers) and `last_number`.
 
-Both require a `\\boxed{}` in the response; the LAST box is the answer. Rewards are 0.0 or 1.0.
+`math` and `exact` require a `\\boxed{}` in the response (the LAST box is the answer); `last_number` falls back to
+the last number of an unboxed response (for small models). Rewards are 0.0 or 1.0.
 """
 
 from __future__ import annotations
@@ -10,17 +11,18 @@ from typing import TYPE_CHECKING, Callable
 from cropi_core.errors import DataError
 from cropi_core.verify.boxed import extract_boxed
 from cropi_core.verify.exact import exact_verify, parse_int
+from cropi_core.verify.last_number import last_number_verify
 from cropi_core.verify.math_verifier import math_verify, wrap_gold
 
 if TYPE_CHECKING:
     from cropi_core.data.problem import Problem
 
 Verifier = Callable[[str, str], float]
-VERIFIERS: dict[str, Verifier] = {"math": math_verify, "exact": exact_verify}
+VERIFIERS: dict[str, Verifier] = {"math": math_verify, "exact": exact_verify, "last_number": last_number_verify}
 
 
 def get_verifier(name: str) -> Verifier:
-    """The verifier `(response, gold) -> 0.0 | 1.0` called `name` ("math" or "exact")."""
+    """The verifier `(response, gold) -> 0.0 | 1.0` called `name` ("math", "exact" or "last_number")."""
     try:
         return VERIFIERS[name]
     except KeyError:
@@ -32,5 +34,5 @@ def reward(problem: "Problem", response: str) -> float:
     return get_verifier(problem.verifier)(response, problem.gold)
 
 
-__all__ = ["Verifier", "VERIFIERS", "get_verifier", "reward", "extract_boxed", "exact_verify", "math_verify",
+__all__ = ["Verifier", "VERIFIERS", "get_verifier", "reward", "extract_boxed", "exact_verify", "math_verify", "last_number_verify",
            "parse_int", "wrap_gold"]
