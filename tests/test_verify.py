@@ -155,3 +155,13 @@ def test_last_number_verifier():
     assert v("\\boxed{1,000}", "1000") == 1.0 and v("It costs $3.50.", "3.5") == 1.0
     assert v("total: -4", "-4") == 1.0 and v("no number here", "4") == 0.0 and v("4", "four") == 0.0
     assert v("The answer is 15.", "15 (balls)".split()[0]) == 1.0 and v("12.5", "12") == 0.0
+
+
+def test_every_verifier_name_round_trips_through_problem_records():
+    from cropi_core.data.problem import VERIFIER_NAMES, Problem
+    from cropi_core.verify import VERIFIERS
+
+    assert set(VERIFIER_NAMES) == set(VERIFIERS)
+    for name in VERIFIERS:
+        p = Problem("x/0", "q", "3", "x", "x", name, {})
+        assert Problem.from_record(p.to_record()) == p

@@ -7,7 +7,7 @@ from typing import Any
 
 from cropi_core.errors import DataError
 
-VERIFIER_NAMES = ("math", "exact")
+VERIFIER_NAMES = ("math", "exact", "last_number")
 
 
 @dataclass(frozen=True)
