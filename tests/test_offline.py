@@ -83,6 +83,8 @@ def test_smollm2_gguf_offline(no_network, tmp_path):
     out = convert_gguf(src, SMOLLM2_GGUF, tmp_path / "smol")
     assert (out / "model.safetensors").is_file()
     plain, tok2 = load_model(str(out))
+    # a plain float checkpoint: fine-tunable (Trainer rejects models that still look GGUF-quantized)
+    assert not getattr(plain, "is_quantized", False) and "quantization_config" not in plain.config.to_dict()
     ids = torch.tensor([tok.encode("The capital of France is")])
     with torch.no_grad():
         assert torch.equal(model(ids).logits, plain(ids).logits)

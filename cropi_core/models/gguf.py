@@ -39,6 +39,10 @@ def load_gguf(src_dir: str | Path, gguf_file: str, *, dtype: torch.dtype = torch
     except ImportError as err:  # e.g. gguf present but too old, or accelerate missing
         raise ModelError(f"{src / gguf_file}: cannot load GGUF: {str(err).splitlines()[0]}") from None
     config = loaded.config
+    # the dequantised weights are plain float tensors: drop the GGUF quantization_config, or the saved checkpoint
+    # reloads as "quantized" and Trainer refuses to fine-tune it
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
     config.architectures = [type(loaded).__name__]
     config._attn_implementation = attn_implementation
     plain = type(loaded)(config).to(dtype)
