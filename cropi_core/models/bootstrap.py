@@ -29,10 +29,8 @@ def target_text(p: Problem, worked_fraction: float, seed: int) -> str:
     `worked_fraction` of the problems, else the direct `\\boxed{gold}`. The choice is a pure function of
     (problem id, seed): a problem keeps its format for the whole warm-up."""
     worked = worked_response(p)
-    if worked is None or worked_fraction <= 0.0:
-        return f"\\boxed{{{p.gold}}}"
-    u = int.from_bytes(hashlib.sha256(f"{seed}:{p.id}".encode()).digest()[:8], "big") / 2**64
-    return worked if u < worked_fraction else f"\\boxed{{{p.gold}}}"
+    u = int.from_bytes(hashlib.sha256(f"{seed}:{p.id}".encode()).digest()[:8], "big") / 2**64  # uniform [0, 1)
+    return worked if worked is not None and u < worked_fraction else f"\\boxed{{{p.gold}}}"
 
 
 def encode_pairs(
