@@ -5,7 +5,8 @@ published as Prefect artifacts.
 
 Definitions (all on the seed-MEAN curves):
 
-- targeted accuracy of a run at step t = mean over the targeted test sets of greedy pass@1; untargeted likewise.
+- targeted accuracy of a run at step t = mean over the targeted test sets of the accuracy metric (greedy pass@1,
+  or mean@n of sampled answers when eval.n_samples > 0); untargeted likewise.
   Evaluations exist at stage boundaries t_i = i·E (i = 0..S).
 - target A* = full data's final (t = S·E) mean targeted accuracy.
 - steps to target t*(method): the first crossing of A* by the piecewise-LINEAR interpolation of the method's mean

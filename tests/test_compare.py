@@ -118,3 +118,26 @@ def test_speedup_undefined_when_full_data_does_not_improve():
     s = summarize([full, cropi], ["full", "cropi"])
     assert s["degenerate"] and math.isnan(s["methods"]["cropi"]["step_speedup"])
     assert math.isnan(s["methods"]["cropi"]["wall_speedup"])
+
+
+def test_ablation_merge_relabels_cropi_and_measures_against_base_full(tmp_path):
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from compare_ablations import merge
+
+    base = [_rec("full", [0.1, 0.2, 0.3, 0.4], 0.0, 0.0, 100.0), _rec("cropi", [0.1, 0.2, 0.3, 0.5], 0.0, 0.0, 100.0)]
+    # an ablation with twice as many, half as long stages (5-step evaluations) reaching 0.4 at step 10
+    fast = _rec("cropi", [0.1, 0.2, 0.4, 0.5, 0.5, 0.5, 0.5], 0.0, 0.0, 50.0)
+    fast["steps_per_stage"] = 5
+    fast["acc"] = {n: [[5 * i, a] for i, a in v] for n, v in ((n, [(i, a) for i, (_, a) in enumerate(v)]) for n, v in fast["acc"].items())}
+    records, methods = merge(base, {"E5": [fast, _rec("full", [0.9] * 4, 0, 0, 1)]})
+    assert methods == ["full", "cropi", "cropi[E5]"]
+    assert [r["method"] for r in records] == ["full", "cropi", "cropi[E5]"]  # the ablation's own full run is dropped
+    s = summarize(records, methods)
+    assert s["target"] == pytest.approx(0.4)  # from the BASE full-data run
+    assert s["methods"]["cropi[E5]"]["steps_to_target"] == pytest.approx(10.0)
+    assert s["methods"]["cropi[E5]"]["step_speedup"] == pytest.approx(3.0)
+    bad = [dict(fast, metric="mean@8 (T=0.5)")]
+    with pytest.raises(Exception, match="metric"):
+        merge(base, {"x": bad})
