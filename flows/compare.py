@@ -75,8 +75,19 @@ def compare_dir(cfg: RunConfig) -> Path:
 
 # ---------------------------------------------------------------- timings
 def load_timings(folder: Path) -> dict[str, float]:
+    """Compute seconds per key: `timings.json` plus the `timings.jsonl` lines appended as artifacts were computed
+    (those survive a killed comparison; a torn last line is skipped)."""
     p = folder / "timings.json"
-    return json.loads(p.read_text()) if p.exists() else {}
+    t = json.loads(p.read_text()) if p.exists() else {}
+    lines = folder / "timings.jsonl"
+    if lines.exists():
+        for line in lines.read_text().splitlines():
+            try:
+                row = json.loads(line)
+                t[row["key"]] = float(row["seconds"])
+            except (ValueError, KeyError, TypeError):
+                continue
+    return t
 
 
 def save_timings(folder: Path) -> dict[str, float]:
@@ -162,17 +173,21 @@ def compare(config: RunConfig, methods: list[str] | None = None, seeds: int = 3)
     names = parse_methods(methods)
     folder = compare_dir(config)
     records = []
-    for seed in range(seeds):
-        for m in names:
-            c = method_config(config, m, seed)
-            t0 = time.perf_counter()
-            out = curriculum.with_options(task_runner=task_runner(c))(config=c)
-            timings = save_timings(folder)
-            rec = run_record(c, m, seed, out, timings)
-            rec["flow_seconds"] = time.perf_counter() - t0
-            records.append(rec)
-            # partial results survive an interrupted comparison
-            (folder / "records.json").write_text(json.dumps(records, indent=1))
+    LEDGER.sink = folder / "timings.jsonl"
+    try:
+        for seed in range(seeds):
+            for m in names:
+                c = method_config(config, m, seed)
+                t0 = time.perf_counter()
+                out = curriculum.with_options(task_runner=task_runner(c))(config=c)
+                timings = save_timings(folder)
+                rec = run_record(c, m, seed, out, timings)
+                rec["flow_seconds"] = time.perf_counter() - t0
+                records.append(rec)
+                # partial results survive an interrupted comparison
+                (folder / "records.json").write_text(json.dumps(records, indent=1))
+    finally:
+        LEDGER.sink = None
     report, results = write_report(config, records, folder, names, seeds)
     return {"records": records, "report": str(report), "results": results}
 

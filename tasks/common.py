@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import logging
 import os
 import threading
@@ -159,12 +160,18 @@ class Ledger:
     lock: threading.Lock = field(default_factory=threading.Lock)
     # compute seconds per computed key, kept across reset() (flows.compare prices reused artifacts with them)
     seconds: dict[str, float] = field(default_factory=dict)
+    # optional JSON-lines file that every timed computation is appended to as it happens, so the seconds of a
+    # killed comparison's finished artifacts survive it (flows.compare points it at its folder)
+    sink: Path | None = None
 
     def add(self, task: str, key: str, outcome: str, seconds: float | None = None) -> None:
         with self.lock:
             self.events.append((task, key, outcome))
             if seconds is not None:
                 self.seconds[key] = float(seconds)
+                if self.sink is not None:
+                    with open(self.sink, "a") as f:
+                        f.write(json.dumps({"key": key, "seconds": float(seconds)}) + "\n")
 
     def reset(self) -> None:
         with self.lock:

@@ -141,3 +141,26 @@ def test_ablation_merge_relabels_cropi_and_measures_against_base_full(tmp_path):
     bad = [dict(fast, metric="mean@8 (T=0.5)")]
     with pytest.raises(Exception, match="metric"):
         merge(base, {"x": bad})
+
+
+def test_timings_of_a_killed_comparison_survive_in_the_jsonl(tmp_path):
+    from flows.compare import load_timings
+    from tasks.common import Ledger
+
+    led = Ledger(sink=tmp_path / "timings.jsonl")
+    led.add("grads", "k1", "computed", 2.5)
+    led.add("grads", "k2", "storage-hit")  # not timed
+    led.add("train", "k3", "computed", 7.0)
+    # the process dies here: save_timings never ran, timings.json does not exist; a torn last line is skipped
+    with open(tmp_path / "timings.jsonl", "a") as f:
+        f.write('{"key": "k4", "sec')
+    assert load_timings(tmp_path) == {"k1": 2.5, "k3": 7.0}
+
+
+def test_compare_appends_timings_as_it_goes(compared):
+    from flows.compare import load_timings
+
+    lines = (compared["folder"] / "timings.jsonl").read_text().splitlines()
+    assert lines and all(json.loads(x)["seconds"] >= 0 for x in lines)
+    saved = json.loads((compared["folder"] / "timings.json").read_text())
+    assert load_timings(compared["folder"]) == saved  # the end-of-run merge holds the same numbers
