@@ -68,7 +68,26 @@ class BootstrapConfig(Section):
     # share of multi-step problems (two_step, word) taught with their worked solution ("2+3=5. 5+4=9. \\boxed{9}")
     # instead of the direct answer: the policy starts with both habits, and RL can learn which one pays
     worked_fraction: float = Field(0.5, ge=0, le=1)
+    # share of the multi-step problems taught with an UNBOXED answer ("Answer: 9", reward 0): a wrong-format habit
+    # on exactly the targeted domains, which RL unlearns domain-wide (it transfers to unseen test prompts, unlike
+    # the facts themselves). Taken from the problems not taught worked (worked_fraction + this ≤ 1).
+    unboxed_fraction: float = Field(0.0, ge=0, le=1)
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _fractions(self) -> "BootstrapConfig":
+        if self.worked_fraction + self.unboxed_fraction > 1 + 1e-9:
+            raise ValueError(f"worked_fraction + unboxed_fraction must be ≤ 1 (got {self.worked_fraction} + "
+                             f"{self.unboxed_fraction})")
+        return self
+
+    def hashable(self) -> dict[str, Any]:
+        """As Section.hashable, but `unboxed_fraction` enters the key only when set (added later: the default
+        keeps every existing bootstrap key)."""
+        out = super().hashable()
+        if out.get("unboxed_fraction") == 0:
+            del out["unboxed_fraction"]
+        return out
 
 
 class DatasetSpec(Section):

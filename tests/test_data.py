@@ -323,3 +323,30 @@ def test_worked_solutions_are_correct_and_only_for_multi_step_domains():
             share = sum(not t.startswith("\\boxed") for t in chosen) / len(chosen)
             assert 0.35 < share < 0.65, share
             assert all(t.startswith("\\boxed") for t in (target_text(p, 0.0, 7) for p in probs))
+
+
+def test_unboxed_habit_only_on_multi_step_domains_and_scores_zero():
+    """bootstrap.unboxed_fraction teaches a seeded share of the multi-step problems an unboxed answer, which the
+    `exact` verifier scores 0; worked solutions keep their share, one-fact domains stay boxed; the default (0)
+    leaves the bootstrap key unchanged and fractions summing above 1 are rejected."""
+    from cropi_core.config import BootstrapConfig, RunConfig
+    from cropi_core.models.bootstrap import target_text
+    from cropi_core.verify import VERIFIERS
+
+    for d in DOMAINS:
+        probs = generate_problems(d, 400, seed=5)
+        texts = [target_text(p, 0.5, 1, unboxed_fraction=0.3) for p in probs]
+        unboxed = [t for t in texts if t.startswith("Answer: ")]
+        if d not in ("two_step", "word"):
+            assert not unboxed
+            continue
+        assert 0.2 < len(unboxed) / len(texts) < 0.4
+        worked = sum("=" in t for t in texts) / len(texts)
+        assert 0.4 < worked < 0.6  # the same problems are worked as with unboxed_fraction = 0
+        assert [t for t in texts if "=" in t] == [t for t in (target_text(p, 0.5, 1) for p in probs) if "=" in t]
+        for p, t in zip(probs, texts, strict=True):
+            assert VERIFIERS["exact"](t, p.gold) == (0.0 if t.startswith("Answer: ") else 1.0)
+    assert "unboxed_fraction" not in RunConfig().hashable("bootstrap")
+    assert BootstrapConfig(unboxed_fraction=0.3).hashable()["unboxed_fraction"] == 0.3
+    with pytest.raises(ValueError, match="worked_fraction \\+ unboxed_fraction"):
+        BootstrapConfig(worked_fraction=0.8, unboxed_fraction=0.3)

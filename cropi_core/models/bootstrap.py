@@ -24,25 +24,30 @@ from cropi_core.data import Problem, format_prompt, worked_response
 from cropi_core.errors import DataError
 
 
-def target_text(p: Problem, worked_fraction: float, seed: int) -> str:
-    """The supervised response of `p`: its worked solution (multi-step domains only) for a seeded
-    `worked_fraction` of the problems, else the direct `\\boxed{gold}`. The choice is a pure function of
-    (problem id, seed): a problem keeps its format for the whole warm-up."""
+def target_text(p: Problem, worked_fraction: float, seed: int, unboxed_fraction: float = 0.0) -> str:
+    """The supervised response of `p`. Multi-step domains (those with a worked solution): the worked solution for
+    a seeded `worked_fraction` of the problems, the unboxed `Answer: gold` (wrong format, reward 0) for the next
+    `unboxed_fraction`, else the direct `\\boxed{gold}`; other domains always the direct answer. The choice is a
+    pure function of (problem id, seed): a problem keeps its format for the whole warm-up."""
     worked = worked_response(p)
     u = int.from_bytes(hashlib.sha256(f"{seed}:{p.id}".encode()).digest()[:8], "big") / 2**64  # uniform [0, 1)
-    return worked if worked is not None and u < worked_fraction else f"\\boxed{{{p.gold}}}"
+    if worked is not None and u < worked_fraction:
+        return worked
+    if worked is not None and u < worked_fraction + unboxed_fraction:
+        return f"Answer: {p.gold}"
+    return f"\\boxed{{{p.gold}}}"
 
 
 def encode_pairs(
     tokenizer: PreTrainedTokenizerBase, problems: list[Problem], *, template: str, instruction: str,
-    worked_fraction: float = 0.0, seed: int = 0,
+    worked_fraction: float = 0.0, seed: int = 0, unboxed_fraction: float = 0.0,
 ) -> list[tuple[list[int], list[int]]]:
     """(prompt ids, target ids) per problem; target = `target_text(...)` + EOS."""
     pairs = []
     for p in problems:
         prompt = format_prompt(p, tokenizer, template=template, instruction=instruction)
         prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        target = target_text(p, worked_fraction, seed)
+        target = target_text(p, worked_fraction, seed, unboxed_fraction)
         target_ids = tokenizer(target, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
         pairs.append((prompt_ids, target_ids))
     return pairs
@@ -100,7 +105,7 @@ def bootstrap(
     if not problems:
         raise DataError("bootstrap: no problems to train on")
     pairs = encode_pairs(tokenizer, problems, template=template, instruction=instruction,
-                         worked_fraction=cfg.worked_fraction, seed=cfg.seed)
+                         worked_fraction=cfg.worked_fraction, seed=cfg.seed, unboxed_fraction=cfg.unboxed_fraction)
     device = next(model.parameters()).device
     gen = torch.Generator().manual_seed(cfg.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=0.01)
