@@ -7,7 +7,7 @@ against the base comparison's full-data runs (A* = their final targeted accuracy
 them. Copy the base `timings.json` into the ablation folder before running it, so the artifacts the ablation
 shares with the base (offline rollouts, stage-0 sketches) are priced in its wall-clock cost.
 
-    python benchmarks/compare_ablations.py OUT BASE_FOLDER ratio0.25=ABLATION_FOLDER [label=FOLDER ...] \
+    python -m benchmarks.compare_ablations OUT BASE_FOLDER ratio0.25=ABLATION_FOLDER [label=FOLDER ...] \
         [--config configs/tiny.yaml]
 """
 

@@ -121,10 +121,7 @@ def test_speedup_undefined_when_full_data_does_not_improve():
 
 
 def test_ablation_merge_relabels_cropi_and_measures_against_base_full(tmp_path):
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    from compare_ablations import merge
+    from benchmarks.compare_ablations import merge
 
     base = [_rec("full", [0.1, 0.2, 0.3, 0.4], 0.0, 0.0, 100.0), _rec("cropi", [0.1, 0.2, 0.3, 0.5], 0.0, 0.0, 100.0)]
     # an ablation with twice as many, half as long stages (5-step evaluations) reaching 0.4 at step 10
