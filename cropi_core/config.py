@@ -25,10 +25,14 @@ EMBEDDED_MODEL = "tiny"  # model.name_or_path for the embedded ~1M-parameter Qwe
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
     HASH_EXCLUDE: ClassVar[frozenset[str]] = frozenset()
+    # fields added after artifacts existed: they enter the key only when they differ from this value, so the
+    # default keeps every existing key
+    HASH_OMIT_WHEN: ClassVar[dict[str, Any]] = {}
 
     def hashable(self) -> dict[str, Any]:
         """Output-determining fields only (JSON-able), for artifact keys."""
-        return self.model_dump(mode="json", exclude=set(self.HASH_EXCLUDE))
+        out = self.model_dump(mode="json", exclude=set(self.HASH_EXCLUDE))
+        return {k: v for k, v in out.items() if k not in self.HASH_OMIT_WHEN or v != self.HASH_OMIT_WHEN[k]}
 
 
 class TinyModelConfig(Section):
@@ -73,6 +77,7 @@ class BootstrapConfig(Section):
     # the facts themselves). Taken from the problems not taught worked (worked_fraction + this ≤ 1).
     unboxed_fraction: float = Field(0.0, ge=0, le=1)
     seed: int = 0
+    HASH_OMIT_WHEN = {"unboxed_fraction": 0.0}
 
     @model_validator(mode="after")
     def _fractions(self) -> "BootstrapConfig":
@@ -80,14 +85,6 @@ class BootstrapConfig(Section):
             raise ValueError(f"worked_fraction + unboxed_fraction must be ≤ 1 (got {self.worked_fraction} + "
                              f"{self.unboxed_fraction})")
         return self
-
-    def hashable(self) -> dict[str, Any]:
-        """As Section.hashable, but `unboxed_fraction` enters the key only when set (added later: the default
-        keeps every existing bootstrap key)."""
-        out = super().hashable()
-        if out.get("unboxed_fraction") == 0:
-            del out["unboxed_fraction"]
-        return out
 
 
 class DatasetSpec(Section):
@@ -238,13 +235,7 @@ class TrainConfig(Section):
     mixed_precision: Literal["no", "bf16"] = "no"
     HASH_EXCLUDE = frozenset({"save_steps", "use_vllm", "vllm_mode", "vllm_gpu_memory_utilization"})
 
-    def hashable(self) -> dict[str, Any]:
-        """As Section.hashable, but `mixed_precision` enters the key only when set (it came after the first
-        release: the default keeps every existing checkpoint key)."""
-        out = super().hashable()
-        if out.get("mixed_precision") == "no":
-            del out["mixed_precision"]
-        return out
+    HASH_OMIT_WHEN = {"mixed_precision": "no"}
 
 
 class EvalConfig(Section):

@@ -127,7 +127,7 @@ def test_ablation_merge_relabels_cropi_and_measures_against_base_full(tmp_path):
     # an ablation with twice as many, half as long stages (5-step evaluations) reaching 0.4 at step 10
     fast = _rec("cropi", [0.1, 0.2, 0.4, 0.5, 0.5, 0.5, 0.5], 0.0, 0.0, 50.0)
     fast["steps_per_stage"] = 5
-    fast["acc"] = {n: [[5 * i, a] for i, a in v] for n, v in ((n, [(i, a) for i, (_, a) in enumerate(v)]) for n, v in fast["acc"].items())}
+    fast["acc"] = {n: [[5 * i, a] for i, (_, a) in enumerate(v)] for n, v in fast["acc"].items()}
     records, methods = merge(base, {"E5": [fast, _rec("full", [0.9] * 4, 0, 0, 1)]})
     assert methods == ["full", "cropi", "cropi[E5]"]
     assert [r["method"] for r in records] == ["full", "cropi", "cropi[E5]"]  # the ablation's own full run is dropped
