@@ -28,11 +28,15 @@ class Section(BaseModel):
     # fields added after artifacts existed: they enter the key only when they differ from this value, so the
     # default keeps every existing key
     HASH_OMIT_WHEN: ClassVar[dict[str, Any]] = {}
+    # fields that only matter when another field has a given value: {field: (other field, value)}
+    HASH_ONLY_WITH: ClassVar[dict[str, tuple[str, Any]]] = {}
 
     def hashable(self) -> dict[str, Any]:
         """Output-determining fields only (JSON-able), for artifact keys."""
         out = self.model_dump(mode="json", exclude=set(self.HASH_EXCLUDE))
-        return {k: v for k, v in out.items() if k not in self.HASH_OMIT_WHEN or v != self.HASH_OMIT_WHEN[k]}
+        out = {k: v for k, v in out.items() if k not in self.HASH_OMIT_WHEN or v != self.HASH_OMIT_WHEN[k]}
+        return {k: v for k, v in out.items()
+                if k not in self.HASH_ONLY_WITH or out.get(self.HASH_ONLY_WITH[k][0]) == self.HASH_ONLY_WITH[k][1]}
 
 
 class TinyModelConfig(Section):
@@ -185,15 +189,26 @@ class RolloutConfig(Section):
 
 
 class InfluenceConfig(Section):
-    projector: Literal["exact", "dense", "sparse", "factored"] = "sparse"  # factored ranks poorly on the tiny model (benchmarks/fidelity.py)
-    dim: int = Field(4096, gt=0)  # k, sketch dimension
-    sparse_ratio: float = Field(0.1, gt=0, le=1)
+    """Off-policy gradient sketches (PAPER.md §3–4; cropi_core/influence.py and cropi_core/projection/)."""
+
+    # exact | dense | sparse (the paper's coordinate subset) | grass (√ρ rows × √ρ columns of every matrix, formed
+    # only on that block; fastest at dense-JL fidelity, benchmarks/sketch.py) | factored (LoGra-style Kronecker)
+    projector: Literal["exact", "dense", "sparse", "grass", "factored"] = "grass"
+    dim: int = Field(4096, gt=0)  # sketch dimension (the paper's k = 32768)
+    sparse_ratio: float = Field(0.1, gt=0, le=1)  # ρ: fraction of gradient coordinates kept before the transform
+    # how the kept coordinates map to `dim`: "sjl" (sparse JL, `sjl_s` signed hashes per coordinate; cost ∝ kept
+    # coordinates) or a dense JL matrix, "gaussian" (the paper's / TRAK's) or "rademacher" (cost ∝ kept × dim)
+    transform: Literal["sjl", "gaussian", "rademacher"] = "sjl"
+    sjl_s: Literal[1, 2, 4] = 2  # sparse JL hashes per kept coordinate (more: less variance, more scatter work)
     seed: int = 0
     dtype: Literal["float16", "float32"] = "float16"
     aggregation: Literal["seq_mean_token_mean", "token_mean"] = "seq_mean_token_mean"
     micro_batch_tokens: int = Field(4096, gt=0)
     chunk_rows: int = Field(256, gt=0)  # rows per gradient chunk task (layout, not values)
     HASH_EXCLUDE = frozenset({"micro_batch_tokens", "chunk_rows"})
+    # added after gradient artifacts existed: a config that names the old dense transform keeps its keys
+    HASH_OMIT_WHEN = {"transform": "gaussian"}
+    HASH_ONLY_WITH = {"sjl_s": ("transform", "sjl")}
 
 
 class SelectionConfig(Section):

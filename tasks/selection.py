@@ -119,7 +119,7 @@ def health_key(cfg: RunConfig, ckpt: ArtifactRef, pool_rollouts: ArtifactRef, se
 @task(name="health", task_run_name="health-s{stage}", cache_policy=key_policy(health_key))
 def health(cfg: RunConfig, ckpt: ArtifactRef, pool_rollouts: ArtifactRef, sel: ArtifactRef, stage: int = 0) -> ArtifactRef:
     """ESS of sequence-level importance weights and token KL(π_θ‖β) on the selected prompts' stored responses."""
-    from cropi_core.influence import offpolicy_health
+    from cropi_core.health import offpolicy_health
     from tasks.bootstrap import load_checkpoint
     from tasks.grads import behavior_temperature
     from tasks.rollouts import read_rollouts
