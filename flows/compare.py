@@ -27,6 +27,7 @@ from prefect import flow
 
 from cropi_core.config import RunConfig
 from cropi_core.errors import ConfigError
+from flows.reports import load_timings, seconds_of
 from flows.runtime import task_runner
 from tasks.common import LEDGER, get_store, local_root
 
@@ -74,22 +75,6 @@ def compare_dir(cfg: RunConfig) -> Path:
 
 
 # ---------------------------------------------------------------- timings
-def load_timings(folder: Path) -> dict[str, float]:
-    """Compute seconds per key: `timings.json` plus the `timings.jsonl` lines appended as artifacts were computed
-    (those survive a killed comparison; a torn last line is skipped)."""
-    p = folder / "timings.json"
-    t = json.loads(p.read_text()) if p.exists() else {}
-    lines = folder / "timings.jsonl"
-    if lines.exists():
-        for line in lines.read_text().splitlines():
-            try:
-                row = json.loads(line)
-                t[row["key"]] = float(row["seconds"])
-            except (ValueError, KeyError, TypeError):
-                continue
-    return t
-
-
 def save_timings(folder: Path) -> dict[str, float]:
     """Merge this process's compute seconds into `<folder>/timings.json`; returns the merged map."""
     t = load_timings(folder)
@@ -99,12 +84,6 @@ def save_timings(folder: Path) -> dict[str, float]:
     tmp.write_text(json.dumps(t, indent=0, sort_keys=True))
     tmp.replace(folder / "timings.json")
     return t
-
-
-def seconds_of(timings: dict[str, float], key: str) -> float | None:
-    """Compute seconds of artifact `key`, including its gradient chunks (`key:i`); None if never timed here."""
-    vals = [v for k, v in timings.items() if k == key or k.startswith(key + ":")]
-    return float(sum(vals)) if vals else None
 
 
 def _sum(xs: list[float | None]) -> float | None:

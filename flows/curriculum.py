@@ -78,8 +78,15 @@ def run_curriculum(cfg: RunConfig) -> dict[str, Any]:
     """Run the flow with the configured task runner; add the in-process ledger (computed vs reused from
     storage) and wall time, and write `<run folder>/summary.json`. Returns the JSON-able summary."""
     LEDGER.reset()
+    own_sink = LEDGER.sink is None  # `cropi compare` keeps its own timings file
+    if own_sink:  # compute seconds of this run's artifacts, kept for its cost table (a rerun reuses them)
+        LEDGER.sink = run_dir(cfg) / "timings.jsonl"
     t0 = time.perf_counter()
-    out = curriculum.with_options(task_runner=task_runner(cfg))(config=cfg)
+    try:
+        out = curriculum.with_options(task_runner=task_runner(cfg))(config=cfg)
+    finally:
+        if own_sink:
+            LEDGER.sink = None
     seconds = time.perf_counter() - t0
     counts = {**out["counts"], "computed": LEDGER.count("computed"), "storage_hits": LEDGER.count("storage-hit")}
     summary = {

@@ -20,7 +20,7 @@ from prefect.cache_policies import NO_CACHE
 
 from cropi_core.config import RunConfig
 from storage import ArtifactRef, lineage, render_lineage_png, render_lineage_text
-from tasks.common import get_store, run_dir
+from tasks.common import LEDGER, get_store, run_dir
 
 
 def slug(cfg: RunConfig) -> str:
@@ -114,6 +114,49 @@ def stage_report(cfg: RunConfig, out: dict[str, Any]) -> str:
     _publish_table(f"{slug(cfg)}-stage-{m}", table, f"{cfg.name} stage {m}")
     _publish_markdown(f"{slug(cfg)}-stage-{m}-report", md, f"{cfg.name} stage {m} report")
     return str(path)
+
+
+# ---------------------------------------------------------------- costs
+def load_timings(folder: Path) -> dict[str, float]:
+    """Compute seconds per key: `timings.json` plus the `timings.jsonl` lines appended as artifacts were computed
+    (those survive a killed run; a torn last line is skipped)."""
+    p = folder / "timings.json"
+    t = json.loads(p.read_text()) if p.exists() else {}
+    lines = folder / "timings.jsonl"
+    if lines.exists():
+        for line in lines.read_text().splitlines():
+            try:
+                row = json.loads(line)
+                t[row["key"]] = float(row["seconds"])
+            except (ValueError, KeyError, TypeError):
+                continue
+    return t
+
+
+def seconds_of(timings: dict[str, float], key: str) -> float | None:
+    """Compute seconds of artifact `key`, including its gradient chunks (`key:i`); None if never timed here."""
+    vals = [v for k, v in timings.items() if k == key or k.startswith(key + ":")]
+    return float(sum(vals)) if vals else None
+
+
+def cost_rows(summary: dict[str, Any], timings: dict[str, float]) -> list[dict]:
+    """Seconds per stage: offline rollouts (one-time, then amortised over the stages), scoring (sketches, scores,
+    selection), GRPO training and evaluation. "reused" = found in storage, computed by an earlier run."""
+    def secs(keys: list[str]) -> float | None:
+        vals = [seconds_of(timings, k) for k in keys]
+        return None if all(v is None for v in vals) else float(sum(v or 0.0 for v in vals))
+
+    fmt = lambda v: "reused" if v is None else f"{v:.1f}"  # noqa: E731
+    offline = secs([summary["pool_rollouts"].key] + [r.key for r in summary["val_rollouts"].values()])
+    n = max(1, len(summary["stages"]))
+    rows = [{"stage": "offline rollouts (one-time)", "offline (amortised)": fmt(offline), "scoring": "", "training": "",
+             "evaluation": fmt(secs([r.key for r in summary["evals0"].values()])) + " (step 0)"}]
+    for s in summary["stages"]:
+        scoring = [g.key for g in s["grads"].values()] + [r.key for r in (s.get("scores"), s["selection"]) if r is not None]
+        rows.append({"stage": str(s["stage"]), "offline (amortised)": "reused" if offline is None else f"{offline / n:.1f}",
+                     "scoring": fmt(secs(scoring)), "training": fmt(secs([s["checkpoint"].key])),
+                     "evaluation": fmt(secs([r.key for r in s["evals"].values()]))})
+    return rows
 
 
 # ---------------------------------------------------------------- per run
@@ -302,7 +345,8 @@ def final_report(cfg: RunConfig, summary: dict[str, Any]) -> Path:
     md = [f"# CROPI run `{cfg.name}`\n", f"Final checkpoint: `{summary['final_checkpoint'].key}`\n",
           f"Selection: `{cfg.selection.method}`, ratio {cfg.selection.ratio}, {cfg.train.stages} stages × "
           f"{cfg.train.steps_per_stage} GRPO steps.\n", "## Stages\n", _md_table(stage_tab), "## Accuracy\n",
-          _md_table(acc_rows)]
+          _md_table(acc_rows), "## Cost (seconds of compute per artifact)\n",
+          _md_table(cost_rows(summary, {**load_timings(folder), **LEDGER.seconds}))]
     for name, p in paths.items():
         md.append(f"## {titles[name]}\n\n![{name}]({Path(p).name})\n")
     md.append("## Lineage (from storage manifests)\n\n```\n" + lineage_txt + "\n```\n")
