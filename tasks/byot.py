@@ -58,13 +58,19 @@ def import_key(cfg: RunConfig, path: str, gguf_file: str | None = None, **_: obj
 
 @task(name="import-checkpoint", task_run_name="import-checkpoint-{label}", cache_policy=key_policy(import_key))
 def import_checkpoint(cfg: RunConfig, path: str, gguf_file: str | None = None, label: str = "checkpoint") -> ArtifactRef:
-    """Register an outside trainer's checkpoint (HF folder, or folder + GGUF file converted to safetensors)."""
+    """Register an outside trainer's checkpoint (HF folder, or folder + GGUF file converted to safetensors);
+    a folder whose content is already a checkpoint artifact is that artifact."""
     from storage.registry import register_checkpoint
     from tasks.bootstrap import find_produced
 
     store = get_store(cfg)
     key = import_key(cfg, path, gguf_file)
     found = find_produced(store, "checkpoint", key)
+    if found is None and not gguf_file:
+        # the same weights already registered (e.g. `cropi run`'s base or stage checkpoint): reuse that artifact,
+        # so rollouts and sketches keyed on it are shared with the run
+        same = store.find("checkpoint", meta={"content_hash": checkpoint_content(path)})
+        found = store.ref(same[0].key) if same else None
     if found is not None:
         return storage_hit("import-checkpoint", found)
     maybe_fault("import-checkpoint")
