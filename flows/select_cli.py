@@ -183,3 +183,44 @@ def score_cmd(
     _run(False, checkpoint=checkpoint, gguf_file=gguf_file, behaviour=behaviour, behaviour_gguf_file=behaviour_gguf_file,
          pool=pool, val=val, rollouts=rollouts, rollouts_format=rollouts_format, val_rollouts=val_rollouts or [],
          verifier=verifier, out=out, config=config, sets=set_, storage=storage, ratio=ratio, name=name)
+
+
+@app.command("loop")
+def loop_cmd(
+    checkpoint: str = _CKPT,
+    pool: str = _POOL,
+    val: list[str] = _VAL,
+    train_cmd: str = typer.Option(..., "--train-cmd", help="trainer command template: {checkpoint} {subset} {out} {stage}"),
+    stages: int = typer.Option(..., "--stages", help="curriculum stages (select + train each)"),
+    work: Path = typer.Option(..., "--work", help="folder for each stage's selection and trained checkpoint"),
+    train_retries: int = typer.Option(2, "--train-retries", help="retries of a failed training command"),
+    ratio: Optional[float] = typer.Option(None, "--ratio"),
+    gguf_file: Optional[str] = typer.Option(None, "--gguf-file"),
+    rollouts: Optional[str] = typer.Option(None, "--rollouts"),
+    rollouts_format: str = typer.Option("auto", "--rollouts-format"),
+    val_rollouts: Optional[list[str]] = typer.Option(None, "--val-rollouts"),
+    verifier: str = typer.Option("math", "--verifier"),
+    config: Optional[Path] = typer.Option(None, "--config", "-c"),
+    set_: Optional[list[str]] = typer.Option(None, "--set", "-s"),
+    storage: Optional[str] = typer.Option(None, "--storage"),
+    name: Optional[str] = typer.Option(None, "--name"),
+) -> None:
+    """CROPI with an outside trainer: per stage, `select` at the current checkpoint, then run --train-cmd on the
+    subset (a Prefect task with retries) and register its output checkpoint; rollouts of the stage-0 model reused."""
+    from flows.outside_trainer import render_command, run_outside_trainer
+
+    try:
+        if stages < 1:
+            raise ConfigError(f"--stages: must be ≥ 1 (got {stages})")
+        render_command(train_cmd, checkpoint="c", subset="s", out="o", stage="0")
+        cfg, job = build_job(checkpoint=checkpoint, gguf_file=gguf_file, behaviour=None, behaviour_gguf_file=None,
+                             pool=pool, val=val, rollouts=rollouts, rollouts_format=rollouts_format,
+                             val_rollouts=val_rollouts or [], verifier=verifier, out=work / "stage-0" / "select",
+                             write_subset=True, config=config, sets=set_, storage=storage, ratio=ratio, name=name)
+        summary = run_outside_trainer(cfg, job, train_cmd, stages, str(work), retries=train_retries)
+    except CropiError as err:
+        _fail(err)
+    for s in summary["stages"]:
+        typer.echo(f"stage {s['stage']}: selection {s['selection'][:12]} -> trained checkpoint {s['trained'][:12]} "
+                   f"({s['trained_dir']})")
+    typer.echo(f"final checkpoint: {summary['final_checkpoint']}")

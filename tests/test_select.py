@@ -285,3 +285,57 @@ def test_bad_inputs_one_line_nothing_written(coin, tmp_path):
                             + "\n" for i in range(48) for j in range(2)))
     msg = _bad(coin, tmp_path, "--pool", str(coin["pool_pq"]), "--val", f"target={coin['val_pq']}", "--rollouts", str(full))
     assert str(full) in msg and "line 7" in msg and "tokenizer" in msg
+
+
+FAKE_TRAINER = '''
+import argparse, pathlib, shutil, sys
+
+ap = argparse.ArgumentParser()
+ap.add_argument("--checkpoint"); ap.add_argument("--subset"); ap.add_argument("--out"); ap.add_argument("--stage")
+a = ap.parse_args()
+log = pathlib.Path(a.out).parent.parent / "attempts.txt"
+with log.open("a") as f:
+    f.write(a.stage + "\\n")
+if a.stage == "0" and log.read_text().split().count("0") == 1:
+    sys.exit("transient failure (first attempt)")
+assert pathlib.Path(a.subset).exists(), a.subset
+import torch
+from safetensors.torch import load_file, save_file
+
+shutil.copytree(a.checkpoint, a.out, dirs_exist_ok=True)
+weights = load_file(pathlib.Path(a.checkpoint) / "model.safetensors")
+(pathlib.Path(a.out) / "model.safetensors").unlink()
+g = torch.Generator().manual_seed(int(a.stage))
+save_file({k: v + 0.01 * torch.randn(v.shape, generator=g, dtype=v.dtype) for k, v in weights.items()},
+          str(pathlib.Path(a.out) / "model.safetensors"), metadata={"format": "pt"})
+'''
+
+
+def test_loop_with_outside_trainer_reuses_rollouts(coin, tmp_path):
+    """Two stages with an external training command (fails once, retried): the stage-1 selection scores at the
+    trainer's checkpoint against the stage-0 rollouts (none recomputed); the trained checkpoints are artifacts
+    whose parents are the input checkpoint and the selection."""
+    import sys
+
+    from storage import open_store
+
+    script = tmp_path / "train.py"
+    script.write_text(FAKE_TRAINER)
+    storage, work = tmp_path / "store", tmp_path / "work"
+    cmd = f"{sys.executable} {script} --checkpoint {{checkpoint}} --subset {{subset}} --out {{out}} --stage {{stage}}"
+    res = ok(cli("loop", "--config", str(coin["config"]), "--checkpoint", str(coin["model"]), "--verifier", "exact",
+                 "--pool", f"pool={coin['pool_pq']}", "--val", f"target={coin['val_pq']}", "--train-cmd", cmd,
+                 "--stages", "2", "--work", str(work), "--storage", str(storage), "--set", "runner.retry_delay_s=0"))
+    assert (work / "attempts.txt").read_text().split() == ["0", "0", "1"]  # stage 0 retried once
+    store = open_store(str(storage))
+    assert len(store.find("rollouts")) == 2  # pool + val, once, by the stage-0 model
+    assert len(store.find("grads")) == 4  # pool + val at θ_0 and at θ_1
+    trained = [m for m in store.find("checkpoint") if m.meta.get("external_command")]
+    assert [m.meta["stage"] for m in trained] == [1, 2]
+    sels = store.find("selection")
+    assert len(sels) == 2
+    assert set(trained[0].parents) == {store.find("checkpoint", meta={"imported": True})[0].key, sels[0].key}
+    assert trained[0].key in trained[1].parents  # θ_1 (the trainer's output) is stage 1's input checkpoint
+    for m in (0, 1):
+        assert pq.read_table(work / f"stage-{m}" / "select" / "subset.parquet").num_rows == 12
+    assert "final checkpoint:" in res.output
