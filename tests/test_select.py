@@ -339,3 +339,27 @@ def test_loop_with_outside_trainer_reuses_rollouts(coin, tmp_path):
     for m in (0, 1):
         assert pq.read_table(work / f"stage-{m}" / "select" / "subset.parquet").num_rows == 12
     assert "final checkpoint:" in res.output
+
+
+def test_bad_types_and_mismatched_tokenizer(coin, tmp_path):
+    import shutil
+
+    from cropi_core.models import build_char_tokenizer
+
+    rows = pq.read_table(coin["pool_pq"]).to_pylist()
+    bad = [dict(r) for r in rows]
+    for r in bad:  # ground truth of the wrong type in every row (a list column)
+        r["reward_model"] = {"style": "rule", "ground_truth": [r["reward_model"]["ground_truth"]]}
+    p = tmp_path / "list_gt.parquet"
+    pq.write_table(pa.Table.from_pylist(bad), p)
+    msg = _bad(coin, tmp_path, "--pool", str(p), "--val", f"target={coin['val_pq']}")
+    assert str(p) in msg and "row 1" in msg and "reward_model.ground_truth" in msg and "list" in msg
+    # a behaviour model whose tokenizer is not the checkpoint's: stored token ids would not match
+    other = tmp_path / "other-model"
+    shutil.copytree(coin["model"], other)
+    for f in other.glob("tokenizer*"):
+        f.unlink()
+    build_char_tokenizer(charset="αβγ").save_pretrained(str(other))
+    msg = _bad(coin, tmp_path, "--pool", str(coin["pool_pq"]), "--val", f"target={coin['val_pq']}",
+               "--behaviour", str(other))
+    assert "tokenizer differs" in msg and str(other) in msg
