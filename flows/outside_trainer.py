@@ -4,7 +4,8 @@ The training step is an external command (verl, TRL, OpenRLHF, a shell script) r
 retries; its output folder is registered as a `checkpoint` artifact whose parents are the checkpoint it started
 from and the selection it trained on (so `cropi lineage` draws the whole curriculum), and published as a Prefect
 link artifact. Every stage scores at the new checkpoint against the stage-0 behaviour rollouts, which are
-computed (or imported) once and reused, as in `cropi run`.
+computed (or imported) once and reused, as in `cropi run`. A rerun (or a killed loop started again) resumes: a stage
+whose (input checkpoint, selection, command) already has a registered trained checkpoint is not trained again.
 
 The command is a template; `{checkpoint}`, `{subset}`, `{out}` and `{stage}` are replaced by the stage's input
 checkpoint folder, the selected subset (in the pool's own format), the folder the trainer must write an HF
@@ -80,6 +81,15 @@ def register_trained(cfg: RunConfig, folder: str, parent: ArtifactRef, selection
     return ref
 
 
+def trained_before(cfg: RunConfig, parent: ArtifactRef, selection: ArtifactRef, command: str) -> ArtifactRef | None:
+    """The checkpoint an earlier run of the loop registered for (parent checkpoint, selection, command), if any:
+    a rerun (or a killed loop) resumes instead of training the stage again."""
+    store = get_store(cfg)
+    found = [m for m in store.find("checkpoint", parent=selection.key, meta={"external_command": command})
+             if parent.key in m.parents]
+    return store.ref(found[0].key) if found else None
+
+
 @flow(name="cropi-outside-trainer", flow_run_name="outside-trainer-{config.name}")
 def outside_trainer(config: RunConfig, job: SelectJob, train_command: str, stages: int, work: str,
                     retries: int = 2, timeout_s: float | None = None) -> dict[str, Any]:
@@ -102,13 +112,19 @@ def outside_trainer(config: RunConfig, job: SelectJob, train_command: str, stage
 
         argv = render_command(train_command, checkpoint=str(checkpoint_path(cfg, refs["checkpoint"])),
                               subset=str(sel_dir / subset_name_for(j)), out=str(ckpt_out), stage=str(m))
-        train = external_train.with_options(retries=retries, retry_delay_seconds=cfg.runner.retry_delay_s)
-        try:
-            folder = train(argv, str(ckpt_out), m, timeout_s)
-        except (RuntimeError, OSError, subprocess.TimeoutExpired) as err:
-            raise CropiError(f"stage {m}: {err} (after {retries + 1} attempts)") from None
-        new = bind(register_trained, cfg, retries=False)(cfg, folder, refs["checkpoint"], refs["selection"], m,
-                                                         train_command)
+        new = trained_before(cfg, refs["checkpoint"], refs["selection"], train_command)
+        if new is not None:  # resume: this stage was trained (and registered) by an earlier run of the loop
+            LEDGER.add("external-train", new.key, "storage-hit")
+            log(f"stage {m}: reusing trained checkpoint {new.key[:12]} from storage")
+            folder = str(checkpoint_path(cfg, new))
+        else:
+            train = external_train.with_options(retries=retries, retry_delay_seconds=cfg.runner.retry_delay_s)
+            try:
+                folder = train(argv, str(ckpt_out), m, timeout_s)
+            except (RuntimeError, OSError, subprocess.TimeoutExpired) as err:
+                raise CropiError(f"stage {m}: {err} (after {retries + 1} attempts)") from None
+            new = bind(register_trained, cfg, retries=False)(cfg, folder, refs["checkpoint"], refs["selection"], m,
+                                                             train_command)
         out.append({"stage": m, "selection": refs["selection"], "checkpoint": refs["checkpoint"], "trained": new,
                     "select_dir": str(sel_dir), "trained_dir": folder})
         theta = folder

@@ -339,6 +339,13 @@ def test_loop_with_outside_trainer_reuses_rollouts(coin, tmp_path):
     for m in (0, 1):
         assert pq.read_table(work / f"stage-{m}" / "select" / "subset.parquet").num_rows == 12
     assert "final checkpoint:" in res.output
+    # a rerun resumes from storage: no training command, no new artifact
+    before = {m.key for m in store.find()}
+    ok(cli("loop", "--config", str(coin["config"]), "--checkpoint", str(coin["model"]), "--verifier", "exact",
+           "--pool", f"pool={coin['pool_pq']}", "--val", f"target={coin['val_pq']}", "--train-cmd", cmd,
+           "--stages", "2", "--work", str(work), "--storage", str(storage)))
+    assert (work / "attempts.txt").read_text().split() == ["0", "0", "1"]
+    assert {m.key for m in store.find()} == before
 
 
 def test_bad_types_and_mismatched_tokenizer(coin, tmp_path):
