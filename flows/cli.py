@@ -275,8 +275,13 @@ def ui(
                 os.killpg(proc.pid, signal.SIGKILL)
 
 
+from flows import select_cli as _select_cli  # noqa: E402,F401 - registers `cropi select` / `cropi score`
+
+
 def main() -> None:  # pragma: no cover - `python -m flows.cli`
-    app()
+    from flows.cli import app as registered  # as __main__, the commands registered by imports live on flows.cli
+
+    registered()
 
 
 if __name__ == "__main__":  # pragma: no cover
