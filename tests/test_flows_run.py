@@ -63,6 +63,9 @@ def test_run_completes_with_report(clean):
         assert section in text
     for png in ("accuracy", "composition", "popi_hist", "overlap", "offline_online", "health", "lineage"):
         assert (report.parent / f"{png}.png").stat().st_size > 1000
+    # cost per stage: every artifact of this cold run was computed (and timed) by it
+    cost = text.split("## Cost")[1].split("##")[0]
+    assert "reused" not in cost and cost.count("\n| ") >= 3  # offline row + 2 stages
     assert len(s["stages"]) == 2
     k = kinds(s)
     # datasets: pool, val, 2 tests; 1 base model; offline rollouts pool + val; 2 stages × (online rollouts,
@@ -85,6 +88,8 @@ def test_second_run_computes_nothing(coin, clean):
     assert c["computed"] == 0 and c["task_runs"] > 0
     assert c["cached"] == c["task_runs"]  # every task served from Prefect's cache (keyed by artifact key)
     assert s["final_checkpoint"] == clean["summary"]["final_checkpoint"]
+    cost = Path(s["report"]).read_text().split("## Cost")[1].split("##")[0]
+    assert "reused" not in cost  # priced from the compute seconds the first run recorded
 
     # without Prefect's cache records (a wiped PREFECT_HOME + result store): each task finds its artifact
     shutil.rmtree(storage / "work" / "prefect-results")
