@@ -28,6 +28,9 @@ from cropi_core.errors import CropiError
 from storage import ArtifactRef, Store, open_store
 
 FAULT_ENV = "CROPI_FAULT"
+# Prefect tag on every task that runs a model (bootstrap, rollouts, grads chunks, train, evaluate, health): a tag
+# concurrency limit on it (`prefect concurrency-limit create gpu 1`) keeps concurrent runs from sharing one GPU
+GPU_TAG = "gpu"
 
 
 class TransientFault(RuntimeError):

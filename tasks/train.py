@@ -10,6 +10,7 @@ from prefect import task
 from cropi_core.config import RunConfig
 from storage import ArtifactRef, artifact_key
 from storage.registry import register_checkpoint
+from tasks.common import GPU_TAG
 from tasks.common import (LEDGER, TransientFault, Timer, attempt, computed, fault_budget, get_store, key_policy, log,
                           storage_hit, work_dir)
 
@@ -21,7 +22,7 @@ def train_key(cfg: RunConfig, stage: int, ckpt: ArtifactRef, pool: ArtifactRef, 
     return artifact_key("train", parents=[ckpt.key, pool.key, sel.key], config=conf)
 
 
-@task(name="train", task_run_name="train-s{stage}", cache_policy=key_policy(train_key))
+@task(name="train", task_run_name="train-s{stage}", tags=[GPU_TAG], cache_policy=key_policy(train_key))
 def train(cfg: RunConfig, stage: int, ckpt: ArtifactRef, pool: ArtifactRef, sel: ArtifactRef) -> ArtifactRef:
     """E = train.steps_per_stage GRPO steps from `ckpt` on the selected prompts → checkpoint θ_{m+1}.
 
