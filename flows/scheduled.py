@@ -71,13 +71,54 @@ def load_deployment_config(config: str, sets: list[str] | None = None, storage: 
     datasets); raises CropiError with a one-line message on bad input."""
     from flows.cli import prepare
 
-    if storage is None and not os.environ.get("CROPI_STORAGE"):
-        os.environ.pop("CROPI_STORAGE", None)  # prefect.yaml renders an unset $CROPI_STORAGE as ""
+    env_root = os.environ.get("CROPI_STORAGE", "")
+    if not env_root.strip() or env_root.lstrip().startswith("{{"):
+        # prefect.yaml passes "{{ $CROPI_STORAGE }}": empty, or left unrendered when unset at deploy time
+        os.environ.pop("CROPI_STORAGE", None)
     path = resolve_config_path(config)
     if not path.exists():
         where = " and ".join(dict.fromkeys(str(b) for b in (Path.cwd(), REPO)))
-        raise ConfigError(f"{config}: config file not found (looked in {where})")
+        raise ConfigError(f"{config}: config file not found" + ("" if path.is_absolute() else f" (looked in {where})"))
     return prepare(path, list(sets or []), storage)
+
+
+class CancelWatch:
+    """While active, polls the flow run's state every `every` seconds and sets `tasks.common.CANCEL` once it is
+    Cancelling/Cancelled. (Prefect delivers a cancellation to the flow's main thread, which is blocked waiting on
+    the running task; the task itself must learn it some other way.)"""
+
+    def __init__(self, flow_run_id: str | None, every: float = 2.0) -> None:
+        import threading
+
+        self.run_id, self.every = flow_run_id, every
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._poll, name="cropi-cancel-watch", daemon=True)
+
+    def _poll(self) -> None:
+        from prefect.client.orchestration import get_client
+
+        from tasks.common import CANCEL
+
+        while not self.stop.wait(self.every):
+            try:
+                with get_client(sync_client=True) as client:
+                    state = client.read_flow_run(self.run_id).state
+            except Exception:  # noqa: BLE001 - API hiccup: try again next tick
+                continue
+            if state is not None and state.type.value in ("CANCELLING", "CANCELLED"):
+                CANCEL.set()
+                return
+
+    def __enter__(self) -> "CancelWatch":
+        from tasks.common import CANCEL
+
+        CANCEL.clear()
+        if self.run_id:
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
 
 
 def _publish_run_table(cfg: RunConfig, summary: dict[str, Any]) -> None:
@@ -109,8 +150,10 @@ def scheduled_curriculum(config: str = "configs/tiny.yaml", sets: list[str] | No
         return Failed(message=msg)
     logger.info(f"config {config} -> run {cfg.name!r}, storage {cfg.storage.root}")
     from flows.curriculum import run_curriculum
+    from prefect.runtime import flow_run
 
-    summary = run_curriculum(cfg)
+    with CancelWatch(flow_run.id):  # a cancelled run stops training at the next step instead of ending the stage
+        summary = run_curriculum(cfg)
     c = summary["counts"]
     logger.info(f"done in {summary['seconds']:.1f}s: {c['task_runs']} task runs, {c['computed']} computed, "
                 f"{c['cached']} cached by Prefect, {c['storage_hits']} reused from storage; "
