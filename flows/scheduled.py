@@ -8,7 +8,8 @@ fails the run with ONE `error: ...` line in the flow run's log (state Failed, no
 
 The curriculum itself runs as the `cropi-curriculum` subflow (cached, resumable), and the run publishes a
 table artifact `cropi-<name>-run` with what it computed vs reused, so "a rerun computes nothing" is visible in
-the UI.
+the UI. While it runs, `CancelWatch` polls the run's state: once it is Cancelling (the UI's Cancel button),
+GRPO training stops at its next step, keeping its mid-stage checkpoints, so the next run resumes there.
 """
 
 from __future__ import annotations
@@ -136,7 +137,15 @@ def _publish_run_table(cfg: RunConfig, summary: dict[str, Any]) -> None:
                           description=f"{cfg.name}: what this scheduled run computed")
 
 
-@flow(name="cropi-scheduled", flow_run_name="scheduled-{config}", log_prints=False)
+def _run_name() -> str:
+    """Flow run name: `scheduled-<config file stem>` (e.g. scheduled-tiny)."""
+    from prefect.runtime import flow_run
+
+    spec = str(flow_run.parameters.get("config") or "config")
+    return f"scheduled-{Path(spec.rstrip('/')).stem or 'config'}"
+
+
+@flow(name="cropi-scheduled", flow_run_name=_run_name, log_prints=False)
 def scheduled_curriculum(config: str = "configs/tiny.yaml", sets: list[str] | None = None,
                          storage: str | None = None) -> dict[str, Any] | State:
     """Run the CROPI curriculum of the YAML config `config` (+ `sets` overrides, e.g. ["train.stages=2"], and an
