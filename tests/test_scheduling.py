@@ -318,6 +318,23 @@ def test_missing_config_fails_the_run_with_one_line(stack, tmp_path):
     assert not (tmp_path / "s").exists()  # nothing computed or registered
 
 
+def test_prefect_deploy_all_from_prefect_yaml(stack):
+    """`prefect deploy --all` still works from prefect.yaml: `paper` names the paper config, `tiny-nightly` the tiny
+    one on a nightly cron, both through the scheduled flow (not run here: `paper` needs Qwen2.5-1.5B and GPUs)."""
+    for pool in ("cropi", "cropi-gpu"):
+        res = stack.prefect("work-pool", "create", pool, "--type", "process")
+        assert res.returncode == 0, res.stdout + res.stderr
+    stack.env["CROPI_CHECKOUT"] = str(REPO)
+    res = stack.prefect("--no-prompt", "deploy", "--all")
+    assert res.returncode == 0, res.stdout + res.stderr
+    paper = stack.get("/deployments/name/cropi-scheduled/paper")
+    nightly = stack.get("/deployments/name/cropi-scheduled/tiny-nightly")
+    assert paper["parameters"]["config"] == "configs/qwen2.5-1.5b-paper.yaml" and paper["work_pool_name"] == "cropi-gpu"
+    assert nightly["parameters"]["config"] == "configs/tiny.yaml"
+    assert [x["schedule"]["cron"] for x in nightly["schedules"]] == ["0 2 * * *"]
+    assert paper["pull_steps"][0]["prefect.deployments.steps.set_working_directory"]["directory"] == str(REPO)
+
+
 def test_cancel_mid_stage_leaves_nothing_half_registered_and_next_run_resumes(stack, tmp_path):
     """Cancel (as the UI's button does: state Cancelling via the API) while GRPO training is mid-stage; every
     artifact left in storage is complete and verifies, and the next run of the deployment completes computing only
