@@ -6,6 +6,7 @@ from prefect import task
 
 from cropi_core.config import RunConfig
 from storage import ArtifactRef, artifact_key
+from tasks.common import GPU_TAG
 from tasks.common import Timer, computed, get_store, key_policy, maybe_fault, storage_hit
 
 
@@ -14,7 +15,7 @@ def eval_key(cfg: RunConfig, ckpt: ArtifactRef, data: ArtifactRef, **_: object) 
     return artifact_key("evaluation", parents=[ckpt.key, data.key], config=conf)
 
 
-@task(name="evaluate", task_run_name="eval-{name}-s{stage}", cache_policy=key_policy(eval_key))
+@task(name="evaluate", task_run_name="eval-{name}-s{stage}", tags=[GPU_TAG], cache_policy=key_policy(eval_key))
 def evaluate(cfg: RunConfig, ckpt: ArtifactRef, data: ArtifactRef, name: str, stage: int = 0) -> ArtifactRef:
     """Accuracy of checkpoint `ckpt` on test set `data` (per-item correctness stored for inspection)."""
     from cropi_core.evaluation import evaluate as run_eval

@@ -14,6 +14,7 @@ from prefect import task
 
 from cropi_core.config import RunConfig
 from storage import ArtifactRef, StorageError, artifact_key
+from tasks.common import GPU_TAG
 from tasks.common import LEDGER, Timer, computed, get_store, key_policy, log, maybe_fault, parent_keys, storage_hit
 
 ARRAY = "grads"
@@ -63,7 +64,7 @@ def staging(cfg: RunConfig, ckpt: ArtifactRef, rollouts: ArtifactRef, n_rows: in
                        meta={"run": cfg.name, "stage": stage, "n": n_rows, "dim": dim})
 
 
-@task(name="grads-chunk", task_run_name="grads-{label}-s{stage}-c{chunk}", cache_policy=key_policy(chunk_key))
+@task(name="grads-chunk", task_run_name="grads-{label}-s{stage}-c{chunk}", tags=[GPU_TAG], cache_policy=key_policy(chunk_key))
 def grads_chunk(cfg: RunConfig, ckpt: ArtifactRef, rollouts: ArtifactRef, chunk: int, n_rows: int, stage: int = 0,
                 label: str = "pool") -> dict:
     """Sketch rows [chunk·c, (chunk+1)·c) of the rollouts at checkpoint `ckpt`; returns {"chunk", "rows", "computed"}."""

@@ -7,6 +7,7 @@ from prefect import task
 
 from cropi_core.config import RunConfig
 from storage import ArtifactRef, artifact_key
+from tasks.common import GPU_TAG
 from tasks.common import Timer, computed, get_store, key_policy, parent_keys, storage_hit
 
 RANDOM_METHODS = ("random", "pass_rate")
@@ -116,7 +117,7 @@ def health_key(cfg: RunConfig, ckpt: ArtifactRef, pool_rollouts: ArtifactRef, se
                         config={"temperature": behavior_temperature(cfg)})
 
 
-@task(name="health", task_run_name="health-s{stage}", cache_policy=key_policy(health_key))
+@task(name="health", task_run_name="health-s{stage}", tags=[GPU_TAG], cache_policy=key_policy(health_key))
 def health(cfg: RunConfig, ckpt: ArtifactRef, pool_rollouts: ArtifactRef, sel: ArtifactRef, stage: int = 0) -> ArtifactRef:
     """ESS of sequence-level importance weights and token KL(π_θ‖β) on the selected prompts' stored responses."""
     from cropi_core.health import offpolicy_health

@@ -10,6 +10,7 @@ from prefect import task
 from cropi_core.config import RunConfig
 from storage import ArtifactRef, artifact_key
 from storage.registry import register_checkpoint
+from tasks.common import GPU_TAG, check_cancelled
 from tasks.common import (LEDGER, TransientFault, Timer, attempt, computed, fault_budget, get_store, key_policy, log,
                           storage_hit, work_dir)
 
@@ -21,7 +22,7 @@ def train_key(cfg: RunConfig, stage: int, ckpt: ArtifactRef, pool: ArtifactRef, 
     return artifact_key("train", parents=[ckpt.key, pool.key, sel.key], config=conf)
 
 
-@task(name="train", task_run_name="train-s{stage}", cache_policy=key_policy(train_key))
+@task(name="train", task_run_name="train-s{stage}", tags=[GPU_TAG], cache_policy=key_policy(train_key))
 def train(cfg: RunConfig, stage: int, ckpt: ArtifactRef, pool: ArtifactRef, sel: ArtifactRef) -> ArtifactRef:
     """E = train.steps_per_stage GRPO steps from `ckpt` on the selected prompts → checkpoint θ_{m+1}.
 
@@ -48,6 +49,7 @@ def train(cfg: RunConfig, stage: int, ckpt: ArtifactRef, pool: ArtifactRef, sel:
 
     def hook(step: int) -> None:
         log(f"train stage {stage}: step {step}/{steps}")  # progress marker (tests watch it)
+        check_cancelled(f"train stage {stage} at step {step}/{steps} (mid-stage checkpoints kept)")
         if fail and step == fault_step:
             LEDGER.add("train", f"attempt-{attempt()}", "fault")
             raise TransientFault(f"injected transient fault in train at step {step} (attempt {attempt()})")
