@@ -200,14 +200,20 @@ class InfluenceConfig(Section):
     # coordinates) or a dense JL matrix, "gaussian" (the paper's / TRAK's) or "rademacher" (cost ∝ kept × dim)
     transform: Literal["sjl", "gaussian", "rademacher"] = "sjl"
     sjl_s: Literal[1, 2, 4] = 2  # sparse JL hashes per kept coordinate (more: less variance, more scatter work)
+    # how the budget sparse_ratio·(all coordinates) is spread over parameters: "uniform" (every parameter keeps ρ)
+    # or "energy" (kept coordinates ∝ each parameter's gradient energy, measured per stage on the first
+    # `calibration_prompts` scorable pool prompts — a `calibration` artifact both pool and val sketches use)
+    allocation: Literal["uniform", "energy"] = "uniform"
+    calibration_prompts: int = Field(16, gt=0)
     seed: int = 0
     dtype: Literal["float16", "float32"] = "float16"
     aggregation: Literal["seq_mean_token_mean", "token_mean"] = "seq_mean_token_mean"
     micro_batch_tokens: int = Field(4096, gt=0)
     chunk_rows: int = Field(256, gt=0)  # rows per gradient chunk task (layout, not values)
-    HASH_EXCLUDE = frozenset({"micro_batch_tokens", "chunk_rows"})
+    # calibration_prompts is in the key of the calibration artifact (a parent of the sketches it shapes)
+    HASH_EXCLUDE = frozenset({"micro_batch_tokens", "chunk_rows", "calibration_prompts"})
     # added after gradient artifacts existed: a config that names the old dense transform keeps its keys
-    HASH_OMIT_WHEN = {"transform": "gaussian"}
+    HASH_OMIT_WHEN = {"transform": "gaussian", "allocation": "uniform"}
     HASH_ONLY_WITH = {"sjl_s": ("transform", "sjl")}
 
 

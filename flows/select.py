@@ -6,7 +6,7 @@ pool + validation files ─────────┘   from a verl dump / plai
   → projected grads at θ (pool + each validation set, chunked) → POPI scores → selection (top ratio, RRF)
   → export: scores table (parquet + CSV), the selected subset in the input's own format, manifest.json
 
-Stage 0 of `cropi run` is the same DAG with the same tasks (`flows.stage.grads_ref`, `tasks.selection`), so on
+Stage 0 of `cropi run` is the same DAG with the same tasks (`flows.stage.stage_sketches`, `tasks.selection`), so on
 the same data, checkpoint and config both pick the same ids, and a rerun with another ratio recomputes only the
 selection (no sketch). Multi-stage with an outside trainer: pass the trainer's stage-m checkpoint as θ and the
 stage-0 model as β; the offline rollouts and every sketch already computed are reused.
@@ -29,7 +29,7 @@ from pydantic import BaseModel
 
 from cropi_core.config import RunConfig
 from flows.runtime import Tracker, task_runner
-from flows.stage import grads_ref
+from flows.stage import stage_sketches
 from tasks import byot as T_byot
 from tasks import rollouts as T_roll
 from tasks import selection as T_sel
@@ -101,8 +101,7 @@ def select_flow(config: RunConfig, job: SelectJob) -> dict[str, Any]:
     roll_val = {val_set_name(n): f.result() for n, f in roll_val_f.items()}
 
     stage = job.stage
-    g_pool = grads_ref(tr, cfg, stage, ckpt, roll_pool, "pool")
-    g_val = {n: grads_ref(tr, cfg, stage, ckpt, r, n.replace("/", "-")) for n, r in roll_val.items()}
+    g_pool, g_val = stage_sketches(tr, cfg, stage, ckpt, roll_pool, roll_val)
     scores = tr.submit(T_sel.scores, cfg=cfg, pool_grads=g_pool, val_grads=g_val, stage=stage).result()
     sel = tr.submit(T_sel.selection, cfg=cfg, stage=stage, pool=pool, pool_rollouts=roll_pool, scores=scores).result()
     counts = tr.counts()

@@ -120,6 +120,32 @@ def test_ratio_change_reuses_rollouts_and_grads(coin, clean):
     assert len(s["stages"][0]["selected_ids"]) == 24
 
 
+def test_energy_allocation_sketches_through_a_shared_calibration(coin, clean):
+    """influence.allocation=energy: one calibration artifact per stage, parent of that stage's pool AND val sketches;
+    the offline rollouts are reused and a rerun computes nothing."""
+    from storage import open_store
+
+    storage = clean["storage"]
+    args = ("run", "--config", str(coin["config"]), "--storage", str(storage), "--set", "influence.allocation=energy")
+    res = cli(*args)
+    assert res.exit_code == 0, res.output
+    s = summary_of(storage)
+    k = kinds(s)
+    assert k.count("calibration") == 2 and "bootstrap" not in k
+    assert s["pool_rollouts"] == clean["summary"]["pool_rollouts"]
+    store = open_store(str(storage))
+    for st in s["stages"]:
+        parents = [set(store.manifest(g).parents) for g in st["grads"].values()]
+        calib = set.intersection(*parents) - {st["grads"]["pool"]}
+        calib = [p for p in calib if store.manifest(p).kind == "calibration"]
+        assert len(calib) == 1  # the same calibration shapes the pool and every validation sketch
+        energy = store.read_json(calib[0], "energy.json")
+        assert len(energy) > 10 and all(v >= 0 for v in energy.values()) and max(energy.values()) > 0
+    assert s["stages"][0]["grads"] != clean["summary"]["stages"][0]["grads"]  # a new mask: new sketches
+    res = cli(*args)
+    assert res.exit_code == 0 and summary_of(storage)["counts"]["computed"] == 0
+
+
 def test_transient_faults_are_retried_to_identical_artifacts(coin, clean, tmp_path, monkeypatch):
     monkeypatch.setenv("CROPI_FAULT", "grads:1,train:1")
     storage = tmp_path / "store"

@@ -188,3 +188,47 @@ def test_bf16_model_computes_in_float32(kind):
     b = sketch_prompts(m16, prompts, make_projector(kind, m16, 128, sparse_ratio=0.5, dtype=torch.float32))
     assert b.dtype == torch.float32 and torch.isfinite(b).all()
     assert (torch.nn.functional.cosine_similarity(a, b) > 0.99).all()
+
+
+def test_energy_probe_is_the_per_sequence_gradient_energy():
+    """EnergyProbe row = Σ over the prompt's sequences of ‖∇_p (c_k Σ_t ρ_t)‖² per parameter (float64 autograd)."""
+    from cropi_core.objective import group_advantages, sequence_coefficients
+    from cropi_core.projection.jl import EnergyProbe
+    from test_influence import ref_logprobs
+
+    model = tiny(1)
+    pr = [p for p in make_prompts(6, seed=11, model=model) if p.scorable][0]
+    probe = EnergyProbe(model, dtype=torch.float64)
+    got = sketch_prompts(model, [pr], probe)[0]
+    names, params = zip(*model.named_parameters())
+    coefs = sequence_coefficients(group_advantages(pr.rewards.double()),
+                                  torch.tensor([r.numel() for r in pr.response_ids]), "seq_mean_token_mean")
+    want = torch.zeros(len(names), dtype=torch.float64)
+    for k, (lp, lb) in enumerate(zip(ref_logprobs(model, pr.prompt_ids, pr.response_ids), pr.behavior_logprobs)):
+        for p in params:
+            p.requires_grad_(True)
+        loss = coefs[k] * torch.exp(lp - lb.double()).sum()
+        grads = torch.autograd.grad(loss, params)
+        want += torch.stack([g.pow(2).sum() for g in grads])
+    for p in params:
+        p.requires_grad_(False)
+    assert list(probe.params) == list(names)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-12)
+
+
+def test_energy_ratios_spend_the_budget_where_the_energy_is():
+    from cropi_core.projection.jl import energy_ratios
+
+    numel = {"a": 100, "b": 1000, "c": 10_000}
+    r = energy_ratios({"a": 50.0, "b": 40.0, "c": 10.0}, numel, 0.1)  # budget 1110 coordinates
+    kept = {n: r[n] * numel[n] for n in numel}
+    assert r["a"] == 1.0  # capped: its share (555) exceeds its size; the rest is shared again
+    assert sum(kept.values()) == pytest.approx(1110, rel=1e-9)
+    assert kept["b"] / kept["c"] == pytest.approx(4.0)  # ∝ energy once uncapped
+    flat = energy_ratios({"a": 0.0, "b": 0.0, "c": 0.0}, numel, 0.1)
+    assert all(v == pytest.approx(0.1) for v in flat.values())  # no energy measured: uniform
+    model = tiny(0, dtype=torch.float32)
+    names = [n for n, _ in model.named_parameters()]
+    pr = energy_ratios({n: float(i + 1) for i, n in enumerate(names)}, {n: p.numel() for n, p in model.named_parameters()}, 0.2)
+    proj = make_projector("grass", model, 64, sparse_ratio=0.2, param_ratios=pr)
+    assert proj.kept <= 0.2 * sum(p.numel() for p in model.parameters()) * 1.05

@@ -445,7 +445,7 @@ def test_model_tasks_carry_the_gpu_tag():
     from tasks import bootstrap, dataset, evaluate, grads, rollouts, selection, train
     from tasks.common import GPU_TAG
 
-    tasks = [bootstrap.base_model, dataset.dataset, evaluate.evaluate, grads.grads_chunk, grads.grads_finalize,
+    tasks = [bootstrap.base_model, dataset.dataset, evaluate.evaluate, grads.calibration, grads.grads_chunk, grads.grads_finalize,
              rollouts.rollouts, selection.scores, selection.selection, selection.health, train.train]
     tagged = {t.name for t in tasks if GPU_TAG in t.tags}
     assert tagged == set(GPU_TASKS)

@@ -12,7 +12,7 @@ Kinds (the first four are settings of one class, jl.JLProjector: a coordinate ma
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import torch
 from torch import nn
@@ -37,13 +37,15 @@ def make_projector(
     seed: int = 0,
     dtype: torch.dtype = torch.float16,
     params: Sequence[str] | None = None,
+    param_ratios: Mapping[str, float] | None = None,
 ) -> Projector:
     """A projector for `model`'s parameters (all, or the names in `params`).
 
     `exact` ignores `dim`, `sparse_ratio` and `transform` (its dim = number of selected parameters); `dense`
     ignores `sparse_ratio`; `sparse` keeps a `sparse_ratio` fraction of each parameter's coordinates; `grass` and
     `factored` keep a √sparse_ratio fraction of each matrix's rows and of its columns. `sjl_s` ∈ {1, 2, 4}:
-    hashes per coordinate of the sparse JL transform. Deterministic in (seed, parameter name, shape).
+    hashes per coordinate of the sparse JL transform. `param_ratios` (dense/sparse/grass): per-parameter ratios
+    that override `sparse_ratio` (jl.energy_ratios). Deterministic in (seed, parameter name, shape, ratio).
     """
     if transform not in TRANSFORMS:
         raise ValueError(f"unknown transform {transform!r}; expected one of {TRANSFORMS}")
@@ -53,7 +55,7 @@ def make_projector(
     if kind in ("dense", "sparse", "grass"):
         return JLProjector(model, dim, kind=kind, mask="block" if kind == "grass" else "coords",
                            sparse_ratio=1.0 if kind == "dense" else sparse_ratio, transform=transform, sjl_s=sjl_s,
-                           **common)
+                           param_ratios=None if kind == "dense" else param_ratios, **common)
     if kind == "factored":
         from .factored import FactoredProjector
 

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Mapping
 
 import torch
 from torch import nn
@@ -78,10 +78,16 @@ class JLProjector(Projector):
     """Mask + transform (module docstring). `kind` names the setting: exact, dense, sparse or grass."""
 
     def __init__(self, model: nn.Module, dim: int, *, kind: str = "sparse", mask: Mask = "coords",
-                 sparse_ratio: float = 1.0, transform: Transform = "gaussian", sjl_s: int = 2, **kw: Any) -> None:
+                 sparse_ratio: float = 1.0, transform: Transform = "gaussian", sjl_s: int = 2,
+                 param_ratios: Mapping[str, float] | None = None, **kw: Any) -> None:
         super().__init__(model, dim, **kw)
         if not 0 < sparse_ratio <= 1:
             raise ValueError(f"sparse_ratio must be in (0, 1], got {sparse_ratio}")
+        # per-parameter ratios (e.g. energy_ratios) override sparse_ratio for the parameters they name
+        self.param_ratios = {n: float(r) for n, r in (param_ratios or {}).items()}
+        bad = {n: r for n, r in self.param_ratios.items() if not 0 < r <= 1}
+        if bad:
+            raise ValueError(f"param_ratios must be in (0, 1], got {bad}")
         if mask not in MASKS:
             raise ValueError(f"mask must be one of {MASKS}, got {mask!r}")
         if transform not in TRANSFORMS:
@@ -108,7 +114,7 @@ class JLProjector(Projector):
 
     def _choose(self, name: str, shape: tuple[int, ...]) -> _Kept:
         k = _Kept(name, shape)
-        n, r = k.numel, self.sparse_ratio
+        n, r = k.numel, self.param_ratios.get(name, self.sparse_ratio)
         if self.mask == "block" and len(shape) == 2 and r < 1:
             k.rows = coordinate_subset(shape[0], math.sqrt(r), generator(self.seed, name, shape, "block-rows", r))
             k.cols = coordinate_subset(shape[1], math.sqrt(r), generator(self.seed, name, shape, "block-cols", r))
@@ -268,6 +274,32 @@ class JLProjector(Projector):
         return self._get(("sjl", k.name, self.device, self.compute_dtype), make)
 
 
+def energy_ratios(energy: Mapping[str, float], numel: Mapping[str, int], ratio: float) -> dict[str, float]:
+    """Per-parameter keep ratios that spend the budget ratio·Σ numel where the gradient energy is: kept coordinates
+    m_p ∝ energy_p, capped at numel_p (water-filling), at least one per parameter. energy_p = Σ over a few
+    calibration prompts of ‖g_p‖² (any non-negative measure works)."""
+    names = [n for n in numel if numel[n] > 0]
+    budget = ratio * sum(numel[n] for n in names)
+    m = {n: 0.0 for n in names}
+    free = set(names)
+    while free and budget > 1e-9:
+        tot = sum(max(energy.get(n, 0.0), 0.0) for n in free)
+        if tot <= 0:
+            share = {n: budget * numel[n] / sum(numel[f] for f in free) for n in free}
+        else:
+            share = {n: budget * max(energy.get(n, 0.0), 0.0) / tot for n in free}
+        full = {n for n in free if m[n] + share[n] >= numel[n]}
+        if not full:
+            for n in free:
+                m[n] += share[n]
+            break
+        for n in full:  # capped parameters keep everything; their excess is shared again
+            budget -= numel[n] - m[n]
+            m[n] = float(numel[n])
+        free -= full
+    return {n: min(1.0, max(1.0 / numel[n], m[n] / numel[n])) for n in names}
+
+
 def _positions(kept: torch.Tensor | None, n: int, device: torch.device) -> torch.Tensor:
     """[n] int64: position of each index among the sorted `kept` ones, -1 where dropped (None = all kept)."""
     if kept is None:
@@ -275,3 +307,54 @@ def _positions(kept: torch.Tensor | None, n: int, device: torch.device) -> torch
     pos = torch.full((n,), -1, dtype=torch.long)
     pos[kept] = torch.arange(kept.numel())
     return pos.to(device)
+
+
+class EnergyProbe(Projector):
+    """Gradient energy per parameter, for `energy_ratios`: row b = Σ over prompt b's sequences s of ‖G_s,p‖²_F for
+    every parameter p (dim = number of parameters, in `params` order). Per-sequence, not per-prompt, energies: they
+    need no per-prompt gradient buffer, only L×L Gram matrices — ‖Σ_t δ_t x_tᵀ‖²_F = Σ_{t,t'} (δ_t·δ_t')(x_t·x_t').
+    A tied matrix (lm_head = embedding) gets the energies of its two uses added, without their cross term: an
+    allocation proxy, exact for every untied parameter (tests)."""
+
+    kind = "energy"
+
+    def __init__(self, model: nn.Module, **kw: Any) -> None:
+        super().__init__(model, 0, **kw)
+        self.dim = len(self.params)
+        self.col = {n: i for i, n in enumerate(self.params)}
+
+    def slot_bytes(self) -> int:
+        return 8 * self.dim
+
+    def start(self, n_slots: int, compute_dtype: torch.dtype, device: torch.device | str = "cpu") -> None:
+        self.device, self.cdt = torch.device(device), torch.promote_types(compute_dtype, torch.float64)
+        self.acc = torch.zeros(n_slots, self.dim, dtype=self.cdt, device=self.device)
+
+    def _add(self, name: str, e: torch.Tensor, rows: Rows) -> None:
+        slots = torch.tensor([r[0] for r in rows], device=self.device)
+        self.acc[:, self.col[name]].index_add_(0, slots, e.to(self.cdt))
+
+    def save_linear(self, weight: str, bias: str | None, x: torch.Tensor, rows: Rows) -> Any:
+        x = x.detach().to(self.cdt)
+        return x @ x.transpose(1, 2)  # [N, L, L]
+
+    def add_linear(self, weight: str | None, bias: str | None, saved: Any, delta: torch.Tensor, rows: Rows) -> None:
+        d = delta.to(self.cdt)  # [N, L, out]
+        if bias is not None:
+            self._add(bias, d.sum(1).pow(2).sum(1), rows)
+        if weight is not None:
+            self._add(weight, ((d @ d.transpose(1, 2)) * saved).sum((1, 2)), rows)
+
+    def save_embedding(self, weight: str, ids: torch.Tensor, rows: Rows) -> Any:
+        return (ids[:, :, None] == ids[:, None, :]).to(self.cdt)  # [N, L, L]: same token
+
+    def add_embedding(self, weight: str, saved: Any, delta: torch.Tensor, rows: Rows) -> None:
+        d = delta.to(self.cdt)
+        self._add(weight, ((d @ d.transpose(1, 2)) * saved).sum((1, 2)), rows)
+
+    def add_vector(self, name: str, grads: torch.Tensor, rows: Rows) -> None:
+        self._add(name, grads.to(self.cdt).pow(2).sum(1), rows)
+
+    def finish(self) -> torch.Tensor:
+        out, self.acc = self.acc, None
+        return out.to(self.dtype)
