@@ -106,6 +106,8 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=4096)
     ap.add_argument("--ratio", type=float, default=0.1)
     ap.add_argument("--projectors", nargs="+", default=["grass", "sparse", "sparse:gaussian"])
+    ap.add_argument("--from-sketch", type=Path, default=None,
+                    help="take the sketch/fwd+bwd ratios from a benchmarks/sketch.py JSON instead of measuring")
     # the paper's recipe
     ap.add_argument("--pool", type=int, default=55_000)
     ap.add_argument("--prompt-tokens", type=int, default=150)
@@ -122,12 +124,22 @@ def main() -> None:
     ap.add_argument("--gpu-gen-tok-s", type=float, default=20_000.0, help="batched sampling tokens/s (vLLM, 1.5B)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    m = measure(a)
+    if a.from_sketch:  # ratios from a benchmarks/sketch.py run (same machine, one run) instead of measuring here
+        rows = {r["key"]: r for r in json.loads(a.from_sketch.read_text())["rows"] if r.get("key")}
+        plain = next(r for r in json.loads(a.from_sketch.read_text())["rows"] if r["method"].startswith("(a)"))
+        keymap = {"grass": "grass", "sparse": "sparse", "sparse:gaussian": "sparse-gauss"}
+        m = {"model": f"{a.from_sketch.name}", "params": json.loads(a.from_sketch.read_text())["meta"]["n_params"],
+             "fwdbwd_tok_s": plain["tokens_per_s"], "gen_tok_s": float("nan")}
+        for spec in a.projectors:
+            if keymap.get(spec) in rows:
+                m[f"sketch_tok_s[{spec}]"] = rows[keymap[spec]]["tokens_per_s"]
+    else:
+        m = measure(a)
     pred = predict(m, a)
     OUT.mkdir(parents=True, exist_ok=True)
     lines = [f"# Cost model: the paper's recipe on one GPU\n",
              f"Measured on `{a.model}` ({m['params'] / 1e6:.1f}M params, {a.threads} CPU thread(s)): fwd+bwd "
-             f"{m['fwdbwd_tok_s']:.0f} tok/s, generation {m['gen_tok_s']:.0f} tok/s; sketch time per token as a "
+             f"{m['fwdbwd_tok_s']:.0f} tok/s, generation {m['gen_tok_s']:.0f} tok/s (not used: GPU assumption below); sketch time per token as a "
              "multiple of a plain fwd+bwd: " + ", ".join(f"{k} {v:.2f}×" for k, v in pred["sketch_vs_fwdbwd"].items()) + ".\n",
              f"GPU assumptions: {a.gpu_tflops:g} TFLOPS × MFU {a.gpu_mfu:g}, sampling {a.gpu_gen_tok_s:g} tok/s. Recipe: "
              f"pool {a.pool}, K = {a.k}, {a.prompt_tokens}+{a.response_tokens} tokens per sequence, "
@@ -146,7 +158,7 @@ def main() -> None:
                  f"({pred['breakeven_scoring_h_per_stage'] * 3600 / a.pool * 1000:.1f} ms per pool prompt).")
     md = "\n".join(lines) + "\n"
     (OUT / "cost_model.md").write_text(md)
-    (OUT / "cost_model.json").write_text(json.dumps({"measured": m, "predicted": pred, "args": vars(a)}, indent=2))
+    (OUT / "cost_model.json").write_text(json.dumps({"measured": m, "predicted": pred, "args": {k: str(v) for k, v in vars(a).items()}}, indent=2))
     print(md)
 
 
