@@ -120,6 +120,7 @@ def run_record(cfg: RunConfig, method: str, seed: int, out: dict[str, Any], timi
     online-rollout diagnostics and health are not part of a method's cost. None = not timed in this folder.
     """
     from flows.reports import collect
+    from tasks.evaluate import metric_label
 
     d = collect(cfg, out)
     stages = []
@@ -136,21 +137,16 @@ def run_record(cfg: RunConfig, method: str, seed: int, out: dict[str, Any], timi
             "scoring_s": scoring, "train_s": seconds_of(timings, s["checkpoint"].key),
             "checkpoint": s["checkpoint"].key, "selection": s["selection"].key,
         })
-    # greedy pass@1, or mean@n of sampled answers when eval.n_samples > 0 (smoother on small test sets)
-    metric = "mean_at_n" if cfg.eval.n_samples > 0 else "accuracy"
-    meta = lambda ref: get_store(cfg).manifest(ref.key).meta  # noqa: E731
-    E = cfg.train.steps_per_stage
-    acc = {n: [[0, meta(r).get(metric)]] for n, r in out["evals0"].items()}
-    for s in out["stages"]:
-        for n, r in s["evals"].items():
-            acc.setdefault(n, []).append([(s["stage"] + 1) * E, meta(r).get(metric)])
+    # greedy pass@1, or mean@n of sampled answers when eval.n_samples > 0 (smoother on small test sets), and the
+    # standard error of each evaluation over its test prompts (the same numbers as the run report's)
+    acc = {n: [[t, a] for t, a in pts] for n, pts in d["acc"].items()}
+    se = {n: [[t, e] for t, e in pts] for n, pts in d["se"].items()}
     need = NEEDS_OFFLINE.get(method, ())
     off_keys = ([out["pool_rollouts"].key] if "pool" in need else []) + \
                ([r.key for r in out["val_rollouts"].values()] if "val" in need else [])
     return {
         "method": method, "seed": seed, "name": cfg.name, "steps_per_stage": cfg.train.steps_per_stage,
-        "metric": "greedy pass@1" if metric == "accuracy" else f"mean@{cfg.eval.n_samples} (T={cfg.eval.temperature})",
-        "acc": acc, "roles": d["roles"],
+        "metric": metric_label(cfg), "acc": acc, "se": se, "roles": d["roles"],
         "stages": stages, "offline_s": _sum([seconds_of(timings, k) for k in off_keys]),
         "bootstrap_s": seconds_of(timings, out["base_checkpoint"].key),
         "base_checkpoint": out["base_checkpoint"].key, "final_checkpoint": out["final_checkpoint"].key,
