@@ -76,14 +76,23 @@ class BootstrapConfig(Section):
     # on exactly the targeted domains, which RL unlearns domain-wide (it transfers to unseen test prompts, unlike
     # the facts themselves). Taken from the problems not taught worked (worked_fraction + this ≤ 1).
     unboxed_fraction: float = Field(0.0, ge=0, le=1)
+    # the domains that carry the unboxed habit. None = the multi-step domains (two_step, word), the behaviour before
+    # this field existed. A one-fact domain listed here gets "Answer: gold" for a seeded `unboxed_fraction` of its
+    # problems. The embedded default lists the two targeted domains AND one untargeted domain (`sub`): the skill RL
+    # learns on the targeted domains (box the answer) is shared by an unseen untargeted test domain, as math domains
+    # share reasoning in the paper, while add/mul/max share nothing with the targeted ones.
+    unboxed_domains: list[str] | None = None
     seed: int = 0
-    HASH_OMIT_WHEN = {"unboxed_fraction": 0.0}
+    HASH_OMIT_WHEN = {"unboxed_fraction": 0.0, "unboxed_domains": None}
 
     @model_validator(mode="after")
     def _fractions(self) -> "BootstrapConfig":
         if self.worked_fraction + self.unboxed_fraction > 1 + 1e-9:
             raise ValueError(f"worked_fraction + unboxed_fraction must be ≤ 1 (got {self.worked_fraction} + "
                              f"{self.unboxed_fraction})")
+        bad = [d for d in self.unboxed_domains or [] if d not in SYNTHETIC_DOMAINS]
+        if bad:
+            raise ValueError(f"unknown synthetic domains {bad} in unboxed_domains (known: {list(SYNTHETIC_DOMAINS)})")
         return self
 
 
@@ -193,7 +202,13 @@ class InfluenceConfig(Section):
     aggregation: Literal["seq_mean_token_mean", "token_mean"] = "seq_mean_token_mean"
     micro_batch_tokens: int = Field(4096, gt=0)
     chunk_rows: int = Field(256, gt=0)  # rows per gradient chunk task (layout, not values)
-    HASH_EXCLUDE = frozenset({"micro_batch_tokens", "chunk_rows"})
+    # Behaviour refresh (beyond the paper, which never refreshes β; PAPER.md §3, §8). Before scoring stage m ≥ 1,
+    # the mean ESS/K of the importance weights of θ_m on ALL the pool's stored responses is measured; below this
+    # threshold the offline rollouts (pool and validation sets) are resampled from θ_m, a new cached `rollouts`
+    # artifact whose parent is θ_m, and they are the behaviour data of this and later stages. 0 = off (the paper).
+    # Not a key field of the gradients themselves: a refreshed stage's gradients are keyed on the new rollouts.
+    refresh_ess: float = Field(0.0, ge=0, le=1)
+    HASH_EXCLUDE = frozenset({"micro_batch_tokens", "chunk_rows", "refresh_ess"})
 
 
 class SelectionConfig(Section):
@@ -201,6 +216,11 @@ class SelectionConfig(Section):
     ratio: float = 0.1
     k_rrf: float = Field(0.0, ge=0)
     seed: int = 0
+    # beyond the paper: share of each stage's selection replaced by prompts drawn uniformly from the rest of the
+    # pool (fresh each stage; the lowest-ranked picks make room), so every domain stays in the training set and
+    # untargeted skills are not forgotten. 0 = the paper's pure top-r selection. Ignored by method "full".
+    mix_random: float = Field(0.0, ge=0, lt=1)
+    HASH_OMIT_WHEN = {"mix_random": 0.0}
 
     @field_validator("ratio")
     @classmethod
