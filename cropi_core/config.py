@@ -75,13 +75,15 @@ class BootstrapConfig(Section):
     # share of the multi-step problems taught with an UNBOXED answer ("Answer: 9", reward 0): a wrong-format habit
     # on exactly the targeted domains, which RL unlearns domain-wide (it transfers to unseen test prompts, unlike
     # the facts themselves). Taken from the problems not taught worked (worked_fraction + this ≤ 1).
-    unboxed_fraction: float = Field(0.0, ge=0, le=1)
+    # Default 0.3 (the embedded benchmark; measured in README "Evidence"): the starting policy answers the habit
+    # domains unboxed ~30% of the time, which GRPO can unlearn and which transfers to unseen test prompts.
+    unboxed_fraction: float = Field(0.3, ge=0, le=1)
     # the domains that carry the unboxed habit. None = the multi-step domains (two_step, word), the behaviour before
     # this field existed. A one-fact domain listed here gets "Answer: gold" for a seeded `unboxed_fraction` of its
     # problems. The embedded default lists the two targeted domains AND one untargeted domain (`sub`): the skill RL
     # learns on the targeted domains (box the answer) is shared by an unseen untargeted test domain, as math domains
     # share reasoning in the paper, while add/mul/max share nothing with the targeted ones.
-    unboxed_domains: list[str] | None = None
+    unboxed_domains: list[str] | None = ["two_step", "word", "sub"]
     seed: int = 0
     HASH_OMIT_WHEN = {"unboxed_fraction": 0.0, "unboxed_domains": None}
 
@@ -122,11 +124,16 @@ class SyntheticConfig(Section):
     """The embedded arithmetic suite: a mixed pool where the targeted domains are a minority."""
 
     domains: list[str] = ["add", "sub", "mul", "two_step", "word", "max"]
+    # the domains whose validation sets drive selection (and whose test sets are "targeted"); the rest are
+    # untargeted test domains. With the default bootstrap the habit domains are two_step, word, sub: targeting
+    # two of them leaves one untargeted domain that shares the skill (sub here; `[sub, word]` leaves two_step).
     targeted: list[str] = ["two_step", "word"]
     pool_per_domain: dict[str, int] = {}  # overrides pool_size for a domain
     pool_size: int = Field(120, gt=0)  # per domain
     val_size: int = Field(32, gt=0)  # per targeted domain
-    test_size: int = Field(64, gt=0)  # per domain
+    # per domain. 160 prompts × mean@8 gives one evaluation a standard error ≈ 0.017 on the targeted mean (2 sets)
+    # and ≈ 0.015 on the untargeted mean (4 sets) at the default bootstrap (per-prompt SD 0.3–0.44); 64 gave ±0.03
+    test_size: int = Field(160, gt=0)
     seed: int = 0
 
     @model_validator(mode="after")
@@ -259,8 +266,12 @@ class TrainConfig(Section):
 
 
 class EvalConfig(Section):
-    greedy: bool = True
-    n_samples: int = Field(0, ge=0)  # mean@n sampled (0 = off)
+    """How checkpoints are scored on the test sets. Default: mean@8 of sampled answers (T = 0.5), no greedy pass:
+    greedy pass@1 on a few hundred prompts moved ±0.06 between evaluations of nearly the same policy, which hid
+    every effect (issue #13); a mean of 8 samples per prompt halves the per-prompt variance's sampling part."""
+
+    greedy: bool = False  # also decode greedily; `accuracy` is then greedy pass@1 (reports use mean@n when n > 0)
+    n_samples: int = Field(8, ge=0)  # mean@n sampled (0 = off: greedy pass@1 only)
     temperature: float = Field(0.5, gt=0)
     max_new_tokens: int = Field(32, gt=0)
     batch_size: int = Field(128, gt=0)  # part of the key, as for rollouts: mean@n samples depend on batching
