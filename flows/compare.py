@@ -3,8 +3,9 @@
 Every (method, seed) run is the `curriculum` flow on a copy of `config` that differs only in
 
 - `name`               → `<name>-<method>-s<seed>` (its own run folder; names are not hashed),
-- `selection.method`   → cropi = "popi", dapo = "full", the others by their own name,
-- `train.dynamic_sampling` → True for dapo (DAPO's dynamic sampling on the full pool), else as configured,
+- `selection.method`   → cropi and cropi+dapo = "popi", dapo = "full", the others by their own name,
+- `train.dynamic_sampling` → True for dapo (DAPO's dynamic sampling on the full pool) and cropi+dapo (POPI
+  selection, dynamic sampling inside each stage's training: the two are complementary), else as configured,
 - `train.seed`, `selection.seed` → the configured values + seed (GRPO sampling order/generation, random subsets).
 
 So all runs start from the SAME bootstrap checkpoint with the same offline rollouts, step budget, batch, K and
@@ -30,11 +31,12 @@ from cropi_core.errors import ConfigError
 from flows.runtime import task_runner
 from tasks.common import LEDGER, get_store, local_root
 
-METHODS = ("cropi", "full", "random", "pass_rate", "learnability", "influence_once", "dapo")
-SELECTION_METHOD = {"cropi": "popi", "dapo": "full"}
+METHODS = ("cropi", "full", "random", "pass_rate", "learnability", "influence_once", "dapo", "cropi+dapo")
+SELECTION_METHOD = {"cropi": "popi", "dapo": "full", "cropi+dapo": "popi"}
+DYNAMIC_SAMPLING = ("dapo", "cropi+dapo")
 # what each method needs before stage 0 besides the bootstrap: offline rollouts of the pool (pass rates, or the
 # responses POPI sketches) and of the validation sets (POPI's targets)
-NEEDS_OFFLINE = {"cropi": ("pool", "val"), "influence_once": ("pool", "val"), "pass_rate": ("pool",),
+NEEDS_OFFLINE = {"cropi": ("pool", "val"), "cropi+dapo": ("pool", "val"), "influence_once": ("pool", "val"), "pass_rate": ("pool",),
                  "learnability": ("pool",)}
 
 
@@ -61,7 +63,7 @@ def method_config(cfg: RunConfig, method: str, seed: int) -> RunConfig:
     c.selection.method = SELECTION_METHOD.get(method, method)
     c.selection.seed = cfg.selection.seed + seed
     c.train.seed = cfg.train.seed + seed
-    c.train.dynamic_sampling = True if method == "dapo" else cfg.train.dynamic_sampling
+    c.train.dynamic_sampling = True if method in DYNAMIC_SAMPLING else cfg.train.dynamic_sampling
     return c
 
 
