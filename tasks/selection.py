@@ -48,6 +48,8 @@ def read_scores(cfg: RunConfig, ref: ArtifactRef) -> tuple[list[str], np.ndarray
 # ---------------------------------------------------------------- selection
 def _sel_config(cfg: RunConfig, stage: int) -> dict:
     conf = {"selection": cfg.selection.hashable()}
+    if cfg.selection.method == "full":  # mix_random does not apply: full data keeps its key whatever the share
+        conf["selection"].pop("mix_random", None)
     if cfg.selection.method in RANDOM_METHODS or _mixes(cfg):
         conf["stage"] = stage  # a fresh random subset each stage
     return conf
