@@ -21,6 +21,9 @@ Definitions (all on the seed-MEAN curves):
   on the same pool, so for a user who reruns on a pool this is the price that recurs.
 - if A* is not above full data's own step-0 accuracy, both speed-ups are undefined (reported as such, not ∞).
 The spread is the sample standard deviation over seeds (0 with one seed); plots shade min..max over seeds.
+- SE: the standard error of ONE evaluation over its test prompts (mean@n scores per prompt; for a mean of sets
+  sqrt(Σ SE²)/J), averaged over seeds: how far a single run's number can move by the choice of test prompts and
+  sampling alone. Differences between methods smaller than about 2 SE (and the seed spread) are noise.
 """
 
 from __future__ import annotations
@@ -43,6 +46,16 @@ def group_curve(rec: dict[str, Any], group: str) -> tuple[np.ndarray, np.ndarray
     steps = np.array([t for t, _ in rec["acc"][names[0]]], dtype=float)
     vals = np.array([[a if a is not None else np.nan for _, a in rec["acc"][n]] for n in names], dtype=float)
     return steps, vals.mean(axis=0)
+
+
+def group_se(rec: dict[str, Any], group: str) -> np.ndarray:
+    """Standard error of the group mean at each evaluation [S+1]: sqrt(Σ SE_j²)/J over the group's sets (NaN where
+    a set's SE is unknown, e.g. records written before SEs were recorded)."""
+    names = [n for n, r in rec["roles"].items() if r == group]
+    if not names or "se" not in rec:
+        return np.full(len(rec["acc"][names[0]]) if names else 0, np.nan)
+    v = np.array([[e if e is not None else np.nan for _, e in rec["se"][n]] for n in names], dtype=float)
+    return np.sqrt((v ** 2).sum(axis=0)) / len(names)
 
 
 def steps_to_reach(steps: np.ndarray, acc: np.ndarray, target: float) -> float | None:
@@ -98,8 +111,11 @@ def summarize(records: list[dict[str, Any]], methods: list[str]) -> dict[str, An
             row[f"{short}_min"] = mat.min(0).tolist()
             row[f"{short}_max"] = mat.max(0).tolist()
             row[f"{short}_final"] = _mean_std(mat[:, -1].tolist())
+            ses = np.stack([group_se(r, g) for r in rs])
+            row[f"{short}_se"] = [float(np.nanmean(c)) if np.isfinite(c).any() else None for c in ses.T]
         sets = sorted({n for r in rs for n in r["acc"]})
         row["sets_final"] = {n: _mean_std([r["acc"][n][-1][1] for r in rs if n in r["acc"]]) for n in sets}
+        row["sets_final_se"] = {n: _nanmean([r["se"][n][-1][1] for r in rs if n in r.get("se", {})]) for n in sets}
         row["total_steps"] = rs[0]["steps_per_stage"] * len(rs[0]["stages"])
         costs = [cost_at(r, row["total_steps"]) for r in rs]
         row["total_cost_s"] = _mean_std(costs) if all(c is not None for c in costs) else (float("nan"), float("nan"))
@@ -151,11 +167,21 @@ def summarize(records: list[dict[str, Any]], methods: list[str]) -> dict[str, An
     return out
 
 
+def _nanmean(x: list[float | None]) -> float | None:
+    a = np.asarray([v for v in x if v is not None and np.isfinite(v)], dtype=float)
+    return float(a.mean()) if a.size else None
+
+
 # ---------------------------------------------------------------- markdown helpers
-def _pm(ms: tuple[float, float] | list[float] | None) -> str:
+def _pm(ms: tuple[float, float] | list[float] | None, se: float | None = None) -> str:
+    """"mean ± seed std [SE x]": the spread over seeds, then one evaluation's standard error."""
     if ms is None or not np.isfinite(ms[0]):
         return "–"
-    return f"{ms[0]:.3f} ± {ms[1]:.3f}"
+    return f"{ms[0]:.3f} ± {ms[1]:.3f}" + (f" [SE {se:.3f}]" if se is not None and np.isfinite(se) else "")
+
+
+def _a_se(a: float, se: float | None) -> str:
+    return f"{a:.3f}" if se is None or not np.isfinite(se) else f"{a:.3f}±{se:.3f}"
 
 
 def _x(v: float | None) -> str:
@@ -272,8 +298,11 @@ def write_report(cfg: RunConfig, records: list[dict[str, Any]], folder: Path, me
                                                               "offline (s)"]
     rows, table_rows = [], []
     for m, row in ms.items():
-        r = [m] + [_pm(row["sets_final"].get(n)) for n in tsets] + [_pm(row.get("tgt_final"))] + \
-            [_pm(row["sets_final"].get(n)) for n in usets] + [_pm(row.get("unt_final")),
+        fse = row.get("sets_final_se", {})
+        r = [m] + [_pm(row["sets_final"].get(n), fse.get(n)) for n in tsets] + \
+            [_pm(row.get("tgt_final"), (row.get("tgt_se") or [None])[-1])] + \
+            [_pm(row["sets_final"].get(n), fse.get(n)) for n in usets] + \
+            [_pm(row.get("unt_final"), (row.get("unt_se") or [None])[-1]),
              "–" if row.get("steps_to_target") is None else f"{row['steps_to_target']:.1f}",
              _x(row.get("step_speedup")) if "step_speedup" in row else "–",
              _x(row.get("wall_speedup")) if "wall_speedup" in row else "–",
@@ -312,15 +341,17 @@ def write_report(cfg: RunConfig, records: list[dict[str, Any]], folder: Path, me
           f"{c.train.num_generations} generations per step, offline K = {c.rollout.k_train} (val {c.rollout.k_val}), "
           f"selection ratio {c.selection.ratio}.\n",
           f"Accuracy metric: {records[0].get('metric', 'greedy pass@1')}.\n", headline + "\n",
-          "## Final accuracy (Table 1 style; mean ± sample std over seeds)\n", _table(head, rows),
+          "## Final accuracy (Table 1 style; mean ± sample std over seeds [SE of one evaluation])\n",
+          _table(head, rows),
           "Step speed-up per seed (same target): " + "; ".join(
               f"{m}: " + ", ".join(_x(v) for v in row.get("step_speedup_per_seed", [])) for m, row in ms.items()) + "\n",
           "## Definitions\n", (__doc__ or "").split("Definitions (all on the seed-MEAN curves):", 1)[-1].strip() + "\n",
           "## Accuracy vs step\n", f"![accuracy]({paths['compare_accuracy'].name})\n",
-          _table(["method", "steps", "targeted (mean)", "untargeted (mean)"],
+          _table(["method", "steps", "targeted (mean ± SE)", "untargeted (mean ± SE)"],
                  [[m, " ".join(f"{s:g}" for s in row.get("steps", [])),
-                   " ".join(f"{a:.3f}" for a in row.get("tgt_mean", [])),
-                   " ".join(f"{a:.3f}" for a in row.get("unt_mean", []))] for m, row in ms.items()]),
+                   " ".join(_a_se(a, e) for a, e in zip(row.get("tgt_mean", []), row.get("tgt_se", [None] * 99))),
+                   " ".join(_a_se(a, e) for a, e in zip(row.get("unt_mean", []), row.get("unt_se", [None] * 99)))]
+                  for m, row in ms.items()]),
           "## Selected-set composition, pass rates and off-policy health per stage (mean over seeds)\n",
           f"Targeted domains: {', '.join(sorted(tdom))}.\n",
           _table(["method", "stage", "selected", "targeted share", "domains", "offline pass", "online pass", "ESS/K",

@@ -165,3 +165,14 @@ def test_compare_appends_timings_as_it_goes(compared):
     assert lines and all(json.loads(x)["seconds"] >= 0 for x in lines)
     saved = json.loads((compared["folder"] / "timings.json").read_text())
     assert load_timings(compared["folder"]) == saved  # the end-of-run merge holds the same numbers
+
+
+def test_cropi_plus_dapo_is_popi_selection_with_dynamic_sampling():
+    """The 8th method: POPI selection (CROPI's) with DAPO's dynamic sampling in training; in the default list."""
+    from cropi_core.config import RunConfig
+    from flows.compare import METHODS, method_config, parse_methods
+
+    c = method_config(RunConfig(), "cropi+dapo", 2)
+    assert c.selection.method == "popi" and c.train.dynamic_sampling and c.train.seed == 2
+    assert "cropi+dapo" in parse_methods(None) and len(METHODS) == 8
+    assert not method_config(RunConfig(), "cropi", 0).train.dynamic_sampling
