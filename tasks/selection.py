@@ -162,7 +162,7 @@ def pool_health_key(cfg: RunConfig, ckpt: ArtifactRef, pool_rollouts: ArtifactRe
 def pool_health(cfg: RunConfig, ckpt: ArtifactRef, pool_rollouts: ArtifactRef, stage: int = 0) -> ArtifactRef:
     """`health` on EVERY pool prompt's stored responses (not only a selection): the mean ESS/K that
     `influence.refresh_ess` compares against before a stage is scored."""
-    from cropi_core.influence import offpolicy_health
+    from cropi_core.health import offpolicy_health
     from tasks.bootstrap import load_checkpoint
     from tasks.grads import behavior_temperature
     from tasks.rollouts import read_rollouts
