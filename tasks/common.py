@@ -24,7 +24,7 @@ from prefect import Task, get_run_logger
 from prefect.cache_policies import CacheKeyFnPolicy
 
 from cropi_core.config import RunConfig
-from cropi_core.errors import CropiError
+from cropi_core.errors import ConfigError, CropiError
 from storage import ArtifactRef, Store, open_store
 
 FAULT_ENV = "CROPI_FAULT"
@@ -75,8 +75,16 @@ def results_dir(cfg: RunConfig) -> Path:
 
 def run_dir(cfg: RunConfig) -> Path:
     """The run folder for reports: `<local storage root>/runs/<name>/`, or `./runs/<name>/` for remote roots."""
+    from cropi_core.config import check_run_name
+
     base = local_root(cfg)
-    p = (base / "runs" / cfg.name) if base is not None else Path("runs") / cfg.name
+    runs = (base / "runs") if base is not None else Path("runs")
+    try:
+        p = runs / check_run_name(cfg.name)
+    except ValueError as err:
+        raise ConfigError(f"name: {err}") from None
+    if runs.resolve() not in p.resolve().parents:  # a symlinked runs/<name> pointing elsewhere
+        raise ConfigError(f"name: run folder {p} resolves outside {runs}")
     p.mkdir(parents=True, exist_ok=True)
     return p.resolve()
 
