@@ -149,6 +149,8 @@ class Store:
         info = m.files.get(name)
         if info is None:
             raise StorageError(f"artifact {m.kind} {key[:8]} has no file {name!r} (has: {', '.join(sorted(m.files)[:8])})")
+        if self.local:
+            check_inside(self._payload_path(m), name, m)
         raw = self.io.cat(self._payload_path(m, name))
         if raw is None or len(raw) != info.size or sha256_bytes(raw) != info.sha256:
             raise StorageError(f"artifact {m.kind} {key[:8]} file {name!r} is missing or corrupt (checksum mismatch)")
@@ -385,6 +387,17 @@ class ArtifactWriter:
         self.put_array(f"{name}/offsets", offsets)
 
 
+def check_inside(base: str, rel: str, m: Manifest) -> None:
+    """Refuse (StorageError) a local payload file that resolves outside its artifact folder — a symlink (of
+    the file, a folder above it, or the payload folder) pointing elsewhere. cropi never writes symlinks."""
+    adir = os.path.dirname(base.rstrip("/"))
+    anchor = os.path.join(os.path.realpath(os.path.dirname(adir)), os.path.basename(adir))
+    real = os.path.realpath(os.path.join(base, rel))
+    if not real.startswith(anchor + os.sep):
+        raise StorageError(f"artifact {m.kind} {m.key[:8]}: {rel!r} resolves outside its artifact folder "
+                           f"(symlink to {real}); refused")
+
+
 def verify_payload(io: FS, base: str, m: Manifest, mode: str, only: str | None = None) -> list[str]:
     """Check payload files and array chunks under `base` against manifest `m`.
 
@@ -392,8 +405,6 @@ def verify_payload(io: FS, base: str, m: Manifest, mode: str, only: str | None =
     other items (array chunks, large files); "manifest": nothing. `only`: restrict to one array folder (plus its
     zarr.json).
     """
-    if mode == "manifest":
-        return []
     items: list[tuple[str, int, str]] = []  # (relative path, size, sha256)
     for name, f in m.files.items():
         if only is None or name.startswith(only + "/"):
@@ -401,6 +412,11 @@ def verify_payload(io: FS, base: str, m: Manifest, mode: str, only: str | None =
     for a in m.arrays.values():
         if only is None or a.path == only:
             items += [(f"{a.path}/{a.chunk_key(i)}", c.nbytes, c.sha256) for i, c in enumerate(a.chunks)]
+    if io.local:  # in every mode: a symlink could make any read (HF from_pretrained included) leave the artifact
+        for rel, _, _ in items:
+            check_inside(base, rel, m)
+    if mode == "manifest":
+        return []
     problems = []
     if mode == "full":
         def check(item: tuple[str, int, str]) -> str | None:

@@ -26,6 +26,22 @@ def checkpoint_path(cfg: RunConfig, ref: ArtifactRef | str) -> Path:
     return checkpoint_dir(get_store(cfg), ref.key if isinstance(ref, ArtifactRef) else ref)
 
 
+def copy_model_folder(src: Path, out: Path) -> None:
+    """Copy a user's model folder into a checkpoint without pickle-format files (nothing is ever unpickled from
+    storage): with safetensors weights they are just left out; a .bin-only model is loaded once from the user's
+    folder and saved again as safetensors."""
+    from storage.registry import PICKLE_SUFFIXES
+
+    if any(src.glob("*.safetensors")):
+        shutil.copytree(src, out, dirs_exist_ok=True,
+                        ignore=lambda _d, names: [n for n in names if n.lower().endswith(PICKLE_SUFFIXES)])
+        return
+    from cropi_core.models import load_model, save_model
+
+    model, tok = load_model(str(src))
+    save_model(model, tok, out)
+
+
 def load_checkpoint(cfg: RunConfig, ref: ArtifactRef):
     """(model, tokenizer) of a checkpoint artifact, on CPU in the configured dtype."""
     from transformers.utils import logging as hf_logging
@@ -92,7 +108,7 @@ def base_model(cfg: RunConfig) -> ArtifactRef:
 
                 src = convert_gguf(src, cfg.model.gguf_file, out)
             else:
-                shutil.copytree(src, out, dirs_exist_ok=True)
+                copy_model_folder(src, out)
         ref = register_checkpoint(store, out, parents=[], config={"producer": key, **cfg.model.hashable()},
                                   meta=meta, move=True)
     return computed("bootstrap", ref, [], store, t.seconds)
