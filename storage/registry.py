@@ -62,4 +62,6 @@ def checkpoint_dir(store: Store, key: str) -> Path:
     if pickled:  # from_pretrained would unpickle them; cropi writes safetensors + JSON only
         raise StorageError(f"checkpoint {key[:8]} holds pickle-format file(s) {pickled[:3]}; refused (cropi "
                            f"loads safetensors weights only)")
-    return store.local_path(key)
+    # model weights are always hashed in full before loading: "sampled" verification checks sizes of every
+    # file but hashes only two large ones, and a sharded checkpoint has more (a flipped byte would be trained on)
+    return store.local_path(key, verify="full")

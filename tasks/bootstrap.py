@@ -14,9 +14,19 @@ from tasks.common import Timer, computed, get_store, key_policy, maybe_fault, st
 
 
 def find_produced(store: Store, kind: str, producer: str) -> ArtifactRef | None:
-    """The artifact of `kind` whose meta records `producer` (content-keyed outputs, e.g. checkpoints)."""
+    """The newest intact artifact of `kind` whose meta records `producer` (content-keyed outputs, e.g.
+    checkpoints); a damaged one is skipped with a warning (checkpoints are hashed in full), so it is recomputed."""
     found = store.find(kind, meta={"producer": producer})
-    return store.ref(found[-1].key) if found else None
+    for m in reversed(found):
+        if store.exists(m.key, verify="full" if kind == "checkpoint" else None):
+            return store.ref(m.key)
+    return None
+
+
+def produced_intact(store: Store, kind: str, producer: str) -> bool:
+    """False only if artifacts of `kind` made by `producer` exist and every one is damaged (see key_policy)."""
+    found = store.find(kind, meta={"producer": producer})
+    return not found or find_produced(store, kind, producer) is not None
 
 
 def checkpoint_path(cfg: RunConfig, ref: ArtifactRef | str) -> Path:
@@ -70,7 +80,8 @@ def bootstrap_problems(cfg: RunConfig, exclude: list[str]):
     return generate_mixture(domains, cfg.bootstrap.num_problems, seed=10_000 + cfg.bootstrap.seed, exclude=exclude)
 
 
-@task(name="bootstrap", cache_policy=key_policy(lambda cfg: base_key(cfg)))
+@task(name="bootstrap", cache_policy=key_policy(lambda cfg: base_key(cfg),
+                                              intact=lambda store, key: produced_intact(store, "checkpoint", key)))
 def base_model(cfg: RunConfig) -> ArtifactRef:
     """Register the stage-0 checkpoint θ_0 = β.
 

@@ -15,6 +15,7 @@ import logging
 import os
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -90,8 +91,23 @@ def run_dir(cfg: RunConfig) -> Path:
 
 
 # ---------------------------------------------------------------- cache policy + binding
-def key_policy(key_fn: Callable[..., str]) -> CacheKeyFnPolicy:
-    """Prefect cache policy whose key is `key_fn(**task_parameters)` (the storage artifact key)."""
+def artifact_intact(store: Store, key: str) -> bool:
+    """Default check behind a Prefect cache hit: False only if artifact `key` is damaged in storage (corrupt
+    manifest, payload failing the store's verify mode, or a manifest moved aside by a reader; it warns, naming
+    the artifact). Never-written artifacts and keys that are not artifact keys (gradient chunks) pass."""
+    from storage.keys import KEY_RE
+
+    return not KEY_RE.match(key) or store.state(key) != "damaged"
+
+
+def key_policy(key_fn: Callable[..., str], intact: Callable[[Store, str], bool] | None = None) -> CacheKeyFnPolicy:
+    """Prefect cache policy whose key is `key_fn(**task_parameters)` (the storage artifact key).
+
+    A cached result is only a pointer to storage: if the artifact is gone or damaged (`intact(store, key)`
+    false; default `artifact_intact`) the key is made unique, Prefect misses, and the task body — which checks
+    storage first — recomputes it instead of handing downstream tasks a ref to corrupt bytes.
+    """
+    check = intact or artifact_intact
 
     def cache_key(_ctx: Any, params: dict[str, Any]) -> str:
         # namespaced by storage root: a cache hit must mean "this artifact is in THIS store" (two runs with
@@ -102,7 +118,10 @@ def key_policy(key_fn: Callable[..., str]) -> CacheKeyFnPolicy:
         root = ""
         if isinstance(cfg, RunConfig):
             root = f"{local_root(cfg) or cfg.storage.root}|{get_store(cfg).identity()}"
-        return f"{key_fn(**params)}-{hashlib.sha256(root.encode()).hexdigest()[:12]}"
+        key = key_fn(**params)
+        if isinstance(cfg, RunConfig) and not check(get_store(cfg), key):
+            return f"{key}-recompute-{uuid.uuid4().hex}"
+        return f"{key}-{hashlib.sha256(root.encode()).hexdigest()[:12]}"
 
     return CacheKeyFnPolicy(cache_key_fn=cache_key)
 

@@ -21,7 +21,13 @@ def train_key(cfg: RunConfig, stage: int, ckpt: ArtifactRef, pool: ArtifactRef, 
     return artifact_key("train", parents=[ckpt.key, pool.key, sel.key], config=conf)
 
 
-@task(name="train", task_run_name="train-s{stage}", cache_policy=key_policy(train_key))
+def _trained(store, key: str) -> bool:
+    from tasks.bootstrap import produced_intact
+
+    return produced_intact(store, "checkpoint", key)
+
+
+@task(name="train", task_run_name="train-s{stage}", cache_policy=key_policy(train_key, intact=_trained))
 def train(cfg: RunConfig, stage: int, ckpt: ArtifactRef, pool: ArtifactRef, sel: ArtifactRef) -> ArtifactRef:
     """E = train.steps_per_stage GRPO steps from `ckpt` on the selected prompts → checkpoint θ_{m+1}.
 
