@@ -140,6 +140,8 @@ def compare(
         if seeds < 1:
             raise ConfigError(f"--seeds: must be ≥ 1 (got {seeds})")
         cfg = prepare(config, set_, storage, name)
+        if len(cfg.name) > 80:  # runs are named <name>-<method>-s<seed> (at most 100 characters)
+            raise ConfigError(f"name: at most 80 characters for cropi compare (got {len(cfg.name)})")
     except CropiError as err:
         _fail(err)
     from flows.compare import run_compare
