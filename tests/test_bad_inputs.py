@@ -121,6 +121,16 @@ def test_parquet_with_wrong_column(tmp_path):
     expect(lambda: load_dataset(spec(bad)), DataError, str(bad), "not a readable Parquet file", folder=tmp_path)
 
 
+def test_dataset_that_is_a_directory_or_nested_too_deeply(tmp_path):
+    d = tmp_path / "d.jsonl"
+    d.mkdir()
+    expect(lambda: load_dataset(spec(d)), DataError, str(d), "cannot read", folder=tmp_path)
+    deep = write(tmp_path, "deep.json", "[" * 100_000 + "]" * 100_000)
+    expect(lambda: load_dataset(spec(deep)), DataError, str(deep), "nested too deeply", folder=tmp_path)
+    line = write(tmp_path, "deep.jsonl", "[" * 100_000 + "]" * 100_000 + "\n")
+    expect(lambda: load_dataset(spec(line)), DataError, "line 1", "nested too deeply", folder=tmp_path)
+
+
 def test_unknown_format(tmp_path):
     p = write(tmp_path, "d.csv", "question,answer\n")
     expect(lambda: load_dataset(spec(p)), DataError, str(p), "cannot tell the format", folder=tmp_path)
