@@ -180,7 +180,7 @@ def _open_artifact(storage: str | None, key: str):
     url, _ = resolve_url(storage)
     local = url.removeprefix("file://") if url.startswith("file://") or "://" not in url else None
     if local is not None and not (Path(local).expanduser() / "artifacts").is_dir():
-        raise StorageError(f"no artifact store at {url} (a read-only command does not create one)")
+        raise StorageError(f"no artifact {key!r}: no artifact store at {url} (a read-only command does not create one)")
     store = open_store(storage)
     full = _resolve_key(store, key)
     if not store.exists(full):
