@@ -7,7 +7,7 @@ byte-identical to an uninterrupted run's?
 One reference run (reduced embedded config, see REDUCED), then per trial: a fresh storage root, `cropi run` started
 in its own process group and killed with SIGKILL (the whole group, as a pre-empted machine loses everything) at
 t ~ U(0, T_ref); then `cropi run` again to completion. Per trial it records where the kill landed (the task runs
-started but not finished by then, from the run's own log lines), the seconds of work lost (t + resume − T_ref)
+it had not finished, against the reference run's task order), the seconds of work lost (t + resume − T_ref)
 and whether every `*.safetensors` file of the final checkpoint has the reference's sha256. Writes
 `chaos.json` and `chaos.md` (the table) under --out. CPU-heavy: a trial costs about two runs.
 """
@@ -36,8 +36,8 @@ REDUCED = [
     "influence.dim=256", "influence.chunk_rows=32", "train.stages=2", "train.steps_per_stage=4", "train.save_steps=2",
     "train.prompts_per_step=4", "train.num_generations=4", "train.max_new_tokens=16", "eval.max_new_tokens=16",
 ]
-TASK_KINDS = ("dataset", "bootstrap", "rollouts", "grads-chunk", "finalize", "scores", "selection", "health",
-              "train", "eval", "report")
+TASK_KINDS = ("start-up", "dataset", "bootstrap", "rollouts", "grads-chunk", "finalize", "scores", "selection",
+              "health", "train", "eval", "report")
 RUN_NAME = re.compile(r"[Tt]ask run '([^']+)'")
 
 
@@ -46,7 +46,8 @@ def task_kind(run_name: str) -> str:
     n = run_name
     if n.startswith("grads-"):
         return "finalize" if "finalize" in n else "grads-chunk"
-    for k in ("dataset", "bootstrap", "rollouts", "scores", "selection", "health", "train", "eval", "report"):
+    for k in ("dataset", "bootstrap", "rollouts", "scores", "selection", "health", "train", "eval", "report",
+              "start-up"):
         if n.startswith(k):
             return k
     return n.split("-")[0]
@@ -87,18 +88,26 @@ def run(cmd: list[str], env: dict, log: Path, kill_at: float | None = None) -> t
     return time.monotonic() - t0, p.returncode, lines
 
 
-def active_tasks(lines: list[tuple[float, str]], at: float) -> list[str]:
-    """Task runs seen in the log before `at` and not yet finished (where the kill landed)."""
-    started: dict[str, float] = {}
-    finished: set[str] = set()
-    for t, line in lines:
-        if t > at:
-            break
-        for name in RUN_NAME.findall(line):
-            started.setdefault(name, t)
-            if "Finished in state" in line:
-                finished.add(name)
-    return [n for n in started if n not in finished]
+def finished_order(lines: list[tuple[float, str]]) -> list[str]:
+    """Task-run names in the order they finished (Prefect's "Task run 'x' - Finished in state ..." lines)."""
+    out: list[str] = []
+    for _, line in lines:
+        if "Finished in state" in line:
+            out += [n for n in RUN_NAME.findall(line) if n not in out]
+    return out
+
+
+def killed_in(ref_order: list[str], lines: list[tuple[float, str]]) -> str:
+    """The task run the kill landed in: the first task of the reference run's finishing order that the killed
+    run had not finished (the local runner runs one task at a time); "start-up" if no task had started
+    logging yet, "report" once every task had finished."""
+    done = set(finished_order(lines))
+    if not done and not any(RUN_NAME.search(line) for _, line in lines):
+        return "start-up"
+    for name in ref_order:
+        if name not in done:
+            return name
+    return "report"
 
 
 def final_weights(root: str, name: str) -> dict[str, str]:
@@ -186,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"reference run failed (rc {rc}); see {args.out / 'reference.log'}", file=sys.stderr)
             return 1
         ref = final_weights(ref_root, "ref")
+        ref_order = finished_order(ref_lines)
         print(f"reference: {t_ref:.1f}s, final weights {list(ref.values())[0][:12]}")
         trials = []
         for i in range(args.trials):
@@ -194,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
             name = f"trial-{i:02d}"
             killed_s, rc1, lines = run(cropi_cmd(root, name, args.extra), env, args.out / f"trial-{i:02d}-killed.log",
                                        kill_at=at)
-            where = active_tasks(lines, at) if rc1 != 0 else []
+            where = [killed_in(ref_order, lines)] if rc1 != 0 else []
             resume_s, rc2, _ = run(cropi_cmd(root, name, args.extra), env, args.out / f"trial-{i:02d}-resume.log")
             same = rc2 == 0 and final_weights(root, name) == ref
             row = {"trial": i, "kill_at_s": round(at, 2), "killed": rc1 != 0, "active": where,
