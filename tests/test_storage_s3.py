@@ -214,3 +214,21 @@ def test_concurrent_writer_processes_first_manifest_wins(s3_endpoint):
     assert store.read_json(key, "ids.json") == {"writer": winners[0]["writer"]}
     left = [p.rsplit("/", 1)[-1] for p in store.fs.ls(store.artifact_dir(key))]
     assert sorted(left) == sorted(["manifest.json", winners[0]["payload"]])
+
+
+def test_s3_corrupt_chunk_refused_on_read_and_manifest_moved_aside(store):
+    """On SeaweedFS as on disk: a whole-array read hashes every chunk, refuses a flipped one, moves the manifest
+    aside (the next run recomputes), and state() then says damaged."""
+    key = artifact_key("rollouts", parents=[], config={"s3-quarantine": 1})
+    with store.writer("rollouts", key, parents=[], config={"s3-quarantine": 1}) as w:
+        w.put_array("rewards", np.arange(40, dtype=np.float32).reshape(20, 2), chunk_rows=2, codec="none")
+    info = store.manifest(key).arrays["rewards"]
+    chunk = f"{store.artifact_dir(key)}/{store.manifest(key).payload}/rewards/{info.chunk_key(7)}"
+    raw = bytearray(store.fs.cat_file(chunk))
+    raw[0] ^= 0xFF
+    store.fs.pipe_file(chunk, bytes(raw))
+    with pytest.raises(StorageError, match="corrupt.*moved aside"):
+        store.read_array(key, "rewards")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert store.state(key) == "damaged" and not store.exists(key)
