@@ -10,7 +10,7 @@ from prefect import task
 from cropi_core.config import RunConfig
 from storage import ArtifactRef, Store, artifact_key
 from storage.registry import register_checkpoint
-from tasks.common import Timer, computed, get_store, key_policy, maybe_fault, storage_hit, work_dir
+from tasks.common import Timer, computed, get_store, key_policy, maybe_fault, storage_hit, work_dir, work_lock
 
 
 def find_produced(store: Store, kind: str, producer: str) -> ArtifactRef | None:
@@ -94,6 +94,14 @@ def base_model(cfg: RunConfig) -> ArtifactRef:
     if found is not None:
         return storage_hit("bootstrap", found)
     maybe_fault("bootstrap")
+    with work_lock(cfg, "bootstrap", key[:16]):  # another run on this root may be bootstrapping the same model
+        found = find_produced(store, "checkpoint", key)
+        if found is not None:
+            return storage_hit("bootstrap", found)
+        return _bootstrap(cfg, store, key)
+
+
+def _bootstrap(cfg: RunConfig, store: Store, key: str) -> ArtifactRef:
     out = work_dir(cfg, "bootstrap", key[:16])
     shutil.rmtree(out, ignore_errors=True)
     with Timer() as t:

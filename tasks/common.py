@@ -8,6 +8,7 @@ recomputes nothing. Tasks take and return small `ArtifactRef`s, never tensors.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -16,7 +17,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,22 @@ def work_dir(cfg: RunConfig, *parts: str) -> Path:
     p = base.joinpath("work", *parts)
     p.mkdir(parents=True, exist_ok=True)
     return p
+
+
+@contextlib.contextmanager
+def work_lock(cfg: RunConfig, *parts: str) -> Iterator[None]:
+    """Exclusive lock (flock) for the work folder `work_dir(cfg, *parts)`: two runs on one root (or two threads)
+    computing the same artifact take turns instead of sharing — and deleting — each other's scratch files;
+    the second then finds the first's artifact in storage. A killed holder releases it (the kernel does)."""
+    import fcntl
+
+    lock = work_dir(cfg, *parts[:-1]) / f".{parts[-1]}.lock"
+    with open(lock, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def results_dir(cfg: RunConfig) -> Path:
