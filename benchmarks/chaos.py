@@ -88,12 +88,29 @@ def run(cmd: list[str], env: dict, log: Path, kill_at: float | None = None) -> t
     return time.monotonic() - t0, p.returncode, lines
 
 
+def stable(name: str) -> str:
+    """A task-run name without Prefect's random 3-hex suffix (tasks without task_run_name: bootstrap-bb7)."""
+    return re.sub(r"-[0-9a-f]{3}$", "", name)
+
+
 def finished_order(lines: list[tuple[float, str]]) -> list[str]:
-    """Task-run names in the order they finished (Prefect's "Task run 'x' - Finished in state ..." lines)."""
+    """Task-run names (stable) in the order they finished ("Task run 'x' - Finished in state ..." lines)."""
     out: list[str] = []
     for _, line in lines:
         if "Finished in state" in line:
-            out += [n for n in RUN_NAME.findall(line) if n not in out]
+            out += [stable(n) for n in RUN_NAME.findall(line) if stable(n) not in out]
+    return out
+
+
+def read_log(path: Path) -> list[tuple[float, str]]:
+    """Timed lines of a log written by `run` ("%8.2f line")."""
+    out = []
+    for line in path.read_text(errors="replace").splitlines():
+        head, _, rest = line.strip().partition(" ")
+        try:
+            out.append((float(head), rest))
+        except ValueError:
+            continue
     return out
 
 
@@ -157,6 +174,37 @@ def concurrent(base: str, env: dict, out: Path, extra: list[str]) -> dict:
     return results
 
 
+def write_tables(out: Path, t_ref: float, trials: list[dict], s3: bool) -> dict:
+    """chaos.json + chaos.md (the table) under `out`; returns the result dict."""
+    kinds = Counter(k for t in trials for k in t["kinds"])
+    result = {"reference_s": round(t_ref, 1), "trials": trials, "kinds": dict(kinds), "s3": s3,
+              "identical": sum(t["identical"] for t in trials), "n": len(trials)}
+    (out / "chaos.json").write_text(json.dumps(result, indent=1))
+    md = [f"reference run {t_ref:.0f}s; identical final weights {result['identical']}/{result['n']}"
+          f"{' (SeaweedFS root)' if s3 else ''}", "",
+          "| trial | killed at (s) | running at the kill | resume (s) | lost (s) | identical weights |",
+          "|---|---|---|---|---|---|"]
+    for t in trials:
+        md.append(f"| {t['trial']} | {t['kill_at_s']} | {', '.join(t['active']) or 'finished'} ({', '.join(t['kinds'])})"
+                  f" | {t['resume_s']} | {t['lost_s']} | {'yes' if t['identical'] else 'NO'} |")
+    md += ["", "kill points per task kind: " + ", ".join(f"{k} {kinds.get(k, 0)}" for k in TASK_KINDS)]
+    (out / "chaos.md").write_text("\n".join(md) + "\n")
+    print("\n".join(md))
+    return result
+
+
+def from_logs(out: Path) -> dict:
+    """Rebuild the table from a finished benchmark folder (its logs and chaos.json)."""
+    old = json.loads((out / "chaos.json").read_text())
+    ref_order = finished_order(read_log(out / "reference.log"))
+    trials = []
+    for t in old["trials"]:
+        lines = [(x, l) for x, l in read_log(out / f"trial-{t['trial']:02d}-killed.log") if x <= t["kill_at_s"]]
+        where = [killed_in(ref_order, lines)] if t["killed"] else []
+        trials.append({**t, "active": where, "kinds": sorted({task_kind(n) for n in where})})
+    return write_tables(out, old["reference_s"], trials, old["s3"])
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--trials", type=int, default=20)
@@ -165,7 +213,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--s3", action="store_true", help="storage on a SeaweedFS server on 127.0.0.1 (weed mini)")
     ap.add_argument("--set", dest="extra", action="append", default=[], help="extra config overrides")
     ap.add_argument("--concurrent", action="store_true", help="instead: two cropi run on one root at once")
+    ap.add_argument("--from-logs", action="store_true", help="only rebuild the table from --out's logs")
     args = ap.parse_args(argv)
+    if args.from_logs:
+        from_logs(args.out)
+        return 0
     args.out.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     server = None
@@ -212,20 +264,7 @@ def main(argv: list[str] | None = None) -> int:
                    "lost_s": round(killed_s + resume_s - t_ref, 1), "resume_rc": rc2, "identical": same}
             trials.append(row)
             print(json.dumps(row))
-        kinds = Counter(k for t in trials for k in t["kinds"])
-        result = {"reference_s": round(t_ref, 1), "trials": trials, "kinds": dict(kinds), "s3": args.s3,
-                  "identical": sum(t["identical"] for t in trials), "n": len(trials)}
-        (args.out / "chaos.json").write_text(json.dumps(result, indent=1))
-        md = [f"reference run {t_ref:.0f}s; identical final weights {result['identical']}/{result['n']}"
-              f"{' (SeaweedFS root)' if args.s3 else ''}", "",
-              "| trial | killed at (s) | running at the kill | resume (s) | lost (s) | identical weights |",
-              "|---|---|---|---|---|---|"]
-        for t in trials:
-            md.append(f"| {t['trial']} | {t['kill_at_s']} | {', '.join(t['kinds']) or ('finished' if not t['killed'] else 'start-up')}"
-                      f" | {t['resume_s']} | {t['lost_s']} | {'yes' if t['identical'] else 'NO'} |")
-        md += ["", "kill points per task kind: " + ", ".join(f"{k} {kinds.get(k, 0)}" for k in TASK_KINDS)]
-        (args.out / "chaos.md").write_text("\n".join(md) + "\n")
-        print("\n".join(md))
+        result = write_tables(args.out, t_ref, trials, args.s3)
         return 0 if result["identical"] == result["n"] else 1
     finally:
         if server is not None:
