@@ -1,5 +1,6 @@
 """Sketch throughput at the paper's scale: a random-weight model with Qwen2.5-1.5B's exact shape, the real Qwen2
-tokenizer, k = 32768, bf16 — `sparse` (the paper's projection) and `factored` vs a plain forward+backward.
+tokenizer, k = 32768, bf16 — `grass` (masked block + sparse JL, the default), `sparse` with sparse JL, the paper's
+projection (`sparse:gaussian`, a dense Gaussian matrix) and `factored` vs a plain forward+backward.
 
 Called by scripts/gpu_check.sh (which sets the offline environment). Nothing is downloaded: the weights are
 random (throughput does not depend on their values) and the tokenizer is read from a local folder.
@@ -10,7 +11,7 @@ random (throughput does not depend on their values) and the tokenizer is read fr
 Per method it prints prompts/s, tokens/s (prompt+response tokens teacher-forced, as in benchmarks/sketch.py),
 the ratio to (a) plain fwd+bwd on the same batch, peak accelerator memory (CPU: peak RSS growth) and the
 projector's set-up time. `sparse` keeps every selected parameter's full per-prompt gradient and projects its
-kept coordinates with a dense Gaussian generated on the fly (CPU generator, so rows are identical on any
+kept coordinates with a dense Gaussian generated on the fly (`sparse:gaussian`) (CPU generator, so rows are identical on any
 machine); at 1.5B x 32768 that is ~5e12 random numbers per prompt group, hours of work. Unless `--sparse-params
 all`, sparse therefore runs on a named subset of parameters and its full-model time is extrapolated linearly in
 kept coordinates: per prompt, t_full = t_plain + t_proj_group(subset) * (kept_all / kept_subset) / prompts_per_group(all),
@@ -211,7 +212,8 @@ def main() -> None:
     ap.add_argument("--prompt-len", type=int, default=None, help="mean prompt tokens (default 128; --small 24)")
     ap.add_argument("--resp-len", type=int, default=None, help="mean response tokens (default 512; --small 32)")
     ap.add_argument("--micro-batch-tokens", type=int, default=None, help="default 16384 (--small 512)")
-    ap.add_argument("--kinds", default="sparse,factored")
+    ap.add_argument("--kinds", default="grass,sparse,sparse:gaussian,factored",
+                    help="comma list of kind[:transform] (transform sjl by default; gaussian = the paper's matrix)")
     ap.add_argument("--sparse-params", default=None,
                     help="all | last-kv (default) | comma list of parameter names")
     ap.add_argument("--sparse-prompts", type=int, default=None, help="prompts for sparse (default 8; --small all)")
@@ -268,17 +270,20 @@ def main() -> None:
         return row
 
     plain = timed("(a) plain fwd+bwd", lambda ps: plain_fwd_bwd(model, ps, mbt, device), prompts)
-    for kind in [s.strip() for s in a.kinds.split(",") if s.strip()]:
-        if kind not in ("sparse", "factored"):
-            sys.exit(f"gpu_sketch: --kinds: unknown projector {kind!r} (sparse, factored)")
-        params = sparse_subset(model, sparse_spec) if kind == "sparse" else None
+    for spec in [s.strip() for s in a.kinds.split(",") if s.strip()]:
+        kind, _, transform = spec.partition(":")
+        transform = transform or "sjl"
+        if kind not in ("grass", "sparse", "factored"):
+            sys.exit(f"gpu_sketch: --kinds: unknown projector {kind!r} (grass, sparse, factored)")
+        dense_jl = kind == "sparse" and transform != "sjl"  # the slow one: run on a parameter subset, extrapolate
+        params = sparse_subset(model, sparse_spec) if dense_jl else None
         t = time.perf_counter()
-        proj = make_projector(kind, model, dim, sparse_ratio=a.sparse_ratio, seed=a.seed, dtype=torch.float16,
-                              params=params)
+        proj = make_projector(kind, model, dim, sparse_ratio=a.sparse_ratio, transform=transform, seed=a.seed,
+                              dtype=torch.float16, params=params)
         setup = time.perf_counter() - t
-        ps = prompts[:n_sparse] if kind == "sparse" else prompts
+        ps = prompts[:n_sparse] if dense_jl else prompts
         finish_s = [0.0]
-        if kind == "sparse":  # time the projection step itself (what grows with kept coordinates)
+        if dense_jl:  # time the projection step itself (what grows with kept coordinates)
             orig_finish = proj.finish
 
             def finish(orig=orig_finish):
@@ -289,17 +294,17 @@ def main() -> None:
                 finish_s[0] += time.perf_counter() - t
                 return r
             proj.finish = finish
-        label = f"(b) {kind} ρ={a.sparse_ratio:g}" + ("" if params is None else f" [{len(params)} params subset]")
+        label = f"(b) {kind} ρ={a.sparse_ratio:g} {transform}" + ("" if params is None else f" [{len(params)} params subset]")
 
         def run(b, proj=proj):
             finish_s[0] = 0.0  # only the timed call counts
             return sketch_prompts(model, b, proj, micro_batch_tokens=mbt)
         row = timed(label, run, ps, setup_s=setup, bytes_per_prompt=proj.bytes_per_prompt())
-        if kind == "sparse" and params is not None:
+        if dense_jl and params is not None:
             # everything but the projection scales like a forward+backward; the projection like kept coordinates
             # the projection runs once per group of prompts (sketch_prompts groups by GROUP_BYTES of buffers), and
             # its cost per group grows with kept coordinates; all parameters => far fewer prompts per group
-            whole = make_projector("sparse", model, dim, sparse_ratio=a.sparse_ratio, seed=a.seed)
+            whole = make_projector("sparse", model, dim, sparse_ratio=a.sparse_ratio, transform=transform, seed=a.seed)
             full = whole.kept
             groups_subset = -(-row["prompts"] // max(1, GROUP_BYTES // proj.slot_bytes()))
             per_group_full = max(1, GROUP_BYTES // whole.slot_bytes())
@@ -308,7 +313,7 @@ def main() -> None:
             per_prompt = plain["seconds"] / plain["prompts"] + proj_per_prompt
             tok_per_prompt = row["tokens_per_s"] * row["seconds"] / row["prompts"]
             row.update(projection_s=finish_s[0], kept_subset=proj.kept)
-            rows.append(dict(method=f"(b) sparse ρ={a.sparse_ratio:g} all params (extrapolated)", prompts=None,
+            rows.append(dict(method=f"(b) sparse ρ={a.sparse_ratio:g} {transform} all params (extrapolated)", prompts=None,
                              seconds=None, prompts_per_s=1 / per_prompt, tokens_per_s=tok_per_prompt / per_prompt,
                              peak_mem_gb=None, kept_all=full, projection_s_per_prompt=proj_per_prompt,
                              flat_buffer_gb_per_prompt=4 * n_params / 2**30))

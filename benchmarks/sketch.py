@@ -5,10 +5,13 @@ Same model (a ≥ 20M-parameter Qwen2 by default), same batch of random prompts 
   (b) `sketch_prompts` with each projector: prompts/s, tokens/s, ratio to (a), peak RSS growth, bytes/prompt;
   (c) the paper's reference procedure (thu-coai/CROPI with TRAK's projector, PAPER.md §4): one prompt at a time,
       full flat gradient, fixed coordinate subset, dense Gaussian projection generated blockwise on the fly.
-Slow methods (exact, dense, reference) run on the first `--slow-prompts` prompts only; rates are per prompt.
+Slow methods (dense with a Gaussian matrix, reference) run on the first `--slow-prompts` prompts only; rates are
+per prompt. Fidelity: cos MAE = mean |cos(sketch_i, sketch_j) − cos(g_i, g_j)| over the off-diagonal prompt pairs,
+against the exact per-prompt gradients g (the `exact` projector, float32), with a "sketch" of pure noise as the
+floor every informative sketch must beat.
 
     .venv/bin/python benchmarks/sketch.py                    # table on stdout, JSON in benchmarks/out/
-    .venv/bin/python benchmarks/sketch.py --model tiny --prompts 8   # smoke run
+    .venv/bin/python benchmarks/sketch.py --model tiny --prompts 4 --k 4 --resp-len 24 --dim 256   # smoke run
 """
 
 from __future__ import annotations
@@ -142,8 +145,20 @@ def build(a: dict):
     return model, prompts
 
 
-def run_one(kind: str, a: dict) -> tuple[dict, int, int]:
-    """One method on the shared batch, in this (fresh) process: its row of the table."""
+# method -> (projector kind, sparse ratio ("r" = --ratio), transform, sjl hashes, slow?)
+SPECS = {
+    "grass": ("grass", "r", "sjl", 2, False), "grass-s1": ("grass", "r", "sjl", 1, False),
+    "grass-s4": ("grass", "r", "sjl", 4, False), "grass-gauss": ("grass", "r", "gaussian", 2, True),
+    "sparse": ("sparse", "r", "sjl", 2, False), "sparse-gauss": ("sparse", "r", "gaussian", 2, True),
+    "dense": ("dense", 1.0, "sjl", 2, False), "dense-gauss": ("dense", 1.0, "gaussian", 2, True),
+    "grass-r25": ("grass", 0.25, "sjl", 2, False), "grass-r50": ("grass", 0.5, "sjl", 2, False),
+    "factored": ("factored", 1.0, "gaussian", 2, False), "factored-sub": ("factored", "r", "gaussian", 2, False),
+    "exact": ("exact", 1.0, "sjl", 2, False),
+}
+
+
+def run_one(kind: str, a: dict) -> tuple[dict, int, int, "torch.Tensor | None"]:
+    """One method on the shared batch, in this (fresh) process: its row of the table and its sketch rows."""
     model, prompts = build(a)
     n_params = sum(p.numel() for p in model.parameters())
     slow = prompts[: a["slow_prompts"]]
@@ -152,53 +167,83 @@ def run_one(kind: str, a: dict) -> tuple[dict, int, int]:
         name, ps, bpp, d = "(a) plain fwd+bwd", prompts, 0, 0
         fn = lambda ps: plain_fwd_bwd(model, ps, mbt)  # noqa: E731
     elif kind == "reference":
-        name, ps, bpp, d = f"(c) reference ρ={ratio:g}", slow, 2 * dim, dim
+        name, ps, bpp, d = f"(c) reference ρ={ratio:g} (TRAK-style dense)", slow, 2 * dim, dim
         fn = lambda ps: reference_sketch(model, ps, dim, ratio, 0)  # noqa: E731
+    elif kind == "noise":
+        name, ps, bpp, d = "noise (random rows)", prompts, 2 * dim, dim
+        fn = lambda ps: torch.randn(len(ps), dim, generator=torch.Generator().manual_seed(1))  # noqa: E731
     else:
-        specs = {"factored": ("factored", 1.0, prompts), "factored-sub": ("factored", ratio, prompts),
-                 "sparse": ("sparse", ratio, prompts), "dense": ("dense", 1.0, slow), "exact": ("exact", 1.0, slow)}
-        pk, pr, ps = specs[kind]
-        proj = make_projector(pk, model, dim, sparse_ratio=pr, dtype=torch.float32 if pk == "exact" else torch.float16)
-        name = f"(b) {pk}" + (f" ρ={pr:g}" if pk in ("sparse", "factored") else "")
+        pk, pr, tr, sh, is_slow = SPECS[kind]
+        pr = ratio if pr == "r" else pr
+        ps = slow if is_slow else prompts
+        proj = make_projector(pk, model, dim, sparse_ratio=pr, transform=tr, sjl_s=sh,
+                              dtype=torch.float32 if pk == "exact" else torch.float16)
+        name = f"(b) {pk}" + (f" ρ={pr:g}" if pk in ("sparse", "factored", "grass") else "") + (
+            "" if pk == "exact" else f" {tr}" + (f" s={sh}" if tr == "sjl" else ""))
         bpp, d = proj.bytes_per_prompt(), proj.dim
         fn = lambda ps: sketch_prompts(model, ps, proj, micro_batch_tokens=mbt)  # noqa: E731
     with PeakRSS() as mem:
-        t = time.perf_counter()
-        fn(ps)
-        dt = time.perf_counter() - t
-    row = dict(method=name, prompts=len(ps), seconds=dt, prompts_per_s=len(ps) / dt, tokens_per_s=all_tokens(ps) / dt,
-               peak_rss_mb=mem.delta / 2**20, bytes_per_prompt=bpp, dim=d)
-    return row, n_params, torch.get_num_threads()
+        t, c = time.perf_counter(), time.process_time()
+        sk = fn(ps)
+        wall, cpu = time.perf_counter() - t, time.process_time() - c
+    # rates from process CPU time: with one torch thread it is the compute itself, and unlike wall time it does
+    # not grow when other jobs share the cores (a 2-core machine under load gives a process ~10-50% of a core)
+    dt = cpu if a["clock"] == "cpu" else wall
+    row = dict(method=name, key=kind, prompts=len(ps), seconds=dt, wall_s=wall, cpu_s=cpu, prompts_per_s=len(ps) / dt,
+               tokens_per_s=all_tokens(ps) / dt, peak_rss_mb=mem.delta / 2**20, bytes_per_prompt=bpp, dim=d)
+    return row, n_params, torch.get_num_threads(), (None if sk is None else sk.float())
+
+
+def cosines(x: torch.Tensor) -> torch.Tensor:
+    """[n, n] cosine similarities of the rows (float64)."""
+    x = x.double()
+    x = x / x.norm(dim=1, keepdim=True)
+    return x @ x.T
+
+
+def cos_mae(sketch: torch.Tensor, exact_cos: torch.Tensor) -> float:
+    """Mean |cos(sketch_i, sketch_j) − cos(g_i, g_j)| over off-diagonal pairs of the sketch's first rows."""
+    n = sketch.shape[0]
+    off = ~torch.eye(n, dtype=torch.bool)
+    return float((cosines(sketch) - exact_cos[:n, :n]).abs()[off].mean())
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", choices=sorted(MODELS), default="20m")
-    ap.add_argument("--prompts", type=int, default=16)
-    ap.add_argument("--slow-prompts", type=int, default=2, help="prompts for exact/dense/reference")
-    ap.add_argument("--k", type=int, default=4)
+    ap.add_argument("--prompts", type=int, default=8)
+    ap.add_argument("--slow-prompts", type=int, default=4, help="prompts for the dense-matrix methods and reference")
+    ap.add_argument("--k", type=int, default=8)
     ap.add_argument("--prompt-len", type=int, default=32)
-    ap.add_argument("--resp-len", type=int, default=48)
-    ap.add_argument("--dim", type=int, default=1024)
+    ap.add_argument("--resp-len", type=int, default=96)
+    ap.add_argument("--dim", type=int, default=4096)
     ap.add_argument("--ratio", type=float, default=0.1, help="sparse ratio for sparse/reference/factored-sub")
     ap.add_argument("--micro-batch-tokens", type=int, default=2048)
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
-    ap.add_argument("--kinds", default="factored,factored-sub,sparse,exact,reference",
-                    help="comma list of factored, factored-sub, sparse, dense, exact, reference")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (0 = torch default)")
+    ap.add_argument("--clock", choices=("cpu", "wall"), default="cpu",
+                    help="rates from process CPU time (default; robust to other jobs, meaningful with 1 thread) or wall")
+    ap.add_argument("--kinds", default="grass,grass-s1,grass-s4,grass-r25,grass-r50,sparse,sparse-gauss,dense,"
+                                        "factored,factored-sub,reference,noise",
+                    help=f"comma list of {', '.join(SPECS)}, reference, noise (exact always runs, for cos MAE)")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "out" / "sketch.json")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
-    kinds = ["plain"] + [k.strip() for k in a.kinds.split(",") if k.strip()]
+    kinds = ["plain", "exact"] + [k.strip() for k in a.kinds.split(",") if k.strip() and k.strip() != "exact"]
     n_params = None
     rows: list[dict] = []
+    exact_cos = None
     # each method in a fresh process: peak RSS growth is then that method's own, not what earlier ones left
     ctx = multiprocessing.get_context("spawn")
     for k in kinds:
         with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as ex:
-            row, n_params, threads = ex.submit(run_one, k, vars(a)).result()
+            row, n_params, threads, sk = ex.submit(run_one, k, vars(a)).result()
+        if k == "exact":
+            exact_cos = cosines(sk)
+        row["cos_mae"] = None if sk is None or exact_cos is None or sk.shape[0] < 2 else cos_mae(sk, exact_cos)
         rows.append(row)
-        print(f"  {row['method']}: {row['seconds']:.1f}s on {row['prompts']} prompts", flush=True)
+        mae = "" if row["cos_mae"] is None else f", cos MAE {row['cos_mae']:.4f}"
+        print(f"  {row['method']}: {row['seconds']:.1f}s on {row['prompts']} prompts{mae}", flush=True)
     base = rows[0]["tokens_per_s"]
     ref = next((r for r in rows if r["method"].startswith("(c)")), None)
     for r in rows:
@@ -209,22 +254,24 @@ def main() -> None:
     from rich.table import Table
 
     tab = Table(title=f"sketch benchmark — {a.model} ({n_params / 1e6:.1f}M params), dim {a.dim}, "
-                      f"{threads} thread(s); {a.prompts} prompts × {a.k} responses, "
+                      f"{threads} thread(s), {a.clock} clock; {a.prompts} prompts × {a.k} responses, "
                       f"{all_tokens(build(vars(a))[1])} tokens")
-    for c in ("method", "prompts", "s", "prompts/s", "tokens/s", "× (a)", "× (c)", "peak RSS MB", "bytes/prompt"):
+    fmt_mae = lambda r: "" if r["cos_mae"] is None else f"{r['cos_mae']:.4f}"  # noqa: E731
+    for c in ("method", "prompts", "s", "prompts/s", "tokens/s", "× (a)", "× (c)", "cos MAE", "peak RSS MB",
+              "bytes/prompt"):
         tab.add_column(c, justify="left" if c == "method" else "right")
     for r in rows:
         tab.add_row(r["method"], str(r["prompts"]), f"{r['seconds']:.1f}", f"{r['prompts_per_s']:.3f}",
                     f"{r['tokens_per_s']:.0f}", f"{r['vs_plain']:.2f}",
-                    "" if r["vs_reference"] is None else f"{r['vs_reference']:.1f}", f"{r['peak_rss_mb']:.0f}",
-                    f"{r['bytes_per_prompt']:,}")
+                    "" if r["vs_reference"] is None else f"{r['vs_reference']:.1f}", fmt_mae(r),
+                    f"{r['peak_rss_mb']:.0f}", f"{r['bytes_per_prompt']:,}")
     Console(width=200).print(tab)
-    print("\n| method | prompts | s | prompts/s | tokens/s | × (a) | × (c) | peak RSS MB | bytes/prompt |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("\n| method | prompts | s | prompts/s | tokens/s | × (a) | × (c) | cos MAE | peak RSS MB | bytes/prompt |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         vc = "" if r["vs_reference"] is None else f"{r['vs_reference']:.1f}"
         print(f"| {r['method']} | {r['prompts']} | {r['seconds']:.1f} | {r['prompts_per_s']:.3f} | {r['tokens_per_s']:.0f} "
-              f"| {r['vs_plain']:.2f} | {vc} | {r['peak_rss_mb']:.0f} | {r['bytes_per_prompt']:,} |")
+              f"| {r['vs_plain']:.2f} | {vc} | {fmt_mae(r)} | {r['peak_rss_mb']:.0f} | {r['bytes_per_prompt']:,} |")
     a.out.parent.mkdir(parents=True, exist_ok=True)
     meta = dict(args={k: str(v) for k, v in vars(a).items()}, n_params=n_params, threads=threads,
                 cpu=platform.processor() or platform.machine(), cpus=os.cpu_count(),

@@ -30,11 +30,15 @@ class Section(BaseModel):
     # fields added after artifacts existed: they enter the key only when they differ from this value, so the
     # default keeps every existing key
     HASH_OMIT_WHEN: ClassVar[dict[str, Any]] = {}
+    # fields that only matter when another field has a given value: {field: (other field, value)}
+    HASH_ONLY_WITH: ClassVar[dict[str, tuple[str, Any]]] = {}
 
     def hashable(self) -> dict[str, Any]:
         """Output-determining fields only (JSON-able), for artifact keys."""
         out = self.model_dump(mode="json", exclude=set(self.HASH_EXCLUDE))
-        return {k: v for k, v in out.items() if k not in self.HASH_OMIT_WHEN or v != self.HASH_OMIT_WHEN[k]}
+        out = {k: v for k, v in out.items() if k not in self.HASH_OMIT_WHEN or v != self.HASH_OMIT_WHEN[k]}
+        return {k: v for k, v in out.items()
+                if k not in self.HASH_ONLY_WITH or out.get(self.HASH_ONLY_WITH[k][0]) == self.HASH_ONLY_WITH[k][1]}
 
 
 class TinyModelConfig(Section):
@@ -77,15 +81,26 @@ class BootstrapConfig(Section):
     # share of the multi-step problems taught with an UNBOXED answer ("Answer: 9", reward 0): a wrong-format habit
     # on exactly the targeted domains, which RL unlearns domain-wide (it transfers to unseen test prompts, unlike
     # the facts themselves). Taken from the problems not taught worked (worked_fraction + this ≤ 1).
-    unboxed_fraction: float = Field(0.0, ge=0, le=1)
+    # Default 0.3 (the embedded benchmark; measured in README "Evidence"): the starting policy answers the habit
+    # domains unboxed ~30% of the time, which GRPO can unlearn and which transfers to unseen test prompts.
+    unboxed_fraction: float = Field(0.3, ge=0, le=1)
+    # the domains that carry the unboxed habit. None = the multi-step domains (two_step, word), the behaviour before
+    # this field existed. A one-fact domain listed here gets "Answer: gold" for a seeded `unboxed_fraction` of its
+    # problems. The embedded default lists the two targeted domains AND one untargeted domain (`sub`): the skill RL
+    # learns on the targeted domains (box the answer) is shared by an unseen untargeted test domain, as math domains
+    # share reasoning in the paper, while add/mul/max share nothing with the targeted ones.
+    unboxed_domains: list[str] | None = ["two_step", "word", "sub"]
     seed: int = 0
-    HASH_OMIT_WHEN = {"unboxed_fraction": 0.0}
+    HASH_OMIT_WHEN = {"unboxed_fraction": 0.0, "unboxed_domains": None}
 
     @model_validator(mode="after")
     def _fractions(self) -> "BootstrapConfig":
         if self.worked_fraction + self.unboxed_fraction > 1 + 1e-9:
             raise ValueError(f"worked_fraction + unboxed_fraction must be ≤ 1 (got {self.worked_fraction} + "
                              f"{self.unboxed_fraction})")
+        bad = [d for d in self.unboxed_domains or [] if d not in SYNTHETIC_DOMAINS]
+        if bad:
+            raise ValueError(f"unknown synthetic domains {bad} in unboxed_domains (known: {list(SYNTHETIC_DOMAINS)})")
         return self
 
 
@@ -115,11 +130,16 @@ class SyntheticConfig(Section):
     """The embedded arithmetic suite: a mixed pool where the targeted domains are a minority."""
 
     domains: list[str] = ["add", "sub", "mul", "two_step", "word", "max"]
+    # the domains whose validation sets drive selection (and whose test sets are "targeted"); the rest are
+    # untargeted test domains. With the default bootstrap the habit domains are two_step, word, sub: targeting
+    # two of them leaves one untargeted domain that shares the skill (sub here; `[sub, word]` leaves two_step).
     targeted: list[str] = ["two_step", "word"]
     pool_per_domain: dict[str, int] = {}  # overrides pool_size for a domain
     pool_size: int = Field(120, gt=0)  # per domain
     val_size: int = Field(32, gt=0)  # per targeted domain
-    test_size: int = Field(64, gt=0)  # per domain
+    # per domain. 160 prompts × mean@8 gives one evaluation a standard error ≈ 0.017 on the targeted mean (2 sets)
+    # and ≈ 0.015 on the untargeted mean (4 sets) at the default bootstrap (per-prompt SD 0.3–0.44); 64 gave ±0.03
+    test_size: int = Field(160, gt=0)
     seed: int = 0
 
     @model_validator(mode="after")
@@ -187,15 +207,38 @@ class RolloutConfig(Section):
 
 
 class InfluenceConfig(Section):
-    projector: Literal["exact", "dense", "sparse", "factored"] = "sparse"  # factored ranks poorly on the tiny model (benchmarks/fidelity.py)
-    dim: int = Field(4096, gt=0)  # k, sketch dimension
-    sparse_ratio: float = Field(0.1, gt=0, le=1)
+    """Off-policy gradient sketches (PAPER.md §3–4; cropi_core/influence.py and cropi_core/projection/)."""
+
+    # exact | dense | sparse (the paper's coordinate subset) | grass (√ρ rows × √ρ columns of every matrix, formed
+    # only on that block; fastest at dense-JL fidelity, benchmarks/sketch.py) | factored (LoGra-style Kronecker)
+    projector: Literal["exact", "dense", "sparse", "grass", "factored"] = "grass"
+    dim: int = Field(4096, gt=0)  # sketch dimension (the paper's k = 32768)
+    sparse_ratio: float = Field(0.1, gt=0, le=1)  # ρ: fraction of gradient coordinates kept before the transform
+    # how the kept coordinates map to `dim`: "sjl" (sparse JL, `sjl_s` signed hashes per coordinate; cost ∝ kept
+    # coordinates) or a dense JL matrix, "gaussian" (the paper's / TRAK's) or "rademacher" (cost ∝ kept × dim)
+    transform: Literal["sjl", "gaussian", "rademacher"] = "sjl"
+    sjl_s: Literal[1, 2, 4] = 2  # sparse JL hashes per kept coordinate (more: less variance, more scatter work)
+    # how the budget sparse_ratio·(all coordinates) is spread over parameters: "uniform" (every parameter keeps ρ)
+    # or "energy" (kept coordinates ∝ each parameter's gradient energy, measured per stage on the first
+    # `calibration_prompts` scorable pool prompts — a `calibration` artifact both pool and val sketches use)
+    allocation: Literal["uniform", "energy"] = "uniform"
+    calibration_prompts: int = Field(16, gt=0)
     seed: int = 0
     dtype: Literal["float16", "float32"] = "float16"
     aggregation: Literal["seq_mean_token_mean", "token_mean"] = "seq_mean_token_mean"
     micro_batch_tokens: int = Field(4096, gt=0)
     chunk_rows: int = Field(256, gt=0)  # rows per gradient chunk task (layout, not values)
-    HASH_EXCLUDE = frozenset({"micro_batch_tokens", "chunk_rows"})
+    # Behaviour refresh (beyond the paper, which never refreshes β; PAPER.md §3, §8). Before scoring stage m ≥ 1,
+    # the mean ESS/K of the importance weights of θ_m on ALL the pool's stored responses is measured; below this
+    # threshold the offline rollouts (pool and validation sets) are resampled from θ_m, a new cached `rollouts`
+    # artifact whose parent is θ_m, and they are the behaviour data of this and later stages. 0 = off (the paper).
+    # Not a key field of the gradients themselves: a refreshed stage's gradients are keyed on the new rollouts.
+    refresh_ess: float = Field(0.0, ge=0, le=1)
+    # calibration_prompts is in the key of the calibration artifact (a parent of the sketches it shapes)
+    HASH_EXCLUDE = frozenset({"micro_batch_tokens", "chunk_rows", "refresh_ess", "calibration_prompts"})
+    # added after gradient artifacts existed: a config that names the old dense transform keeps its keys
+    HASH_OMIT_WHEN = {"transform": "gaussian", "allocation": "uniform"}
+    HASH_ONLY_WITH = {"sjl_s": ("transform", "sjl")}
 
 
 class SelectionConfig(Section):
@@ -203,6 +246,11 @@ class SelectionConfig(Section):
     ratio: float = 0.1
     k_rrf: float = Field(0.0, ge=0)
     seed: int = 0
+    # beyond the paper: share of each stage's selection replaced by prompts drawn uniformly from the rest of the
+    # pool (fresh each stage; the lowest-ranked picks make room), so every domain stays in the training set and
+    # untargeted skills are not forgotten. 0 = the paper's pure top-r selection. Ignored by method "full".
+    mix_random: float = Field(0.0, ge=0, lt=1)
+    HASH_OMIT_WHEN = {"mix_random": 0.0}
 
     @field_validator("ratio")
     @classmethod
@@ -215,7 +263,11 @@ class SelectionConfig(Section):
 class TrainConfig(Section):
     """GRPO per stage with TRL's GRPOTrainer."""
 
-    stages: int = Field(3, ge=1)
+    # Default 2 (× 20 steps) from measurements on the embedded benchmark (README "Evidence", one seed each): the
+    # targeted gain saturates by step 40 (mean@8 0.464 → 0.621 → 0.642 → 0.633) while untargeted accuracy falls in
+    # the third stage (0.655 → 0.676 → 0.640 → 0.620; ≈ −2 SE), for the default targeted pair, for targeted
+    # [sub, word] and with 25% random prompts mixed into each selection alike.
+    stages: int = Field(2, ge=1)
     steps_per_stage: int = Field(20, ge=1)  # E
     lr: float = Field(1e-4, gt=0)  # 1e-3 collapses the tiny policy (KL ≈ 1 after 40 steps, accuracy falls)
     prompts_per_step: int = Field(16, ge=1)
@@ -241,8 +293,12 @@ class TrainConfig(Section):
 
 
 class EvalConfig(Section):
-    greedy: bool = True
-    n_samples: int = Field(0, ge=0)  # mean@n sampled (0 = off)
+    """How checkpoints are scored on the test sets. Default: mean@8 of sampled answers (T = 0.5), no greedy pass:
+    greedy pass@1 on a few hundred prompts moved ±0.06 between evaluations of nearly the same policy, which hid
+    every effect (issue #13); a mean of 8 samples per prompt halves the per-prompt variance's sampling part."""
+
+    greedy: bool = False  # also decode greedily; `accuracy` is then greedy pass@1 (reports use mean@n when n > 0)
+    n_samples: int = Field(8, ge=0)  # mean@n sampled (0 = off: greedy pass@1 only)
     temperature: float = Field(0.5, gt=0)
     max_new_tokens: int = Field(32, gt=0)
     batch_size: int = Field(128, gt=0)  # part of the key, as for rollouts: mean@n samples depend on batching

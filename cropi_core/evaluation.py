@@ -1,12 +1,19 @@
 """Evaluation: greedy pass@1 and (optionally) mean@n of sampled responses on a list of problems.
 
 Batched `generate` with left padding; deterministic (greedy decoding; sampling seeded per batch of ids).
+
+Standard errors: one evaluation's accuracy is a mean over problems of per-problem scores s_i (greedy 0/1, or the
+mean of n samples), so its standard error is `std(s_i, ddof=1) / sqrt(N)` (`standard_error`); it covers both the
+choice of test prompts and the sampling noise of mean@n. The mean of several sets (e.g. the targeted sets) has
+`sqrt(Σ se_j²) / J` (`mean_and_se`): the sets are disjoint, so their errors are independent.
 """
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import Iterable
 
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -30,9 +37,40 @@ class EvalResult:
     sampled: dict[str, float] | None = None
     n: int = 0
 
+    @property
+    def accuracy_se(self) -> float:
+        """Standard error of `accuracy` over problems (see the module docstring)."""
+        return standard_error(self.correct.values())
+
+    @property
+    def mean_at_n_se(self) -> float | None:
+        """Standard error of `mean_at_n` over problems; None without sampling."""
+        return None if self.sampled is None else standard_error(self.sampled.values())
+
     def to_record(self) -> dict:
-        return {"accuracy": self.accuracy, "mean_at_n": self.mean_at_n, "n": self.n, "by_domain": self.by_domain,
+        return {"accuracy": self.accuracy, "accuracy_se": self.accuracy_se, "mean_at_n": self.mean_at_n,
+                "mean_at_n_se": self.mean_at_n_se, "n": self.n, "by_domain": self.by_domain,
                 "correct": self.correct, "sampled": self.sampled}
+
+
+def standard_error(scores: Iterable[float]) -> float:
+    """`std(scores, ddof=1) / sqrt(N)`: the standard error of their mean (NaN for fewer than 2 scores)."""
+    x = [float(v) for v in scores]
+    n = len(x)
+    if n < 2:
+        return float("nan")
+    m = sum(x) / n
+    return math.sqrt(sum((v - m) ** 2 for v in x) / (n - 1) / n)
+
+
+def mean_and_se(values: list[float], ses: list[float | None]) -> tuple[float, float | None]:
+    """Mean of the accuracies of disjoint sets and its standard error `sqrt(Σ se_j²) / J` (None if any is unknown)."""
+    if not values:
+        return float("nan"), None
+    mean = sum(values) / len(values)
+    if any(s is None or not math.isfinite(s) for s in ses):
+        return mean, None
+    return mean, math.sqrt(sum(s * s for s in ses)) / len(ses)  # type: ignore[operator]
 
 
 def evaluate(

@@ -30,7 +30,22 @@ from cropi_core.scoring import fuse_ranks, rank_order, top_count
 
 METHODS = ("popi", "full", "random", "pass_rate", "learnability", "influence_once")
 
-__all__ = ["select", "METHODS"]
+__all__ = ["select", "mix_random", "METHODS"]
+
+
+def mix_random(idx: np.ndarray, n: int, share: float, seed: int) -> np.ndarray:
+    """Replace the last ⌊share·len(idx)⌉ picks of a ranked selection (its lowest-ranked ones) by a seeded uniform
+    draw from the pool prompts not kept, so the selection keeps its size. Beyond the paper: a small random share
+    keeps every domain of the pool in each stage's training set, against forgetting the untargeted domains
+    (`SelectionConfig.mix_random`). share = 0 returns `idx` unchanged."""
+    idx = np.asarray(idx, dtype=np.int64)
+    k = int(round(share * idx.size))
+    if k <= 0 or idx.size == 0:
+        return idx
+    kept = idx[: idx.size - k]
+    rest = np.setdiff1d(np.arange(n, dtype=np.int64), kept)
+    rng = np.random.default_rng([seed, 7919])
+    return np.concatenate([kept, rest[rng.permutation(rest.size)[:k]]]).astype(np.int64)
 
 
 def _score_lists(scores: np.ndarray | Sequence[np.ndarray]) -> list[np.ndarray]:

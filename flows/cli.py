@@ -125,7 +125,7 @@ def run(
 @app.command()
 def compare(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML RunConfig (default: the embedded tiny setup)"),
-    methods: str = typer.Option("cropi,full,random,pass_rate,learnability,influence_once,dapo", "--methods",
+    methods: str = typer.Option("cropi,full,random,pass_rate,learnability,influence_once,dapo,cropi+dapo", "--methods",
                                 help="comma-separated methods to compare"),
     seeds: int = typer.Option(3, "--seeds", help="seeds per method (train.seed/selection.seed + 0..N-1)"),
     set_: Optional[list[str]] = typer.Option(None, "--set", "-s", help="override a field: section.key=value (repeatable)"),
@@ -222,6 +222,110 @@ def inspect(
         _fail(err)
 
 
+POOL_TYPES_KNOWN = ("process", "docker", "kubernetes", "ecs", "cloud-run", "vertex-ai", "azure-container-instance")
+
+
+def _deployment_config_param(config: str) -> str:
+    """The `config` parameter a deployment stores: a path relative to the checkout when the file is inside it
+    (the worker runs in the checkout), an absolute path otherwise, or the URL as given."""
+    if "://" in config and not config.startswith("file://"):
+        return config
+    from flows.scheduled import REPO
+
+    p = Path(config.removeprefix("file://")).expanduser().resolve()
+    try:
+        return p.relative_to(REPO).as_posix()
+    except ValueError:
+        return str(p)
+
+
+@app.command()
+def deploy(
+    config: str = typer.Option(..., "--config", "-c", help="YAML RunConfig the deployment runs (path in the checkout or a storage URL)"),
+    name: str = typer.Option(..., "--name", help="deployment name (runs as cropi-scheduled/NAME)"),
+    cron: Optional[str] = typer.Option(None, "--cron", help='schedule, e.g. "0 2 * * *" (none: run on demand only)'),
+    timezone: str = typer.Option("UTC", "--timezone", help="IANA timezone of the cron schedule"),
+    pool: str = typer.Option("cropi", "--pool", help="work pool (created when missing)"),
+    pool_type: str = typer.Option("process", "--pool-type", help="type of a pool created here (process)"),
+    set_: Optional[list[str]] = typer.Option(None, "--set", "-s", help="override a field: section.key=value (repeatable)"),
+    storage: Optional[str] = typer.Option(None, "--storage", help="storage root URL baked into the deployment"),
+    check_files: bool = typer.Option(True, "--check-files/--no-check-files",
+                                     help="check the config's data/model paths exist here (off when the worker is another machine)"),
+) -> None:
+    """Create or update a deployment of the curriculum that runs CONFIG (resolved and validated again when each
+    run starts) on work pool POOL, optionally on a cron schedule; prints how to start a worker for it."""
+    from flows.scheduled import REPO, resolve_config_path, scheduled_curriculum
+
+    # 1. every argument is checked before anything is registered
+    try:
+        if not name.strip() or "/" in name:
+            raise ConfigError(f"--name {name!r}: must be non-empty and contain no '/'")
+        schedule = None
+        if cron is not None:
+            from prefect.client.schemas.schedules import CronSchedule
+
+            try:
+                CronSchedule(cron=cron, timezone="UTC")
+            except Exception:  # noqa: BLE001 - pydantic ValidationError
+                raise ConfigError(f"--cron {cron!r}: not a valid cron expression (5 fields, e.g. \"0 2 * * *\")") from None
+            try:
+                schedule = CronSchedule(cron=cron, timezone=timezone)
+            except Exception:  # noqa: BLE001
+                raise ConfigError(f"--timezone {timezone!r}: not an IANA timezone (e.g. UTC, Europe/Paris)") from None
+        if pool_type != "process":
+            why = "unknown work pool type" if pool_type not in POOL_TYPES_KNOWN else "unsupported work pool type"
+            raise ConfigError(f"--pool-type {pool_type!r}: {why}; cropi deploy runs this checkout in place and needs a "
+                              "'process' pool (use prefect.yaml with an image for container pools)")
+        from cropi_core.config import load_config
+
+        overrides = parse_sets(set_)
+        if storage is not None:
+            overrides["storage.root"] = storage
+        path = resolve_config_path(config)
+        load_config(path, overrides, check_files=check_files)
+        param_config = _deployment_config_param(config if "://" in config and not config.startswith("file://") else str(path))
+    except CropiError as err:
+        _fail(err)
+
+    # 2. the server, the pool, then the deployment (Prefect's own API: the same calls `flow.deploy` makes)
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+    from prefect.settings import get_current_settings
+
+    api = get_current_settings().api.url
+    if not api:
+        _fail(CropiError("PREFECT_API_URL is not set: start a server (cropi ui) and "
+                         "export PREFECT_API_URL=http://127.0.0.1:4200/api"))
+    try:
+        with get_client(sync_client=True) as client:
+            try:
+                wp = client.read_work_pool(pool)
+                if wp.type != "process":
+                    raise ConfigError(f"--pool {pool!r} is a {wp.type!r} work pool; cropi deploy needs a 'process' pool")
+                created = False
+            except ObjectNotFound:
+                from prefect.client.schemas.actions import WorkPoolCreate
+                from prefect.workers.process import ProcessWorker
+
+                client.create_work_pool(WorkPoolCreate(
+                    name=pool, type="process", base_job_template=ProcessWorker.get_default_base_job_template()))
+                created = True
+        params: dict[str, Any] = {"config": param_config, "sets": list(set_ or []), "storage": storage}
+        fl = scheduled_curriculum.from_source(source=str(REPO), entrypoint="flows/scheduled.py:scheduled_curriculum")
+        dep = fl.to_deployment(name=name, work_pool_name=pool, parameters=params, schedule=schedule,
+                               description=f"cropi curriculum of {param_config} (cropi deploy)", tags=["cropi"])
+        dep_id = dep.apply(work_pool_name=pool)
+    except CropiError as err:
+        _fail(err)
+    except Exception as err:  # noqa: BLE001 - server unreachable / refused: one line, not a traceback
+        _fail(CropiError(f"could not create the deployment on {api}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"))
+    when = f"cron {cron!r} ({timezone})" if cron else "no schedule (run on demand)"
+    typer.echo(f"deployment cropi-scheduled/{name} ({dep_id}) on pool {pool!r}{' (created)' if created else ''}: "
+               f"config {param_config}, {when}")
+    typer.echo(f"start a worker:  prefect worker start --pool {pool}")
+    typer.echo(f"run it now:      prefect deployment run cropi-scheduled/{name}")
+
+
 def wait_healthy(url: str, timeout: float = 120.0, proc: subprocess.Popen | None = None) -> bool:
     """Poll `<url>/api/health` until it answers 200 (False on timeout or if `proc` exits)."""
     deadline = time.monotonic() + timeout
@@ -298,8 +402,13 @@ def ui(
                 os.killpg(proc.pid, signal.SIGKILL)
 
 
+from flows import select_cli as _select_cli  # noqa: E402,F401 - registers `cropi select` / `cropi score`
+
+
 def main() -> None:  # pragma: no cover - `python -m flows.cli`
-    app()
+    from flows.cli import app as registered  # as __main__, the commands registered by imports live on flows.cli
+
+    registered()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -3,8 +3,9 @@
 Every (method, seed) run is the `curriculum` flow on a copy of `config` that differs only in
 
 - `name`               → `<name>-<method>-s<seed>` (its own run folder; names are not hashed),
-- `selection.method`   → cropi = "popi", dapo = "full", the others by their own name,
-- `train.dynamic_sampling` → True for dapo (DAPO's dynamic sampling on the full pool), else as configured,
+- `selection.method`   → cropi and cropi+dapo = "popi", dapo = "full", the others by their own name,
+- `train.dynamic_sampling` → True for dapo (DAPO's dynamic sampling on the full pool) and cropi+dapo (POPI
+  selection, dynamic sampling inside each stage's training: the two are complementary), else as configured,
 - `train.seed`, `selection.seed` → the configured values + seed (GRPO sampling order/generation, random subsets).
 
 So all runs start from the SAME bootstrap checkpoint with the same offline rollouts, step budget, batch, K and
@@ -27,14 +28,16 @@ from prefect import flow
 
 from cropi_core.config import RunConfig
 from cropi_core.errors import ConfigError
+from flows.reports import load_timings, seconds_of
 from flows.runtime import task_runner
 from tasks.common import LEDGER, get_store, local_root
 
-METHODS = ("cropi", "full", "random", "pass_rate", "learnability", "influence_once", "dapo")
-SELECTION_METHOD = {"cropi": "popi", "dapo": "full"}
+METHODS = ("cropi", "full", "random", "pass_rate", "learnability", "influence_once", "dapo", "cropi+dapo")
+SELECTION_METHOD = {"cropi": "popi", "dapo": "full", "cropi+dapo": "popi"}
+DYNAMIC_SAMPLING = ("dapo", "cropi+dapo")
 # what each method needs before stage 0 besides the bootstrap: offline rollouts of the pool (pass rates, or the
 # responses POPI sketches) and of the validation sets (POPI's targets)
-NEEDS_OFFLINE = {"cropi": ("pool", "val"), "influence_once": ("pool", "val"), "pass_rate": ("pool",),
+NEEDS_OFFLINE = {"cropi": ("pool", "val"), "cropi+dapo": ("pool", "val"), "influence_once": ("pool", "val"), "pass_rate": ("pool",),
                  "learnability": ("pool",)}
 
 
@@ -61,7 +64,7 @@ def method_config(cfg: RunConfig, method: str, seed: int) -> RunConfig:
     c.selection.method = SELECTION_METHOD.get(method, method)
     c.selection.seed = cfg.selection.seed + seed
     c.train.seed = cfg.train.seed + seed
-    c.train.dynamic_sampling = True if method == "dapo" else cfg.train.dynamic_sampling
+    c.train.dynamic_sampling = True if method in DYNAMIC_SAMPLING else cfg.train.dynamic_sampling
     return c
 
 
@@ -74,22 +77,6 @@ def compare_dir(cfg: RunConfig) -> Path:
 
 
 # ---------------------------------------------------------------- timings
-def load_timings(folder: Path) -> dict[str, float]:
-    """Compute seconds per key: `timings.json` plus the `timings.jsonl` lines appended as artifacts were computed
-    (those survive a killed comparison; a torn last line is skipped)."""
-    p = folder / "timings.json"
-    t = json.loads(p.read_text()) if p.exists() else {}
-    lines = folder / "timings.jsonl"
-    if lines.exists():
-        for line in lines.read_text().splitlines():
-            try:
-                row = json.loads(line)
-                t[row["key"]] = float(row["seconds"])
-            except (ValueError, KeyError, TypeError):
-                continue
-    return t
-
-
 def save_timings(folder: Path) -> dict[str, float]:
     """Merge this process's compute seconds into `<folder>/timings.json`; returns the merged map."""
     t = load_timings(folder)
@@ -99,12 +86,6 @@ def save_timings(folder: Path) -> dict[str, float]:
     tmp.write_text(json.dumps(t, indent=0, sort_keys=True))
     tmp.replace(folder / "timings.json")
     return t
-
-
-def seconds_of(timings: dict[str, float], key: str) -> float | None:
-    """Compute seconds of artifact `key`, including its gradient chunks (`key:i`); None if never timed here."""
-    vals = [v for k, v in timings.items() if k == key or k.startswith(key + ":")]
-    return float(sum(vals)) if vals else None
 
 
 def _sum(xs: list[float | None]) -> float | None:
@@ -120,6 +101,7 @@ def run_record(cfg: RunConfig, method: str, seed: int, out: dict[str, Any], timi
     online-rollout diagnostics and health are not part of a method's cost. None = not timed in this folder.
     """
     from flows.reports import collect
+    from tasks.evaluate import metric_label
 
     d = collect(cfg, out)
     stages = []
@@ -136,21 +118,16 @@ def run_record(cfg: RunConfig, method: str, seed: int, out: dict[str, Any], timi
             "scoring_s": scoring, "train_s": seconds_of(timings, s["checkpoint"].key),
             "checkpoint": s["checkpoint"].key, "selection": s["selection"].key,
         })
-    # greedy pass@1, or mean@n of sampled answers when eval.n_samples > 0 (smoother on small test sets)
-    metric = "mean_at_n" if cfg.eval.n_samples > 0 else "accuracy"
-    meta = lambda ref: get_store(cfg).manifest(ref.key).meta  # noqa: E731
-    E = cfg.train.steps_per_stage
-    acc = {n: [[0, meta(r).get(metric)]] for n, r in out["evals0"].items()}
-    for s in out["stages"]:
-        for n, r in s["evals"].items():
-            acc.setdefault(n, []).append([(s["stage"] + 1) * E, meta(r).get(metric)])
+    # greedy pass@1, or mean@n of sampled answers when eval.n_samples > 0 (smoother on small test sets), and the
+    # standard error of each evaluation over its test prompts (the same numbers as the run report's)
+    acc = {n: [[t, a] for t, a in pts] for n, pts in d["acc"].items()}
+    se = {n: [[t, e] for t, e in pts] for n, pts in d["se"].items()}
     need = NEEDS_OFFLINE.get(method, ())
     off_keys = ([out["pool_rollouts"].key] if "pool" in need else []) + \
                ([r.key for r in out["val_rollouts"].values()] if "val" in need else [])
     return {
         "method": method, "seed": seed, "name": cfg.name, "steps_per_stage": cfg.train.steps_per_stage,
-        "metric": "greedy pass@1" if metric == "accuracy" else f"mean@{cfg.eval.n_samples} (T={cfg.eval.temperature})",
-        "acc": acc, "roles": d["roles"],
+        "metric": metric_label(cfg), "acc": acc, "se": se, "roles": d["roles"],
         "stages": stages, "offline_s": _sum([seconds_of(timings, k) for k in off_keys]),
         "bootstrap_s": seconds_of(timings, out["base_checkpoint"].key),
         "base_checkpoint": out["base_checkpoint"].key, "final_checkpoint": out["final_checkpoint"].key,

@@ -16,9 +16,14 @@ Definitions (all on the seed-MEAN curves):
 - cost c(t) in seconds: offline rollouts the method needs + for each stage begun, its scoring (sketches, scores,
   selection; paid at the stage start) + the stage's training time pro rata to the steps done in it. Bootstrap
   (common to all methods), evaluation and diagnostics are excluded.
-- wall-clock speed-up = c_full(S·E) / c_method(t*).
+- wall-clock speed-up = c_full(S·E) / c_method(t*); also reported without the offline rollouts (c with
+  offline = 0): they are computed once per (behaviour model, pool, sampling config) and shared by every later run
+  on the same pool, so for a user who reruns on a pool this is the price that recurs.
 - if A* is not above full data's own step-0 accuracy, both speed-ups are undefined (reported as such, not ∞).
 The spread is the sample standard deviation over seeds (0 with one seed); plots shade min..max over seeds.
+- SE: the standard error of ONE evaluation over its test prompts (mean@n scores per prompt; for a mean of sets
+  sqrt(Σ SE²)/J), averaged over seeds: how far a single run's number can move by the choice of test prompts and
+  sampling alone. Differences between methods smaller than about 2 SE (and the seed spread) are noise.
 """
 
 from __future__ import annotations
@@ -43,6 +48,16 @@ def group_curve(rec: dict[str, Any], group: str) -> tuple[np.ndarray, np.ndarray
     return steps, vals.mean(axis=0)
 
 
+def group_se(rec: dict[str, Any], group: str) -> np.ndarray:
+    """Standard error of the group mean at each evaluation [S+1]: sqrt(Σ SE_j²)/J over the group's sets (NaN where
+    a set's SE is unknown, e.g. records written before SEs were recorded)."""
+    names = [n for n, r in rec["roles"].items() if r == group]
+    if not names or "se" not in rec:
+        return np.full(len(rec["acc"][names[0]]) if names else 0, np.nan)
+    v = np.array([[e if e is not None else np.nan for _, e in rec["se"][n]] for n in names], dtype=float)
+    return np.sqrt((v ** 2).sum(axis=0)) / len(names)
+
+
 def steps_to_reach(steps: np.ndarray, acc: np.ndarray, target: float) -> float | None:
     """First crossing of `target` by the linear interpolation of (steps, acc); None if never reached."""
     for i in range(len(acc)):
@@ -54,10 +69,11 @@ def steps_to_reach(steps: np.ndarray, acc: np.ndarray, target: float) -> float |
     return None
 
 
-def cost_at(rec: dict[str, Any], t: float) -> float | None:
-    """Seconds spent by a run to reach step t (see the module docstring); None if any part was not timed."""
+def cost_at(rec: dict[str, Any], t: float, offline: bool = True) -> float | None:
+    """Seconds spent by a run to reach step t (see the module docstring); None if any part was not timed.
+    offline=False leaves out the one-time offline rollouts."""
     E = rec["steps_per_stage"]
-    c = rec["offline_s"]
+    c = rec["offline_s"] if offline else 0.0
     if c is None:
         return None
     for s in rec["stages"]:
@@ -95,17 +111,25 @@ def summarize(records: list[dict[str, Any]], methods: list[str]) -> dict[str, An
             row[f"{short}_min"] = mat.min(0).tolist()
             row[f"{short}_max"] = mat.max(0).tolist()
             row[f"{short}_final"] = _mean_std(mat[:, -1].tolist())
+            ses = np.stack([group_se(r, g) for r in rs])
+            row[f"{short}_se"] = [float(np.nanmean(c)) if np.isfinite(c).any() else None for c in ses.T]
         sets = sorted({n for r in rs for n in r["acc"]})
         row["sets_final"] = {n: _mean_std([r["acc"][n][-1][1] for r in rs if n in r["acc"]]) for n in sets}
+        row["sets_final_se"] = {n: _nanmean([r["se"][n][-1][1] for r in rs if n in r.get("se", {})]) for n in sets}
         row["total_steps"] = rs[0]["steps_per_stage"] * len(rs[0]["stages"])
         costs = [cost_at(r, row["total_steps"]) for r in rs]
         row["total_cost_s"] = _mean_std(costs) if all(c is not None for c in costs) else (float("nan"), float("nan"))
+        costs_x = [cost_at(r, row["total_steps"], offline=False) for r in rs]
+        row["total_cost_excl_offline_s"] = (_mean_std(costs_x) if all(c is not None for c in costs_x)
+                                            else (float("nan"), float("nan")))
+        row["offline_s"] = _mean_std([r["offline_s"] for r in rs])
         row["scoring_s"] = _mean_std([sum(s["scoring_s"] or 0 for s in r["stages"]) + (r["offline_s"] or 0) for r in rs])
         out["methods"][m] = row
     if "full" in out["methods"] and "tgt_mean" in out["methods"]["full"]:
         target = out["methods"]["full"]["tgt_mean"][-1]
         out["target"] = target
         full_cost = out["methods"]["full"]["total_cost_s"][0]
+        full_cost_x = out["methods"]["full"]["total_cost_excl_offline_s"][0]
         T = out["methods"]["full"]["total_steps"]
         # full data never beat its own starting point: "steps to full data's final accuracy" is 0 for everyone
         # and says nothing, so the speed-ups are reported as undefined (NaN) instead of ∞
@@ -125,6 +149,11 @@ def summarize(records: list[dict[str, Any]], methods: list[str]) -> dict[str, An
                 row["wall_speedup"] = None
             else:
                 row["wall_speedup"] = full_cost / c_star if c_star > 0 else float("inf")
+            cx = [cost_at(r, t_star, offline=False) for r in by[m]] if t_star is not None else [None]
+            cx_star = float(np.mean(cx)) if all(c is not None for c in cx) else None
+            row["cost_to_target_excl_offline_s"] = cx_star
+            row["wall_speedup_excl_offline"] = (None if cx_star is None or not np.isfinite(full_cost_x) else
+                                                full_cost_x / cx_star if cx_star > 0 else float("inf"))
             # per-seed step speed-ups against the same target (spread of the headline metric)
             per = []
             for r in by[m]:
@@ -133,16 +162,26 @@ def summarize(records: list[dict[str, Any]], methods: list[str]) -> dict[str, An
                 per.append(None if ts is None else (float("inf") if ts == 0 else T / ts))
             row["step_speedup_per_seed"] = per
             if degenerate:
-                row["step_speedup"] = row["wall_speedup"] = float("nan")
+                row["step_speedup"] = row["wall_speedup"] = row["wall_speedup_excl_offline"] = float("nan")
                 row["step_speedup_per_seed"] = [float("nan")] * len(per)
     return out
 
 
+def _nanmean(x: list[float | None]) -> float | None:
+    a = np.asarray([v for v in x if v is not None and np.isfinite(v)], dtype=float)
+    return float(a.mean()) if a.size else None
+
+
 # ---------------------------------------------------------------- markdown helpers
-def _pm(ms: tuple[float, float] | list[float] | None) -> str:
+def _pm(ms: tuple[float, float] | list[float] | None, se: float | None = None) -> str:
+    """"mean ± seed std [SE x]": the spread over seeds, then one evaluation's standard error."""
     if ms is None or not np.isfinite(ms[0]):
         return "–"
-    return f"{ms[0]:.3f} ± {ms[1]:.3f}"
+    return f"{ms[0]:.3f} ± {ms[1]:.3f}" + (f" [SE {se:.3f}]" if se is not None and np.isfinite(se) else "")
+
+
+def _a_se(a: float, se: float | None) -> str:
+    return f"{a:.3f}" if se is None or not np.isfinite(se) else f"{a:.3f}±{se:.3f}"
 
 
 def _x(v: float | None) -> str:
@@ -255,14 +294,20 @@ def write_report(cfg: RunConfig, records: list[dict[str, Any]], folder: Path, me
     usets = [n for n in sets if roles.get(n) == "test_untargeted"]
 
     head = ["method"] + tsets + ["targeted avg"] + usets + ["untargeted avg", "steps to A*", "step speed-up",
-                                                              "wall speed-up", "cost (s)"]
+                                                              "wall speed-up", "wall excl. offline", "cost (s)",
+                                                              "offline (s)"]
     rows, table_rows = [], []
     for m, row in ms.items():
-        r = [m] + [_pm(row["sets_final"].get(n)) for n in tsets] + [_pm(row.get("tgt_final"))] + \
-            [_pm(row["sets_final"].get(n)) for n in usets] + [_pm(row.get("unt_final")),
+        fse = row.get("sets_final_se", {})
+        r = [m] + [_pm(row["sets_final"].get(n), fse.get(n)) for n in tsets] + \
+            [_pm(row.get("tgt_final"), (row.get("tgt_se") or [None])[-1])] + \
+            [_pm(row["sets_final"].get(n), fse.get(n)) for n in usets] + \
+            [_pm(row.get("unt_final"), (row.get("unt_se") or [None])[-1]),
              "–" if row.get("steps_to_target") is None else f"{row['steps_to_target']:.1f}",
              _x(row.get("step_speedup")) if "step_speedup" in row else "–",
-             _x(row.get("wall_speedup")) if "wall_speedup" in row else "–", _pm(row.get("total_cost_s"))]
+             _x(row.get("wall_speedup")) if "wall_speedup" in row else "–",
+             _x(row.get("wall_speedup_excl_offline")) if "wall_speedup_excl_offline" in row else "–",
+             _pm(row.get("total_cost_s")), _pm(row.get("offline_s"))]
         rows.append(r)
         table_rows.append(dict(zip(head, r)))
 
@@ -282,7 +327,8 @@ def write_report(cfg: RunConfig, records: list[dict[str, Any]], folder: Path, me
     c = cfg
     cr = ms.get("cropi", {})
     headline = (f"CROPI step speed-up over full data: **{_x(cr.get('step_speedup'))}** "
-                f"(wall-clock incl. scoring: **{_x(cr.get('wall_speedup'))}**); target A* = full data's final "
+                f"(wall-clock incl. scoring: **{_x(cr.get('wall_speedup'))}**, without the one-time offline rollouts: "
+                f"**{_x(cr.get('wall_speedup_excl_offline'))}**); target A* = full data's final "
                 f"targeted accuracy = {summary['target']:.3f}." if "step_speedup" in cr and summary["target"] is not None
                 else "Speed-up needs both `cropi` and `full` in --methods.")
     if summary.get("degenerate"):
@@ -295,15 +341,17 @@ def write_report(cfg: RunConfig, records: list[dict[str, Any]], folder: Path, me
           f"{c.train.num_generations} generations per step, offline K = {c.rollout.k_train} (val {c.rollout.k_val}), "
           f"selection ratio {c.selection.ratio}.\n",
           f"Accuracy metric: {records[0].get('metric', 'greedy pass@1')}.\n", headline + "\n",
-          "## Final accuracy (Table 1 style; mean ± sample std over seeds)\n", _table(head, rows),
+          "## Final accuracy (Table 1 style; mean ± sample std over seeds [SE of one evaluation])\n",
+          _table(head, rows),
           "Step speed-up per seed (same target): " + "; ".join(
               f"{m}: " + ", ".join(_x(v) for v in row.get("step_speedup_per_seed", [])) for m, row in ms.items()) + "\n",
           "## Definitions\n", (__doc__ or "").split("Definitions (all on the seed-MEAN curves):", 1)[-1].strip() + "\n",
           "## Accuracy vs step\n", f"![accuracy]({paths['compare_accuracy'].name})\n",
-          _table(["method", "steps", "targeted (mean)", "untargeted (mean)"],
+          _table(["method", "steps", "targeted (mean ± SE)", "untargeted (mean ± SE)"],
                  [[m, " ".join(f"{s:g}" for s in row.get("steps", [])),
-                   " ".join(f"{a:.3f}" for a in row.get("tgt_mean", [])),
-                   " ".join(f"{a:.3f}" for a in row.get("unt_mean", []))] for m, row in ms.items()]),
+                   " ".join(_a_se(a, e) for a, e in zip(row.get("tgt_mean", []), row.get("tgt_se", [None] * 99))),
+                   " ".join(_a_se(a, e) for a, e in zip(row.get("unt_mean", []), row.get("unt_se", [None] * 99)))]
+                  for m, row in ms.items()]),
           "## Selected-set composition, pass rates and off-policy health per stage (mean over seeds)\n",
           f"Targeted domains: {', '.join(sorted(tdom))}.\n",
           _table(["method", "stage", "selected", "targeted share", "domains", "offline pass", "online pass", "ESS/K",

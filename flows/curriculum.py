@@ -16,12 +16,14 @@ from prefect import flow
 
 from cropi_core.config import RunConfig
 from flows.runtime import Tracker, add_counts, task_runner
+from flows.stage import SCORED
 from flows.stage import stage as stage_flow
 from tasks import bootstrap as T_boot
 from tasks import dataset as T_data
 from tasks import evaluate as T_eval
 from tasks import rollouts as T_roll
-from tasks.common import LEDGER, run_dir
+from tasks import selection as T_sel
+from tasks.common import LEDGER, log, run_dir
 from tasks.selection import read_selection
 
 
@@ -46,14 +48,21 @@ def curriculum(config: RunConfig) -> dict[str, Any]:
     tests_r = {n: f.result() for n, f in tests.items()}
     pool_r, roll_pool_r = pool.result(), roll_pool.result()
     roll_val_r = {n: f.result() for n, f in roll_val.items()}
+    vals_r = {n: f.result() for n, f in vals.items()}
     ckpt = base.result()
     stages: list[dict[str, Any]] = []
     counts = {"task_runs": 0, "cached": 0, "failed": 0}
     runner = task_runner(cfg)
     fixed = None
+    behaviour_pool, behaviour_val = roll_pool_r, roll_val_r  # β's rollouts, until a refresh replaces them
+    refreshes: list[dict[str, Any]] = []
     for m in range(cfg.train.stages):
+        if m > 0 and cfg.influence.refresh_ess > 0 and cfg.selection.method in SCORED and fixed is None:
+            behaviour_pool, behaviour_val, ref = maybe_refresh(tr, cfg, m, ckpt, pool_r, vals_r, behaviour_pool,
+                                                               behaviour_val)
+            refreshes.append(ref)
         out = stage_flow.with_options(task_runner=runner)(
-            config=cfg, stage=m, ckpt=ckpt, pool=pool_r, pool_rollouts=roll_pool_r, val_rollouts=roll_val_r,
+            config=cfg, stage=m, ckpt=ckpt, pool=pool_r, pool_rollouts=behaviour_pool, val_rollouts=behaviour_val,
             tests=tests_r, fixed_selection=fixed)
         counts = add_counts(counts, out.pop("counts"))
         stages.append(out)
@@ -66,7 +75,7 @@ def curriculum(config: RunConfig) -> dict[str, Any]:
     summary = {
         "name": cfg.name, "base_checkpoint": base.result(), "final_checkpoint": ckpt, "pool": pool_r,
         "pool_rollouts": roll_pool_r, "val_rollouts": roll_val_r, "tests": tests_r,
-        "evals0": {n: f.result() for n, f in evals0.items()}, "stages": stages,
+        "evals0": {n: f.result() for n, f in evals0.items()}, "stages": stages, "refreshes": refreshes,
     }
     summary["report"] = str(final_report(cfg, summary))
     summary["counts"] = add_counts(counts, tr.counts())
@@ -74,12 +83,41 @@ def curriculum(config: RunConfig) -> dict[str, Any]:
     return summary
 
 
+def maybe_refresh(tr: Tracker, cfg: RunConfig, m: int, ckpt, pool, vals: dict, behaviour_pool, behaviour_val):
+    """The behaviour refresh before stage `m` (`influence.refresh_ess`): mean ESS/K of θ_m on every pool prompt's
+    stored responses; below the threshold, new offline rollouts of the pool and of each validation set sampled
+    from θ_m (cached artifacts whose parent is θ_m). Returns (pool rollouts, val rollouts, a record of the
+    decision for the summary)."""
+    h = tr.submit(T_sel.pool_health, cfg=cfg, ckpt=ckpt, pool_rollouts=behaviour_pool, stage=m).result()
+    ess = T_sel.read_health(cfg, h).get("ess_frac")
+    rec: dict[str, Any] = {"stage": m, "ess_frac": ess, "threshold": cfg.influence.refresh_ess,
+                           "behaviour_checkpoint": ckpt.key, "refreshed": False, "health": h.key}
+    if ess is None or ess >= cfg.influence.refresh_ess:
+        rec["pool_rollouts"] = behaviour_pool.key
+        return behaviour_pool, behaviour_val, rec
+    pool_f = tr.submit(T_roll.rollouts, cfg=cfg, ckpt=ckpt, data=pool, k=cfg.rollout.k_train, label=f"pool-refresh-s{m}")
+    val_f = {n: tr.submit(T_roll.rollouts, cfg=cfg, ckpt=ckpt, data=d, k=cfg.rollout.k_val,
+                          label=f"{n.replace('/', '-')}-refresh-s{m}") for n, d in vals.items()}
+    new_pool, new_val = pool_f.result(), {n: f.result() for n, f in val_f.items()}
+    rec.update(refreshed=True, pool_rollouts=new_pool.key, val_rollouts={n: r.key for n, r in new_val.items()})
+    log(f"stage {m}: behaviour refresh (pool ESS/K {ess:.3f} < {cfg.influence.refresh_ess}): offline rollouts "
+        f"resampled from checkpoint {ckpt.key[:12]}")
+    return new_pool, new_val, rec
+
+
 def run_curriculum(cfg: RunConfig) -> dict[str, Any]:
     """Run the flow with the configured task runner; add the in-process ledger (computed vs reused from
     storage) and wall time, and write `<run folder>/summary.json`. Returns the JSON-able summary."""
     LEDGER.reset()
+    own_sink = LEDGER.sink is None  # `cropi compare` keeps its own timings file
+    if own_sink:  # compute seconds of this run's artifacts, kept for its cost table (a rerun reuses them)
+        LEDGER.sink = run_dir(cfg) / "timings.jsonl"
     t0 = time.perf_counter()
-    out = curriculum.with_options(task_runner=task_runner(cfg))(config=cfg)
+    try:
+        out = curriculum.with_options(task_runner=task_runner(cfg))(config=cfg)
+    finally:
+        if own_sink:
+            LEDGER.sink = None
     seconds = time.perf_counter() - t0
     counts = {**out["counts"], "computed": LEDGER.count("computed"), "storage_hits": LEDGER.count("storage-hit")}
     summary = {
@@ -91,6 +129,7 @@ def run_curriculum(cfg: RunConfig) -> dict[str, Any]:
                     "selected_ids": read_selection(cfg, s["selection"])["ids"],
                     "grads": {n: g.key for n, g in s["grads"].items()}} for s in out["stages"]],
         "pool_rollouts": out["pool_rollouts"].key, "val_rollouts": {n: r.key for n, r in out["val_rollouts"].items()},
+        "refreshes": out["refreshes"],
     }
     (run_dir(cfg) / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary

@@ -20,7 +20,7 @@ from prefect.cache_policies import NO_CACHE
 
 from cropi_core.config import RunConfig
 from storage import ArtifactRef, lineage, render_lineage_png, render_lineage_text
-from tasks.common import get_store, run_dir
+from tasks.common import LEDGER, get_store, run_dir
 
 
 def slug(cfg: RunConfig) -> str:
@@ -69,6 +69,12 @@ def _fmt(x: Any) -> str:
     return f"{x:.3f}" if isinstance(x, float) else str(x)
 
 
+def _metric_label(cfg: RunConfig) -> str:
+    from tasks.evaluate import metric_label
+
+    return metric_label(cfg)
+
+
 def _md_table(rows: list[dict]) -> str:
     if not rows:
         return "_(none)_\n"
@@ -93,8 +99,14 @@ def stage_rows(cfg: RunConfig, out: dict[str, Any]) -> dict[str, Any]:
         "domains": sm.get("domains", {}), "offline_pass_rate": float(np.mean(sel["offline_pass_rate"])) if sel["indices"] else None,
         "online_pass_rate": online.get("mean_pass_rate"), "ess_frac": health.get("ess_frac"), "kl": health.get("kl"),
         "train_reward": ck.get("reward_mean"), "checkpoint": out["checkpoint"].key,
-        "accuracy": {n: _meta(cfg, r).get("accuracy") for n, r in out["evals"].items()},
+        "accuracy": {n: _acc_se(cfg, r) for n, r in out["evals"].items()},
     }
+
+
+def _acc_se(cfg: RunConfig, ref: ArtifactRef) -> tuple[float | None, float | None]:
+    from tasks.evaluate import accuracy_and_se
+
+    return accuracy_and_se(cfg, ref)
 
 
 @task(name="report-stage", task_run_name="report-s{out[stage]}", cache_policy=NO_CACHE)
@@ -107,7 +119,8 @@ def stage_report(cfg: RunConfig, out: dict[str, Any]) -> str:
           f"Composition by domain: {json.dumps(r['domains'])}\n\n"
           f"Pass rate of the selected prompts: offline (β) {_fmt(r['offline_pass_rate'])}, online (θ_{m}) "
           f"{_fmt(r['online_pass_rate'])}. Off-policy health: ESS/K {_fmt(r['ess_frac'])}, KL {_fmt(r['kl'])}.\n\n"
-          "Accuracy after this stage:\n\n" + _md_table([{"set": n, "accuracy": a} for n, a in r["accuracy"].items()])
+          f"Accuracy ({_metric_label(cfg)}, ± standard error over test prompts) after this stage:\n\n"
+          + _md_table([{"set": n, "accuracy": pm_se(*a)} for n, a in r["accuracy"].items()])
           + f"\nCheckpoint: `{r['checkpoint']}`\n")
     path = run_dir(cfg) / f"stage_{m}.md"
     path.write_text(md)
@@ -116,26 +129,103 @@ def stage_report(cfg: RunConfig, out: dict[str, Any]) -> str:
     return str(path)
 
 
+# ---------------------------------------------------------------- costs
+def load_timings(folder: Path) -> dict[str, float]:
+    """Compute seconds per key: `timings.json` plus the `timings.jsonl` lines appended as artifacts were computed
+    (those survive a killed run; a torn last line is skipped)."""
+    p = folder / "timings.json"
+    t = json.loads(p.read_text()) if p.exists() else {}
+    lines = folder / "timings.jsonl"
+    if lines.exists():
+        for line in lines.read_text().splitlines():
+            try:
+                row = json.loads(line)
+                t[row["key"]] = float(row["seconds"])
+            except (ValueError, KeyError, TypeError):
+                continue
+    return t
+
+
+def seconds_of(timings: dict[str, float], key: str) -> float | None:
+    """Compute seconds of artifact `key`, including its gradient chunks (`key:i`); None if never timed here."""
+    vals = [v for k, v in timings.items() if k == key or k.startswith(key + ":")]
+    return float(sum(vals)) if vals else None
+
+
+def cost_rows(summary: dict[str, Any], timings: dict[str, float]) -> list[dict]:
+    """Seconds per stage: offline rollouts (one-time, then amortised over the stages), scoring (sketches, scores,
+    selection), GRPO training and evaluation. "reused" = found in storage, computed by an earlier run."""
+    def secs(keys: list[str]) -> float | None:
+        vals = [seconds_of(timings, k) for k in keys]
+        return None if all(v is None for v in vals) else float(sum(v or 0.0 for v in vals))
+
+    fmt = lambda v: "reused" if v is None else f"{v:.1f}"  # noqa: E731
+    offline = secs([summary["pool_rollouts"].key] + [r.key for r in summary["val_rollouts"].values()])
+    n = max(1, len(summary["stages"]))
+    rows = [{"stage": "offline rollouts (one-time)", "offline (amortised)": fmt(offline), "scoring": "", "training": "",
+             "evaluation": fmt(secs([r.key for r in summary["evals0"].values()])) + " (step 0)"}]
+    for s in summary["stages"]:
+        scoring = [g.key for g in s["grads"].values()] + [r.key for r in (s.get("scores"), s["selection"]) if r is not None]
+        rows.append({"stage": str(s["stage"]), "offline (amortised)": "reused" if offline is None else f"{offline / n:.1f}",
+                     "scoring": fmt(secs(scoring)), "training": fmt(secs([s["checkpoint"].key])),
+                     "evaluation": fmt(secs([r.key for r in s["evals"].values()]))})
+    return rows
+
+
 # ---------------------------------------------------------------- per run
 def collect(cfg: RunConfig, summary: dict[str, Any]) -> dict[str, Any]:
     """Everything the final report plots, as plain numbers."""
     from tasks.rollouts import pass_rates
     from tasks.selection import read_scores, read_selection
 
+    from tasks.evaluate import accuracy_and_se
+
     store = get_store(cfg)
     E = cfg.train.steps_per_stage
     roles = {n: _meta(cfg, d).get("role", "test") for n, d in summary["tests"].items()}
-    acc: dict[str, list[tuple[int, float]]] = {n: [(0, _meta(cfg, r).get("accuracy"))] for n, r in summary["evals0"].items()}
+    acc: dict[str, list[tuple[int, float]]] = {}
+    se: dict[str, list[tuple[int, float | None]]] = {}
+    for step, evals in [(0, summary["evals0"])] + [((s["stage"] + 1) * E, s["evals"]) for s in summary["stages"]]:
+        for n, r in evals.items():
+            a, e = accuracy_and_se(cfg, r)
+            acc.setdefault(n, []).append((step, a))
+            se.setdefault(n, []).append((step, e))
     stages = []
     for s in summary["stages"]:
-        for n, r in s["evals"].items():
-            acc.setdefault(n, []).append(((s["stage"] + 1) * E, _meta(cfg, r).get("accuracy")))
         sel = read_selection(cfg, s["selection"])
         scores = read_scores(cfg, s["scores"])[1] if s.get("scores") is not None else None
         online = pass_rates(store, s["online"].key)
         stages.append({**stage_rows(cfg, s), "ids": sel["ids"], "offline": np.asarray(sel["offline_pass_rate"]),
                        "online": online, "scores": scores})
-    return {"acc": acc, "roles": roles, "stages": stages}
+    return {"acc": acc, "se": se, "roles": roles, "stages": stages}
+
+
+def group_rows(d: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per step: the mean accuracy of the targeted and of the untargeted test sets with its standard error
+    (`cropi_core.evaluation.mean_and_se`), and the change since step 0 in units of that SE."""
+    from cropi_core.evaluation import mean_and_se
+
+    rows = []
+    for group, label in (("test_targeted", "targeted"), ("test_untargeted", "untargeted")):
+        names = [n for n, r in d["roles"].items() if r == group and n in d["acc"]]
+        if not names:
+            continue
+        first = None
+        for i, (step, _) in enumerate(d["acc"][names[0]]):
+            vals = [d["acc"][n][i][1] for n in names]
+            if any(v is None for v in vals):
+                continue
+            m, e = mean_and_se(vals, [d["se"][n][i][1] for n in names])
+            first = (m, e) if first is None else first
+            rows.append({"group": label, "step": step, "accuracy": m, "se": e, "change": m - first[0]})
+    return rows
+
+
+def pm_se(a: float | None, se: float | None) -> str:
+    """"0.612 ± 0.014" (accuracy ± its standard error), "0.612" without an SE."""
+    if a is None:
+        return "–"
+    return f"{a:.3f}" if se is None or not np.isfinite(se) else f"{a:.3f} ± {se:.3f}"
 
 
 def _plots(cfg: RunConfig, d: dict[str, Any], folder: Path) -> dict[str, Path]:
@@ -160,13 +250,14 @@ def _plots(cfg: RunConfig, d: dict[str, Any], folder: Path) -> dict[str, Path]:
         for n in names:
             pts = [(s, a) for s, a in d["acc"].get(n, []) if a is not None]
             ax.plot([s for s, _ in pts], [a for _, a in pts], style, alpha=0.4, label=n)
-        if names:
-            steps = sorted({s for n in names for s, _ in d["acc"].get(n, [])})
-            mean = [np.mean([a for n in names for s2, a in d["acc"][n] if s2 == s and a is not None]) for s in steps]
-            ax.plot(steps, mean, style, lw=2.5, color="k" if group == "test_targeted" else "0.5",
-                    label=f"{'targeted' if group == 'test_targeted' else 'untargeted'} (mean)")
+        label = "targeted" if group == "test_targeted" else "untargeted"
+        g = [r for r in group_rows(d) if r["group"] == label]
+        if g:
+            ax.errorbar([r["step"] for r in g], [r["accuracy"] for r in g],
+                        yerr=[1.96 * r["se"] if r["se"] is not None else 0 for r in g], fmt=style, lw=2.5, capsize=3,
+                        color="k" if group == "test_targeted" else "0.5", label=f"{label} (mean, 95% CI)")
     ax.set_xlabel("GRPO step")
-    ax.set_ylabel("accuracy (greedy pass@1)")
+    ax.set_ylabel(f"accuracy ({_metric_label(cfg)})")
     ax.set_title("Accuracy vs step")
     ax.legend(fontsize=7)
     save(fig, "accuracy")
@@ -291,8 +382,12 @@ def final_report(cfg: RunConfig, summary: dict[str, Any]) -> Path:
 
     acc_rows = []
     for n, pts in d["acc"].items():
-        for step, a in pts:
-            acc_rows.append({"set": n, "group": d["roles"].get(n, ""), "step": step, "accuracy": a})
+        for (step, a), (_, e) in zip(pts, d["se"][n]):
+            acc_rows.append({"set": n, "group": d["roles"].get(n, ""), "step": step, "accuracy": a, "se": e})
+    grp = group_rows(d)
+    grp_tab = [{"group": r["group"], "step": r["step"], "accuracy ± SE": pm_se(r["accuracy"], r["se"]),
+                "change vs step 0": f"{r['change']:+.3f}" + (f" ({r['change'] / r['se']:+.1f} SE)"
+                                                              if r["se"] else "")} for r in grp]
     stage_tab = [{"stage": s["stage"], "method": s["method"], "selected": s["selected"],
                   "offline_pass_rate": s["offline_pass_rate"], "online_pass_rate": s["online_pass_rate"],
                   "ess_frac": s["ess_frac"], "kl": s["kl"], "checkpoint": s["checkpoint"][:12]} for s in d["stages"]]
@@ -301,8 +396,14 @@ def final_report(cfg: RunConfig, summary: dict[str, Any]) -> Path:
               "health": "Off-policy health", "lineage": "Lineage of the final checkpoint"}
     md = [f"# CROPI run `{cfg.name}`\n", f"Final checkpoint: `{summary['final_checkpoint'].key}`\n",
           f"Selection: `{cfg.selection.method}`, ratio {cfg.selection.ratio}, {cfg.train.stages} stages × "
-          f"{cfg.train.steps_per_stage} GRPO steps.\n", "## Stages\n", _md_table(stage_tab), "## Accuracy\n",
-          _md_table(acc_rows)]
+          f"{cfg.train.steps_per_stage} GRPO steps.\n",
+          f"## Accuracy: targeted and untargeted means\n\nMetric: {_metric_label(cfg)}; ± is the standard error of one "
+          "evaluation over its test prompts (for a mean of sets: sqrt(Σ SE²)/J); 95% CI ≈ ± 1.96 SE.\n",
+          _md_table(grp_tab), "## Stages\n", _md_table(stage_tab), "## Accuracy per test set\n",
+          _md_table([{"set": r["set"], "group": r["group"], "step": r["step"],
+                      "accuracy ± SE": pm_se(r["accuracy"], r["se"])} for r in acc_rows]),
+          "## Cost (seconds of compute per artifact)\n",
+          _md_table(cost_rows(summary, {**load_timings(folder), **LEDGER.seconds}))]
     for name, p in paths.items():
         md.append(f"## {titles[name]}\n\n![{name}]({Path(p).name})\n")
     md.append("## Lineage (from storage manifests)\n\n```\n" + lineage_txt + "\n```\n")
@@ -311,6 +412,7 @@ def final_report(cfg: RunConfig, summary: dict[str, Any]) -> Path:
 
     key = slug(cfg)
     _publish_table(f"{key}-accuracy", acc_rows, f"{cfg.name}: accuracy vs step")
+    _publish_table(f"{key}-accuracy-groups", grp_tab, f"{cfg.name}: targeted/untargeted mean accuracy ± SE")
     _publish_table(f"{key}-stages", stage_tab, f"{cfg.name}: per-stage selection and health")
     for name, p in paths.items():
         _publish_image(f"{key}-plot-{name.replace('_', '-')}", Path(p), f"{cfg.name}: {titles[name]}")

@@ -14,7 +14,7 @@ from tasks.common import bind
 
 
 # tasks that run a model (and so want a GPU when `runner.gpus_per_task > 0` on Ray)
-GPU_TASKS = frozenset({"bootstrap", "rollouts", "grads-chunk", "train", "evaluate", "health"})
+GPU_TASKS = frozenset({"bootstrap", "rollouts", "calibration", "grads-chunk", "train", "evaluate", "health"})
 
 
 class Tracker:

@@ -21,18 +21,19 @@ from tasks.common import get_store, log
 SCORED = ("popi", "influence_once")
 
 
-def submit_grads(tr: Tracker, cfg: RunConfig, stage: int, ckpt: ArtifactRef, rollouts: ArtifactRef, label: str):
+def submit_grads(tr: Tracker, cfg: RunConfig, stage: int, ckpt: ArtifactRef, rollouts: ArtifactRef, label: str,
+                 calibration: ArtifactRef | None = None):
     """Map the gradient computation over the row chunks still missing, then finalize; returns the finalize future."""
     n = T_roll.num_rows(get_store(cfg), rollouts)
-    missing = T_grads.missing_chunks(cfg, ckpt, rollouts, n, stage)
+    missing = T_grads.missing_chunks(cfg, ckpt, rollouts, n, stage, calibration)
     if missing:
         log(f"stage {stage}: grads {label}: {len(missing)} of {T_grads.num_chunks(cfg, n)} chunks to compute")
     # only chunks missing or corrupt in storage are submitted: Prefect's cache must not answer for them
     chunk_task = T_grads.grads_chunk.with_options(refresh_cache=True)
     chunks = [tr.submit(chunk_task, cfg=cfg, ckpt=ckpt, rollouts=rollouts, chunk=i, n_rows=n, stage=stage,
-                        label=label) for i in missing]
+                        label=label, calibration=calibration) for i in missing]
     fin = tr.submit(T_grads.grads_finalize, retries=False, cfg=cfg, ckpt=ckpt, rollouts=rollouts, chunks=chunks,
-                    n_rows=n, stage=stage, label=label)
+                    n_rows=n, stage=stage, label=label, calibration=calibration)
     return fin, chunks
 
 
@@ -45,9 +46,22 @@ def result_or_upstream_error(fut, upstream: list):
     return fut.result()
 
 
-def grads_ref(tr: Tracker, cfg: RunConfig, stage: int, ckpt: ArtifactRef, rollouts: ArtifactRef, label: str) -> ArtifactRef:
+def stage_sketches(tr: Tracker, cfg: RunConfig, stage: int, ckpt: ArtifactRef, pool_rollouts: ArtifactRef,
+                   val_rollouts: dict[str, ArtifactRef]) -> tuple[ArtifactRef, dict[str, ArtifactRef]]:
+    """The stage's pool and validation sketches at θ_m (after the calibration they share, with
+    influence.allocation = energy)."""
+    calib = None
+    if cfg.influence.allocation == "energy":
+        calib = tr.submit(T_grads.calibration, cfg=cfg, ckpt=ckpt, pool_rollouts=pool_rollouts, stage=stage).result()
+    g_pool = grads_ref(tr, cfg, stage, ckpt, pool_rollouts, "pool", calib)
+    g_val = {n: grads_ref(tr, cfg, stage, ckpt, r, n.replace("/", "-"), calib) for n, r in val_rollouts.items()}
+    return g_pool, g_val
+
+
+def grads_ref(tr: Tracker, cfg: RunConfig, stage: int, ckpt: ArtifactRef, rollouts: ArtifactRef, label: str,
+              calibration: ArtifactRef | None = None) -> ArtifactRef:
     """Finalized gradient artifact; chunks found corrupt at finalize time are recomputed once, bypassing the cache."""
-    fut, chunks = submit_grads(tr, cfg, stage, ckpt, rollouts, label)
+    fut, chunks = submit_grads(tr, cfg, stage, ckpt, rollouts, label, calibration)
     if chunks:  # console progress over the chunk tasks
         from prefect.futures import as_completed
         from tqdm.auto import tqdm
@@ -60,11 +74,12 @@ def grads_ref(tr: Tracker, cfg: RunConfig, stage: int, ckpt: ArtifactRef, rollou
     except StorageError as err:
         log(f"stage {stage}: grads {label}: {err}; recomputing the missing chunks")
         n = T_roll.num_rows(get_store(cfg), rollouts)
-        missing = T_grads.missing_chunks(cfg, ckpt, rollouts, n, stage)
+        missing = T_grads.missing_chunks(cfg, ckpt, rollouts, n, stage, calibration)
         chunks = [tr.submit(T_grads.grads_chunk.with_options(refresh_cache=True), cfg=cfg, ckpt=ckpt, rollouts=rollouts,
-                            chunk=i, n_rows=n, stage=stage, label=label) for i in missing]
+                            chunk=i, n_rows=n, stage=stage, label=label, calibration=calibration) for i in missing]
         return tr.submit(T_grads.grads_finalize.with_options(refresh_cache=True), retries=False, cfg=cfg, ckpt=ckpt,
-                         rollouts=rollouts, chunks=chunks, n_rows=n, stage=stage, label=label).result()
+                         rollouts=rollouts, chunks=chunks, n_rows=n, stage=stage, label=label,
+                         calibration=calibration).result()
 
 
 @flow(name="cropi-stage", flow_run_name="stage-{stage}")
@@ -85,8 +100,7 @@ def stage(config: RunConfig, stage: int, ckpt: ArtifactRef, pool: ArtifactRef, p
     else:
         scores = None
         if method in SCORED:
-            g_pool = grads_ref(tr, cfg, stage, ckpt, pool_rollouts, "pool")
-            g_val = {n: grads_ref(tr, cfg, stage, ckpt, r, n.replace("/", "-")) for n, r in val_rollouts.items()}
+            g_pool, g_val = stage_sketches(tr, cfg, stage, ckpt, pool_rollouts, val_rollouts)
             out["grads"] = {"pool": g_pool, **g_val}
             scores = tr.submit(T_sel.scores, cfg=cfg, pool_grads=g_pool, val_grads=g_val, stage=stage)
         sel = tr.submit(T_sel.selection, cfg=cfg, stage=stage, pool=pool, pool_rollouts=pool_rollouts, scores=scores)

@@ -10,6 +10,7 @@ from prefect import task
 from cropi_core.config import RunConfig
 from storage import ArtifactRef, Store, artifact_key
 from storage.registry import register_checkpoint
+from tasks.common import GPU_TAG
 from tasks.common import Timer, computed, get_store, key_policy, maybe_fault, storage_hit, work_dir, work_lock
 
 
@@ -80,8 +81,8 @@ def bootstrap_problems(cfg: RunConfig, exclude: list[str]):
     return generate_mixture(domains, cfg.bootstrap.num_problems, seed=10_000 + cfg.bootstrap.seed, exclude=exclude)
 
 
-@task(name="bootstrap", cache_policy=key_policy(lambda cfg: base_key(cfg),
-                                              intact=lambda store, key: produced_intact(store, "checkpoint", key)))
+@task(name="bootstrap", tags=[GPU_TAG], cache_policy=key_policy(lambda cfg: base_key(cfg),
+                                                              intact=lambda store, key: produced_intact(store, "checkpoint", key)))
 def base_model(cfg: RunConfig) -> ArtifactRef:
     """Register the stage-0 checkpoint θ_0 = β.
 

@@ -30,6 +30,9 @@ from cropi_core.errors import ConfigError, CropiError
 from storage import ArtifactRef, Store, open_store
 
 FAULT_ENV = "CROPI_FAULT"
+# Prefect tag on every task that runs a model (bootstrap, rollouts, grads chunks, train, evaluate, health): a tag
+# concurrency limit on it (`prefect concurrency-limit create gpu 1`) keeps concurrent runs from sharing one GPU
+GPU_TAG = "gpu"
 
 
 class TransientFault(RuntimeError):
@@ -193,6 +196,23 @@ def maybe_fault(name: str) -> None:
     if a <= n:
         LEDGER.add(name, f"attempt-{a}", "fault")
         raise TransientFault(f"injected transient fault in {name} (attempt {a} of {n} failing)")
+
+
+# ---------------------------------------------------------------- cancellation
+# Set when the flow run this process executes is being cancelled (flows.scheduled watches its state). Prefect lets
+# a running task finish before the flow ends (or kills the process after its grace period), so long model tasks
+# check this at every step and stop early, keeping their mid-stage checkpoints.
+CANCEL = threading.Event()
+
+
+class RunCancelled(CropiError):
+    """The flow run is being cancelled; raised inside a task at a safe point (not retried)."""
+
+
+def check_cancelled(where: str) -> None:
+    """Raise RunCancelled if this process's flow run is being cancelled (call between units of work)."""
+    if CANCEL.is_set():
+        raise RunCancelled(f"{where}: stopped, the flow run is being cancelled")
 
 
 # ---------------------------------------------------------------- ledger: what ran in this process

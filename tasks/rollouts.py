@@ -13,6 +13,7 @@ from prefect import task
 from cropi_core.config import RunConfig
 from cropi_core.rollout import PromptRollouts
 from storage import ArtifactRef, Store, artifact_key
+from tasks.common import GPU_TAG
 from tasks.common import Timer, computed, get_store, key_policy, maybe_fault, parent_keys, storage_hit
 
 ARRAYS = ("prompt_ids", "response_ids", "behavior_logprobs", "rewards")
@@ -65,7 +66,7 @@ def pass_rates(store: Store, key: str) -> np.ndarray:
     return np.array([float(np.mean(r)) for r in store.read_ragged(key, "rewards")], dtype=np.float64)
 
 
-@task(name="rollouts", task_run_name="rollouts-{label}", cache_policy=key_policy(rollouts_key))
+@task(name="rollouts", task_run_name="rollouts-{label}", tags=[GPU_TAG], cache_policy=key_policy(rollouts_key))
 def rollouts(cfg: RunConfig, ckpt: ArtifactRef, data: ArtifactRef, k: int, subset: ArtifactRef | None = None,
              label: str = "pool") -> ArtifactRef:
     """Sample `k` responses per prompt of `data` (only the selected rows when `subset` is a selection) from

@@ -7,6 +7,7 @@ from prefect import task
 
 from cropi_core.config import RunConfig
 from storage import ArtifactRef, artifact_key
+from tasks.common import GPU_TAG
 from tasks.common import Timer, computed, get_store, key_policy, parent_keys, storage_hit
 
 RANDOM_METHODS = ("random", "pass_rate")
@@ -48,9 +49,15 @@ def read_scores(cfg: RunConfig, ref: ArtifactRef) -> tuple[list[str], np.ndarray
 # ---------------------------------------------------------------- selection
 def _sel_config(cfg: RunConfig, stage: int) -> dict:
     conf = {"selection": cfg.selection.hashable()}
-    if cfg.selection.method in RANDOM_METHODS:
+    if cfg.selection.method == "full":  # mix_random does not apply: full data keeps its key whatever the share
+        conf["selection"].pop("mix_random", None)
+    if cfg.selection.method in RANDOM_METHODS or _mixes(cfg):
         conf["stage"] = stage  # a fresh random subset each stage
     return conf
+
+
+def _mixes(cfg: RunConfig) -> bool:
+    return cfg.selection.mix_random > 0 and cfg.selection.method != "full"
 
 
 def selection_key(cfg: RunConfig, stage: int, pool: ArtifactRef, pool_rollouts: ArtifactRef,
@@ -64,7 +71,7 @@ def selection(cfg: RunConfig, stage: int, pool: ArtifactRef, pool_rollouts: Arti
               scores: ArtifactRef | None = None) -> ArtifactRef:
     """Pick the stage's training prompts (`cropi_core.selection.select`), stored as indices + ids + stats."""
     from cropi_core.scoring import fuse_ranks
-    from cropi_core.selection import select
+    from cropi_core.selection import mix_random, select
     from tasks.dataset import load_problems
     from tasks.rollouts import pass_rates
 
@@ -80,6 +87,8 @@ def selection(cfg: RunConfig, stage: int, pool: ArtifactRef, pool_rollouts: Arti
         seed = s.seed + (stage if s.method in RANDOM_METHODS else 0)
         idx = select(s.method, scores=score_lists, pass_rates=p, ratio=s.ratio, seed=seed, k_rrf=s.k_rrf,
                      n=len(problems))
+        if _mixes(cfg):
+            idx = mix_random(idx, len(problems), s.mix_random, seed=s.seed * 1000 + stage)
         idx = [int(i) for i in idx]
         payload = {"method": s.method, "stage": stage, "indices": idx, "ids": [problems[i].id for i in idx],
                    "offline_pass_rate": [float(p[i]) for i in idx]}
@@ -116,10 +125,10 @@ def health_key(cfg: RunConfig, ckpt: ArtifactRef, pool_rollouts: ArtifactRef, se
                         config={"temperature": behavior_temperature(cfg)})
 
 
-@task(name="health", task_run_name="health-s{stage}", cache_policy=key_policy(health_key))
+@task(name="health", task_run_name="health-s{stage}", tags=[GPU_TAG], cache_policy=key_policy(health_key))
 def health(cfg: RunConfig, ckpt: ArtifactRef, pool_rollouts: ArtifactRef, sel: ArtifactRef, stage: int = 0) -> ArtifactRef:
     """ESS of sequence-level importance weights and token KL(π_θ‖β) on the selected prompts' stored responses."""
-    from cropi_core.influence import offpolicy_health
+    from cropi_core.health import offpolicy_health
     from tasks.bootstrap import load_checkpoint
     from tasks.grads import behavior_temperature
     from tasks.rollouts import read_rollouts
@@ -140,3 +149,41 @@ def health(cfg: RunConfig, ckpt: ArtifactRef, pool_rollouts: ArtifactRef, sel: A
                           config={"temperature": behavior_temperature(cfg)}, meta=meta) as w:
             w.put_json("health.json", {k: [float(x) for x in getattr(h, k)] for k in summary})
     return computed("health", store.ref(key), [ckpt, pool_rollouts, sel], store, t.seconds)
+
+
+def pool_health_key(cfg: RunConfig, ckpt: ArtifactRef, pool_rollouts: ArtifactRef, **_: object) -> str:
+    from tasks.grads import behavior_temperature
+
+    return artifact_key("health", parents=[ckpt.key, pool_rollouts.key],
+                        config={"temperature": behavior_temperature(cfg), "prompts": "all"})
+
+
+@task(name="pool-health", task_run_name="pool-health-s{stage}", cache_policy=key_policy(pool_health_key))
+def pool_health(cfg: RunConfig, ckpt: ArtifactRef, pool_rollouts: ArtifactRef, stage: int = 0) -> ArtifactRef:
+    """`health` on EVERY pool prompt's stored responses (not only a selection): the mean ESS/K that
+    `influence.refresh_ess` compares against before a stage is scored."""
+    from cropi_core.influence import offpolicy_health
+    from tasks.bootstrap import load_checkpoint
+    from tasks.grads import behavior_temperature
+    from tasks.rollouts import read_rollouts
+
+    store = get_store(cfg)
+    key = pool_health_key(cfg, ckpt, pool_rollouts)
+    if store.exists(key):
+        return storage_hit("health", store.ref(key))
+    conf = {"temperature": behavior_temperature(cfg), "prompts": "all"}
+    with Timer() as t:
+        model, _ = load_checkpoint(cfg, ckpt)
+        recs = read_rollouts(store, pool_rollouts.key)
+        h = offpolicy_health(model, recs, micro_batch_tokens=cfg.influence.micro_batch_tokens,
+                             temperature=behavior_temperature(cfg))
+        summary = h.summary()
+        meta = {"stage": stage, "n": len(recs), "run": cfg.name, "prompts": "all", **summary}
+        with store.writer("health", key, parents=[ckpt.key, pool_rollouts.key], config=conf, meta=meta) as w:
+            w.put_json("health.json", {k: [float(x) for x in getattr(h, k)] for k in summary})
+    return computed("health", store.ref(key), [ckpt, pool_rollouts], store, t.seconds)
+
+
+def read_health(cfg: RunConfig, ref: ArtifactRef) -> dict:
+    """The summary numbers (meta) of a `health` artifact: ess_frac, kl, ..."""
+    return dict(get_store(cfg).manifest(ref.key).meta)

@@ -10,6 +10,7 @@ from prefect import task
 from cropi_core.config import RunConfig
 from storage import ArtifactRef, artifact_key
 from storage.registry import register_checkpoint
+from tasks.common import GPU_TAG, check_cancelled
 from tasks.common import (LEDGER, TransientFault, Timer, attempt, computed, fault_budget, get_store, key_policy, log,
                           storage_hit, work_dir, work_lock)
 
@@ -27,7 +28,7 @@ def _trained(store, key: str) -> bool:
     return produced_intact(store, "checkpoint", key)
 
 
-@task(name="train", task_run_name="train-s{stage}", cache_policy=key_policy(train_key, intact=_trained))
+@task(name="train", task_run_name="train-s{stage}", tags=[GPU_TAG], cache_policy=key_policy(train_key, intact=_trained))
 def train(cfg: RunConfig, stage: int, ckpt: ArtifactRef, pool: ArtifactRef, sel: ArtifactRef) -> ArtifactRef:
     """E = train.steps_per_stage GRPO steps from `ckpt` on the selected prompts → checkpoint θ_{m+1}.
 
@@ -67,6 +68,7 @@ def _train(cfg: RunConfig, stage: int, ckpt: ArtifactRef, pool: ArtifactRef, sel
 
     def hook(step: int) -> None:
         log(f"train stage {stage}: step {step}/{steps}")  # progress marker (tests watch it)
+        check_cancelled(f"train stage {stage} at step {step}/{steps} (mid-stage checkpoints kept)")
         if fail and step == fault_step:
             LEDGER.add("train", f"attempt-{attempt()}", "fault")
             raise TransientFault(f"injected transient fault in train at step {step} (attempt {attempt()})")

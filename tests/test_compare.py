@@ -42,6 +42,7 @@ def test_compare_writes_report_files(compared):
     assert f"report: {f / 'compare.md'}" in compared["output"]
     md = (f / "compare.md").read_text()
     assert "| cropi |" in md and "| full |" in md and "Figure 6" in md
+    assert "wall excl. offline" in md and "without the one-time offline rollouts" in md
     # every method's own curriculum report exists too
     for m in ("cropi", "full"):
         assert (compared["storage"] / "runs" / f"coin-{m}-s0" / "report.md").exists()
@@ -103,6 +104,9 @@ def test_step_and_wall_speedup_definitions():
     assert c["steps_to_target"] == pytest.approx(15.0)
     assert c["step_speedup"] == pytest.approx(30 / 15)
     assert c["wall_speedup"] == pytest.approx(300 / 190)
+    # without the one-time offline rollouts (20 s): 300 / (110 + 10 + 50)
+    assert cost_at(cropi, 15.0, offline=False) == pytest.approx(170)
+    assert c["wall_speedup_excl_offline"] == pytest.approx(300 / 170)
 
 
 def test_flat_full_curve_gives_undefined_not_infinite_speedup():
@@ -161,3 +165,14 @@ def test_compare_appends_timings_as_it_goes(compared):
     assert lines and all(json.loads(x)["seconds"] >= 0 for x in lines)
     saved = json.loads((compared["folder"] / "timings.json").read_text())
     assert load_timings(compared["folder"]) == saved  # the end-of-run merge holds the same numbers
+
+
+def test_cropi_plus_dapo_is_popi_selection_with_dynamic_sampling():
+    """The 8th method: POPI selection (CROPI's) with DAPO's dynamic sampling in training; in the default list."""
+    from cropi_core.config import RunConfig
+    from flows.compare import METHODS, method_config, parse_methods
+
+    c = method_config(RunConfig(), "cropi+dapo", 2)
+    assert c.selection.method == "popi" and c.train.dynamic_sampling and c.train.seed == 2
+    assert "cropi+dapo" in parse_methods(None) and len(METHODS) == 8
+    assert not method_config(RunConfig(), "cropi", 0).train.dynamic_sampling

@@ -100,3 +100,17 @@ def test_relative_paths_resolve_against_the_yaml_folder(tmp_path, data_dir):
     )
     cfg = load_config(sub / "c.yaml")
     assert cfg.data.pool[0].path == str((tmp_path / "a" / "d.jsonl").resolve())
+
+
+def test_sketch_transform_fields_enter_keys_only_where_they_matter():
+    """`transform: gaussian` (the dense matrix every gradient artifact before the field used) hashes as before;
+    `sjl_s` is part of the key only with the sparse JL transform."""
+    old = {"projector": "sparse", "dim": 4096, "sparse_ratio": 0.1, "seed": 0, "dtype": "float16",
+           "aggregation": "seq_mean_token_mean"}  # an InfluenceConfig.hashable() from before the fields existed
+    assert load_config(overrides={"influence.projector": "sparse", "influence.transform": "gaussian",
+                                  "influence.sjl_s": 4}).influence.hashable() == old
+    sjl = load_config(overrides={"influence.projector": "sparse"}).influence.hashable()
+    assert sjl == {**old, "transform": "sjl", "sjl_s": 2}
+    assert load_config(overrides={"influence.sjl_s": 4}).influence.hashable()["sjl_s"] == 4
+    with pytest.raises(ConfigError, match="influence.sjl_s"):
+        load_config(overrides={"influence.sjl_s": 3})

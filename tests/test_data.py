@@ -346,7 +346,32 @@ def test_unboxed_habit_only_on_multi_step_domains_and_scores_zero():
         assert [t for t in texts if "=" in t] == [t for t in (target_text(p, 0.5, 1) for p in probs) if "=" in t]
         for p, t in zip(probs, texts, strict=True):
             assert VERIFIERS["exact"](t, p.gold) == (0.0 if t.startswith("Answer: ") else 1.0)
-    assert "unboxed_fraction" not in RunConfig().hashable("bootstrap")
+    old = BootstrapConfig(unboxed_fraction=0.0, unboxed_domains=None).hashable()
+    assert "unboxed_fraction" not in old and "unboxed_domains" not in old  # keys from before the habit existed
     assert BootstrapConfig(unboxed_fraction=0.3).hashable()["unboxed_fraction"] == 0.3
+    assert RunConfig().hashable("bootstrap")["unboxed_domains"] == ["two_step", "word", "sub"]
     with pytest.raises(ValueError, match="worked_fraction \\+ unboxed_fraction"):
         BootstrapConfig(worked_fraction=0.8, unboxed_fraction=0.3)
+
+
+def test_unboxed_domains_put_the_habit_on_a_one_fact_domain():
+    """bootstrap.unboxed_domains: a listed one-fact domain (the default's untargeted `sub`) gets the unboxed answer
+    for a seeded `unboxed_fraction` of its problems, the multi-step ones keep exactly the same worked/unboxed
+    choices as with unboxed_domains=None, unlisted domains stay boxed."""
+    from cropi_core.config import BootstrapConfig
+    from cropi_core.models.bootstrap import target_text
+
+    listed = ["two_step", "word", "sub"]
+    for d in DOMAINS:
+        probs = generate_problems(d, 400, seed=5)
+        texts = [target_text(p, 0.5, 1, 0.3, listed) for p in probs]
+        share = sum(t.startswith("Answer: ") for t in texts) / len(texts)
+        if d in ("two_step", "word"):
+            assert texts == [target_text(p, 0.5, 1, 0.3) for p in probs]
+        elif d == "sub":
+            assert 0.2 < share < 0.4, share
+            assert all(t.startswith(("Answer: ", "\\boxed{")) for t in texts)
+        else:
+            assert share == 0.0
+    with pytest.raises(ValueError, match="unboxed_domains"):
+        BootstrapConfig(unboxed_domains=["nope"])

@@ -63,6 +63,9 @@ def test_run_completes_with_report(clean):
         assert section in text
     for png in ("accuracy", "composition", "popi_hist", "overlap", "offline_online", "health", "lineage"):
         assert (report.parent / f"{png}.png").stat().st_size > 1000
+    # cost per stage: every artifact of this cold run was computed (and timed) by it
+    cost = text.split("## Cost")[1].split("##")[0]
+    assert "reused" not in cost and cost.count("\n| ") >= 3  # offline row + 2 stages
     assert len(s["stages"]) == 2
     k = kinds(s)
     # datasets: pool, val, 2 tests; 1 base model; offline rollouts pool + val; 2 stages × (online rollouts,
@@ -85,6 +88,8 @@ def test_second_run_computes_nothing(coin, clean):
     assert c["computed"] == 0 and c["task_runs"] > 0
     assert c["cached"] == c["task_runs"]  # every task served from Prefect's cache (keyed by artifact key)
     assert s["final_checkpoint"] == clean["summary"]["final_checkpoint"]
+    cost = Path(s["report"]).read_text().split("## Cost")[1].split("##")[0]
+    assert "reused" not in cost  # priced from the compute seconds the first run recorded
 
     # without Prefect's cache records (a wiped PREFECT_HOME + result store): each task finds its artifact
     shutil.rmtree(storage / "work" / "prefect-results")
@@ -113,6 +118,32 @@ def test_ratio_change_reuses_rollouts_and_grads(coin, clean):
     assert not any(t == "grads-chunk" and key.startswith(tuple(s["stages"][0]["grads"].values())) for t, key in s["computed"])
     assert k.count("selection") == 2 and k.count("train") == 2
     assert len(s["stages"][0]["selected_ids"]) == 24
+
+
+def test_energy_allocation_sketches_through_a_shared_calibration(coin, clean):
+    """influence.allocation=energy: one calibration artifact per stage, parent of that stage's pool AND val sketches;
+    the offline rollouts are reused and a rerun computes nothing."""
+    from storage import open_store
+
+    storage = clean["storage"]
+    args = ("run", "--config", str(coin["config"]), "--storage", str(storage), "--set", "influence.allocation=energy")
+    res = cli(*args)
+    assert res.exit_code == 0, res.output
+    s = summary_of(storage)
+    k = kinds(s)
+    assert k.count("calibration") == 2 and "bootstrap" not in k
+    assert s["pool_rollouts"] == clean["summary"]["pool_rollouts"]
+    store = open_store(str(storage))
+    for st in s["stages"]:
+        parents = [set(store.manifest(g).parents) for g in st["grads"].values()]
+        calib = set.intersection(*parents) - {st["grads"]["pool"]}
+        calib = [p for p in calib if store.manifest(p).kind == "calibration"]
+        assert len(calib) == 1  # the same calibration shapes the pool and every validation sketch
+        energy = store.read_json(calib[0], "energy.json")
+        assert len(energy) > 10 and all(v >= 0 for v in energy.values()) and max(energy.values()) > 0
+    assert s["stages"][0]["grads"] != clean["summary"]["stages"][0]["grads"]  # a new mask: new sketches
+    res = cli(*args)
+    assert res.exit_code == 0 and summary_of(storage)["counts"]["computed"] == 0
 
 
 def test_transient_faults_are_retried_to_identical_artifacts(coin, clean, tmp_path, monkeypatch):

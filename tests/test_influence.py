@@ -8,7 +8,8 @@ import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from cropi_core.errors import ModelError
-from cropi_core.influence import PromptRollouts, offpolicy_health, sketch_prompts
+from cropi_core.health import offpolicy_health
+from cropi_core.influence import PromptRollouts, sketch_prompts
 from cropi_core.projection import make_projector
 
 VOCAB = 61
@@ -135,12 +136,13 @@ def test_model_state_restored_and_params_subset():
     assert all(p.grad is None for p in model.parameters())
 
 
-@pytest.mark.parametrize("kind", ["exact", "sparse"])
+@pytest.mark.parametrize("kind", ["exact", "sparse", "grass", "dense-gaussian"])
 def test_rows_bit_identical_whatever_the_batch(kind):
     """Same prompt ⇒ same bits: batch composition, order, micro-batch size and chunking do not matter."""
     model = tiny(0, dtype=torch.float32)
     prompts = make_prompts(12, seed=7)
-    proj = make_projector(kind, model, 64, sparse_ratio=0.3, seed=3, dtype=torch.float32)
+    kind, _, transform = kind.partition("-")
+    proj = make_projector(kind, model, 64, sparse_ratio=0.3, seed=3, dtype=torch.float32, transform=transform or "sjl")
     base = sketch_prompts(model, prompts, proj, micro_batch_tokens=4096)
     assert torch.isnan(base[3]).all() and not torch.isnan(base[0]).any()
     for mbt in (16, 48, 200):

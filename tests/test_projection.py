@@ -36,21 +36,62 @@ def gram(x: torch.Tensor) -> torch.Tensor:
     return x.double() @ x.double().T
 
 
-@pytest.mark.parametrize("kind,ratio", [("dense", 1.0), ("sparse", 0.3), ("factored", 1.0), ("factored", 0.25)])
-def test_inner_products_unbiased_and_concentrating(setup, kind, ratio):
+@pytest.mark.parametrize("kind,ratio,transform,s", [
+    ("dense", 1.0, "gaussian", 2), ("dense", 1.0, "sjl", 1), ("sparse", 0.3, "gaussian", 2), ("sparse", 0.3, "sjl", 2),
+    ("sparse", 0.3, "sjl", 4), ("grass", 0.25, "sjl", 2), ("grass", 0.25, "rademacher", 2), ("grass", 1.0, "sjl", 1),
+    ("factored", 1.0, "gaussian", 2), ("factored", 0.25, "gaussian", 2)])
+def test_inner_products_unbiased_and_concentrating(setup, kind, ratio, transform, s):
     model, prompts, exact = setup
     g_exact = gram(exact)
     scale = g_exact.abs().max()
     errs = {}
     for dim in (24, 384):
         grams = torch.stack([gram(sketch_prompts(model, prompts, make_projector(
-            kind, model, dim, sparse_ratio=ratio, seed=s, dtype=torch.float64))) for s in range(40)])
+            kind, model, dim, sparse_ratio=ratio, transform=transform, sjl_s=s, seed=seed, dtype=torch.float64)))
+            for seed in range(40)])
         mean, se = grams.mean(0), grams.std(0) / 40**0.5
         # unbiased: the seed-average matches the exact Gram matrix within 4.5 standard errors (+ tiny slack)
         assert ((mean - g_exact).abs() <= 4.5 * se + 1e-3 * scale).all(), (kind, dim, (mean - g_exact) / se)
         errs[dim] = float(((grams - g_exact).norm(dim=(1, 2)) / g_exact.norm()).mean())
-    # concentration improves with dim (with ratio < 1 the subset's own variance, independent of dim, remains)
-    assert errs[384] < (0.5 if ratio == 1.0 else 0.8) * errs[24], errs
+    # concentration improves with dim (with ratio < 1 the subset's own variance, independent of dim, remains; a
+    # block of √ρ rows × √ρ columns varies more than ρ of single coordinates)
+    assert errs[384] < (0.5 if ratio == 1.0 else 0.9 if kind == "grass" else 0.8) * errs[24], errs
+
+
+@pytest.mark.parametrize("kind,s", [("dense", 1), ("dense", 4), ("grass", 2)])
+def test_sjl_is_exact_when_buckets_cover_the_kept_coordinates(setup, kind, s):
+    """dim // s ≥ kept coordinates: the buckets are an injection, so the sparse JL map is an exact isometry."""
+    model, prompts, exact = setup
+    n = exact.shape[1]
+    proj = make_projector(kind, model, s * n + 5, transform="sjl", sjl_s=s, dtype=torch.float64)
+    rows = sketch_prompts(model, prompts, proj)
+    torch.testing.assert_close(gram(rows), gram(exact), rtol=1e-10, atol=1e-12 * gram(exact).abs().max())
+    assert (rows != 0).sum(1).max() <= s * n  # really a scatter into buckets, not a dense map
+
+
+def test_grass_block_equals_the_exact_gradient_on_the_kept_rows_and_columns(setup):
+    """The masked block formed from δ[rows] and x[cols] is the exact per-prompt gradient's sub-block (× √(n/m))."""
+    from cropi_core.projection.jl import JLProjector
+
+    model, prompts, exact = setup
+    proj = JLProjector(model, 0, kind="grass", mask="block", sparse_ratio=0.25, transform="identity", seed=5,
+                       dtype=torch.float64)
+    rows = sketch_prompts(model, prompts, proj)
+    assert rows.shape == (len(prompts), proj.kept) and proj.kept < exact.shape[1] / 2
+    off, want = 0, []
+    for name, p in model.named_parameters():
+        g = exact[:, off : off + p.numel()].reshape(len(prompts), *p.shape)
+        off += p.numel()
+        k = proj.kept_params[name]
+        if k.is_block:
+            r = torch.arange(p.shape[0]) if k.rows is None else k.rows
+            c = torch.arange(p.shape[1]) if k.cols is None else k.cols
+            g = g[:, r][:, :, c]
+        elif k.flat is not None:
+            g = g.reshape(len(prompts), -1)[:, k.flat]
+        want.append(g.reshape(len(prompts), -1))
+    torch.testing.assert_close(rows, torch.cat(want, 1), rtol=1e-9, atol=1e-13)
+    assert any(k.is_block for k in proj.kept_params.values())
 
 
 def test_factored_full_size_is_exact_up_to_rotation(setup):
@@ -88,7 +129,7 @@ def test_factored_dim_split_sums_to_dim():
     assert _factor(7, 7, 7) in ((7, 1), (1, 7))
 
 
-@pytest.mark.parametrize("kind", ["dense", "sparse", "factored"])
+@pytest.mark.parametrize("kind", ["dense", "sparse", "grass", "factored"])
 def test_deterministic_in_seed_name_shape(kind):
     model = tiny(0, dtype=torch.float32)
     prompts = make_prompts(4, seed=5)
@@ -131,9 +172,13 @@ def test_bad_arguments():
         make_projector("sparse", model, 8, sparse_ratio=0.0)
     with pytest.raises(ValueError, match="unknown parameter"):
         make_projector("dense", model, 8, params=["nope.weight"])
+    with pytest.raises(ValueError, match="unknown transform"):
+        make_projector("grass", model, 8, transform="fft")
+    with pytest.raises(ValueError, match="sjl_s"):
+        make_projector("grass", model, 8, sjl_s=3)
 
 
-@pytest.mark.parametrize("kind", ["exact", "sparse", "factored"])
+@pytest.mark.parametrize("kind", ["exact", "sparse", "grass", "factored"])
 def test_bf16_model_computes_in_float32(kind):
     """A bf16 model sketches (hooks hand bf16 pieces; projectors compute in float32) close to its float32 twin."""
     m32 = tiny(0, dtype=torch.float32)
@@ -143,3 +188,47 @@ def test_bf16_model_computes_in_float32(kind):
     b = sketch_prompts(m16, prompts, make_projector(kind, m16, 128, sparse_ratio=0.5, dtype=torch.float32))
     assert b.dtype == torch.float32 and torch.isfinite(b).all()
     assert (torch.nn.functional.cosine_similarity(a, b) > 0.99).all()
+
+
+def test_energy_probe_is_the_per_sequence_gradient_energy():
+    """EnergyProbe row = Σ over the prompt's sequences of ‖∇_p (c_k Σ_t ρ_t)‖² per parameter (float64 autograd)."""
+    from cropi_core.objective import group_advantages, sequence_coefficients
+    from cropi_core.projection.jl import EnergyProbe
+    from test_influence import ref_logprobs
+
+    model = tiny(1)
+    pr = [p for p in make_prompts(6, seed=11, model=model) if p.scorable][0]
+    probe = EnergyProbe(model, dtype=torch.float64)
+    got = sketch_prompts(model, [pr], probe)[0]
+    names, params = zip(*model.named_parameters())
+    coefs = sequence_coefficients(group_advantages(pr.rewards.double()),
+                                  torch.tensor([r.numel() for r in pr.response_ids]), "seq_mean_token_mean")
+    want = torch.zeros(len(names), dtype=torch.float64)
+    for k, (lp, lb) in enumerate(zip(ref_logprobs(model, pr.prompt_ids, pr.response_ids), pr.behavior_logprobs)):
+        for p in params:
+            p.requires_grad_(True)
+        loss = coefs[k] * torch.exp(lp - lb.double()).sum()
+        grads = torch.autograd.grad(loss, params)
+        want += torch.stack([g.pow(2).sum() for g in grads])
+    for p in params:
+        p.requires_grad_(False)
+    assert list(probe.params) == list(names)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-12)
+
+
+def test_energy_ratios_spend_the_budget_where_the_energy_is():
+    from cropi_core.projection.jl import energy_ratios
+
+    numel = {"a": 100, "b": 1000, "c": 10_000}
+    r = energy_ratios({"a": 50.0, "b": 40.0, "c": 10.0}, numel, 0.1)  # budget 1110 coordinates
+    kept = {n: r[n] * numel[n] for n in numel}
+    assert r["a"] == 1.0  # capped: its share (555) exceeds its size; the rest is shared again
+    assert sum(kept.values()) == pytest.approx(1110, rel=1e-9)
+    assert kept["b"] / kept["c"] == pytest.approx(4.0)  # ∝ energy once uncapped
+    flat = energy_ratios({"a": 0.0, "b": 0.0, "c": 0.0}, numel, 0.1)
+    assert all(v == pytest.approx(0.1) for v in flat.values())  # no energy measured: uniform
+    model = tiny(0, dtype=torch.float32)
+    names = [n for n, _ in model.named_parameters()]
+    pr = energy_ratios({n: float(i + 1) for i, n in enumerate(names)}, {n: p.numel() for n, p in model.named_parameters()}, 0.2)
+    proj = make_projector("grass", model, 64, sparse_ratio=0.2, param_ratios=pr)
+    assert proj.kept <= 0.2 * sum(p.numel() for p in model.parameters()) * 1.05

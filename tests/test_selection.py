@@ -81,3 +81,20 @@ def test_missing_inputs():
         select("best")
     with pytest.raises(ValueError, match="ratio"):
         select("full", n=3, ratio=0.0)
+
+
+def test_mix_random_replaces_the_lowest_ranked_share_by_fresh_random_prompts():
+    """selection.mix_random: same size, the top (1 - share) kept in order, the rest drawn from prompts not kept,
+    seeded; share 0 is the identity."""
+    import numpy as np
+
+    from cropi_core.selection import mix_random
+
+    idx = np.arange(10, 30)  # a ranked selection of 20 from a pool of 100
+    assert np.array_equal(mix_random(idx, 100, 0.0, seed=1), idx)
+    out = mix_random(idx, 100, 0.25, seed=1)
+    assert out.size == 20 and len(set(out.tolist())) == 20
+    assert np.array_equal(out[:15], idx[:15])
+    assert not set(out[15:].tolist()) & set(idx[:15].tolist())
+    assert np.array_equal(out, mix_random(idx, 100, 0.25, seed=1))
+    assert not np.array_equal(out, mix_random(idx, 100, 0.25, seed=2))

@@ -10,9 +10,14 @@ in other phrasings, so pass rates are intermediate and differ by domain and leve
 The multi-step domains (`two_step`, `word`) also carry a worked solution (`meta["work"]`, e.g. "2+3=5. 5+4=9.").
 The warm-up teaches it for half of those problems and the bare `\\boxed{}` answer for the other half
 (`BootstrapConfig.worked_fraction`), so the starting policy has two habits on exactly these domains and RL can
-learn, domain-wide, which one pays: a skill that transfers across the prompts of a domain but not to the one-fact
-domains. They are the targeted domains of the embedded default (a third of the pool), which is the structure
-CROPI's gradient alignment can find.
+learn, domain-wide, which one pays. They are the targeted domains of the embedded default (a third of the pool).
+
+The benchmark's learnable, transferable skill is a format habit (`BootstrapConfig.unboxed_fraction`,
+`unboxed_domains`): the warm-up teaches 30% of the problems of `two_step`, `word` AND `sub` the unboxed answer
+`Answer: 9` (reward 0), so the starting policy loses ~30% of its answers there to format. GRPO unlearns it
+domain-wide, on unseen test prompts too. `sub` is untargeted (no validation set) but shares the skill, as math
+domains share reasoning in the paper; `add`, `mul`, `max` share nothing with the targeted domains. This is the
+structure CROPI's gradient alignment can find: half the pool carries the skill, a third is targeted.
 
 Domain    example                          level 1              level 2                     level 3
 add       Compute 4+5.                     a,b ≤ 5              a,b ≤ 9 (one ≥ 6)           teen + digit, no carry

@@ -24,16 +24,21 @@ from cropi_core.data import Problem, format_prompt, worked_response
 from cropi_core.errors import DataError
 
 
-def target_text(p: Problem, worked_fraction: float, seed: int, unboxed_fraction: float = 0.0) -> str:
+def target_text(p: Problem, worked_fraction: float, seed: int, unboxed_fraction: float = 0.0,
+                unboxed_domains: list[str] | tuple[str, ...] | None = None) -> str:
     """The supervised response of `p`. Multi-step domains (those with a worked solution): the worked solution for
-    a seeded `worked_fraction` of the problems, the unboxed `Answer: gold` (wrong format, reward 0) for the next
-    `unboxed_fraction`, else the direct `\\boxed{gold}`; other domains always the direct answer. The choice is a
-    pure function of (problem id, seed): a problem keeps its format for the whole warm-up."""
+    a seeded `worked_fraction` of the problems. Domains with the unboxed habit (`unboxed_domains`; None = the
+    multi-step domains): the unboxed `Answer: gold` (wrong format, reward 0) for the next `unboxed_fraction` of
+    the problems (the first `unboxed_fraction` in a one-fact domain). Everything else: the direct
+    `\\boxed{gold}`. The choice is a pure function of (problem id, seed): a problem keeps its format for the whole
+    warm-up, and listing a one-fact domain does not change which multi-step problems are worked."""
     worked = worked_response(p)
     u = int.from_bytes(hashlib.sha256(f"{seed}:{p.id}".encode()).digest()[:8], "big") / 2**64  # uniform [0, 1)
+    habit = worked is not None if unboxed_domains is None else p.domain in unboxed_domains
     if worked is not None and u < worked_fraction:
         return worked
-    if worked is not None and u < worked_fraction + unboxed_fraction:
+    lo = worked_fraction if worked is not None else 0.0
+    if habit and u < lo + unboxed_fraction:
         return f"Answer: {p.gold}"
     return f"\\boxed{{{p.gold}}}"
 
@@ -41,13 +46,14 @@ def target_text(p: Problem, worked_fraction: float, seed: int, unboxed_fraction:
 def encode_pairs(
     tokenizer: PreTrainedTokenizerBase, problems: list[Problem], *, template: str, instruction: str,
     worked_fraction: float = 0.0, seed: int = 0, unboxed_fraction: float = 0.0,
+    unboxed_domains: list[str] | None = None,
 ) -> list[tuple[list[int], list[int]]]:
     """(prompt ids, target ids) per problem; target = `target_text(...)` + EOS."""
     pairs = []
     for p in problems:
         prompt = format_prompt(p, tokenizer, template=template, instruction=instruction)
         prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        target = target_text(p, worked_fraction, seed, unboxed_fraction)
+        target = target_text(p, worked_fraction, seed, unboxed_fraction, unboxed_domains)
         target_ids = tokenizer(target, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
         pairs.append((prompt_ids, target_ids))
     return pairs
@@ -105,7 +111,8 @@ def bootstrap(
     if not problems:
         raise DataError("bootstrap: no problems to train on")
     pairs = encode_pairs(tokenizer, problems, template=template, instruction=instruction,
-                         worked_fraction=cfg.worked_fraction, seed=cfg.seed, unboxed_fraction=cfg.unboxed_fraction)
+                         worked_fraction=cfg.worked_fraction, seed=cfg.seed, unboxed_fraction=cfg.unboxed_fraction,
+                         unboxed_domains=cfg.unboxed_domains)
     device = next(model.parameters()).device
     gen = torch.Generator().manual_seed(cfg.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=0.01)

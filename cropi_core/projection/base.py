@@ -47,17 +47,20 @@ def coordinate_subset(n: int, ratio: float, gen: torch.Generator) -> torch.Tenso
     return torch.randperm(n, generator=gen)[:m].sort().values
 
 
+def unit_entries(shape: tuple[int, ...], gen: torch.Generator, kind: str = "gaussian") -> torch.Tensor:
+    """float32 tensor of i.i.d. unit-variance entries: N(0, 1) ("gaussian") or ±1 ("rademacher")."""
+    if kind == "gaussian":
+        return torch.randn(shape, generator=gen, dtype=torch.float32)
+    if kind == "rademacher":
+        return torch.randint(0, 2, shape, generator=gen, dtype=torch.int8).to(torch.float32).mul_(2).sub_(1)
+    raise ValueError(f"unknown random matrix kind {kind!r}; expected 'gaussian' or 'rademacher'")
+
+
 def random_matrix(
     rows: int, cols: int, gen: torch.Generator, dtype: torch.dtype, kind: str = "gaussian"
 ) -> torch.Tensor:
     """[rows, cols] with i.i.d. entries of variance 1/rows (so E[PᵀP] = I): Gaussian or Rademacher."""
-    if kind == "gaussian":
-        m = torch.randn(rows, cols, generator=gen, dtype=torch.float32)
-    elif kind == "rademacher":
-        m = torch.randint(0, 2, (rows, cols), generator=gen, dtype=torch.int8).to(torch.float32).mul_(2).sub_(1)
-    else:
-        raise ValueError(f"unknown random matrix kind {kind!r}; expected 'gaussian' or 'rademacher'")
-    return m.mul_(rows ** -0.5).to(dtype)
+    return unit_entries((rows, cols), gen, kind).mul_(rows ** -0.5).to(dtype)
 
 
 def orthogonal_matrix(rows: int, cols: int, gen: torch.Generator, dtype: torch.dtype) -> torch.Tensor:
@@ -80,6 +83,25 @@ def param_names(model: nn.Module, params: Sequence[str] | None = None) -> list[s
         raise ValueError(f"unknown parameter name(s) {unknown[:3]} (model has e.g. {names[:3]})")
     keep = set(wanted)
     return [n for n in names if n in keep]
+
+
+def canonical_names(model: nn.Module) -> dict[int, str]:
+    """id(parameter) -> its first name in `named_parameters` (a tied lm_head/embedding matrix has one name)."""
+    canon: dict[int, str] = {}
+    for n, p in model.named_parameters():
+        canon.setdefault(id(p), n)
+    return canon
+
+
+def align_rows(t: torch.Tensor, rows: Rows) -> torch.Tensor:
+    """[N, L, ...] with every row's real positions moved to the front (left padding → right padding), so that
+    batched per-sequence reductions see the same operands whatever the padding side. A no-op for right padding."""
+    starts = [s for _, s, _ in rows]
+    if not any(starts):
+        return t
+    length = t.shape[1]
+    idx = (torch.arange(length, device=t.device)[None] + torch.tensor(starts, device=t.device)[:, None]) % length  # [N, L]
+    return t.gather(1, idx.reshape(*idx.shape, *([1] * (t.dim() - 2))).expand(*idx.shape, *t.shape[2:]))
 
 
 class Projector(ABC):

@@ -46,8 +46,8 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from .base import Projector, Rows, coordinate_subset, generator, orthogonal_matrix, random_matrix
-from .dense import JLProjector
+from .base import Projector, Rows, canonical_names, coordinate_subset, generator, orthogonal_matrix, random_matrix
+from .jl import JLProjector
 
 
 class _Block:
@@ -139,14 +139,13 @@ class FactoredProjector(Projector):
 
     kind = "factored"
 
-    def __init__(self, model: nn.Module, dim: int, *, sparse_ratio: float = 1.0, jl: str = "gaussian", **kw: Any) -> None:
+    def __init__(self, model: nn.Module, dim: int, *, sparse_ratio: float = 1.0, transform: str = "gaussian",
+                 sjl_s: int = 2, **kw: Any) -> None:
         super().__init__(model, dim, **kw)
         if not 0 < sparse_ratio <= 1:
             raise ValueError(f"sparse_ratio must be in (0, 1], got {sparse_ratio}")
         self.sparse_ratio = float(sparse_ratio)
-        canon: dict[int, str] = {}
-        for n, p in model.named_parameters():
-            canon.setdefault(id(p), n)
+        canon = canonical_names(model)
         sel = set(self.params)
         blocks: dict[str, _Block] = {}
         inp = model.get_input_embeddings()
@@ -171,7 +170,7 @@ class FactoredProjector(Projector):
             b.setup(self.seed, self.shapes[b.name], self.sparse_ratio)
         rest_kept = 0
         if self.rest_names:
-            probe = JLProjector(model, 1, sparse_ratio=self.sparse_ratio, seed=self.seed, params=self.rest_names)
+            probe = JLProjector(model, 1, sparse_ratio=self.sparse_ratio, seed=self.seed, params=self.rest_names)  # sizes only
             rest_kept = probe.kept
         alloc = _split(self.dim, [b.size for b in self.blocks] + [rest_kept])
         spare = 0
@@ -197,8 +196,13 @@ class FactoredProjector(Projector):
         self.rest_offset = off
         self.rest: JLProjector | None = None
         if self.rest_dim > 0:
-            self.rest = JLProjector(model, self.rest_dim, sparse_ratio=self.sparse_ratio, jl=jl, seed=self.seed,
-                                    params=self.rest_names, orthogonal=True, dtype=torch.float64)
+            # the rest is small: an exact rotation when it fits, else the configured JL transform (dense JL when
+            # it has fewer dims than sparse JL has hashes)
+            rest_t = "orthogonal" if self.rest_dim >= rest_kept else (
+                "gaussian" if transform == "sjl" and self.rest_dim < sjl_s else transform)
+            self.rest = JLProjector(model, self.rest_dim, kind="factored-rest", sparse_ratio=self.sparse_ratio,
+                                    transform=rest_t, sjl_s=sjl_s,
+                                    seed=self.seed, params=self.rest_names, dtype=torch.float64)
         self.used = off + self.rest_dim
         self.acc: torch.Tensor | None = None
 
