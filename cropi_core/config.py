@@ -10,7 +10,9 @@ artifacts. `RunConfig.hashable(section)` returns the output-determining fields o
 
 from __future__ import annotations
 
+import math
 import os
+import re
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -52,7 +54,7 @@ class TinyModelConfig(Section):
 
 
 class ModelConfig(Section):
-    name_or_path: str = EMBEDDED_MODEL  # "tiny" or a local HF folder / fsspec URL
+    name_or_path: str = Field(EMBEDDED_MODEL, min_length=1)  # "tiny" or a local HF folder / fsspec URL
     gguf_file: str | None = None  # file name inside name_or_path, for GGUF checkpoints
     tokenizer_path: str | None = None  # defaults to name_or_path
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
@@ -307,6 +309,13 @@ class StorageConfig(Section):
     verify: Literal["full", "sampled", "manifest"] = "sampled"
     HASH_EXCLUDE = frozenset({"root", "verify"})
 
+    @field_validator("root")
+    @classmethod
+    def _root(cls, v: str) -> str:
+        if not v.strip() or "\0" in v:
+            raise ValueError("must be a non-empty path or URL")
+        return v
+
 
 class RunnerConfig(Section):
     kind: Literal["local", "ray"] = "local"
@@ -332,6 +341,11 @@ class RunConfig(Section):
     storage: StorageConfig = StorageConfig()
     runner: RunnerConfig = RunnerConfig()
     HASH_EXCLUDE = frozenset({"name", "storage", "runner"})
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v: str) -> str:
+        return check_run_name(v)
 
     @model_validator(mode="after")
     def _train_batch(self) -> "RunConfig":
@@ -387,9 +401,42 @@ def _one_line(err: ValidationError, source: str) -> str:
 def parse_config(data: dict[str, Any] | None, source: str = "<config>") -> RunConfig:
     """Validate a dict into a RunConfig; raise ConfigError with a one-line message."""
     try:
-        return RunConfig.model_validate(data or {})
+        cfg = RunConfig.model_validate(data or {})
     except ValidationError as err:
         raise ConfigError(_one_line(err, source)) from None
+    except RecursionError:
+        raise ConfigError(f"{source}: nested too deeply") from None
+    bad = _non_finite(cfg.model_dump())
+    if bad is not None:
+        raise ConfigError(f"{source}: {bad[0]}: must be a finite number (got {bad[1]!r})")
+    return cfg
+
+
+def _non_finite(node: Any, where: str = "") -> tuple[str, float] | None:
+    """(dotted field, value) of the first NaN/inf float in a dumped config, else None."""
+    if isinstance(node, float) and not math.isfinite(node):
+        return where or "<root>", node
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, (list, tuple)) else ()
+    for k, v in items:
+        hit = _non_finite(v, f"{where}.{k}" if where else str(k))
+        if hit is not None:
+            return hit
+    return None
+
+
+# run names become folder names (runs/<name>/) and Prefect flow-run names: a safe slug, nothing path-like
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+MAX_NAME = 100
+MAX_CONFIG_BYTES = 1 << 20
+
+
+def check_run_name(name: str) -> str:
+    """`name` if it is a safe slug (letters, digits, '.', '_', '-'; starts with a letter or digit; ≤ 100), else
+    ValueError — so a report folder can never land outside `runs/`."""
+    if not isinstance(name, str) or not NAME_RE.match(name) or ".." in name:
+        raise ValueError(f"must be a slug of letters, digits, '.', '_' or '-' starting with a letter or digit, "
+                         f"at most {MAX_NAME} characters, without '..' (got {name!r})")
+    return name
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None, check_files: bool = True) -> RunConfig:
@@ -405,8 +452,20 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         p = Path(path)
         if not p.exists():
             raise ConfigError(f"{source}: config file not found")
+        if not p.is_file():
+            raise ConfigError(f"{source}: not a file (--config takes a YAML file, e.g. configs/tiny.yaml)")
         try:
-            loaded = yaml.safe_load(p.read_text())
+            text = p.read_text(encoding="utf-8")
+        except UnicodeDecodeError as err:
+            raise ConfigError(f"{source}: not a UTF-8 text file (byte {err.start}: {err.reason})") from None
+        except OSError as err:
+            raise ConfigError(f"{source}: cannot read: {err.strerror or type(err).__name__}") from None
+        if len(text) > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{source}: {len(text)} characters; a config is at most {MAX_CONFIG_BYTES}")
+        try:
+            loaded = yaml.safe_load(text)
+        except RecursionError:
+            raise ConfigError(f"{source}: invalid YAML: nested too deeply") from None
         except yaml.YAMLError as err:
             mark = getattr(err, "problem_mark", None)
             where = f" line {mark.line + 1}" if mark else ""

@@ -140,6 +140,8 @@ def compare(
         if seeds < 1:
             raise ConfigError(f"--seeds: must be ≥ 1 (got {seeds})")
         cfg = prepare(config, set_, storage, name)
+        if len(cfg.name) > 80:  # runs are named <name>-<method>-s<seed> (at most 100 characters)
+            raise ConfigError(f"name: at most 80 characters for cropi compare (got {len(cfg.name)})")
     except CropiError as err:
         _fail(err)
     from flows.compare import run_compare
@@ -173,7 +175,12 @@ def _resolve_key(store, key: str) -> str:
 def _open_artifact(storage: str | None, key: str):
     """(store, full key) of a complete artifact named by key or unique prefix; StorageError otherwise."""
     from storage import StorageError, open_store
+    from storage.root import resolve_url
 
+    url, _ = resolve_url(storage)
+    local = url.removeprefix("file://") if url.startswith("file://") or "://" not in url else None
+    if local is not None and not (Path(local).expanduser() / "artifacts").is_dir():
+        raise StorageError(f"no artifact {key!r}: no artifact store at {url} (a read-only command does not create one)")
     store = open_store(storage)
     full = _resolve_key(store, key)
     if not store.exists(full):
@@ -347,6 +354,18 @@ def start_server(port: int, log_path: Path | None = None) -> tuple[subprocess.Po
     return proc, url
 
 
+def port_in_use(port: int) -> bool:
+    """True if something already listens on 127.0.0.1:`port` (the UI binds loopback only)."""
+    import socket
+
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
+
+
 @app.command()
 def ui(
     port: int = typer.Option(4200, "--port", help="port for the Prefect server"),
@@ -358,6 +377,10 @@ def ui(
     def _stop(*_: object) -> None:
         raise KeyboardInterrupt
 
+    if not 1 <= port <= 65535:
+        _fail(ConfigError(f"--port: must be in 1..65535 (got {port})"))
+    if port_in_use(port):
+        _fail(ConfigError(f"--port: 127.0.0.1:{port} is already in use (pick another with --port)"))
     signal.signal(signal.SIGTERM, _stop)  # `kill` stops the server too, like Ctrl-C
     proc, url = start_server(port)
     try:

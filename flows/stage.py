@@ -28,7 +28,9 @@ def submit_grads(tr: Tracker, cfg: RunConfig, stage: int, ckpt: ArtifactRef, rol
     missing = T_grads.missing_chunks(cfg, ckpt, rollouts, n, stage, calibration)
     if missing:
         log(f"stage {stage}: grads {label}: {len(missing)} of {T_grads.num_chunks(cfg, n)} chunks to compute")
-    chunks = [tr.submit(T_grads.grads_chunk, cfg=cfg, ckpt=ckpt, rollouts=rollouts, chunk=i, n_rows=n, stage=stage,
+    # only chunks missing or corrupt in storage are submitted: Prefect's cache must not answer for them
+    chunk_task = T_grads.grads_chunk.with_options(refresh_cache=True)
+    chunks = [tr.submit(chunk_task, cfg=cfg, ckpt=ckpt, rollouts=rollouts, chunk=i, n_rows=n, stage=stage,
                         label=label, calibration=calibration) for i in missing]
     fin = tr.submit(T_grads.grads_finalize, retries=False, cfg=cfg, ckpt=ckpt, rollouts=rollouts, chunks=chunks,
                     n_rows=n, stage=stage, label=label, calibration=calibration)

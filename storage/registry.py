@@ -16,6 +16,8 @@ from storage.refs import ArtifactRef
 from storage.store import Store
 
 CHECKPOINT_KIND = "checkpoint"
+# pickle-based file formats (PyTorch .bin/.pt, pickle, joblib): never loaded from storage
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib", ".npy", ".npz")
 
 
 def register_checkpoint(store: Store, folder: str | os.PathLike, *, parents: list[str], config: dict,
@@ -56,4 +58,10 @@ def checkpoint_dir(store: Store, key: str) -> Path:
     m = store.manifest(key)
     if m.kind != CHECKPOINT_KIND:
         raise StorageError(f"artifact {key[:8]} is a {m.kind}, not a checkpoint")
-    return store.local_path(key)
+    pickled = sorted(n for n in m.files if n.lower().endswith(PICKLE_SUFFIXES))
+    if pickled:  # from_pretrained would unpickle them; cropi writes safetensors + JSON only
+        raise StorageError(f"checkpoint {key[:8]} holds pickle-format file(s) {pickled[:3]}; refused (cropi "
+                           f"loads safetensors weights only)")
+    # model weights are always hashed in full before loading: "sampled" verification checks sizes of every
+    # file but hashes only two large ones, and a sharded checkpoint has more (a flipped byte would be trained on)
+    return store.local_path(key, verify="full")

@@ -108,6 +108,7 @@ class FS:
                     os.unlink(tmp)
                 except FileNotFoundError:
                     pass
+        self.refresh(path)
         if self.fs.exists(path):
             return False
         try:
@@ -119,6 +120,12 @@ class FS:
         except (ValueError, NotImplementedError, TypeError):  # backend without exclusive create
             self.fs.pipe_file(path, data)
             return True
+        except OSError as e:
+            # s3fs maps the server's 412 PreconditionFailed (another writer's PUT landed first: AWS, SeaweedFS,
+            # MinIO honour If-None-Match: *) to OSError(EINVAL), not FileExistsError
+            if _precondition_failed(e):
+                return False
+            raise
 
     def write(self, path: str, data: bytes) -> None:
         if self.local:
@@ -133,6 +140,36 @@ class FS:
             self.fs.rm(path, recursive=True)
         except FileNotFoundError:
             pass
+        if not self.local:
+            self._rm_empty_dirs(path)
+
+    def _rm_empty_dirs(self, path: str) -> None:
+        """Object stores with real directories (SeaweedFS's filer) keep a folder listed after its last object is
+        deleted; delete those `prefix/` entries deepest first so listings (keys(), gc) no longer show them."""
+        call = getattr(self.fs, "call_s3", None)
+        split = getattr(self.fs, "split_path", None)
+        if call is None or split is None:
+            return
+        self.refresh(path)
+        dirs, todo = [path], [path]
+        while todo and len(dirs) < 10_000:  # walk with delimiter listings: they show the empty folders
+            d = todo.pop()
+            try:
+                entries = self.fs.ls(d, detail=True, refresh=True)
+            except (FileNotFoundError, OSError):
+                continue
+            sub = [e["name"] for e in entries if e.get("type") == "directory" and e["name"].rstrip("/") != d.rstrip("/")]
+            dirs += sub
+            todo += sub
+        for d in sorted(set(dirs), key=lambda p: p.count("/"), reverse=True):
+            bucket, key, _ = split(d)
+            if not key:
+                continue
+            try:
+                call("delete_object", Bucket=bucket, Key=key.rstrip("/") + "/")
+            except (FileNotFoundError, OSError):
+                pass
+        self.refresh(path)
 
     def newest_mtime(self, path: str) -> float | None:
         """Newest modification time (POSIX seconds) of any file under `path`; None if it holds no files."""
@@ -149,6 +186,20 @@ class FS:
         """Drop fsspec's listing cache (other processes may have written since)."""
         if not self.local:
             self.fs.invalidate_cache(path)
+
+
+def _precondition_failed(err: BaseException) -> bool:
+    """True if `err` (or its cause chain) is an S3 412 PreconditionFailed."""
+    seen = 0
+    while err is not None and seen < 8:
+        code = getattr(err, "response", {}).get("Error", {}).get("Code") if hasattr(err, "response") else None
+        if code in ("PreconditionFailed", "412"):
+            return True
+        text = str(err)
+        if "PreconditionFailed" in text or "pre-conditions you specified did not hold" in text:
+            return True
+        err, seen = err.__cause__ or err.__context__, seen + 1
+    return False
 
 
 def _mtime(info: dict) -> float | None:

@@ -77,18 +77,37 @@ class Store:
             return None
         return parse_manifest(raw, self.url_of(path), key)
 
-    def exists(self, key: str) -> bool:
-        """True iff the artifact has a valid manifest and its payload passes the store's verify mode."""
+    def exists(self, key: str, verify: str | None = None) -> bool:
+        """True iff the artifact has a valid manifest and its payload passes `verify` (default: the store's mode)."""
         m = self._read_manifest(key)
         if m is None:
             return False
-        problems = verify_payload(self.io, self._payload_path(m), m, self.verify_mode)
+        problems = verify_payload(self.io, self._payload_path(m), m, verify or self.verify_mode)
         if problems:
             warnings.warn(f"artifact {m.kind} {key[:8]} at {self.uri(key)} is damaged ({problems[0]}"
                           f"{f' and {len(problems) - 1} more' if len(problems) > 1 else ''}); treated as absent",
                           stacklevel=2)
             return False
         return True
+
+    def state(self, key: str, verify: str | None = None) -> str:
+        """"intact", "absent" (never completed: no manifest, none moved aside) or "damaged" (a corrupt manifest,
+        a payload failing `verify`, or a manifest a reader moved aside as corrupt); warns when damaged."""
+        path = f"{self.artifact_dir(key)}/{MANIFEST_NAME}"
+        raw = self.io.cat(path)
+        if raw is None:
+            self.io.refresh(self.artifact_dir(key))
+            try:
+                names = [n.rstrip("/").rsplit("/", 1)[-1] for n in self.fs.ls(self.artifact_dir(key), detail=False)]
+            except (FileNotFoundError, NotADirectoryError):
+                names = []
+            return "damaged" if any(n.startswith(MANIFEST_NAME + ".corrupt-") for n in names) else "absent"
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            ok = self.exists(key, verify)
+        for w in caught:  # re-emit the one-line warning naming the artifact
+            warnings.warn(str(w.message), stacklevel=2)
+        return "intact" if ok else "damaged"
 
     def manifest(self, key: str) -> Manifest:
         """The verified manifest of a complete artifact; StorageError if it does not exist."""
@@ -149,9 +168,11 @@ class Store:
         info = m.files.get(name)
         if info is None:
             raise StorageError(f"artifact {m.kind} {key[:8]} has no file {name!r} (has: {', '.join(sorted(m.files)[:8])})")
+        if self.local:
+            check_inside(self._payload_path(m), name, m)
         raw = self.io.cat(self._payload_path(m, name))
         if raw is None or len(raw) != info.size or sha256_bytes(raw) != info.sha256:
-            raise StorageError(f"artifact {m.kind} {key[:8]} file {name!r} is missing or corrupt (checksum mismatch)")
+            raise self.quarantine(m, f"file {name!r} is missing or corrupt (checksum mismatch)")
         return raw
 
     def read_json(self, key: str, name: str) -> Any:
@@ -169,26 +190,60 @@ class Store:
         info = self._array_info(m, name)
         problems = verify_payload(self.io, self._payload_path(m), m, verify or self.verify_mode, only=info.path)
         if problems:
-            raise StorageError(f"artifact {m.kind} {key[:8]} array {name!r} is corrupt: {problems[0]}")
+            raise self.quarantine(m, f"array {name!r} is corrupt: {problems[0]}")
         return zarr.open_array(store=zarr_store(self, self._payload_path(m, info.path), read_only=True), mode="r")
 
-    def read_array(self, key: str, name: str, verify: str | None = None) -> np.ndarray:
-        """The whole array as numpy (shape and dtype as stored)."""
+    def read_array(self, key: str, name: str, verify: str | None = "full") -> np.ndarray:
+        """The whole array as numpy (shape and dtype as stored). Every chunk is read anyway, so every chunk is
+        hashed first (verify="full"): a "sampled" check could let a flipped byte through into scores/training."""
         return self.open_array(key, name, verify)[...]
+
+    def quarantine(self, m: Manifest, problem: str) -> StorageError:
+        """A reader found `m`'s payload corrupt: move its manifest aside (so the artifact is absent and the next
+        run recomputes it) unless another writer has replaced it meanwhile; returns the error to raise."""
+        path = f"{self.artifact_dir(m.key)}/{MANIFEST_NAME}"
+        moved = False
+        if m.kind == "checkpoint":  # checkpoints are re-hashed in full whenever they are looked up: keep it
+            return StorageError(f"artifact {m.kind} {m.key[:8]} at {self.uri(m.key)}: {problem}")
+        try:
+            current = self._read_manifest(m.key)
+            if current is not None and current.checksum == m.checksum:
+                aside = f"{path}.corrupt-{uuid.uuid4().hex[:8]}"
+                if self.local:
+                    os.replace(path, aside)
+                else:
+                    self.fs.mv(path, aside)
+                moved = True
+        except (OSError, StorageError):
+            pass
+        tail = "; its manifest was moved aside: rerun to recompute it" if moved else ""
+        return StorageError(f"artifact {m.kind} {m.key[:8]} at {self.uri(m.key)}: {problem}{tail}")
 
     def read_ragged(self, key: str, name: str) -> list[np.ndarray]:
         flat = self.read_array(key, f"{name}/flat")
         offsets = self.read_array(key, f"{name}/offsets")
         return csr_to_ragged(flat, offsets)
 
-    def local_path(self, key: str) -> Path:
-        """Local folder holding the payload files (a verified cached copy for remote roots)."""
+    def local_path(self, key: str, verify: str | None = None) -> Path:
+        """Local folder holding the payload files (a verified cached copy for remote roots).
+
+        `verify` (default: the store's mode) applies to local roots; a remote copy is always verified in full
+        when downloaded. A full check of a local folder is remembered for this process while none of its files
+        changes (size, mtime, inode), so loading one checkpoint in many chunk tasks hashes it once.
+        """
         m = self.manifest(key)
         if self.local:
-            problems = verify_payload(self.io, self._payload_path(m), m, self.verify_mode)
+            mode = verify or self.verify_mode
+            base = self._payload_path(m)
+            sig = _stat_signature(base, m) if mode == "full" else None
+            if sig is not None and _FULLY_VERIFIED.get((base, m.checksum)) == sig:
+                return Path(base)
+            problems = verify_payload(self.io, base, m, mode)
             if problems:
-                raise StorageError(f"artifact {m.kind} {key[:8]} is corrupt: {problems[0]}")
-            return Path(self._payload_path(m))
+                raise self.quarantine(m, f"is corrupt: {problems[0]}")
+            if sig is not None:
+                _FULLY_VERIFIED[(base, m.checksum)] = sig
+            return Path(base)
         target = cache_dir() / key / m.payload
         marker = target.parent / f".verified-{m.payload}"
         if target.is_dir() and marker.exists() and marker.read_text() == m.checksum:
@@ -385,6 +440,32 @@ class ArtifactWriter:
         self.put_array(f"{name}/offsets", offsets)
 
 
+_FULLY_VERIFIED: dict[tuple[str, str], tuple] = {}  # (payload folder, manifest checksum) -> stat signature
+
+
+def _stat_signature(base: str, m: Manifest) -> tuple | None:
+    """(size, mtime_ns, inode) of every payload file of a local artifact, or None if one is missing."""
+    out = []
+    for rel in sorted(m.files):
+        try:
+            st = os.stat(os.path.join(base, rel))
+        except OSError:
+            return None
+        out.append((rel, st.st_size, st.st_mtime_ns, st.st_ino))
+    return tuple(out)
+
+
+def check_inside(base: str, rel: str, m: Manifest) -> None:
+    """Refuse (StorageError) a local payload file that resolves outside its artifact folder — a symlink (of
+    the file, a folder above it, or the payload folder) pointing elsewhere. cropi never writes symlinks."""
+    adir = os.path.dirname(base.rstrip("/"))
+    anchor = os.path.join(os.path.realpath(os.path.dirname(adir)), os.path.basename(adir))
+    real = os.path.realpath(os.path.join(base, rel))
+    if not real.startswith(anchor + os.sep):
+        raise StorageError(f"artifact {m.kind} {m.key[:8]}: {rel!r} resolves outside its artifact folder "
+                           f"(symlink to {real}); refused")
+
+
 def verify_payload(io: FS, base: str, m: Manifest, mode: str, only: str | None = None) -> list[str]:
     """Check payload files and array chunks under `base` against manifest `m`.
 
@@ -392,8 +473,6 @@ def verify_payload(io: FS, base: str, m: Manifest, mode: str, only: str | None =
     other items (array chunks, large files); "manifest": nothing. `only`: restrict to one array folder (plus its
     zarr.json).
     """
-    if mode == "manifest":
-        return []
     items: list[tuple[str, int, str]] = []  # (relative path, size, sha256)
     for name, f in m.files.items():
         if only is None or name.startswith(only + "/"):
@@ -401,6 +480,11 @@ def verify_payload(io: FS, base: str, m: Manifest, mode: str, only: str | None =
     for a in m.arrays.values():
         if only is None or a.path == only:
             items += [(f"{a.path}/{a.chunk_key(i)}", c.nbytes, c.sha256) for i, c in enumerate(a.chunks)]
+    if io.local:  # in every mode: a symlink could make any read (HF from_pretrained included) leave the artifact
+        for rel, _, _ in items:
+            check_inside(base, rel, m)
+    if mode == "manifest":
+        return []
     problems = []
     if mode == "full":
         def check(item: tuple[str, int, str]) -> str | None:

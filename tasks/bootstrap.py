@@ -11,13 +11,23 @@ from cropi_core.config import RunConfig
 from storage import ArtifactRef, Store, artifact_key
 from storage.registry import register_checkpoint
 from tasks.common import GPU_TAG
-from tasks.common import Timer, computed, get_store, key_policy, maybe_fault, storage_hit, work_dir
+from tasks.common import Timer, computed, get_store, key_policy, maybe_fault, storage_hit, work_dir, work_lock
 
 
 def find_produced(store: Store, kind: str, producer: str) -> ArtifactRef | None:
-    """The artifact of `kind` whose meta records `producer` (content-keyed outputs, e.g. checkpoints)."""
+    """The newest intact artifact of `kind` whose meta records `producer` (content-keyed outputs, e.g.
+    checkpoints); a damaged one is skipped with a warning (checkpoints are hashed in full), so it is recomputed."""
     found = store.find(kind, meta={"producer": producer})
-    return store.ref(found[-1].key) if found else None
+    for m in reversed(found):
+        if store.exists(m.key, verify="full" if kind == "checkpoint" else None):
+            return store.ref(m.key)
+    return None
+
+
+def produced_intact(store: Store, kind: str, producer: str) -> bool:
+    """False only if artifacts of `kind` made by `producer` exist and every one is damaged (see key_policy)."""
+    found = store.find(kind, meta={"producer": producer})
+    return not found or find_produced(store, kind, producer) is not None
 
 
 def checkpoint_path(cfg: RunConfig, ref: ArtifactRef | str) -> Path:
@@ -25,6 +35,22 @@ def checkpoint_path(cfg: RunConfig, ref: ArtifactRef | str) -> Path:
     from storage.registry import checkpoint_dir
 
     return checkpoint_dir(get_store(cfg), ref.key if isinstance(ref, ArtifactRef) else ref)
+
+
+def copy_model_folder(src: Path, out: Path) -> None:
+    """Copy a user's model folder into a checkpoint without pickle-format files (nothing is ever unpickled from
+    storage): with safetensors weights they are just left out; a .bin-only model is loaded once from the user's
+    folder and saved again as safetensors."""
+    from storage.registry import PICKLE_SUFFIXES
+
+    if any(src.glob("*.safetensors")):
+        shutil.copytree(src, out, dirs_exist_ok=True,
+                        ignore=lambda _d, names: [n for n in names if n.lower().endswith(PICKLE_SUFFIXES)])
+        return
+    from cropi_core.models import load_model, save_model
+
+    model, tok = load_model(str(src))
+    save_model(model, tok, out)
 
 
 def load_checkpoint(cfg: RunConfig, ref: ArtifactRef):
@@ -55,7 +81,8 @@ def bootstrap_problems(cfg: RunConfig, exclude: list[str]):
     return generate_mixture(domains, cfg.bootstrap.num_problems, seed=10_000 + cfg.bootstrap.seed, exclude=exclude)
 
 
-@task(name="bootstrap", tags=[GPU_TAG], cache_policy=key_policy(lambda cfg: base_key(cfg)))
+@task(name="bootstrap", tags=[GPU_TAG], cache_policy=key_policy(lambda cfg: base_key(cfg),
+                                                              intact=lambda store, key: produced_intact(store, "checkpoint", key)))
 def base_model(cfg: RunConfig) -> ArtifactRef:
     """Register the stage-0 checkpoint θ_0 = β.
 
@@ -68,6 +95,14 @@ def base_model(cfg: RunConfig) -> ArtifactRef:
     if found is not None:
         return storage_hit("bootstrap", found)
     maybe_fault("bootstrap")
+    with work_lock(cfg, "bootstrap", key[:16]):  # another run on this root may be bootstrapping the same model
+        found = find_produced(store, "checkpoint", key)
+        if found is not None:
+            return storage_hit("bootstrap", found)
+        return _bootstrap(cfg, store, key)
+
+
+def _bootstrap(cfg: RunConfig, store: Store, key: str) -> ArtifactRef:
     out = work_dir(cfg, "bootstrap", key[:16])
     shutil.rmtree(out, ignore_errors=True)
     with Timer() as t:
@@ -93,7 +128,7 @@ def base_model(cfg: RunConfig) -> ArtifactRef:
 
                 src = convert_gguf(src, cfg.model.gguf_file, out)
             else:
-                shutil.copytree(src, out, dirs_exist_ok=True)
+                copy_model_folder(src, out)
         ref = register_checkpoint(store, out, parents=[], config={"producer": key, **cfg.model.hashable()},
                                   meta=meta, move=True)
     return computed("bootstrap", ref, [], store, t.seconds)

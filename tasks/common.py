@@ -8,6 +8,7 @@ recomputes nothing. Tasks take and return small `ArtifactRef`s, never tensors.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -15,7 +16,8 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +26,7 @@ from prefect import Task, get_run_logger
 from prefect.cache_policies import CacheKeyFnPolicy
 
 from cropi_core.config import RunConfig
-from cropi_core.errors import CropiError
+from cropi_core.errors import ConfigError, CropiError
 from storage import ArtifactRef, Store, open_store
 
 FAULT_ENV = "CROPI_FAULT"
@@ -71,6 +73,22 @@ def work_dir(cfg: RunConfig, *parts: str) -> Path:
     return p
 
 
+@contextlib.contextmanager
+def work_lock(cfg: RunConfig, *parts: str) -> Iterator[None]:
+    """Exclusive lock (flock) for the work folder `work_dir(cfg, *parts)`: two runs on one root (or two threads)
+    computing the same artifact take turns instead of sharing — and deleting — each other's scratch files;
+    the second then finds the first's artifact in storage. A killed holder releases it (the kernel does)."""
+    import fcntl
+
+    lock = work_dir(cfg, *parts[:-1]) / f".{parts[-1]}.lock"
+    with open(lock, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def results_dir(cfg: RunConfig) -> Path:
     """Where Prefect persists task results (a pathlib.Path: a bare string would be read as a block name)."""
     return work_dir(cfg, "prefect-results")
@@ -78,15 +96,38 @@ def results_dir(cfg: RunConfig) -> Path:
 
 def run_dir(cfg: RunConfig) -> Path:
     """The run folder for reports: `<local storage root>/runs/<name>/`, or `./runs/<name>/` for remote roots."""
+    from cropi_core.config import check_run_name
+
     base = local_root(cfg)
-    p = (base / "runs" / cfg.name) if base is not None else Path("runs") / cfg.name
+    runs = (base / "runs") if base is not None else Path("runs")
+    try:
+        p = runs / check_run_name(cfg.name)
+    except ValueError as err:
+        raise ConfigError(f"name: {err}") from None
+    if runs.resolve() not in p.resolve().parents:  # a symlinked runs/<name> pointing elsewhere
+        raise ConfigError(f"name: run folder {p} resolves outside {runs}")
     p.mkdir(parents=True, exist_ok=True)
     return p.resolve()
 
 
 # ---------------------------------------------------------------- cache policy + binding
-def key_policy(key_fn: Callable[..., str]) -> CacheKeyFnPolicy:
-    """Prefect cache policy whose key is `key_fn(**task_parameters)` (the storage artifact key)."""
+def artifact_intact(store: Store, key: str) -> bool:
+    """Default check behind a Prefect cache hit: False only if artifact `key` is damaged in storage (corrupt
+    manifest, payload failing the store's verify mode, or a manifest moved aside by a reader; it warns, naming
+    the artifact). Never-written artifacts and keys that are not artifact keys (gradient chunks) pass."""
+    from storage.keys import KEY_RE
+
+    return not KEY_RE.match(key) or store.state(key) != "damaged"
+
+
+def key_policy(key_fn: Callable[..., str], intact: Callable[[Store, str], bool] | None = None) -> CacheKeyFnPolicy:
+    """Prefect cache policy whose key is `key_fn(**task_parameters)` (the storage artifact key).
+
+    A cached result is only a pointer to storage: if the artifact is gone or damaged (`intact(store, key)`
+    false; default `artifact_intact`) the key is made unique, Prefect misses, and the task body — which checks
+    storage first — recomputes it instead of handing downstream tasks a ref to corrupt bytes.
+    """
+    check = intact or artifact_intact
 
     def cache_key(_ctx: Any, params: dict[str, Any]) -> str:
         # namespaced by storage root: a cache hit must mean "this artifact is in THIS store" (two runs with
@@ -97,7 +138,10 @@ def key_policy(key_fn: Callable[..., str]) -> CacheKeyFnPolicy:
         root = ""
         if isinstance(cfg, RunConfig):
             root = f"{local_root(cfg) or cfg.storage.root}|{get_store(cfg).identity()}"
-        return f"{key_fn(**params)}-{hashlib.sha256(root.encode()).hexdigest()[:12]}"
+        key = key_fn(**params)
+        if isinstance(cfg, RunConfig) and not check(get_store(cfg), key):
+            return f"{key}-recompute-{uuid.uuid4().hex}"
+        return f"{key}-{hashlib.sha256(root.encode()).hexdigest()[:12]}"
 
     return CacheKeyFnPolicy(cache_key_fn=cache_key)
 

@@ -12,7 +12,7 @@ from storage import ArtifactRef, artifact_key
 from storage.registry import register_checkpoint
 from tasks.common import GPU_TAG, check_cancelled
 from tasks.common import (LEDGER, TransientFault, Timer, attempt, computed, fault_budget, get_store, key_policy, log,
-                          storage_hit, work_dir)
+                          storage_hit, work_dir, work_lock)
 
 
 def train_key(cfg: RunConfig, stage: int, ckpt: ArtifactRef, pool: ArtifactRef, sel: ArtifactRef, **_: object) -> str:
@@ -22,7 +22,13 @@ def train_key(cfg: RunConfig, stage: int, ckpt: ArtifactRef, pool: ArtifactRef, 
     return artifact_key("train", parents=[ckpt.key, pool.key, sel.key], config=conf)
 
 
-@task(name="train", task_run_name="train-s{stage}", tags=[GPU_TAG], cache_policy=key_policy(train_key))
+def _trained(store, key: str) -> bool:
+    from tasks.bootstrap import produced_intact
+
+    return produced_intact(store, "checkpoint", key)
+
+
+@task(name="train", task_run_name="train-s{stage}", tags=[GPU_TAG], cache_policy=key_policy(train_key, intact=_trained))
 def train(cfg: RunConfig, stage: int, ckpt: ArtifactRef, pool: ArtifactRef, sel: ArtifactRef) -> ArtifactRef:
     """E = train.steps_per_stage GRPO steps from `ckpt` on the selected prompts → checkpoint θ_{m+1}.
 
@@ -39,6 +45,19 @@ def train(cfg: RunConfig, stage: int, ckpt: ArtifactRef, pool: ArtifactRef, sel:
     key = train_key(cfg, stage, ckpt, pool, sel)
     found = find_produced(store, "checkpoint", key)
     if found is not None:
+        return storage_hit("train", found)
+    with work_lock(cfg, "train", key[:24]):  # another run on this root may be training the same stage
+        return _train(cfg, stage, ckpt, pool, sel, store, key)
+
+
+def _train(cfg: RunConfig, stage: int, ckpt: ArtifactRef, pool: ArtifactRef, sel: ArtifactRef, store, key: str):
+    from cropi_core.training import train_grpo
+    from tasks.bootstrap import checkpoint_path, find_produced
+    from tasks.dataset import load_problems
+    from tasks.selection import selected_indices
+
+    found = find_produced(store, "checkpoint", key)
+    if found is not None:  # registered while we waited for the lock
         return storage_hit("train", found)
     problems = load_problems(cfg, pool)
     chosen = [problems[i] for i in selected_indices(cfg, sel)]

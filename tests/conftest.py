@@ -59,3 +59,27 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def seaweed():
+    """A real S3 server for the whole session: SeaweedFS `weed mini` on 127.0.0.1, free ports, telemetry off,
+    in a temp folder (tests/seaweed.py); stopped at the end. Yields a `SeaweedS3` (endpoint, creds, env())."""
+    from seaweed import start_seaweed
+
+    server = start_seaweed(buckets=("cropi-test", "cropi-scaleout"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_env(seaweed, monkeypatch):
+    """The SeaweedFS endpoint and credentials in the environment, as a user would export them (subprocesses and
+    Ray workers inherit them); s3fs's instance cache is cleared so no client from another server is reused."""
+    import s3fs
+
+    for k, v in seaweed.env().items():
+        monkeypatch.setenv(k, v)
+    s3fs.S3FileSystem.clear_instance_cache()
+    yield seaweed.endpoint
+    s3fs.S3FileSystem.clear_instance_cache()

@@ -121,6 +121,16 @@ def test_parquet_with_wrong_column(tmp_path):
     expect(lambda: load_dataset(spec(bad)), DataError, str(bad), "not a readable Parquet file", folder=tmp_path)
 
 
+def test_dataset_that_is_a_directory_or_nested_too_deeply(tmp_path):
+    d = tmp_path / "d.jsonl"
+    d.mkdir()
+    expect(lambda: load_dataset(spec(d)), DataError, str(d), "cannot read", folder=tmp_path)
+    deep = write(tmp_path, "deep.json", "[" * 100_000 + "]" * 100_000)
+    expect(lambda: load_dataset(spec(deep)), DataError, str(deep), "nested too deeply", folder=tmp_path)
+    line = write(tmp_path, "deep.jsonl", "[" * 100_000 + "]" * 100_000 + "\n")
+    expect(lambda: load_dataset(spec(line)), DataError, "line 1", "nested too deeply", folder=tmp_path)
+
+
 def test_unknown_format(tmp_path):
     p = write(tmp_path, "d.csv", "question,answer\n")
     expect(lambda: load_dataset(spec(p)), DataError, str(p), "cannot tell the format", folder=tmp_path)
@@ -184,3 +194,132 @@ def test_bad_data_surfaces_through_build_splits(tmp_path):
     cfg = load_config(c)
     expect(lambda: build_splits(cfg.data), DataError, str(bad), "line 2", "invalid JSON", folder=tmp_path)
     assert good.exists()
+
+
+# ---------------------------------------------------------------- the CLI, end to end: a table of bad inputs
+
+def _cli_cases(d: Path) -> list[tuple[str, list[str], str]]:
+    """(what, argv, expected message part) — every one must end in ONE line `error: ...` and exit code 2."""
+    (d / "cfgdir").mkdir()
+    files = {
+        "binary.yaml": b"\xff\xfe\x00 not text",
+        "tag.yaml": b"name: !!python/object/apply:os.system ['echo pwned > pwned.txt']\n",
+        "new.yaml": b"train: !!python/object/new:collections.OrderedDict [[[stages, 2]]]\n",
+        "deep.yaml": b"a: " + b"[" * 3000 + b"]" * 3000 + b"\n",
+        "nul.yaml": b"name: a\x00b\n",
+        "list.yaml": b"- a\n- b\n",
+        "section.yaml": b"selection: 3\n",
+        "tab.yaml": b"selection:\n  ratio: 0.1\n\tseed: 1\n",
+        "badname.yaml": b"name: ../../escape\n",
+        "huge.yaml": b"# " + b"x" * (1 << 20) + b"\n",
+    }
+    for n, raw in files.items():
+        (d / n).write_bytes(raw)
+    return [
+        ("--config is a directory", ["run", "--config", "cfgdir"], "not a file"),
+        ("--config does not exist", ["run", "--config", "nope.yaml"], "config file not found"),
+        ("config is binary", ["run", "--config", "binary.yaml"], "not a UTF-8 text file"),
+        ("YAML tag constructing an object (apply)", ["run", "--config", "tag.yaml"], "could not determine a constructor"),
+        ("YAML tag constructing an object (new)", ["run", "--config", "new.yaml"], "could not determine a constructor"),
+        ("YAML nested 3000 deep", ["run", "--config", "deep.yaml"], "nested too deeply"),
+        ("NUL character in YAML", ["run", "--config", "nul.yaml"], "invalid YAML"),
+        ("config top level is a list", ["run", "--config", "list.yaml"], "top level must be a mapping"),
+        ("section is a number", ["run", "--config", "section.yaml"], "selection"),
+        ("tab indentation", ["run", "--config", "tab.yaml"], "invalid YAML"),
+        ("config over 1 MiB", ["run", "--config", "huge.yaml"], "at most"),
+        ("name ../../x (--name)", ["run", "--name", "../../x"], "name"),
+        ("name ../../escape (YAML)", ["run", "--config", "badname.yaml"], "name"),
+        ("name ../y (--set)", ["run", "--set", "name=../y"], "name"),
+        ("name with a slash", ["run", "--name", "a/b"], "slug"),
+        ("name absolute path", ["run", "--name", "/abs"], "slug"),
+        ("name ..", ["run", "--name", ".."], "slug"),
+        ("name .", ["run", "--name", "."], "slug"),
+        ("name empty", ["run", "--name", ""], "slug"),
+        ("name 101 characters", ["run", "--name", "x" * 101], "slug"),
+        ("compare base name 81 characters", ["compare", "--name", "x" * 81], "at most 80 characters"),
+        ("name with a space", ["run", "--name", "a b"], "slug"),
+        ("name with a newline", ["run", "--name", "a\nb"], "slug"),
+        ("name starting with '-'", ["run", "--set", "name=-x"], "slug"),
+        ("compare base name ../z", ["compare", "--name", "../z"], "slug"),
+        ("--set without '='", ["run", "--set", "selection.ratio"], "expected key=value"),
+        ("--set empty key", ["run", "--set", "=3"], "empty key"),
+        ("--set into a non-section", ["run", "--set", "selection.ratio.x=3"], "not a section"),
+        ("--set unknown key", ["run", "--set", "selection.ratoi=0.2"], "unknown key"),
+        ("--set not an integer", ["run", "--set", "seed=abc"], "valid integer"),
+        ("--set learning rate inf", ["run", "--set", "train.lr=.inf"], "finite"),
+        ("--set temperature nan", ["run", "--set", "rollout.temperature=.nan"], "rollout.temperature"),
+        ("--set ratio 1.5", ["run", "--set", "selection.ratio=1.5"], "(0, 1]"),
+        ("--set chunk rows 0", ["run", "--set", "influence.chunk_rows=0"], "influence.chunk_rows"),
+        ("--set unknown verify mode", ["run", "--set", "storage.verify=bogus"], "storage.verify"),
+        ("--set unknown runner", ["run", "--set", "runner.kind=k8s"], "runner.kind"),
+        ("--set empty model path", ["run", "--set", "model.name_or_path="], "model.name_or_path"),
+        ("--set missing model folder", ["run", "--set", "model.name_or_path=no/such/model"], "not found"),
+        ("--storage empty", ["run", "--storage", ""], "storage.root"),
+        ("--storage unknown protocol", ["run", "--storage", "nosuch://x"], "not reachable or writable"),
+        ("--storage not creatable", ["run", "--storage", "/proc/cropi-forbidden"], "not reachable or writable"),
+        ("compare --seeds 0", ["compare", "--seeds", "0"], "--seeds"),
+        ("compare unknown method", ["compare", "--methods", "nope"], "unknown method"),
+        ("ui port 0", ["ui", "--port", "0"], "1..65535"),
+        ("ui port 99999", ["ui", "--port", "99999"], "1..65535"),
+        ("inspect with no store here", ["inspect", "zz"], "no artifact store"),
+        ("inspect unknown key", ["inspect", "zz", "--storage", "STORE"], "matches 0 artifacts"),
+        ("inspect path-like key", ["inspect", "../../etc", "--storage", "STORE"], "matches 0 artifacts"),
+        ("lineage on an unknown protocol", ["lineage", "deadbeef", "--storage", "nosuch://x"], "cannot open storage root"),
+    ]
+
+
+def test_cli_bad_input_table(tmp_path, monkeypatch, capsys):
+    """≥ 30 bad inputs through the real CLI: each prints ONE line `error: ...`, exits 2, starts no flow, writes
+    no artifact, report folder or stray file (a run name can never reach outside runs/)."""
+    import socket
+
+    from typer.testing import CliRunner
+
+    import flows.compare
+    import flows.curriculum
+    from flows.cli import app
+
+    def no_flow(*_a, **_k):
+        raise AssertionError("a flow was started on bad input")
+
+    monkeypatch.setattr(flows.curriculum, "run_curriculum", no_flow)
+    monkeypatch.setattr(flows.compare, "run_compare", no_flow)
+    work = tmp_path / "cwd"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    cases = _cli_cases(work)
+    store = tmp_path / "store"
+    (tmp_path / "store" / "artifacts").mkdir(parents=True)  # an empty, existing store
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen(1)
+    cases.append(("ui port already in use", ["ui", "--port", str(busy.getsockname()[1])], "already in use"))
+    runner = CliRunner()
+    rows, bad = [], []
+    try:
+        for what, argv, part in cases:
+            before = snapshot(tmp_path)
+            args = [str(store) if a == "STORE" else a for a in argv]
+            if args[0] in ("run", "compare") and "--storage" not in args:
+                args += ["--storage", str(store)]
+            res = runner.invoke(app, args)
+            err = [line for line in res.stderr.splitlines() if line.strip()]
+            after = snapshot(tmp_path)
+            new = sorted(set(after) - set(before))
+            ok = (res.exit_code == 2 and len(err) == 1 and err[0].startswith("error: ") and part in err[0]
+                  and not res.stdout.strip() and not new)
+            rows.append((what, " ".join(a if a.strip() else repr(a) for a in argv).replace("\n", "\\n"), res.exit_code,
+                         err[0] if err else ""))
+            if not ok:
+                bad.append((what, res.exit_code, err, new, repr(res.exception)))
+    finally:
+        busy.close()
+    assert not any((store / "artifacts").iterdir())
+    assert not (store / "runs").exists() and not (tmp_path / "x").exists() and not (tmp_path / "escape").exists()
+    assert not (work / "pwned.txt").exists()
+    with capsys.disabled():
+        print(f"\n{len(rows)} bad inputs, {len(rows) - len(bad)} gave one line + exit 2")
+        for what, argv, code, line in rows:
+            print(f"| {what} | `{argv[:60]}` | {code} | {line[:110]} |")
+    assert len(rows) >= 30
+    assert not bad, bad

@@ -1,11 +1,10 @@
 """Scale-out by config alone: a reduced curriculum (the flows tests' setup) on a local 2-CPU Ray cluster (prefect-ray's
-RayTaskRunner) against an S3-compatible server on loopback (moto) gives the same artifact keys and the same
+RayTaskRunner) against a real S3 server on loopback (SeaweedFS, tests/seaweed.py) gives the same artifact keys and the same
 gradient bytes as the local runner on a local folder; and SIGKILLing a Ray worker while it computes a gradient
 chunk still completes (Ray re-runs the task, storage-first chunks) with identical results."""
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 import threading
@@ -22,7 +21,6 @@ from storage import open_store
 
 import flows_helpers as H
 
-CREDS = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
 BUCKET = "cropi-scaleout"
 RAY = {"runner.kind": "ray", "runner.num_cpus": 2}
 
@@ -48,23 +46,17 @@ def config(path, root: str, **extra):
 
 
 @pytest.fixture(scope="module")
-def s3(prefect_api):
-    """moto's S3 server on 127.0.0.1 (free port); credentials and endpoint in the environment, as a user would
-    set them (Ray workers inherit the driver's environment)."""
-    from moto.server import ThreadedMotoServer
+def s3(prefect_api, seaweed):
+    """The session's SeaweedFS server on 127.0.0.1 (tests/seaweed.py); credentials and endpoint in the
+    environment, as a user would set them (Ray workers inherit the driver's environment)."""
     import s3fs
 
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    endpoint = "http://127.0.0.1:%d" % server.get_host_and_port()[1]
-    env = {**CREDS, "AWS_ENDPOINT_URL": endpoint}
+    env = seaweed.env()
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     s3fs.S3FileSystem.clear_instance_cache()
-    s3fs.S3FileSystem(endpoint_url=endpoint).mkdir(BUCKET)
-    yield endpoint
-    server.stop()
+    yield seaweed.endpoint
+    s3fs.S3FileSystem.clear_instance_cache()
     for k, v in old.items():
         os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
 
@@ -105,7 +97,7 @@ def assert_same_results(run: dict, ref: dict) -> None:
 
 def test_ray_on_s3_equals_local(coin, local_run, s3):
     # a fresh prefix: Prefect keeps task results of remote roots in ~/.cache/cropi (see tasks/common.work_dir),
-    # which would outlive this moto server and its bucket
+    # which would outlive this SeaweedFS server and its bucket
     root = f"s3://{BUCKET}/equal-{uuid.uuid4().hex[:8]}"
     t = time.perf_counter()
     summary = run_curriculum(config(coin, root, **RAY))

@@ -1,7 +1,6 @@
-"""The store on s3:// against a real S3-compatible server (moto's server mode on loopback) via s3fs."""
+"""The store on s3:// against a real S3 server (SeaweedFS `weed mini` on loopback, tests/seaweed.py) via s3fs."""
 
 import json
-import logging
 import os
 import subprocess
 import sys
@@ -15,23 +14,19 @@ import pytest
 from storage import StorageError, artifact_key, gc, lineage, open_store, render_lineage_text
 
 REPO = Path(__file__).resolve().parents[1]
-CREDS = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
+from seaweed import CREDS
 
 
 @pytest.fixture(scope="module")
-def s3_endpoint():
-    from moto.server import ThreadedMotoServer
+def s3_endpoint(seaweed):
+    """The session's SeaweedFS server (tests/seaweed.py), its credentials in the environment for this module."""
     import s3fs
 
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    old = {k: os.environ.get(k) for k in CREDS}
-    os.environ.update(CREDS)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    endpoint = "http://127.0.0.1:%d" % server.get_host_and_port()[1]
-    s3fs.S3FileSystem(endpoint_url=endpoint).mkdir("cropi-test")
-    yield endpoint
-    server.stop()
+    old = {k: os.environ.get(k) for k in seaweed.creds}
+    os.environ.update(seaweed.creds)
+    s3fs.S3FileSystem.clear_instance_cache()
+    yield seaweed.endpoint
+    s3fs.S3FileSystem.clear_instance_cache()
     for k, v in old.items():
         os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
 
@@ -89,14 +84,19 @@ def test_s3_corruption_first_writer_wins_and_gc(store):
     store.fs.pipe_file(payload, b'["b"]')
     with pytest.warns(UserWarning, match="checksum mismatch"):
         assert not store.exists(key)
-    with pytest.raises(StorageError, match="corrupt"):
-        store.read_bytes(key, "ids.json")
     store.fs.pipe_file(payload, b'["a"]')
     incomplete = artifact_key("selection", parents=[], config={"ratio": 0.9})
     store.fs.pipe_file(f"{store.artifact_dir(incomplete)}/w-dead/ids.json", b"[]")
     assert gc(store, older_than_hours=1) == []  # too recent
     assert gc(store, older_than_hours=0) == [incomplete]
     assert store.exists(key) and store.keys() == [key]
+    # a reader meeting corrupt bytes refuses them and moves the manifest aside: the next run recomputes
+    store.fs.pipe_file(payload, b'["b"]')
+    with pytest.raises(StorageError, match="corrupt.*moved aside"):
+        store.read_bytes(key, "ids.json")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert store.state(key) == "damaged"
 
 
 CHUNK_WRITER = r"""
@@ -160,3 +160,80 @@ def test_concurrent_local_copies_of_a_remote_artifact(store, s3_endpoint, tmp_pa
     assert all(rc == 0 for rc, _ in errs), [e.strip().splitlines()[-1] for rc, e in errs if rc]
     left = [p.name for p in (tmp_path / "cache" / key).iterdir() if p.name.startswith((".tmp-", ".stale-"))]
     assert left == []
+
+
+def test_seaweed_is_loopback_only_authenticated_and_honours_if_none_match(seaweed, s3_endpoint):
+    """What the manifest commit relies on, checked on the server itself: a PUT with `If-None-Match: *` of an
+    existing key is refused (412), so the first complete manifest wins without a check-then-act window."""
+    import botocore.exceptions
+
+    from seaweed import s3_client
+
+    assert seaweed.listening() and all(a.startswith("127.0.0.1:") for a in seaweed.listening())
+    c = s3_client(s3_endpoint)
+    bad = s3_client(s3_endpoint, "nobody", "wrong")
+    with pytest.raises(botocore.exceptions.ClientError):
+        bad.put_object(Bucket="cropi-test", Key="intruder", Body=b"x")
+    key = f"inm-{uuid.uuid4().hex[:8]}"
+    c.put_object(Bucket="cropi-test", Key=key, Body=b"first", IfNoneMatch="*")
+    with pytest.raises(botocore.exceptions.ClientError, match="PreconditionFailed"):
+        c.put_object(Bucket="cropi-test", Key=key, Body=b"second", IfNoneMatch="*")
+    assert c.get_object(Bucket="cropi-test", Key=key)["Body"].read() == b"first"
+
+
+COMMITTER = r"""
+import json, sys, time
+from storage import open_store, artifact_key
+root, i, start = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+s = open_store(root, verify="full")
+key = artifact_key("selection", parents=[], config={"race": True})
+w = s.writer("selection", key, parents=[], config={"race": True})
+with w:
+    w.put_json("ids.json", {"writer": i})
+    time.sleep(max(0.0, start - time.time()))   # every writer commits its manifest at the same moment
+print(json.dumps({"writer": i, "reused": w.reused, "payload": w.payload, "in_force": w.manifest.payload}))
+"""
+
+
+def test_concurrent_writer_processes_first_manifest_wins(s3_endpoint):
+    """6 processes write the same artifact (each its own payload) and commit at the same instant: exactly one
+    manifest is created, the other 5 see it (If-None-Match refused their PUT), verify it, reuse it and delete
+    their own payload; readers get the winner's bytes."""
+    import time
+
+    root = f"s3://cropi-test/commit-{uuid.uuid4().hex[:8]}"
+    env = {**os.environ, **CREDS, "AWS_ENDPOINT_URL": s3_endpoint, "PYTHONPATH": str(REPO)}
+    start = time.time() + 6.0
+    procs = [subprocess.Popen([sys.executable, "-c", COMMITTER, root, str(i), str(start)], env=env, cwd=REPO,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(6)]
+    outs = []
+    for p in procs:
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err[-2000:]
+        outs.append(json.loads(out.strip().splitlines()[-1]))
+    winners = [o for o in outs if not o["reused"]]
+    assert len(winners) == 1, outs
+    assert {o["in_force"] for o in outs} == {winners[0]["payload"]}
+    store = open_store(root, storage_options={"endpoint_url": s3_endpoint}, verify="full")
+    key = artifact_key("selection", parents=[], config={"race": True})
+    assert store.read_json(key, "ids.json") == {"writer": winners[0]["writer"]}
+    left = [p.rsplit("/", 1)[-1] for p in store.fs.ls(store.artifact_dir(key))]
+    assert sorted(left) == sorted(["manifest.json", winners[0]["payload"]])
+
+
+def test_s3_corrupt_chunk_refused_on_read_and_manifest_moved_aside(store):
+    """On SeaweedFS as on disk: a whole-array read hashes every chunk, refuses a flipped one, moves the manifest
+    aside (the next run recomputes), and state() then says damaged."""
+    key = artifact_key("rollouts", parents=[], config={"s3-quarantine": 1})
+    with store.writer("rollouts", key, parents=[], config={"s3-quarantine": 1}) as w:
+        w.put_array("rewards", np.arange(40, dtype=np.float32).reshape(20, 2), chunk_rows=2, codec="none")
+    info = store.manifest(key).arrays["rewards"]
+    chunk = f"{store.artifact_dir(key)}/{store.manifest(key).payload}/rewards/{info.chunk_key(7)}"
+    raw = bytearray(store.fs.cat_file(chunk))
+    raw[0] ^= 0xFF
+    store.fs.pipe_file(chunk, bytes(raw))
+    with pytest.raises(StorageError, match="corrupt.*moved aside"):
+        store.read_array(key, "rewards")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert store.state(key) == "damaged" and not store.exists(key)

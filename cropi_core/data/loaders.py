@@ -66,6 +66,8 @@ def iter_rows(path: str, fmt: str = "auto") -> Iterator[tuple[str, dict[str, Any
                         row = json.loads(line)
                     except json.JSONDecodeError as err:
                         raise DataError(f"{path}: line {n}: invalid JSON: {err.msg} at column {err.colno}") from None
+                    except RecursionError:
+                        raise DataError(f"{path}: line {n}: invalid JSON: nested too deeply") from None
                     yield f"line {n}", _as_row(row, path, f"line {n}")
                     count += 1
         elif kind == "json":
@@ -77,6 +79,8 @@ def iter_rows(path: str, fmt: str = "auto") -> Iterator[tuple[str, dict[str, Any
                 data = json.loads(text)
             except json.JSONDecodeError as err:
                 raise DataError(f"{path}: line {err.lineno}: invalid JSON: {err.msg} at column {err.colno}") from None
+            except RecursionError:
+                raise DataError(f"{path}: invalid JSON: nested too deeply") from None
             if not isinstance(data, list):
                 raise DataError(f"{path}: a .json dataset must be a list of objects, got {type(data).__name__}")
             for n, row in enumerate(data, start=1):
