@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from cropi_core.data.extractors import normalize_gold
+from cropi_core.data.loaders import json_row
 from cropi_core.data.problem import Problem
 from cropi_core.errors import DataError
 
@@ -97,13 +98,7 @@ def read_rows(path: str | os.PathLike, container: str | None = None) -> tuple[st
         for n, line in enumerate(text.splitlines(), start=1):
             if not line.strip():
                 continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(f"{path}: row {n}: invalid JSON: {err.msg} at column {err.colno}") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{path}: row {n}: expected a JSON object, got {type(row).__name__}")
-            rows.append(row)
+            rows.append(json_row(line, f"{path}: row {n}"))
             lines.append(line)
         if not rows:
             raise DataError(f"{path}: empty dataset file (no rows)")

@@ -62,13 +62,7 @@ def iter_rows(path: str, fmt: str = "auto") -> Iterator[tuple[str, dict[str, Any
                 for n, line in enumerate(f, start=1):
                     if not line.strip():
                         continue
-                    try:
-                        row = json.loads(line)
-                    except json.JSONDecodeError as err:
-                        raise DataError(f"{path}: line {n}: invalid JSON: {err.msg} at column {err.colno}") from None
-                    except RecursionError:
-                        raise DataError(f"{path}: line {n}: invalid JSON: nested too deeply") from None
-                    yield f"line {n}", _as_row(row, path, f"line {n}")
+                    yield f"line {n}", json_row(line, f"{path}: line {n}")
                     count += 1
         elif kind == "json":
             with _open_text(path) as f:
@@ -112,6 +106,19 @@ def _iter_parquet(path: str) -> Iterator[tuple[str, dict[str, Any]]]:
         raise DataError(f"{path}: empty dataset file (no rows)")
     for n, row in enumerate(table.to_pylist(), start=1):
         yield f"row {n}", row
+
+
+def json_row(line: str, where: str) -> dict[str, Any]:
+    """One JSONL line as a dict; DataError "<where>: ..." (one line) when it is not a JSON object."""
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise DataError(f"{where}: invalid JSON: {err.msg} at column {err.colno}") from None
+    except RecursionError:
+        raise DataError(f"{where}: invalid JSON: nested too deeply") from None
+    if not isinstance(row, dict):
+        raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
+    return row
 
 
 def _as_row(row: Any, path: str, where: str) -> dict[str, Any]:

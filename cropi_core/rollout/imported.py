@@ -20,12 +20,12 @@ error naming the file, line and field.
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from cropi_core.data.loaders import json_row
 from cropi_core.data.problem import Problem
 from cropi_core.errors import DataError
 
@@ -73,13 +73,7 @@ def _lines(path: str | Path):
             if not line.strip():
                 continue
             where = f"{f}: line {n}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(f"{where}: invalid JSON: {err.msg} at column {err.colno}") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
-            yield where, row
+            yield where, json_row(line, where)
 
 
 def _field(row: dict, names: tuple[str, ...], where: str, kind: type | tuple) -> Any:
