@@ -98,10 +98,14 @@ def _jl_from_exact(proj, exact: torch.Tensor) -> torch.Tensor:
     return proj.finish()
 
 
-def _spec(spec: str) -> tuple[str, str]:
-    """"kind" or "kind:transform" (e.g. "sparse:gaussian", the paper's dense matrix) -> (kind, transform)."""
+def _spec(spec: str) -> tuple[str, str, bool]:
+    """"kind[:transform][+energy]" (e.g. "sparse:gaussian", the paper's dense matrix; "grass+energy", the coordinate
+    budget allocated by gradient energy) -> (kind, transform, energy allocation?)."""
+    spec, plus, alloc = spec.partition("+")
+    if plus and alloc != "energy":
+        raise typer.BadParameter(f"projector spec {spec}+{alloc}: only '+energy' is known")
     kind, _, transform = spec.partition(":")
-    return kind, transform or "sjl"
+    return kind, transform or "sjl", bool(plus)
 
 
 def _scores(sk: torch.Tensor, n_pool: int, chunk: int = 128) -> np.ndarray:
@@ -185,11 +189,21 @@ def main(
     typer.echo(f"exact gradients: {exact.shape[0]} × {n_params} in {exact_s:.0f}s")
 
     # the shortcut for the JL family equals the real path (sketch_prompts) on a few prompts
+    # energy allocation (influence.allocation=energy): per-sequence gradient energy of the first
+    # influence.calibration_prompts pool prompts, as the calibration task measures it
+    from cropi_core.projection.jl import EnergyProbe, energy_ratios
+
+    energy = sketch_prompts(model, prompts[: cfg.influence.calibration_prompts], EnergyProbe(model, dtype=torch.float64),
+                            aggregation=agg, temperature=temp).sum(0)
+    energy = dict(zip([n for n, _ in model.named_parameters()], energy.tolist()))
+    numel = {n: p.numel() for n, p in model.named_parameters()}
+    ratios_for = lambda use, r: energy_ratios(energy, numel, r) if use else None  # noqa: E731
     for spec in projectors:
-        kind, tr = _spec(spec)
+        kind, tr, use_e = _spec(spec)
         if kind == "factored":
             continue
-        mk = lambda: make_projector(kind, model, 256, sparse_ratio=0.1, transform=tr, sjl_s=sjl_s, seed=0)  # noqa: E731
+        mk = lambda: make_projector(kind, model, 256, sparse_ratio=0.1, transform=tr, sjl_s=sjl_s, seed=0,  # noqa: E731
+                                    param_ratios=ratios_for(use_e, 0.1))
         direct = sketch_prompts(model, prompts[:8], mk(), aggregation=agg, temperature=temp).float()
         via = _jl_from_exact(mk(), exact[:8]).float()
         assert torch.allclose(direct, via, rtol=1e-2, atol=1e-3 * float(direct.abs().max())), f"JL shortcut mismatch: {spec}"
@@ -205,7 +219,7 @@ def main(
 
     rows = []
     for spec in projectors:
-        kind, tr = _spec(spec)
+        kind, tr, use_e = _spec(spec)
         for ratio in ratios:
             for dim in dims:
                 kept = ratio * n_params
@@ -216,7 +230,7 @@ def main(
                 for seed in seeds:
                     t0 = time.time()
                     proj = make_projector(kind, model, dim, sparse_ratio=ratio, transform=tr, sjl_s=sjl_s, seed=seed,
-                                          dtype=torch.float16)
+                                          dtype=torch.float16, param_ratios=ratios_for(use_e, ratio))
                     sk = sketch(proj) if kind == "factored" else _jl_from_exact(proj, exact)
                     secs.append(time.time() - t0)
                     precs.append(precision_at(_scores(sk, n_pool), exact_scores, 0.1))
