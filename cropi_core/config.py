@@ -425,16 +425,16 @@ def _non_finite(node: Any, where: str = "") -> tuple[str, float] | None:
 
 
 # run names become folder names (runs/<name>/) and Prefect flow-run names: a safe slug, nothing path-like
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,99}$")  # '+': compare's run names (method cropi+dapo)
 MAX_NAME = 100
 MAX_CONFIG_BYTES = 1 << 20
 
 
 def check_run_name(name: str) -> str:
-    """`name` if it is a safe slug (letters, digits, '.', '_', '-'; starts with a letter or digit; ≤ 100), else
+    """`name` if it is a safe slug (letters, digits, '.', '_', '+', '-'; starts with a letter or digit; ≤ 100), else
     ValueError — so a report folder can never land outside `runs/`."""
     if not isinstance(name, str) or not NAME_RE.match(name) or ".." in name:
-        raise ValueError(f"must be a slug of letters, digits, '.', '_' or '-' starting with a letter or digit, "
+        raise ValueError(f"must be a slug of letters, digits, '.', '_', '+' or '-' starting with a letter or digit, "
                          f"at most {MAX_NAME} characters, without '..' (got {name!r})")
     return name
 
