@@ -210,8 +210,10 @@ class InfluenceConfig(Section):
     """Off-policy gradient sketches (PAPER.md §3–4; cropi_core/influence.py and cropi_core/projection/)."""
 
     # exact | dense | sparse (the paper's coordinate subset) | grass (√ρ rows × √ρ columns of every matrix, formed
-    # only on that block; fastest at dense-JL fidelity, benchmarks/sketch.py) | factored (LoGra-style Kronecker)
-    projector: Literal["exact", "dense", "sparse", "grass", "factored"] = "grass"
+    # only on that block: 1.04× a plain fwd+bwd at 20M parameters vs sparse's 0.88×, but on the tiny model it
+    # ranks worse, P@10% 0.68 vs 0.70–0.74, and CROPI with it trailed the paper's mask in `cropi compare`) |
+    # factored (LoGra-style Kronecker; ranks poorly). README "Sketch engine".
+    projector: Literal["exact", "dense", "sparse", "grass", "factored"] = "sparse"
     dim: int = Field(4096, gt=0)  # sketch dimension (the paper's k = 32768)
     sparse_ratio: float = Field(0.1, gt=0, le=1)  # ρ: fraction of gradient coordinates kept before the transform
     # how the kept coordinates map to `dim`: "sjl" (sparse JL, `sjl_s` signed hashes per coordinate; cost ∝ kept
