@@ -95,8 +95,10 @@ def select(coin, out: Path, storage: Path, *extra: str):
 
 
 def computed_kinds(output: str) -> str:
-    line = next(ln for ln in output.splitlines() if ln.startswith("done in"))
-    return line
+    """The CLI's summary line (progress bars may share its line: take what follows their last carriage return)."""
+    lines = [ln.rsplit("\r", 1)[-1] for ln in output.splitlines() if "done in " in ln]
+    assert lines, output[-3000:]
+    return lines[-1][lines[-1].index("done in "):]
 
 
 def test_verl_parquet_select_matches_cropi_run(coin, run0):
