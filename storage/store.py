@@ -246,7 +246,7 @@ class Store:
             return Path(base)
         target = cache_dir() / key / m.payload
         marker = target.parent / f".verified-{m.payload}"
-        if target.is_dir() and marker.exists() and marker.read_text() == m.checksum:
+        if target.is_dir() and _read_marker(marker) == m.checksum:
             return target
         local_io = FS(fsspec.filesystem("file"), True)
         # Several processes (Ray workers) may fetch the same artifact at once. Each downloads into its own
@@ -524,3 +524,12 @@ def verify_payload(io: FS, base: str, m: Manifest, mode: str, only: str | None =
         if raw is None or sha256_bytes(raw) != digest:
             problems.append(f"{rel} checksum mismatch")
     return problems
+
+
+def _read_marker(marker: Path) -> str | None:
+    """A verified-copy marker's checksum, or None when absent — also when another process is replacing it at
+    that moment (seen as FileNotFoundError between exists() and read in a concurrent-readers test)."""
+    try:
+        return marker.read_text()
+    except FileNotFoundError:
+        return None
