@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 from pathlib import Path
 
@@ -66,11 +67,26 @@ def load_checkpoint(cfg: RunConfig, ref: ArtifactRef):
 def base_key(cfg: RunConfig) -> str:
     """Producer key of the stage-0 checkpoint (tiny model shape + warm-up config, or the model source)."""
     conf = {"model": cfg.model.hashable()}
-    if cfg.model.is_embedded:
-        conf["bootstrap"] = cfg.bootstrap.hashable()
-        conf["data"] = {"template": cfg.data.template, "instruction": cfg.data.instruction,
-                        "domains": cfg.data.synthetic.domains if cfg.data.synthetic else None}
-    return artifact_key("base_model", parents=[], config=conf)
+    if not cfg.model.is_embedded:
+        return artifact_key("base_model", parents=[], config=conf)
+    conf["bootstrap"] = cfg.bootstrap.hashable()
+    conf["data"] = {"template": cfg.data.template, "instruction": cfg.data.instruction,
+                    "domains": cfg.data.synthetic.domains if cfg.data.synthetic else None}
+    # The warm-up draws problems avoiding every pool/val/test prompt, so the held-out set changes the weights
+    # (e.g. another `data.synthetic.targeted` or `test_size`); version 1 left it out and shared one checkpoint.
+    conf["held_out"] = prompts_hash(held_out_prompts(cfg))
+    return artifact_key("base_model", parents=[], config=conf, version=2)
+
+
+def held_out_prompts(cfg: RunConfig) -> list[str]:
+    """Every pool/val/test prompt of the run's data (the warm-up never sees them)."""
+    from tasks.dataset import build_splits_cached
+
+    return [p.prompt for p in build_splits_cached(cfg.data).all_problems()]
+
+
+def prompts_hash(prompts: list[str]) -> str:
+    return hashlib.sha256("\n".join(sorted(prompts)).encode("utf-8")).hexdigest()
 
 
 def bootstrap_problems(cfg: RunConfig, exclude: list[str]):
@@ -109,12 +125,10 @@ def _bootstrap(cfg: RunConfig, store: Store, key: str) -> ArtifactRef:
         meta = {"producer": key, "run": cfg.name, "stage": 0}
         if cfg.model.is_embedded:
             from cropi_core.models import bootstrap, build_char_tokenizer, build_tiny, save_model
-            from tasks.dataset import build_splits_cached
-
             torch_seed(cfg.model.tiny.seed)
             tok = build_char_tokenizer()
             model = build_tiny(cfg.model.tiny, tok)
-            held = [p.prompt for p in build_splits_cached(cfg.data).all_problems()]
+            held = held_out_prompts(cfg)
             stats = {}
             if cfg.bootstrap.enabled and cfg.bootstrap.steps > 0:
                 stats = bootstrap(model, tok, bootstrap_problems(cfg, held), cfg.bootstrap,

@@ -155,3 +155,22 @@ def test_store_reduces_to_its_url(tmp_path):
     s = open_store(str(tmp_path), verify="full")
     s2 = copy.deepcopy(s)
     assert s2.root == s.root and s2.verify_mode == "full" and s2.local
+
+
+def test_bootstrap_key_follows_the_held_out_set():
+    """The warm-up avoids every pool/val/test prompt, so a run whose held-out prompts differ (another targeted
+    choice, another test size) must not reuse the checkpoint; a config change outside the data must not split it."""
+    from cropi_core.config import RunConfig
+    from tasks.bootstrap import base_key
+
+    base = RunConfig()
+    other_targets = base.model_copy(deep=True)
+    other_targets.data.synthetic.targeted = ["sub", "word"]
+    bigger_test = base.model_copy(deep=True)
+    bigger_test.data.synthetic.test_size += 8
+    other_training = base.model_copy(deep=True)
+    other_training.train.lr *= 2
+
+    assert base_key(other_targets) != base_key(base)
+    assert base_key(bigger_test) != base_key(base)
+    assert base_key(other_training) == base_key(base)
