@@ -6,6 +6,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -31,7 +36,8 @@ def compared(tmp_path_factory, prefect_api):
                                    "--methods", "cropi,full", "--seeds", "1"])
     torch.set_num_threads(threads)
     assert res.exit_code == 0, res.output
-    return {"storage": storage, "output": res.output, "folder": storage / "runs" / "coin-compare"}
+    return {"storage": storage, "output": res.output, "folder": storage / "runs" / "coin-compare", "config": cfg,
+            "api": prefect_api}
 
 
 def test_compare_writes_report_files(compared):
@@ -176,3 +182,43 @@ def test_cropi_plus_dapo_is_popi_selection_with_dynamic_sampling():
     assert c.selection.method == "popi" and c.train.dynamic_sampling and c.train.seed == 2
     assert "cropi+dapo" in parse_methods(None) and len(METHODS) == 8
     assert not method_config(RunConfig(), "cropi", 0).train.dynamic_sampling
+
+
+def test_killed_compare_resumes_without_recomputing(compared):
+    """SIGKILL `cropi compare` (its whole process group, as a pre-empted machine) while its second run trains, then
+    rerun the same command: it completes, every run's record is there, and nothing the killed process finished
+    is computed again (every artifact the resume computes was absent from the store when it started)."""
+    storage, name = compared["storage"], "coinkill"
+    args = ["compare", "--config", str(compared["config"]), "--storage", str(storage), "--methods", "full,random",
+            "--seeds", "1", "--name", name]
+    folder = storage / "runs" / f"{name}-compare"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "PREFECT_API_URL": compared["api"],
+           "OMP_NUM_THREADS": "1"}
+    p = subprocess.Popen([sys.executable, "-m", "flows.cli", *args], env=env, start_new_session=True,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and p.poll() is None:
+            recs = json.loads((folder / "records.json").read_text()) if (folder / "records.json").exists() else []
+            if len(recs) == 1:
+                break  # `full` is recorded; `random` is starting
+            time.sleep(0.1)
+        time.sleep(3.0)  # into random's first stage (its selection and GRPO steps)
+        assert p.poll() is None, "the compare finished before it could be killed"
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+    assert [r["method"] for r in json.loads((folder / "records.json").read_text())] == ["full"]
+    before = {m.parent.name for m in storage.rglob("manifest.json")}
+
+    from tasks.common import LEDGER
+
+    LEDGER.reset()  # the resumed compare runs in this process: its ledger says what it computed
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    recs = json.loads((folder / "records.json").read_text())
+    assert [(r["method"], r["seed"]) for r in recs] == [("full", 0), ("random", 0)]
+    recomputed = [(t, k) for t, k in LEDGER.computed() if k in before]
+    assert recomputed == [], recomputed  # (reuse shows as Prefect cache hits: those task bodies never ran)

@@ -168,3 +168,33 @@ def test_checkpoint_weights_always_hashed_in_full(tmp_path):
         flip(shard)
     print(f"\nfull hash of a 9 MiB checkpoint: {full_s * 1000:.1f} ms first load, {again_s * 1000:.2f} ms cached; "
           f"sampled exists() missed {misses} of 3 single-shard flips")
+
+
+def test_corrupt_artifact_that_cannot_be_recomputed_stops_with_one_line(coin, tmp_path):
+    """A dataset artifact is corrupt AND the file it was built from is gone: the next run cannot recompute it, so
+    it stops before any task with a one-line error naming the missing file (exit 2, no traceback), registers
+    nothing, and never reads the corrupt bytes."""
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+    from flows.curriculum import run_curriculum
+
+    root = tmp_path / "store"
+    cfg = load_config(coin, {"storage.root": str(root)})
+    run_curriculum(cfg)
+    store = open_store(root)
+    pool = next(m for m in store.find("dataset") if m.meta.get("role") == "pool")
+    flip(payload(store, pool.key) / next(iter(pool.files)))
+    source = Path(cfg.data.pool[0].path)
+    moved = source.with_suffix(".gone")
+    before = sorted(m.key for m in store.find())
+    source.rename(moved)
+    try:
+        res = CliRunner().invoke(app, ["run", "--config", str(coin), "--storage", str(root)])
+    finally:
+        moved.rename(source)
+    assert res.exit_code == 2, res.output
+    assert "Traceback" not in res.output
+    errors = [line for line in res.output.splitlines() if line.strip()]
+    assert len(errors) == 1 and str(source.name) in errors[0] and "not found" in errors[0].lower(), res.output
+    assert sorted(m.key for m in open_store(root).find()) == before  # nothing registered, nothing moved aside
