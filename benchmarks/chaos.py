@@ -29,10 +29,11 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 # ≈ 1–2 min on 2 CPU cores: every task kind runs (bootstrap, rollouts, 3 gradient chunks per stage, finalize,
-# scores, selection, training with a mid-stage save, evaluation, reports)
+# scores, selection, training with a mid-stage save, evaluation, reports). Validation: 16 prompts × 8 responses,
+# so that after this short warm-up some validation prompt has mixed rewards (with 8 × 4 none had: POPI had no target)
 REDUCED = [
-    "bootstrap.steps=120", "bootstrap.num_problems=800", "data.synthetic.pool_size=16", "data.synthetic.val_size=8",
-    "data.synthetic.test_size=8", "rollout.k_train=4", "rollout.k_val=4", "rollout.max_new_tokens=16",
+    "bootstrap.steps=120", "bootstrap.num_problems=800", "data.synthetic.pool_size=16", "data.synthetic.val_size=16",
+    "data.synthetic.test_size=8", "rollout.k_train=4", "rollout.k_val=8", "rollout.max_new_tokens=16",
     "influence.dim=256", "influence.chunk_rows=32", "train.stages=2", "train.steps_per_stage=4", "train.save_steps=2",
     "train.prompts_per_step=4", "train.num_generations=4", "train.max_new_tokens=16", "eval.max_new_tokens=16",
 ]
