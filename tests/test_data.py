@@ -266,6 +266,12 @@ def test_generate_suite_layout_and_no_overlap():
     small = generate_suite(SyntheticConfig(domains=["add", "mul"], targeted=["mul"], pool_size=10,
                                            pool_per_domain={"mul": 3}, val_size=4, test_size=5))
     assert small.sizes() == {"pool": 13, "val/mul": 4, "test/mul": 5, "test/add": 5}
+    # fewer untargeted test prompts: targeted sets unchanged, each untargeted test set a prefix of the old one
+    skew = generate_suite(SyntheticConfig(domains=["add", "mul"], targeted=["mul"], pool_size=10,
+                                          pool_per_domain={"mul": 3}, val_size=4, test_size=5, untargeted_test_size=2))
+    assert skew.sizes() == {"pool": 13, "val/mul": 4, "test/mul": 5, "test/add": 2}
+    assert skew.test_targeted == small.test_targeted and skew.test_untargeted["test/add"] == small.test_untargeted["test/add"][:2]
+    assert SyntheticConfig(untargeted_test_size=None).hashable() == SyntheticConfig().hashable()  # old keys kept
 
 
 def test_generate_mixture_avoids_excluded_prompts():

@@ -222,10 +222,11 @@ def generate_suite(cfg: "SyntheticConfig") -> DataSplits:
     for d in cfg.domains:
         n_val = cfg.val_size if d in cfg.targeted else 0
         n_pool = cfg.pool_per_domain.get(d, cfg.pool_size)
-        probs = generate_problems(d, n_val + cfg.test_size + n_pool, cfg.seed)
+        n_test = cfg.test_size_of(d)
+        probs = generate_problems(d, n_val + n_test + n_pool, cfg.seed)
         if n_val:
             val[f"val/{d}"] = probs[:n_val]
-        (test_t if d in cfg.targeted else test_u)[f"test/{d}"] = probs[n_val : n_val + cfg.test_size]
-        pool += probs[n_val + cfg.test_size :]
+        (test_t if d in cfg.targeted else test_u)[f"test/{d}"] = probs[n_val : n_val + n_test]
+        pool += probs[n_val + n_test :]
     random.Random(f"cropi-pool:{cfg.seed}").shuffle(pool)
     return DataSplits(pool=pool, val=val, test_targeted=test_t, test_untargeted=test_u)
