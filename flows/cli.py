@@ -131,6 +131,8 @@ def compare(
     set_: Optional[list[str]] = typer.Option(None, "--set", "-s", help="override a field: section.key=value (repeatable)"),
     storage: Optional[str] = typer.Option(None, "--storage", help="storage root URL (default $CROPI_STORAGE or ./.cropi)"),
     name: Optional[str] = typer.Option(None, "--name", help="base run name (report folder runs/<name>-compare)"),
+    workers: int = typer.Option(1, "--workers", "-w", help="runs at a time, each in its own process with "
+                                "cores/workers torch threads (the first run goes alone: it computes what all share)"),
 ) -> None:
     """CROPI vs baselines from the same bootstrap at an equal budget, several seeds; prints the report path."""
     from flows.compare import parse_methods
@@ -139,6 +141,8 @@ def compare(
         names = parse_methods(methods)
         if seeds < 1:
             raise ConfigError(f"--seeds: must be ≥ 1 (got {seeds})")
+        if workers < 1:
+            raise ConfigError(f"--workers: must be ≥ 1 (got {workers})")
         cfg = prepare(config, set_, storage, name)
         if len(cfg.name) > 80:  # runs are named <name>-<method>-s<seed> (at most 100 characters)
             raise ConfigError(f"name: at most 80 characters for cropi compare (got {len(cfg.name)})")
@@ -147,7 +151,7 @@ def compare(
     from flows.compare import run_compare
 
     try:
-        out = run_compare(cfg, names, seeds)
+        out = run_compare(cfg, names, seeds, workers)
     except CropiError as err:
         _fail(err)
     res = out["results"]

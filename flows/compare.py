@@ -136,42 +136,123 @@ def run_record(cfg: RunConfig, method: str, seed: int, out: dict[str, Any], timi
 
 
 # ---------------------------------------------------------------- the flow
+def job_record(config: RunConfig, method: str, seed: int, folder: Path, persist: bool = True) -> dict[str, Any]:
+    """Run one (method, seed) curriculum and return its record. `persist=False` (a parallel worker) leaves
+    `timings.json` to the parent: its compute seconds reach it through the shared `timings.jsonl`."""
+    from flows.curriculum import curriculum
+
+    c = method_config(config, method, seed)
+    t0 = time.perf_counter()
+    out = curriculum.with_options(task_runner=task_runner(c))(config=c)
+    if persist:
+        timings = save_timings(folder)
+    else:
+        timings = load_timings(folder)
+        with LEDGER.lock:
+            timings.update(LEDGER.seconds)
+    rec = run_record(c, method, seed, out, timings)
+    rec["flow_seconds"] = time.perf_counter() - t0
+    return rec
+
+
 @flow(name="cropi-compare", flow_run_name="compare-{config.name}")
-def compare(config: RunConfig, methods: list[str] | None = None, seeds: int = 3) -> dict[str, Any]:
+def compare(config: RunConfig, methods: list[str] | None = None, seeds: int = 3, workers: int = 1) -> dict[str, Any]:
     """Run every method × seed (seed-major: a complete seed first) and write the comparison report.
+
+    `workers` > 1: the first run goes alone (it computes what every run shares: bootstrap, offline rollouts,
+    step-0 evaluations, stage-0 sketches), then the others run `workers` at a time, each in its own process
+    (`flows/compare_worker.py`) with cores // workers torch threads, reporting to this flow's Prefect server.
+    Records, report and artifacts are the same as with one worker.
 
     Returns {"records": [run_record, ...], "report": path of compare.md, "results": headline numbers}.
     """
     from flows.compare_report import write_report
-    from flows.curriculum import curriculum
 
     if seeds < 1:
         raise ConfigError(f"--seeds: must be ≥ 1 (got {seeds})")
+    if workers < 1:
+        raise ConfigError(f"--workers: must be ≥ 1 (got {workers})")
     names = parse_methods(methods)
     folder = compare_dir(config)
-    records = []
+    jobs = [(m, seed) for seed in range(seeds) for m in names]
+    records: list[dict[str, Any]] = []
+
+    def keep(rec: dict[str, Any]) -> None:
+        records.append(rec)
+        order = {j: i for i, j in enumerate(jobs)}
+        records.sort(key=lambda r: order[(r["method"], r["seed"])])
+        # partial results survive an interrupted comparison
+        (folder / "records.json").write_text(json.dumps(records, indent=1))
+
     LEDGER.sink = folder / "timings.jsonl"
     try:
-        for seed in range(seeds):
-            for m in names:
-                c = method_config(config, m, seed)
-                t0 = time.perf_counter()
-                out = curriculum.with_options(task_runner=task_runner(c))(config=c)
-                timings = save_timings(folder)
-                rec = run_record(c, m, seed, out, timings)
-                rec["flow_seconds"] = time.perf_counter() - t0
-                records.append(rec)
-                # partial results survive an interrupted comparison
-                (folder / "records.json").write_text(json.dumps(records, indent=1))
+        if workers == 1:
+            for m, seed in jobs:
+                keep(job_record(config, m, seed, folder))
+        else:
+            keep(job_record(config, *jobs[0], folder))
+            for rec in run_parallel(config, jobs[1:], folder, workers):
+                keep(rec)
+            save_timings(folder)
     finally:
         LEDGER.sink = None
     report, results = write_report(config, records, folder, names, seeds)
     return {"records": records, "report": str(report), "results": results}
 
 
-def run_compare(cfg: RunConfig, methods: list[str] | None = None, seeds: int = 3) -> dict[str, Any]:
+def run_parallel(config: RunConfig, jobs: list[tuple[str, int]], folder: Path, workers: int):
+    """Run `jobs` in `workers` processes at a time (`python -m flows.compare_worker`); yield their records as
+    they finish. A failed run stops the comparison with a one-line error naming its log."""
+    import os
+    import subprocess
+    import sys
+    from concurrent.futures import ThreadPoolExecutor, as_completed
+
+    from cropi_core.errors import CropiError
+
+    (folder / "config.json").write_text(config.model_dump_json())
+    logs = folder / "logs"
+    logs.mkdir(exist_ok=True)
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
+    api = prefect_api_url()
+    if api:
+        env["PREFECT_API_URL"] = api  # the workers' flow runs appear beside this one in the UI
+
+    def one(method: str, seed: int) -> dict[str, Any]:
+        name = f"{method}-s{seed}"
+        out = folder / "records" / f"{name}.json"
+        out.unlink(missing_ok=True)
+        with open(logs / f"{name}.log", "w") as log:
+            rc = subprocess.run([sys.executable, "-m", "flows.compare_worker", str(folder), method, str(seed)],
+                                env=env, stdout=log, stderr=subprocess.STDOUT).returncode
+        if rc != 0 or not out.exists():
+            tail = (logs / f"{name}.log").read_text(errors="replace").strip().splitlines()[-1:] or [""]
+            raise CropiError(f"compare: run {config.name}-{name} failed (exit {rc}): {tail[0][:200]} "
+                             f"(log: {logs / f'{name}.log'})")
+        return json.loads(out.read_text())
+
+    with ThreadPoolExecutor(max_workers=workers) as ex:
+        futures = [ex.submit(one, m, seed) for m, seed in jobs]
+        for f in as_completed(futures):
+            yield f.result()
+
+
+def prefect_api_url() -> str | None:
+    """The API this process reports to: PREFECT_API_URL, or the temporary server Prefect started for it."""
+    from prefect.settings import PREFECT_API_URL
+
+    if PREFECT_API_URL.value():
+        return PREFECT_API_URL.value()
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer()
+    return server.api_url if server.running else None
+
+
+def run_compare(cfg: RunConfig, methods: list[str] | None = None, seeds: int = 3, workers: int = 1) -> dict[str, Any]:
     """`compare` as the CLI runs it; adds wall seconds."""
     t0 = time.perf_counter()
-    out = compare(config=cfg, methods=parse_methods(methods), seeds=seeds)
+    out = compare(config=cfg, methods=parse_methods(methods), seeds=seeds, workers=workers)
     out["seconds"] = time.perf_counter() - t0
     return out

@@ -222,3 +222,31 @@ def test_killed_compare_resumes_without_recomputing(compared):
     assert [(r["method"], r["seed"]) for r in recs] == [("full", 0), ("random", 0)]
     recomputed = [(t, k) for t, k in LEDGER.computed() if k in before]
     assert recomputed == [], recomputed  # (reuse shows as Prefect cache hits: those task bodies never ran)
+
+
+def test_parallel_compare_gives_the_same_records(compared, tmp_path, monkeypatch):
+    """`--workers 2` on a fresh root: the first run goes alone, the other two run in two worker processes at
+    once; every run's accuracies equal those of the one-process comparison (same bytes), and the workers' logs
+    and records are in the compare folder."""
+    import torch
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the workers' torch threads, as the fixture's
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    storage = tmp_path / "store"
+    try:
+        res = CliRunner().invoke(app, ["compare", "--config", str(compared["config"]), "--storage", str(storage),
+                                       "--methods", "cropi,full,random", "--seeds", "1", "--workers", "2"])
+    finally:
+        torch.set_num_threads(threads)
+    assert res.exit_code == 0, res.output
+    folder = storage / "runs" / "coin-compare"
+    recs = json.loads((folder / "records.json").read_text())
+    assert [(r["method"], r["seed"]) for r in recs] == [("cropi", 0), ("full", 0), ("random", 0)]
+    seq = {r["method"]: r for r in json.loads((compared["folder"] / "records.json").read_text())}
+    for r in recs[:2]:
+        assert r["acc"] == seq[r["method"]]["acc"], r["method"]
+        assert r["final_checkpoint"] == seq[r["method"]]["final_checkpoint"]
+    assert (folder / "logs" / "full-s0.log").exists() and (folder / "records" / "random-s0.json").exists()
+    assert recs[1]["offline_s"] == 0 and all(s["train_s"] for r in recs for s in r["stages"])  # priced from the workers
+    assert "--workers: must be ≥ 1" in CliRunner().invoke(app, ["compare", "--workers", "0"]).output
