@@ -61,9 +61,14 @@ def cropi_cmd(root: str, name: str, extra: list[str]) -> list[str]:
     return cmd
 
 
-def run(cmd: list[str], env: dict, log: Path, kill_at: float | None = None) -> tuple[float, int, list[tuple[float, str]]]:
-    """Run `cmd` in its own process group; SIGKILL the group at `kill_at` s. Returns (seconds, rc, timed lines)."""
+def run(cmd: list[str], env: dict, log: Path, kill_at: float | None = None,
+        kill_after: tuple[str, float] | None = None) -> tuple[float, int, list[tuple[float, str]]]:
+    """Run `cmd` in its own process group; SIGKILL the group at `kill_at` s, or `delay` s after the line saying
+    task run `after` finished (`kill_after=(after, delay)`). Returns (seconds, rc, timed lines)."""
     t0 = time.monotonic()
+    if kill_after is not None:
+        after, delay = kill_after
+        finished = re.compile(r"[Tt]ask run '" + re.escape(after) + r"(-[0-9a-f]{3})?' - Finished in state")
     lines: list[tuple[float, str]] = []
     with open(log, "w") as f:
         p = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -74,6 +79,8 @@ def run(cmd: list[str], env: dict, log: Path, kill_at: float | None = None) -> t
             if chunk:
                 lines.append((time.monotonic() - t0, chunk.rstrip("\n")))
                 f.write(f"{lines[-1][0]:8.2f} {chunk}")
+                if kill_after is not None and kill_at is None and finished.search(chunk):
+                    kill_at = lines[-1][0] + delay
                 continue
             if p.poll() is not None:
                 rest = p.stdout.read() or ""
@@ -175,6 +182,26 @@ def concurrent(base: str, env: dict, out: Path, extra: list[str]) -> dict:
     return results
 
 
+def targets(ref_order: list[str], ref_lines: list[tuple[float, str]], kinds: list[str]) -> list[tuple[str, str, float]]:
+    """For each task kind, (its first task run in the reference order — stage 1's for train, mid-stage — the task
+    run finishing just before it, the seconds between the two finishes in the reference run)."""
+    done: dict[str, float] = {}
+    for t, line in ref_lines:
+        if "Finished in state" in line:
+            for n in RUN_NAME.findall(line):
+                done.setdefault(stable(n), t)
+    out = []
+    for kind in kinds:
+        cands = [i for i, n in enumerate(ref_order) if task_kind(n) == kind and i > 0]
+        if kind == "train":
+            cands = [i for i in cands if ref_order[i].endswith("s1")] or cands
+        if not cands:
+            raise SystemExit(f"--targeted: no task of kind {kind!r} in the reference run (kinds: {TASK_KINDS})")
+        i = cands[0]
+        out.append((ref_order[i], ref_order[i - 1], max(0.05, done[ref_order[i]] - done[ref_order[i - 1]])))
+    return out
+
+
 def write_tables(out: Path, t_ref: float, trials: list[dict], s3: bool) -> dict:
     """chaos.json + chaos.md (the table) under `out`; returns the result dict."""
     kinds = Counter(k for t in trials for k in t["kinds"])
@@ -214,6 +241,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--s3", action="store_true", help="storage on a SeaweedFS server on 127.0.0.1 (weed mini)")
     ap.add_argument("--set", dest="extra", action="append", default=[], help="extra config overrides")
     ap.add_argument("--concurrent", action="store_true", help="instead: two cropi run on one root at once")
+    ap.add_argument("--targeted", default="", help="instead of uniform moments: one trial per task kind listed "
+                    "(e.g. rollouts,grads-chunk,finalize,scores,selection,train,eval,report), killed at a seeded "
+                    "uniform moment inside that task (uniform moments over a run rarely land in sub-second tasks)")
+    ap.add_argument("--reference-from", type=Path, default=None,
+                    help="reuse the reference run of an earlier local benchmark folder (its --out) instead of a new one")
     ap.add_argument("--from-logs", action="store_true", help="only rebuild the table from --out's logs")
     args = ap.parse_args(argv)
     if args.from_logs:
@@ -242,25 +274,40 @@ def main(argv: list[str] | None = None) -> int:
             if server is not None:
                 server.stop()
     try:
-        ref_root = f"{base}/reference"
-        t_ref, rc, ref_lines = run(cropi_cmd(ref_root, "ref", args.extra), env, args.out / "reference.log")
-        if rc != 0:
-            print(f"reference run failed (rc {rc}); see {args.out / 'reference.log'}", file=sys.stderr)
-            return 1
+        if args.reference_from is not None:  # the uninterrupted run of an earlier benchmark (same config)
+            ref_root = str(args.reference_from / "roots" / "reference")
+            ref_lines = read_log(args.reference_from / "reference.log")
+            t_ref = json.loads((args.reference_from / "chaos.json").read_text())["reference_s"]
+        else:
+            ref_root = f"{base}/reference"
+            t_ref, rc, ref_lines = run(cropi_cmd(ref_root, "ref", args.extra), env, args.out / "reference.log")
+            if rc != 0:
+                print(f"reference run failed (rc {rc}); see {args.out / 'reference.log'}", file=sys.stderr)
+                return 1
         ref = final_weights(ref_root, "ref")
         ref_order = finished_order(ref_lines)
         print(f"reference: {t_ref:.1f}s, final weights {list(ref.values())[0][:12]}")
         trials = []
-        for i in range(args.trials):
-            at = rng.uniform(0.0, t_ref)
+        plan = targets(ref_order, ref_lines, args.targeted.split(",")) if args.targeted else []
+        for i in range(len(plan) or args.trials):
             root = f"{base}/trial-{i:02d}"
             name = f"trial-{i:02d}"
-            killed_s, rc1, lines = run(cropi_cmd(root, name, args.extra), env, args.out / f"trial-{i:02d}-killed.log",
-                                       kill_at=at)
+            if plan:  # kill inside the task: a seeded uniform moment of its reference duration after its predecessor
+                task, after, window = plan[i]
+                delay = rng.uniform(0.0, window)
+                killed_s, rc1, lines = run(cropi_cmd(root, name, args.extra), env,
+                                           args.out / f"trial-{i:02d}-killed.log", kill_after=(after, delay))
+                at = killed_s
+                print(f"trial {i}: aimed at {task} ({delay:.2f}s after {after} finished)")
+            else:
+                at = rng.uniform(0.0, t_ref)
+                killed_s, rc1, lines = run(cropi_cmd(root, name, args.extra), env,
+                                           args.out / f"trial-{i:02d}-killed.log", kill_at=at)
             where = [killed_in(ref_order, lines)] if rc1 != 0 else []
             resume_s, rc2, _ = run(cropi_cmd(root, name, args.extra), env, args.out / f"trial-{i:02d}-resume.log")
             same = rc2 == 0 and final_weights(root, name) == ref
             row = {"trial": i, "kill_at_s": round(at, 2), "killed": rc1 != 0, "active": where,
+                   **({"aimed_at": plan[i][0]} if plan else {}),
                    "kinds": sorted({task_kind(n) for n in where}), "resume_s": round(resume_s, 1),
                    "lost_s": round(killed_s + resume_s - t_ref, 1), "resume_rc": rc2, "identical": same}
             trials.append(row)
