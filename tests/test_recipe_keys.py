@@ -94,6 +94,27 @@ def T_train_key(cfg, stage, ckpt, pool, sel):
     return train_key(cfg, stage, ckpt, pool, sel)
 
 
+def byot_keys(cfg) -> dict[str, str]:
+    """`cropi select`'s imported artifacts (tasks/byot.py), from small fixed files written to a temp folder."""
+    import tempfile
+
+    from tasks import byot
+
+    with tempfile.TemporaryDirectory() as d:
+        d = Path(d)
+        (d / "pool.jsonl").write_text("".join(json.dumps({"id": i, "prompt": f"{i} + 1 =", "answer": str(i + 1)}) + "\n"
+                                              for i in range(4)))
+        (d / "dump").mkdir()
+        (d / "dump" / "1.jsonl").write_text(json.dumps({"input": "1 + 1 =", "output": "2", "score": 1.0}) + "\n")
+        (d / "model").mkdir()
+        (d / "model" / "model.safetensors").write_bytes(b"not really weights")
+        (d / "model" / "config.json").write_text("{}")
+        ckpt, data = fake("checkpoint", "imported"), fake("dataset", "imported")
+        return {"dataset": byot.import_dataset_key(cfg, str(d / "pool.jsonl"), "pool", "exact"),
+                "rollouts/verl": byot.imported_rollouts_key(cfg, ckpt, data, str(d / "dump"), "verl"),
+                "checkpoint": byot.import_key(cfg, str(d / "model"))}
+
+
 def all_keys() -> dict[str, dict[str, str]]:
     from cropi_core.config import load_config
 
@@ -101,6 +122,7 @@ def all_keys() -> dict[str, dict[str, str]]:
     for label, path, over in CASES:
         cfg = load_config(REPO / path if path else None, over, check_files=False)
         out[label] = case_keys(cfg, with_data=cfg.data.synthetic is not None)
+    out["byot"] = byot_keys(load_config(None))
     return out
 
 
