@@ -59,39 +59,39 @@ def case_keys(cfg, with_data: bool = True) -> dict[str, str]:
         names = D.set_names(cfg)
         for role, sets in names.items():
             for n in sets:
-                out[f"dataset/{role}/{n}"] = D.dataset_key(cfg, role, n)
+                out[f"dataset/{role}/{n}"] = D.dataset_key(cfg, role=role, name=n)
     else:  # data files of real-model configs are not read here: the bootstrap key hashes no data for them
         if not cfg.model.is_embedded:
             out["bootstrap"] = B.base_key(cfg)
     ckpt, ckpt1 = fake("checkpoint", "theta0"), fake("checkpoint", "theta1")
     pool, val, test = fake("dataset", "pool"), fake("dataset", "val"), fake("dataset", "test")
     r_pool = fake("rollouts", "pool")
-    out["rollouts/pool"] = R.rollouts_key(cfg, ckpt, pool, cfg.rollout.k_train)
-    out["rollouts/val"] = R.rollouts_key(cfg, ckpt, val, cfg.rollout.k_val)
+    out["rollouts/pool"] = R.rollouts_key(cfg, ckpt=ckpt, data=pool, k=cfg.rollout.k_train)
+    out["rollouts/val"] = R.rollouts_key(cfg, ckpt=ckpt, data=val, k=cfg.rollout.k_val)
     sel0 = fake("selection", "s0")
-    out["rollouts/online"] = R.rollouts_key(cfg, ckpt, pool, cfg.rollout.k_train, sel0)
+    out["rollouts/online"] = R.rollouts_key(cfg, ckpt=ckpt, data=pool, k=cfg.rollout.k_train, subset=sel0)
     calib = fake("calibration", "c0") if cfg.influence.allocation == "energy" else None
-    out["calibration"] = G.calibration_key(cfg, ckpt, r_pool)
-    out["grads/pool"] = G.grads_key(cfg, ckpt, r_pool, calib)
-    out["grads/pool/chunk1"] = G.chunk_key(cfg, ckpt, r_pool, 1, calib)
+    out["calibration"] = G.calibration_key(cfg, ckpt=ckpt, pool_rollouts=r_pool)
+    out["grads/pool"] = G.grads_key(cfg, ckpt=ckpt, rollouts=r_pool, calibration=calib)
+    out["grads/pool/chunk1"] = G.chunk_key(cfg, ckpt=ckpt, rollouts=r_pool, chunk=1, calibration=calib)
     g_pool, g_val = fake("grads", "pool"), {"val/b": fake("grads", "vb"), "val/a": fake("grads", "va")}
-    out["scores"] = S.scores_key(cfg, g_pool, g_val)
+    out["scores"] = S.scores_key(cfg, pool_grads=g_pool, val_grads=g_val)
     sc = fake("scores", "s")
     for stage in (0, 1):
-        out[f"selection/s{stage}"] = S.selection_key(cfg, stage, pool, r_pool, sc)
-        out[f"selection/s{stage}/unscored"] = S.selection_key(cfg, stage, pool, r_pool, None)
-        out[f"train/s{stage}"] = T_train_key(cfg, stage, ckpt, pool, sel0)
-    out["health"] = S.health_key(cfg, ckpt, r_pool, sel0)
-    out["pool_health"] = S.pool_health_key(cfg, ckpt, r_pool)
-    out["evaluation/s0"] = E.eval_key(cfg, ckpt, test)
-    out["evaluation/s1"] = E.eval_key(cfg, ckpt1, test)
+        out[f"selection/s{stage}"] = S.selection_key(cfg, stage=stage, pool=pool, pool_rollouts=r_pool, scores=sc)
+        out[f"selection/s{stage}/unscored"] = S.selection_key(cfg, stage=stage, pool=pool, pool_rollouts=r_pool, scores=None)
+        out[f"train/s{stage}"] = T_train_key(cfg, stage=stage, ckpt=ckpt, pool=pool, sel=sel0)
+    out["health"] = S.health_key(cfg, ckpt=ckpt, pool_rollouts=r_pool, sel=sel0)
+    out["pool_health"] = S.pool_health_key(cfg, ckpt=ckpt, pool_rollouts=r_pool)
+    out["evaluation/s0"] = E.eval_key(cfg, ckpt=ckpt, data=test)
+    out["evaluation/s1"] = E.eval_key(cfg, ckpt=ckpt1, data=test)
     return out
 
 
-def T_train_key(cfg, stage, ckpt, pool, sel):
+def T_train_key(cfg, **params):
     from tasks.train import train_key
 
-    return train_key(cfg, stage, ckpt, pool, sel)
+    return train_key(cfg, **params)
 
 
 def byot_keys(cfg) -> dict[str, str]:
@@ -110,9 +110,9 @@ def byot_keys(cfg) -> dict[str, str]:
         (d / "model" / "model.safetensors").write_bytes(b"not really weights")
         (d / "model" / "config.json").write_text("{}")
         ckpt, data = fake("checkpoint", "imported"), fake("dataset", "imported")
-        return {"dataset": byot.import_dataset_key(cfg, str(d / "pool.jsonl"), "pool", "exact"),
-                "rollouts/verl": byot.imported_rollouts_key(cfg, ckpt, data, str(d / "dump"), "verl"),
-                "checkpoint": byot.import_key(cfg, str(d / "model"))}
+        return {"dataset": byot.import_dataset_key(cfg, path=str(d / "pool.jsonl"), name="pool", verifier="exact"),
+                "rollouts/verl": byot.imported_rollouts_key(cfg, ckpt=ckpt, data=data, path=str(d / "dump"), fmt="verl"),
+                "checkpoint": byot.import_key(cfg, path=str(d / "model"))}
 
 
 def all_keys() -> dict[str, dict[str, str]]:
