@@ -30,7 +30,7 @@ from cropi_core.config import RunConfig
 from cropi_core.errors import ConfigError
 from flows.reports import load_timings, seconds_of
 from flows.runtime import task_runner
-from tasks.common import LEDGER, get_store, local_root
+from tasks.common import LEDGER, local_root
 
 METHODS = ("cropi", "full", "random", "pass_rate", "learnability", "influence_once", "dapo", "cropi+dapo")
 SELECTION_METHOD = {"cropi": "popi", "dapo": "full", "cropi+dapo": "popi"}
@@ -101,7 +101,7 @@ def run_record(cfg: RunConfig, method: str, seed: int, out: dict[str, Any], timi
     online-rollout diagnostics and health are not part of a method's cost. None = not timed in this folder.
     """
     from flows.reports import collect
-    from tasks.evaluate import metric_label
+    from tasks.artifacts import metric_label
 
     d = collect(cfg, out)
     stages = []

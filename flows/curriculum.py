@@ -18,13 +18,13 @@ from cropi_core.config import RunConfig
 from flows.runtime import Tracker, add_counts, task_runner
 from flows.stage import SCORED
 from flows.stage import stage as stage_flow
+from tasks import artifacts as A
 from tasks import bootstrap as T_boot
 from tasks import dataset as T_data
 from tasks import evaluate as T_eval
 from tasks import rollouts as T_roll
 from tasks import selection as T_sel
 from tasks.common import LEDGER, log, run_dir
-from tasks.selection import read_selection
 
 
 @flow(name="cropi-curriculum", flow_run_name="curriculum-{config.name}")
@@ -33,10 +33,10 @@ def curriculum(config: RunConfig) -> dict[str, Any]:
     cfg = config
     t0 = time.perf_counter()
     tr = Tracker(cfg)
-    names = T_data.set_names(cfg)
-    pool = tr.submit(T_data.dataset, retries=False, cfg=cfg, role="pool", name="pool")
-    vals = {n: tr.submit(T_data.dataset, retries=False, cfg=cfg, role="val", name=n) for n in names["val"]}
-    tests = {n: tr.submit(T_data.dataset, retries=False, cfg=cfg, role=role, name=n)
+    names = A.set_names(cfg)
+    pool = tr.submit(T_data.dataset, cfg=cfg, role="pool", name="pool")
+    vals = {n: tr.submit(T_data.dataset, cfg=cfg, role="val", name=n) for n in names["val"]}
+    tests = {n: tr.submit(T_data.dataset, cfg=cfg, role=role, name=n)
              for role in ("test_targeted", "test_untargeted") for n in names[role]}
 
     base = tr.submit(T_boot.base_model, cfg=cfg)
@@ -89,7 +89,7 @@ def maybe_refresh(tr: Tracker, cfg: RunConfig, m: int, ckpt, pool, vals: dict, b
     from θ_m (cached artifacts whose parent is θ_m). Returns (pool rollouts, val rollouts, a record of the
     decision for the summary)."""
     h = tr.submit(T_sel.pool_health, cfg=cfg, ckpt=ckpt, pool_rollouts=behaviour_pool, stage=m).result()
-    ess = T_sel.read_health(cfg, h).get("ess_frac")
+    ess = A.read_health(cfg, h).get("ess_frac")
     rec: dict[str, Any] = {"stage": m, "ess_frac": ess, "threshold": cfg.influence.refresh_ess,
                            "behaviour_checkpoint": ckpt.key, "refreshed": False, "health": h.key}
     if ess is None or ess >= cfg.influence.refresh_ess:
@@ -126,7 +126,7 @@ def run_curriculum(cfg: RunConfig) -> dict[str, Any]:
         "final_checkpoint": out["final_checkpoint"].key, "base_checkpoint": out["base_checkpoint"].key,
         "report": out["report"],
         "stages": [{"stage": s["stage"], "checkpoint": s["checkpoint"].key, "selection": s["selection"].key,
-                    "selected_ids": read_selection(cfg, s["selection"])["ids"],
+                    "selected_ids": A.read_selection(cfg, s["selection"])["ids"],
                     "grads": {n: g.key for n, g in s["grads"].items()}} for s in out["stages"]],
         "pool_rollouts": out["pool_rollouts"].key, "val_rollouts": {n: r.key for n, r in out["val_rollouts"].items()},
         "refreshes": out["refreshes"],

@@ -70,7 +70,7 @@ def _fmt(x: Any) -> str:
 
 
 def _metric_label(cfg: RunConfig) -> str:
-    from tasks.evaluate import metric_label
+    from tasks.artifacts import metric_label
 
     return metric_label(cfg)
 
@@ -87,7 +87,7 @@ def _md_table(rows: list[dict]) -> str:
 # ---------------------------------------------------------------- per stage
 def stage_rows(cfg: RunConfig, out: dict[str, Any]) -> dict[str, Any]:
     """Numbers of one stage, read back from the artifacts' manifests."""
-    from tasks.selection import read_selection
+    from tasks.artifacts import read_selection
 
     sel = read_selection(cfg, out["selection"])
     sm = _meta(cfg, out["selection"])
@@ -104,7 +104,7 @@ def stage_rows(cfg: RunConfig, out: dict[str, Any]) -> dict[str, Any]:
 
 
 def _acc_se(cfg: RunConfig, ref: ArtifactRef) -> tuple[float | None, float | None]:
-    from tasks.evaluate import accuracy_and_se
+    from tasks.artifacts import accuracy_and_se
 
     return accuracy_and_se(cfg, ref)
 
@@ -175,10 +175,7 @@ def cost_rows(summary: dict[str, Any], timings: dict[str, float]) -> list[dict]:
 # ---------------------------------------------------------------- per run
 def collect(cfg: RunConfig, summary: dict[str, Any]) -> dict[str, Any]:
     """Everything the final report plots, as plain numbers."""
-    from tasks.rollouts import pass_rates
-    from tasks.selection import read_scores, read_selection
-
-    from tasks.evaluate import accuracy_and_se
+    from tasks.artifacts import accuracy_and_se, pass_rates, read_scores, read_selection
 
     store = get_store(cfg)
     E = cfg.train.steps_per_stage

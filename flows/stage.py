@@ -11,6 +11,7 @@ from prefect import flow
 from cropi_core.config import RunConfig
 from storage import ArtifactRef, StorageError
 from flows.runtime import Tracker
+from tasks import artifacts as A
 from tasks import evaluate as T_eval
 from tasks import grads as T_grads
 from tasks import rollouts as T_roll
@@ -19,22 +20,6 @@ from tasks import train as T_train
 from tasks.common import get_store, log
 
 SCORED = ("popi", "influence_once")
-
-
-def submit_grads(tr: Tracker, cfg: RunConfig, stage: int, ckpt: ArtifactRef, rollouts: ArtifactRef, label: str,
-                 calibration: ArtifactRef | None = None):
-    """Map the gradient computation over the row chunks still missing, then finalize; returns the finalize future."""
-    n = T_roll.num_rows(get_store(cfg), rollouts)
-    missing = T_grads.missing_chunks(cfg, ckpt, rollouts, n, stage, calibration)
-    if missing:
-        log(f"stage {stage}: grads {label}: {len(missing)} of {T_grads.num_chunks(cfg, n)} chunks to compute")
-    # only chunks missing or corrupt in storage are submitted: Prefect's cache must not answer for them
-    chunk_task = T_grads.grads_chunk.with_options(refresh_cache=True)
-    chunks = [tr.submit(chunk_task, cfg=cfg, ckpt=ckpt, rollouts=rollouts, chunk=i, n_rows=n, stage=stage,
-                        label=label, calibration=calibration) for i in missing]
-    fin = tr.submit(T_grads.grads_finalize, retries=False, cfg=cfg, ckpt=ckpt, rollouts=rollouts, chunks=chunks,
-                    n_rows=n, stage=stage, label=label, calibration=calibration)
-    return fin, chunks
 
 
 def result_or_upstream_error(fut, upstream: list):
@@ -61,25 +46,39 @@ def stage_sketches(tr: Tracker, cfg: RunConfig, stage: int, ckpt: ArtifactRef, p
 def grads_ref(tr: Tracker, cfg: RunConfig, stage: int, ckpt: ArtifactRef, rollouts: ArtifactRef, label: str,
               calibration: ArtifactRef | None = None) -> ArtifactRef:
     """Finalized gradient artifact; chunks found corrupt at finalize time are recomputed once, bypassing the cache."""
-    fut, chunks = submit_grads(tr, cfg, stage, ckpt, rollouts, label, calibration)
-    if chunks:  # console progress over the chunk tasks
-        from prefect.futures import as_completed
-        from tqdm.auto import tqdm
-
-        with tqdm(total=len(chunks), desc=f"grads {label} stage {stage}", unit="chunk", leave=False) as bar:
-            for _ in as_completed(chunks):
-                bar.update()
+    params = dict(cfg=cfg, ckpt=ckpt, rollouts=rollouts, n_rows=A.num_rows(get_store(cfg), rollouts), stage=stage,
+                  label=label, calibration=calibration)
     try:
-        return result_or_upstream_error(fut, chunks)
+        return submit_grads(tr, params)
     except StorageError as err:
         log(f"stage {stage}: grads {label}: {err}; recomputing the missing chunks")
-        n = T_roll.num_rows(get_store(cfg), rollouts)
-        missing = T_grads.missing_chunks(cfg, ckpt, rollouts, n, stage, calibration)
-        chunks = [tr.submit(T_grads.grads_chunk.with_options(refresh_cache=True), cfg=cfg, ckpt=ckpt, rollouts=rollouts,
-                            chunk=i, n_rows=n, stage=stage, label=label, calibration=calibration) for i in missing]
-        return tr.submit(T_grads.grads_finalize.with_options(refresh_cache=True), retries=False, cfg=cfg, ckpt=ckpt,
-                         rollouts=rollouts, chunks=chunks, n_rows=n, stage=stage, label=label,
-                         calibration=calibration).result()
+        return submit_grads(tr, params, refresh=True)
+
+
+def submit_grads(tr: Tracker, params: dict[str, Any], refresh: bool = False) -> ArtifactRef:
+    """One chunk task mapped over each row chunk still missing in storage (Prefect's cache must not answer for
+    those), then finalize (`refresh`: bypassing the cache too); the finalized ref."""
+    missing = T_grads.missing_chunks(**params)
+    stage, label = params["stage"], params["label"]
+    if missing:
+        log(f"stage {stage}: grads {label}: {len(missing)} of {A.num_chunks(params['cfg'], params['n_rows'])} chunks "
+            "to compute")
+    chunks = tr.map(T_grads.grads_chunk.with_options(refresh_cache=True), {"chunk": missing}, **params)
+    fin = tr.submit(T_grads.grads_finalize.with_options(refresh_cache=refresh), chunks=chunks, **params)
+    progress(chunks, f"grads {label} stage {stage}")
+    return result_or_upstream_error(fin, chunks)
+
+
+def progress(futures: list, desc: str) -> None:
+    """Console progress bar over task futures (none when there are none)."""
+    if not futures:
+        return
+    from prefect.futures import as_completed
+    from tqdm.auto import tqdm
+
+    with tqdm(total=len(futures), desc=desc, unit="chunk", leave=False) as bar:
+        for _ in as_completed(futures):
+            bar.update()
 
 
 @flow(name="cropi-stage", flow_run_name="stage-{stage}")

@@ -56,7 +56,9 @@ def case_keys(cfg, with_data: bool = True) -> dict[str, str]:
     out: dict[str, str] = {}
     if with_data:
         out["bootstrap"] = B.base_key(cfg)
-        names = D.set_names(cfg)
+        from tasks.artifacts import set_names
+
+        names = set_names(cfg)
         for role, sets in names.items():
             for n in sets:
                 out[f"dataset/{role}/{n}"] = D.dataset_key(cfg, role=role, name=n)
@@ -133,6 +135,22 @@ def test_keys_equal_recorded():
     diffs = [f"{case}:{role}" for case in now for role in set(now[case]) | set(recorded[case])
              if now[case].get(role) != recorded[case].get(role)]
     assert not diffs, f"artifact keys changed: {diffs}"
+
+
+def test_recipe_table_is_documented():
+    """storage/README.md's recipe table names every recipe with its kind and parents (tasks/recipes.py)."""
+    from tasks.recipes import RECIPES
+
+    import re
+
+    text = (REPO / "storage" / "README.md").read_text()
+    cells = [re.split(r"(?<!\\)\|", line) for line in text.splitlines() if line.startswith("| `")]
+    rows = {c[1].strip(" `"): [x.strip() for x in c[2:4]] for c in cells}
+    assert set(rows) == set(RECIPES)
+    for name, r in RECIPES.items():
+        kind, parents = rows[name]
+        assert kind.split(" ")[0] == r.kind, name
+        assert parents.replace("\\|", "|") == (", ".join(r.parents) or "–"), name
 
 
 if __name__ == "__main__":
