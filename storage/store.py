@@ -23,7 +23,7 @@ from fsspec.implementations.local import LocalFileSystem
 import numpy as np
 import zarr
 
-from storage.arrays import ChunkedArray, chunk_key, csr_to_ragged, ragged_to_csr, write_whole_array, zarr_store
+from storage.arrays import ChunkedArray, csr_to_ragged, ragged_to_csr, write_whole_array, zarr_store
 from storage.errors import StorageError
 from storage.keys import KEY_RE, check_key, sha256_bytes, sha256_file
 from storage.manifest import MANIFEST_NAME, ArrayInfo, FileInfo, Manifest, parse_manifest, validate_relpath

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
-from cropi_core.config import EMBEDDED_MODEL, ModelConfig
+from cropi_core.config import ModelConfig
 from cropi_core.errors import ModelError
 from cropi_core.models.hf_io import LOAD_LOCK
 from cropi_core.models.tiny import build_tiny
