@@ -10,6 +10,7 @@ from prefect import flow
 
 from cropi_core.config import RunConfig
 from storage import ArtifactRef, StorageError
+from flows.outputs import StageOutputs
 from flows.runtime import Tracker
 from tasks import artifacts as A
 from tasks import evaluate as T_eval
@@ -84,28 +85,25 @@ def progress(futures: list, desc: str) -> None:
 @flow(name="cropi-stage", flow_run_name="stage-{stage}")
 def stage(config: RunConfig, stage: int, ckpt: ArtifactRef, pool: ArtifactRef, pool_rollouts: ArtifactRef,
           val_rollouts: dict[str, ArtifactRef], tests: dict[str, ArtifactRef],
-          fixed_selection: ArtifactRef | None = None) -> dict[str, Any]:
+          fixed_selection: ArtifactRef | None = None) -> StageOutputs:
     """Run curriculum stage `stage` from checkpoint `ckpt`; returns the refs it produced and its task counts.
 
     fixed_selection: reuse this selection instead of scoring (method `influence_once` after stage 0).
     """
     cfg = config
     tr = Tracker(cfg)
-    method = cfg.selection.method
-    out: dict[str, Any] = {"stage": stage, "input_checkpoint": ckpt, "grads": {}, "scores": None}
-
+    grads: dict[str, ArtifactRef] = {}
+    scores = None
     if fixed_selection is not None:
         sel = fixed_selection
     else:
-        scores = None
-        if method in SCORED:
+        if cfg.selection.method in SCORED:
             g_pool, g_val = stage_sketches(tr, cfg, stage, ckpt, pool_rollouts, val_rollouts)
-            out["grads"] = {"pool": g_pool, **g_val}
+            grads = {"pool": g_pool, **g_val}
             scores = tr.submit(T_sel.scores, cfg=cfg, pool_grads=g_pool, val_grads=g_val, stage=stage)
         sel = tr.submit(T_sel.selection, cfg=cfg, stage=stage, pool=pool, pool_rollouts=pool_rollouts, scores=scores)
-        out["scores"] = scores.result() if scores is not None else None
+        scores = scores.result() if scores is not None else None
         sel = sel.result()
-    out["selection"] = sel
 
     online = tr.submit(T_roll.rollouts, cfg=cfg, ckpt=ckpt, data=pool, k=cfg.rollout.k_train, subset=sel,
                        label=f"online-s{stage}")
@@ -114,12 +112,11 @@ def stage(config: RunConfig, stage: int, ckpt: ArtifactRef, pool: ArtifactRef, p
     evals = {n: tr.submit(T_eval.evaluate, cfg=cfg, ckpt=new_ckpt, data=d, name=n, stage=stage + 1)
              for n, d in tests.items()}
 
-    out["checkpoint"] = new_ckpt.result()
-    out["online"] = online.result()
-    out["health"] = health.result()
-    out["evals"] = {n: f.result() for n, f in evals.items()}
+    out = StageOutputs(stage=stage, input_checkpoint=ckpt, selection=sel, checkpoint=new_ckpt.result(),
+                       online=online.result(), health=health.result(), evals={n: f.result() for n, f in evals.items()},
+                       grads=grads, scores=scores)
     from flows.reports import stage_report
 
     stage_report(cfg, out)
-    out["counts"] = tr.counts()
+    out.counts = tr.counts()
     return out
