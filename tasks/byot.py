@@ -36,7 +36,7 @@ def import_checkpoint(cfg: RunConfig, path: str, gguf_file: str | None = None, l
         # so rollouts and sketches keyed on it are shared with the run
         store = get_store(cfg)
         same = store.find("checkpoint", meta={"content_hash": checkpoint_content(path)})
-        if same and find_produced(store, "checkpoint", import_key(cfg, path)) is None:
+        if same and find_produced(store, "checkpoint", import_key(cfg, path=path)) is None:
             return storage_hit("import-checkpoint", store.ref(same[0].key))
 
     def build(key: str) -> ArtifactRef:
