@@ -70,25 +70,17 @@ class TrainResult:
 
 
 def load_policy(model_dir: str | os.PathLike, dtype: torch.dtype = torch.float32):
-    """(model, tokenizer) from an HF folder; tokenizer padded on the left as TRL requires.
+    """(model, tokenizer) from an HF folder; tokenizer padded on the left as TRL requires, chosen by the one
+    rule of `cropi_core.models.loading.load_tokenizer` (our char tokenizer as PreTrainedTokenizerFast)."""
+    from transformers import AutoModelForCausalLM
 
-    A folder with tokenizer.json loads through `PreTrainedTokenizerFast` (AutoTokenizer would pick the slow
-    Qwen2 class for a qwen2 config and break our char tokenizer's spaces/newlines, see STACK.md).
-    """
-    from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
+    from cropi_core.models.hf_io import LOAD_LOCK
+    from cropi_core.models.loading import load_tokenizer
 
     folder = Path(model_dir)
     if not (folder / "config.json").exists():
         raise ModelError(f"model folder {folder}: config.json not found (expected a saved HF model)")
-    if (folder / "tokenizer.json").exists():
-        tok = PreTrainedTokenizerFast.from_pretrained(str(folder))
-    else:
-        tok = AutoTokenizer.from_pretrained(str(folder))
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    tok.padding_side = "left"
-    from cropi_core.models.loading import LOAD_LOCK
-
+    tok = load_tokenizer(folder)
     with LOAD_LOCK:
         model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype)
     return model, tok
@@ -265,7 +257,7 @@ def build_trainer(model_dir, problems, cfg: TrainConfig, ckpt_dir, *, template: 
                 fault_hook(state.global_step)
 
         callbacks.append(_FaultHook())
-    from cropi_core.models.loading import LOAD_LOCK
+    from cropi_core.models.hf_io import LOAD_LOCK
 
     cls = _trainer_class()
     with LOAD_LOCK:  # GRPOTrainer loads the KL reference model with from_pretrained

@@ -89,7 +89,7 @@ def prepare(config: Path | None, sets: list[str] | None, storage: str | None, na
         config = DEFAULT_CONFIG
     cfg = load_config(config, overrides)
     probe_storage(cfg.storage.root)
-    from tasks.dataset import build_splits_cached
+    from tasks.artifacts import build_splits_cached
 
     build_splits_cached(cfg.data)  # missing / malformed datasets fail here, before any flow run
     return cfg

@@ -28,9 +28,10 @@ from prefect import flow
 
 from cropi_core.config import RunConfig
 from cropi_core.errors import ConfigError
+from flows.outputs import RunSummary
 from flows.reports import load_timings, seconds_of
 from flows.runtime import task_runner
-from tasks.common import LEDGER, get_store, local_root
+from tasks.common import LEDGER, local_root
 
 METHODS = ("cropi", "full", "random", "pass_rate", "learnability", "influence_once", "dapo", "cropi+dapo")
 SELECTION_METHOD = {"cropi": "popi", "dapo": "full", "cropi+dapo": "popi"}
@@ -93,7 +94,7 @@ def _sum(xs: list[float | None]) -> float | None:
 
 
 # ---------------------------------------------------------------- one run → plain numbers
-def run_record(cfg: RunConfig, method: str, seed: int, out: dict[str, Any], timings: dict[str, float]) -> dict[str, Any]:
+def run_record(cfg: RunConfig, method: str, seed: int, out: RunSummary, timings: dict[str, float]) -> dict[str, Any]:
     """JSON-able numbers of one curriculum run: accuracy per set and step, per-stage selection/health/costs.
 
     Costs (seconds): `offline` = offline rollouts the method needs (see NEEDS_OFFLINE); per stage `scoring` =
@@ -101,37 +102,36 @@ def run_record(cfg: RunConfig, method: str, seed: int, out: dict[str, Any], timi
     online-rollout diagnostics and health are not part of a method's cost. None = not timed in this folder.
     """
     from flows.reports import collect
-    from tasks.evaluate import metric_label
+    from tasks.artifacts import metric_label
 
     d = collect(cfg, out)
     stages = []
-    for s, row in zip(out["stages"], d["stages"], strict=True):
-        keys = [g.key for g in s["grads"].values()] + [r.key for r in (s.get("scores"), s["selection"]) if r is not None]
-        scoring = _sum([seconds_of(timings, k) for k in keys])
-        if method == "influence_once" and s["stage"] > 0:
+    for s, row in zip(out.stages, d["stages"], strict=True):
+        scoring = _sum([seconds_of(timings, r.key) for r in s.scoring])
+        if method == "influence_once" and s.stage > 0:
             scoring = 0.0  # reuses the stage-0 selection: no scoring at all
         stages.append({
             "stage": row["stage"], "selected": row["selected"], "pool": row["pool"], "domains": row["domains"],
             "offline_pass_rate": row["offline_pass_rate"],
             "online_pass_rate": float(row["online"].mean()) if len(row["online"]) else None,
             "ess_frac": row["ess_frac"], "kl": row["kl"], "train_reward": row["train_reward"],
-            "scoring_s": scoring, "train_s": seconds_of(timings, s["checkpoint"].key),
-            "checkpoint": s["checkpoint"].key, "selection": s["selection"].key,
+            "scoring_s": scoring, "train_s": seconds_of(timings, s.checkpoint.key),
+            "checkpoint": s.checkpoint.key, "selection": s.selection.key,
         })
     # greedy pass@1, or mean@n of sampled answers when eval.n_samples > 0 (smoother on small test sets), and the
     # standard error of each evaluation over its test prompts (the same numbers as the run report's)
     acc = {n: [[t, a] for t, a in pts] for n, pts in d["acc"].items()}
     se = {n: [[t, e] for t, e in pts] for n, pts in d["se"].items()}
     need = NEEDS_OFFLINE.get(method, ())
-    off_keys = ([out["pool_rollouts"].key] if "pool" in need else []) + \
-               ([r.key for r in out["val_rollouts"].values()] if "val" in need else [])
+    off_keys = ([out.pool_rollouts.key] if "pool" in need else []) + \
+               ([r.key for r in out.val_rollouts.values()] if "val" in need else [])
     return {
         "method": method, "seed": seed, "name": cfg.name, "steps_per_stage": cfg.train.steps_per_stage,
         "metric": metric_label(cfg), "acc": acc, "se": se, "roles": d["roles"],
         "stages": stages, "offline_s": _sum([seconds_of(timings, k) for k in off_keys]),
-        "bootstrap_s": seconds_of(timings, out["base_checkpoint"].key),
-        "base_checkpoint": out["base_checkpoint"].key, "final_checkpoint": out["final_checkpoint"].key,
-        "report": out["report"],
+        "bootstrap_s": seconds_of(timings, out.base_checkpoint.key),
+        "base_checkpoint": out.base_checkpoint.key, "final_checkpoint": out.final_checkpoint.key,
+        "report": out.report,
     }
 
 

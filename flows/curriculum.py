@@ -15,28 +15,29 @@ from typing import Any
 from prefect import flow
 
 from cropi_core.config import RunConfig
+from flows.outputs import RunSummary, StageOutputs
 from flows.runtime import Tracker, add_counts, task_runner
 from flows.stage import SCORED
 from flows.stage import stage as stage_flow
+from tasks import artifacts as A
 from tasks import bootstrap as T_boot
 from tasks import dataset as T_data
 from tasks import evaluate as T_eval
 from tasks import rollouts as T_roll
 from tasks import selection as T_sel
 from tasks.common import LEDGER, log, run_dir
-from tasks.selection import read_selection
 
 
 @flow(name="cropi-curriculum", flow_run_name="curriculum-{config.name}")
-def curriculum(config: RunConfig) -> dict[str, Any]:
+def curriculum(config: RunConfig) -> RunSummary:
     """Run the multi-stage CROPI curriculum described by `config`; returns refs, per-stage outputs and counts."""
     cfg = config
     t0 = time.perf_counter()
     tr = Tracker(cfg)
-    names = T_data.set_names(cfg)
-    pool = tr.submit(T_data.dataset, retries=False, cfg=cfg, role="pool", name="pool")
-    vals = {n: tr.submit(T_data.dataset, retries=False, cfg=cfg, role="val", name=n) for n in names["val"]}
-    tests = {n: tr.submit(T_data.dataset, retries=False, cfg=cfg, role=role, name=n)
+    names = A.set_names(cfg)
+    pool = tr.submit(T_data.dataset, cfg=cfg, role="pool", name="pool")
+    vals = {n: tr.submit(T_data.dataset, cfg=cfg, role="val", name=n) for n in names["val"]}
+    tests = {n: tr.submit(T_data.dataset, cfg=cfg, role=role, name=n)
              for role in ("test_targeted", "test_untargeted") for n in names[role]}
 
     base = tr.submit(T_boot.base_model, cfg=cfg)
@@ -50,7 +51,7 @@ def curriculum(config: RunConfig) -> dict[str, Any]:
     roll_val_r = {n: f.result() for n, f in roll_val.items()}
     vals_r = {n: f.result() for n, f in vals.items()}
     ckpt = base.result()
-    stages: list[dict[str, Any]] = []
+    stages: list[StageOutputs] = []
     counts = {"task_runs": 0, "cached": 0, "failed": 0}
     runner = task_runner(cfg)
     fixed = None
@@ -64,22 +65,20 @@ def curriculum(config: RunConfig) -> dict[str, Any]:
         out = stage_flow.with_options(task_runner=runner)(
             config=cfg, stage=m, ckpt=ckpt, pool=pool_r, pool_rollouts=behaviour_pool, val_rollouts=behaviour_val,
             tests=tests_r, fixed_selection=fixed)
-        counts = add_counts(counts, out.pop("counts"))
+        counts = add_counts(counts, out.counts)
         stages.append(out)
-        ckpt = out["checkpoint"]
+        ckpt = out.checkpoint
         if cfg.selection.method == "influence_once" and fixed is None:
-            fixed = out["selection"]
+            fixed = out.selection
 
     from flows.reports import final_report
 
-    summary = {
-        "name": cfg.name, "base_checkpoint": base.result(), "final_checkpoint": ckpt, "pool": pool_r,
-        "pool_rollouts": roll_pool_r, "val_rollouts": roll_val_r, "tests": tests_r,
-        "evals0": {n: f.result() for n, f in evals0.items()}, "stages": stages, "refreshes": refreshes,
-    }
-    summary["report"] = str(final_report(cfg, summary))
-    summary["counts"] = add_counts(counts, tr.counts())
-    summary["flow_seconds"] = time.perf_counter() - t0
+    summary = RunSummary(name=cfg.name, base_checkpoint=base.result(), final_checkpoint=ckpt, pool=pool_r,
+                         pool_rollouts=roll_pool_r, val_rollouts=roll_val_r, tests=tests_r,
+                         evals0={n: f.result() for n, f in evals0.items()}, stages=stages, refreshes=refreshes)
+    summary.report = str(final_report(cfg, summary))
+    summary.counts = add_counts(counts, tr.counts())
+    summary.flow_seconds = time.perf_counter() - t0
     return summary
 
 
@@ -89,7 +88,7 @@ def maybe_refresh(tr: Tracker, cfg: RunConfig, m: int, ckpt, pool, vals: dict, b
     from θ_m (cached artifacts whose parent is θ_m). Returns (pool rollouts, val rollouts, a record of the
     decision for the summary)."""
     h = tr.submit(T_sel.pool_health, cfg=cfg, ckpt=ckpt, pool_rollouts=behaviour_pool, stage=m).result()
-    ess = T_sel.read_health(cfg, h).get("ess_frac")
+    ess = A.read_health(cfg, h).get("ess_frac")
     rec: dict[str, Any] = {"stage": m, "ess_frac": ess, "threshold": cfg.influence.refresh_ess,
                            "behaviour_checkpoint": ckpt.key, "refreshed": False, "health": h.key}
     if ess is None or ess >= cfg.influence.refresh_ess:
@@ -119,17 +118,17 @@ def run_curriculum(cfg: RunConfig) -> dict[str, Any]:
         if own_sink:
             LEDGER.sink = None
     seconds = time.perf_counter() - t0
-    counts = {**out["counts"], "computed": LEDGER.count("computed"), "storage_hits": LEDGER.count("storage-hit")}
+    counts = {**out.counts, "computed": LEDGER.count("computed"), "storage_hits": LEDGER.count("storage-hit")}
     summary = {
-        "name": cfg.name, "seconds": seconds, "flow_seconds": out["flow_seconds"], "counts": counts,
+        "name": cfg.name, "seconds": seconds, "flow_seconds": out.flow_seconds, "counts": counts,
         "faults": LEDGER.count("fault"), "computed": LEDGER.computed(),
-        "final_checkpoint": out["final_checkpoint"].key, "base_checkpoint": out["base_checkpoint"].key,
-        "report": out["report"],
-        "stages": [{"stage": s["stage"], "checkpoint": s["checkpoint"].key, "selection": s["selection"].key,
-                    "selected_ids": read_selection(cfg, s["selection"])["ids"],
-                    "grads": {n: g.key for n, g in s["grads"].items()}} for s in out["stages"]],
-        "pool_rollouts": out["pool_rollouts"].key, "val_rollouts": {n: r.key for n, r in out["val_rollouts"].items()},
-        "refreshes": out["refreshes"],
+        "final_checkpoint": out.final_checkpoint.key, "base_checkpoint": out.base_checkpoint.key,
+        "report": out.report,
+        "stages": [{"stage": s.stage, "checkpoint": s.checkpoint.key, "selection": s.selection.key,
+                    "selected_ids": A.read_selection(cfg, s.selection)["ids"],
+                    "grads": {n: g.key for n, g in s.grads.items()}} for s in out.stages],
+        "pool_rollouts": out.pool_rollouts.key, "val_rollouts": {n: r.key for n, r in out.val_rollouts.items()},
+        "refreshes": out.refreshes,
     }
     (run_dir(cfg) / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary

@@ -8,6 +8,7 @@ from prefect import flow
 from cropi_core.config import RunConfig
 from flows.runtime import Tracker
 from storage import ArtifactRef
+from tasks import artifacts as A
 from tasks import dataset as T_data
 from tasks import evaluate as T_eval
 from tasks.common import get_store
@@ -19,8 +20,8 @@ def evaluate(config: RunConfig, checkpoint: str, stage: int = -1) -> dict[str, f
     cfg = config
     tr = Tracker(cfg)
     ckpt: ArtifactRef = get_store(cfg).ref(checkpoint)
-    names = T_data.set_names(cfg)
-    tests = {n: tr.submit(T_data.dataset, retries=False, cfg=cfg, role=role, name=n)
+    names = A.set_names(cfg)
+    tests = {n: tr.submit(T_data.dataset, cfg=cfg, role=role, name=n)
              for role in ("test_targeted", "test_untargeted") for n in names[role]}
     evals = {n: tr.submit(T_eval.evaluate, cfg=cfg, ckpt=ckpt, data=d, name=n, stage=stage) for n, d in tests.items()}
-    return {n: float(T_eval.read_eval(cfg, f.result())["accuracy"]) for n, f in evals.items()}
+    return {n: float(A.read_eval(cfg, f.result())["accuracy"]) for n, f in evals.items()}

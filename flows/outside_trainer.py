@@ -28,7 +28,7 @@ from cropi_core.errors import ConfigError, CropiError
 from flows.runtime import task_runner
 from flows.select import SelectJob, export, select_flow
 from storage import ArtifactRef
-from tasks.common import LEDGER, bind, computed, get_store, log
+from tasks.common import LEDGER, NO_RETRY_TAG, bind, computed, get_store, log
 
 
 def render_command(template: str, **values: str) -> list[str]:
@@ -59,7 +59,7 @@ def external_train(argv: list[str], out: str, stage: int, timeout_s: float | Non
     return str(folder)
 
 
-@task(name="register-trained", task_run_name="register-trained-s{stage}")
+@task(name="register-trained", task_run_name="register-trained-s{stage}", tags=[NO_RETRY_TAG])
 def register_trained(cfg: RunConfig, folder: str, parent: ArtifactRef, selection: ArtifactRef, stage: int,
                      command: str) -> ArtifactRef:
     """The trainer's output as a checkpoint artifact (parents: its input checkpoint and the selection)."""
@@ -108,7 +108,7 @@ def outside_trainer(config: RunConfig, job: SelectJob, train_command: str, stage
         refs = select_flow(config=cfg, job=j)
         export(cfg, j, refs)
         ckpt_out = work_dir / f"stage-{m}" / "checkpoint"
-        from tasks.bootstrap import checkpoint_path
+        from tasks.artifacts import checkpoint_path
 
         argv = render_command(train_command, checkpoint=str(checkpoint_path(cfg, refs["checkpoint"])),
                               subset=str(sel_dir / subset_name_for(j)), out=str(ckpt_out), stage=str(m))
@@ -123,7 +123,7 @@ def outside_trainer(config: RunConfig, job: SelectJob, train_command: str, stage
                 folder = train(argv, str(ckpt_out), m, timeout_s)
             except (RuntimeError, OSError, subprocess.TimeoutExpired) as err:
                 raise CropiError(f"stage {m}: {err} (after {retries + 1} attempts)") from None
-            new = bind(register_trained, cfg, retries=False)(cfg, folder, refs["checkpoint"], refs["selection"], m,
+            new = bind(register_trained, cfg)(cfg, folder, refs["checkpoint"], refs["selection"], m,
                                                              train_command)
         out.append({"stage": m, "selection": refs["selection"], "checkpoint": refs["checkpoint"], "trained": new,
                     "select_dir": str(sel_dir), "trained_dir": folder})
@@ -132,7 +132,7 @@ def outside_trainer(config: RunConfig, job: SelectJob, train_command: str, stage
 
 
 def subset_name_for(job: SelectJob) -> str:
-    from tasks.byot import prompt_set
+    from tasks.artifacts import prompt_set
 
     return subset_name(prompt_set(job.pool.path, job.pool.name, job.verifier))
 

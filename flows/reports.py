@@ -19,6 +19,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from cropi_core.config import RunConfig
+from flows.outputs import RunSummary, StageOutputs, artifact_view
 from storage import ArtifactRef, lineage, render_lineage_png, render_lineage_text
 from tasks.common import LEDGER, get_store, run_dir
 
@@ -70,7 +71,7 @@ def _fmt(x: Any) -> str:
 
 
 def _metric_label(cfg: RunConfig) -> str:
-    from tasks.evaluate import metric_label
+    from tasks.artifacts import metric_label
 
     return metric_label(cfg)
 
@@ -85,32 +86,29 @@ def _md_table(rows: list[dict]) -> str:
 
 
 # ---------------------------------------------------------------- per stage
-def stage_rows(cfg: RunConfig, out: dict[str, Any]) -> dict[str, Any]:
+def stage_rows(cfg: RunConfig, out: StageOutputs) -> dict[str, Any]:
     """Numbers of one stage, read back from the artifacts' manifests."""
-    from tasks.selection import read_selection
+    from tasks.artifacts import read_selection
 
-    sel = read_selection(cfg, out["selection"])
-    sm = _meta(cfg, out["selection"])
-    online = _meta(cfg, out["online"])
-    health = _meta(cfg, out["health"])
-    ck = _meta(cfg, out["checkpoint"])
+    sel = read_selection(cfg, out.selection)
+    sm, online, health, ck = (_meta(cfg, r) for r in (out.selection, out.online, out.health, out.checkpoint))
     return {
-        "stage": out["stage"], "method": sel["method"], "selected": len(sel["indices"]), "pool": sm.get("pool"),
+        "stage": out.stage, "method": sel["method"], "selected": len(sel["indices"]), "pool": sm.get("pool"),
         "domains": sm.get("domains", {}), "offline_pass_rate": float(np.mean(sel["offline_pass_rate"])) if sel["indices"] else None,
         "online_pass_rate": online.get("mean_pass_rate"), "ess_frac": health.get("ess_frac"), "kl": health.get("kl"),
-        "train_reward": ck.get("reward_mean"), "checkpoint": out["checkpoint"].key,
-        "accuracy": {n: _acc_se(cfg, r) for n, r in out["evals"].items()},
+        "train_reward": ck.get("reward_mean"), "checkpoint": out.checkpoint.key,
+        "accuracy": {n: _acc_se(cfg, r) for n, r in out.evals.items()},
     }
 
 
 def _acc_se(cfg: RunConfig, ref: ArtifactRef) -> tuple[float | None, float | None]:
-    from tasks.evaluate import accuracy_and_se
+    from tasks.artifacts import accuracy_and_se
 
     return accuracy_and_se(cfg, ref)
 
 
-@task(name="report-stage", task_run_name="report-s{out[stage]}", cache_policy=NO_CACHE)
-def stage_report(cfg: RunConfig, out: dict[str, Any]) -> str:
+@task(name="report-stage", task_run_name="report-s{out.stage}", cache_policy=NO_CACHE)
+def stage_report(cfg: RunConfig, out: StageOutputs) -> str:
     """Markdown + keyed table for one stage; file `<run folder>/stage_<m>.md`. Returns the file path."""
     r = stage_rows(cfg, out)
     m = r["stage"]
@@ -152,7 +150,7 @@ def seconds_of(timings: dict[str, float], key: str) -> float | None:
     return float(sum(vals)) if vals else None
 
 
-def cost_rows(summary: dict[str, Any], timings: dict[str, float]) -> list[dict]:
+def cost_rows(summary: RunSummary, timings: dict[str, float]) -> list[dict]:
     """Seconds per stage: offline rollouts (one-time, then amortised over the stages), scoring (sketches, scores,
     selection), GRPO training and evaluation. "reused" = found in storage, computed by an earlier run."""
     def secs(keys: list[str]) -> float | None:
@@ -160,41 +158,37 @@ def cost_rows(summary: dict[str, Any], timings: dict[str, float]) -> list[dict]:
         return None if all(v is None for v in vals) else float(sum(v or 0.0 for v in vals))
 
     fmt = lambda v: "reused" if v is None else f"{v:.1f}"  # noqa: E731
-    offline = secs([summary["pool_rollouts"].key] + [r.key for r in summary["val_rollouts"].values()])
-    n = max(1, len(summary["stages"]))
+    offline = secs([summary.pool_rollouts.key] + [r.key for r in summary.val_rollouts.values()])
+    n = max(1, len(summary.stages))
     rows = [{"stage": "offline rollouts (one-time)", "offline (amortised)": fmt(offline), "scoring": "", "training": "",
-             "evaluation": fmt(secs([r.key for r in summary["evals0"].values()])) + " (step 0)"}]
-    for s in summary["stages"]:
-        scoring = [g.key for g in s["grads"].values()] + [r.key for r in (s.get("scores"), s["selection"]) if r is not None]
-        rows.append({"stage": str(s["stage"]), "offline (amortised)": "reused" if offline is None else f"{offline / n:.1f}",
-                     "scoring": fmt(secs(scoring)), "training": fmt(secs([s["checkpoint"].key])),
-                     "evaluation": fmt(secs([r.key for r in s["evals"].values()]))})
+             "evaluation": fmt(secs([r.key for r in summary.evals0.values()])) + " (step 0)"}]
+    for s in summary.stages:
+        rows.append({"stage": str(s.stage), "offline (amortised)": "reused" if offline is None else f"{offline / n:.1f}",
+                     "scoring": fmt(secs([r.key for r in s.scoring])), "training": fmt(secs([s.checkpoint.key])),
+                     "evaluation": fmt(secs([r.key for r in s.evals.values()]))})
     return rows
 
 
 # ---------------------------------------------------------------- per run
-def collect(cfg: RunConfig, summary: dict[str, Any]) -> dict[str, Any]:
+def collect(cfg: RunConfig, summary: RunSummary) -> dict[str, Any]:
     """Everything the final report plots, as plain numbers."""
-    from tasks.rollouts import pass_rates
-    from tasks.selection import read_scores, read_selection
-
-    from tasks.evaluate import accuracy_and_se
+    from tasks.artifacts import accuracy_and_se, pass_rates, read_scores, read_selection
 
     store = get_store(cfg)
     E = cfg.train.steps_per_stage
-    roles = {n: _meta(cfg, d).get("role", "test") for n, d in summary["tests"].items()}
+    roles = {n: _meta(cfg, d).get("role", "test") for n, d in summary.tests.items()}
     acc: dict[str, list[tuple[int, float]]] = {}
     se: dict[str, list[tuple[int, float | None]]] = {}
-    for step, evals in [(0, summary["evals0"])] + [((s["stage"] + 1) * E, s["evals"]) for s in summary["stages"]]:
+    for step, evals in [(0, summary.evals0)] + [((s.stage + 1) * E, s.evals) for s in summary.stages]:
         for n, r in evals.items():
             a, e = accuracy_and_se(cfg, r)
             acc.setdefault(n, []).append((step, a))
             se.setdefault(n, []).append((step, e))
     stages = []
-    for s in summary["stages"]:
-        sel = read_selection(cfg, s["selection"])
-        scores = read_scores(cfg, s["scores"])[1] if s.get("scores") is not None else None
-        online = pass_rates(store, s["online"].key)
+    for s in summary.stages:
+        sel = read_selection(cfg, s.selection)
+        scores = read_scores(cfg, s.scores)[1] if s.scores is not None else None
+        online = pass_rates(store, s.online.key)
         stages.append({**stage_rows(cfg, s), "ids": sel["ids"], "offline": np.asarray(sel["offline_pass_rate"]),
                        "online": online, "scores": scores})
     return {"acc": acc, "se": se, "roles": roles, "stages": stages}
@@ -338,28 +332,19 @@ def _plots(cfg: RunConfig, d: dict[str, Any], folder: Path) -> dict[str, Path]:
     return paths
 
 
-def report_stamp(cfg: RunConfig, summary: dict[str, Any]) -> str:
+def report_stamp(cfg: RunConfig, summary: RunSummary) -> str:
     """Hash of every artifact key the report is drawn from (plus the plotted config fields)."""
     import hashlib
 
     from storage import canonical_json
 
-    def keys(x: Any) -> Any:
-        if isinstance(x, ArtifactRef):
-            return x.key
-        if isinstance(x, dict):
-            return {str(k): keys(v) for k, v in x.items()}
-        if isinstance(x, (list, tuple)):
-            return [keys(v) for v in x]
-        return x if isinstance(x, (str, int, float, bool)) or x is None else str(x)
-
-    body = {"summary": keys({k: v for k, v in summary.items() if k not in ("report", "counts", "flow_seconds")}),
+    body = {"summary": artifact_view(summary, skip=("report", "counts", "flow_seconds")),
             "steps": cfg.train.steps_per_stage, "version": 1}
     return hashlib.sha256(canonical_json(body).encode()).hexdigest()
 
 
 @task(name="report", cache_policy=NO_CACHE)
-def final_report(cfg: RunConfig, summary: dict[str, Any]) -> Path:
+def final_report(cfg: RunConfig, summary: RunSummary) -> Path:
     """Write `<run folder>/report.md` with plots and the lineage graph; publish them as Prefect artifacts."""
     folder = run_dir(cfg)
     d = collect(cfg, summary)
@@ -374,7 +359,7 @@ def final_report(cfg: RunConfig, summary: dict[str, Any]) -> Path:
         lineage_txt = lineage_txt_file.read_text().rstrip("\n")
     else:
         paths = _plots(cfg, d, folder)
-        graph = lineage(get_store(cfg), summary["final_checkpoint"].key)
+        graph = lineage(get_store(cfg), summary.final_checkpoint.key)
         paths["lineage"] = render_lineage_png(graph, folder / "lineage.png")
         lineage_txt = render_lineage_text(graph)
         lineage_txt_file.write_text(lineage_txt + "\n")
@@ -394,7 +379,7 @@ def final_report(cfg: RunConfig, summary: dict[str, Any]) -> Path:
     titles = {"accuracy": "Accuracy vs step", "composition": "Selected-set composition", "popi_hist": "POPI histogram",
               "overlap": "Stage-to-stage overlap", "offline_online": "Offline vs online pass rate (Figure 6)",
               "health": "Off-policy health", "lineage": "Lineage of the final checkpoint"}
-    md = [f"# CROPI run `{cfg.name}`\n", f"Final checkpoint: `{summary['final_checkpoint'].key}`\n",
+    md = [f"# CROPI run `{cfg.name}`\n", f"Final checkpoint: `{summary.final_checkpoint.key}`\n",
           f"Selection: `{cfg.selection.method}`, ratio {cfg.selection.ratio}, {cfg.train.stages} stages × "
           f"{cfg.train.steps_per_stage} GRPO steps.\n",
           f"## Accuracy: targeted and untargeted means\n\nMetric: {_metric_label(cfg)}; ± is the standard error of one "

@@ -5,16 +5,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect import Task
+import contextlib
+
+from prefect import Task, unmapped
 from prefect.futures import PrefectFuture, wait
 
 from cropi_core.config import RunConfig
 from cropi_core.errors import ConfigError
-from tasks.common import bind
-
-
-# tasks that run a model (and so want a GPU when `runner.gpus_per_task > 0` on Ray)
-GPU_TASKS = frozenset({"bootstrap", "rollouts", "calibration", "grads-chunk", "train", "evaluate", "health"})
+from tasks.common import GPU_TAG, bind
 
 
 class Tracker:
@@ -24,18 +22,29 @@ class Tracker:
         self.cfg = cfg
         self.futures: list[PrefectFuture] = []
 
-    def submit(self, task: Task, *, retries: bool = True, wait_for: list | None = None, **params: Any) -> PrefectFuture:
-        bound = bind(task, self.cfg, retries=retries)
+    def _placement(self, task: Task):
+        """Tasks that run a model carry GPU_TAG on their decorator; on Ray they get `runner.gpus_per_task` GPUs."""
         r = self.cfg.runner
-        if r.kind == "ray" and r.gpus_per_task > 0 and task.name in GPU_TASKS:
+        if r.kind == "ray" and r.gpus_per_task > 0 and GPU_TAG in task.tags:
             from prefect_ray.context import remote_options
 
-            with remote_options(num_gpus=r.gpus_per_task):  # Ray schedules the task on a GPU slot
-                fut = bound.submit(wait_for=wait_for, **params)
-        else:
-            fut = bound.submit(wait_for=wait_for, **params)
+            return remote_options(num_gpus=r.gpus_per_task)  # Ray schedules the task on a GPU slot
+        return contextlib.nullcontext()
+
+    def submit(self, task: Task, *, wait_for: list | None = None, **params: Any) -> PrefectFuture:
+        with self._placement(task):
+            fut = bind(task, self.cfg).submit(wait_for=wait_for, **params)
         self.futures.append(fut)
         return fut
+
+    def map(self, task: Task, over: dict[str, list], **params: Any) -> list[PrefectFuture]:
+        """One run of `task` per element of the lists in `over`; every other parameter is passed whole."""
+        if not any(over.values()):
+            return []
+        with self._placement(task):
+            futs = list(bind(task, self.cfg).map(**over, **{n: unmapped(v) for n, v in params.items()}))
+        self.futures += futs
+        return futs
 
     def counts(self) -> dict[str, int]:
         """Task runs submitted by this flow, how many Prefect served from its cache, and how many failed."""

@@ -30,6 +30,7 @@ from pydantic import BaseModel
 from cropi_core.config import RunConfig
 from flows.runtime import Tracker, task_runner
 from flows.stage import stage_sketches
+from tasks import artifacts as A
 from tasks import byot as T_byot
 from tasks import rollouts as T_roll
 from tasks import selection as T_sel
@@ -82,9 +83,9 @@ def select_flow(config: RunConfig, job: SelectJob) -> dict[str, Any]:
     else:
         beh_f = tr.submit(T_byot.import_checkpoint, cfg=cfg, path=job.behaviour, gguf_file=job.behaviour_gguf_file,
                           label="behaviour")
-    pool_f = tr.submit(T_byot.import_dataset, retries=False, cfg=cfg, path=job.pool.path, name=job.pool.name,
+    pool_f = tr.submit(T_byot.import_dataset, cfg=cfg, path=job.pool.path, name=job.pool.name,
                        verifier=job.verifier, role="pool")
-    val_f = {v.name: tr.submit(T_byot.import_dataset, retries=False, cfg=cfg, path=v.path, name=v.name,
+    val_f = {v.name: tr.submit(T_byot.import_dataset, cfg=cfg, path=v.path, name=v.name,
                                verifier=job.verifier, role="val") for v in job.val}
 
     def rollouts_of(data_f, k: int, spec: RolloutsInput | None, label: str):
@@ -117,13 +118,13 @@ def scores_table(cfg: RunConfig, refs: dict[str, Any], pool_set) -> dict[str, li
 
     from cropi_core.scoring import fuse_ranks, rank_order
 
-    names, popi = T_sel.read_scores(cfg, refs["scores"])
+    names, popi = A.read_scores(cfg, refs["scores"])
     lists = [np.asarray(s, dtype=np.float64) for s in popi]
     fused = fuse_ranks(lists, top_ratio=cfg.selection.ratio, k_rrf=cfg.selection.k_rrf)
     order = rank_order(fused)
     rank = np.empty(len(order), dtype=np.int64)
     rank[order] = np.arange(1, len(order) + 1)
-    chosen = set(T_sel.selected_indices(cfg, refs["selection"]))
+    chosen = set(A.selected_indices(cfg, refs["selection"]))
     table: dict[str, list] = {"id": [p.id for p in pool_set.problems], "row": [r + 1 for r in pool_set.rows]}
     for n, s in zip(names, lists):
         table[f"popi_{n.removeprefix('val/')}"] = [None if not np.isfinite(x) else float(x) for x in s]
@@ -158,7 +159,7 @@ def export(cfg: RunConfig, job: SelectJob, refs: dict[str, Any]) -> Path:
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
-        pool_set = T_byot.prompt_set(job.pool.path, job.pool.name, job.verifier)
+        pool_set = A.prompt_set(job.pool.path, job.pool.name, job.verifier)
         table = scores_table(cfg, refs, pool_set)
         pq.write_table(pa.table(table), str(tmp / "scores.parquet"))
         with open(tmp / "scores.csv", "w", newline="") as f:
@@ -166,7 +167,7 @@ def export(cfg: RunConfig, job: SelectJob, refs: dict[str, Any]) -> Path:
             w.writerow(list(table))
             for row in zip(*table.values()):
                 w.writerow(["" if v is None else v for v in row])
-        sel = T_sel.read_selection(cfg, refs["selection"])
+        sel = A.read_selection(cfg, refs["selection"])
         files = ["scores.parquet", "scores.csv"]
         if job.write_subset:
             name = subset_name(pool_set)
@@ -225,7 +226,7 @@ def run_select(cfg: RunConfig, job: SelectJob) -> dict[str, Any]:
         "seconds": time.perf_counter() - t0, "out": str(out), "computed": LEDGER.computed(),
         "storage_hits": LEDGER.count("storage-hit"), "counts": refs["counts"],
         "selection": refs["selection"].key, "scores": refs["scores"].key,
-        "selected_ids": T_sel.read_selection(cfg, refs["selection"])["ids"],
+        "selected_ids": A.read_selection(cfg, refs["selection"])["ids"],
     }
 
 

@@ -10,7 +10,9 @@ from prefect import flow
 
 from cropi_core.config import RunConfig
 from storage import ArtifactRef, StorageError
+from flows.outputs import StageOutputs
 from flows.runtime import Tracker
+from tasks import artifacts as A
 from tasks import evaluate as T_eval
 from tasks import grads as T_grads
 from tasks import rollouts as T_roll
@@ -19,22 +21,6 @@ from tasks import train as T_train
 from tasks.common import get_store, log
 
 SCORED = ("popi", "influence_once")
-
-
-def submit_grads(tr: Tracker, cfg: RunConfig, stage: int, ckpt: ArtifactRef, rollouts: ArtifactRef, label: str,
-                 calibration: ArtifactRef | None = None):
-    """Map the gradient computation over the row chunks still missing, then finalize; returns the finalize future."""
-    n = T_roll.num_rows(get_store(cfg), rollouts)
-    missing = T_grads.missing_chunks(cfg, ckpt, rollouts, n, stage, calibration)
-    if missing:
-        log(f"stage {stage}: grads {label}: {len(missing)} of {T_grads.num_chunks(cfg, n)} chunks to compute")
-    # only chunks missing or corrupt in storage are submitted: Prefect's cache must not answer for them
-    chunk_task = T_grads.grads_chunk.with_options(refresh_cache=True)
-    chunks = [tr.submit(chunk_task, cfg=cfg, ckpt=ckpt, rollouts=rollouts, chunk=i, n_rows=n, stage=stage,
-                        label=label, calibration=calibration) for i in missing]
-    fin = tr.submit(T_grads.grads_finalize, retries=False, cfg=cfg, ckpt=ckpt, rollouts=rollouts, chunks=chunks,
-                    n_rows=n, stage=stage, label=label, calibration=calibration)
-    return fin, chunks
 
 
 def result_or_upstream_error(fut, upstream: list):
@@ -61,52 +47,63 @@ def stage_sketches(tr: Tracker, cfg: RunConfig, stage: int, ckpt: ArtifactRef, p
 def grads_ref(tr: Tracker, cfg: RunConfig, stage: int, ckpt: ArtifactRef, rollouts: ArtifactRef, label: str,
               calibration: ArtifactRef | None = None) -> ArtifactRef:
     """Finalized gradient artifact; chunks found corrupt at finalize time are recomputed once, bypassing the cache."""
-    fut, chunks = submit_grads(tr, cfg, stage, ckpt, rollouts, label, calibration)
-    if chunks:  # console progress over the chunk tasks
-        from prefect.futures import as_completed
-        from tqdm.auto import tqdm
-
-        with tqdm(total=len(chunks), desc=f"grads {label} stage {stage}", unit="chunk", leave=False) as bar:
-            for _ in as_completed(chunks):
-                bar.update()
+    params = dict(cfg=cfg, ckpt=ckpt, rollouts=rollouts, n_rows=A.num_rows(get_store(cfg), rollouts), stage=stage,
+                  label=label, calibration=calibration)
     try:
-        return result_or_upstream_error(fut, chunks)
+        return submit_grads(tr, params)
     except StorageError as err:
         log(f"stage {stage}: grads {label}: {err}; recomputing the missing chunks")
-        n = T_roll.num_rows(get_store(cfg), rollouts)
-        missing = T_grads.missing_chunks(cfg, ckpt, rollouts, n, stage, calibration)
-        chunks = [tr.submit(T_grads.grads_chunk.with_options(refresh_cache=True), cfg=cfg, ckpt=ckpt, rollouts=rollouts,
-                            chunk=i, n_rows=n, stage=stage, label=label, calibration=calibration) for i in missing]
-        return tr.submit(T_grads.grads_finalize.with_options(refresh_cache=True), retries=False, cfg=cfg, ckpt=ckpt,
-                         rollouts=rollouts, chunks=chunks, n_rows=n, stage=stage, label=label,
-                         calibration=calibration).result()
+        return submit_grads(tr, params, refresh=True)
+
+
+def submit_grads(tr: Tracker, params: dict[str, Any], refresh: bool = False) -> ArtifactRef:
+    """One chunk task mapped over each row chunk still missing in storage (Prefect's cache must not answer for
+    those), then finalize (`refresh`: bypassing the cache too); the finalized ref."""
+    missing = T_grads.missing_chunks(**params)
+    stage, label = params["stage"], params["label"]
+    if missing:
+        log(f"stage {stage}: grads {label}: {len(missing)} of {A.num_chunks(params['cfg'], params['n_rows'])} chunks "
+            "to compute")
+    chunks = tr.map(T_grads.grads_chunk.with_options(refresh_cache=True), {"chunk": missing}, **params)
+    fin = tr.submit(T_grads.grads_finalize.with_options(refresh_cache=refresh), chunks=chunks, **params)
+    progress(chunks, f"grads {label} stage {stage}")
+    return result_or_upstream_error(fin, chunks)
+
+
+def progress(futures: list, desc: str) -> None:
+    """Console progress bar over task futures (none when there are none)."""
+    if not futures:
+        return
+    from prefect.futures import as_completed
+    from tqdm.auto import tqdm
+
+    with tqdm(total=len(futures), desc=desc, unit="chunk", leave=False) as bar:
+        for _ in as_completed(futures):
+            bar.update()
 
 
 @flow(name="cropi-stage", flow_run_name="stage-{stage}")
 def stage(config: RunConfig, stage: int, ckpt: ArtifactRef, pool: ArtifactRef, pool_rollouts: ArtifactRef,
           val_rollouts: dict[str, ArtifactRef], tests: dict[str, ArtifactRef],
-          fixed_selection: ArtifactRef | None = None) -> dict[str, Any]:
+          fixed_selection: ArtifactRef | None = None) -> StageOutputs:
     """Run curriculum stage `stage` from checkpoint `ckpt`; returns the refs it produced and its task counts.
 
     fixed_selection: reuse this selection instead of scoring (method `influence_once` after stage 0).
     """
     cfg = config
     tr = Tracker(cfg)
-    method = cfg.selection.method
-    out: dict[str, Any] = {"stage": stage, "input_checkpoint": ckpt, "grads": {}, "scores": None}
-
+    grads: dict[str, ArtifactRef] = {}
+    scores = None
     if fixed_selection is not None:
         sel = fixed_selection
     else:
-        scores = None
-        if method in SCORED:
+        if cfg.selection.method in SCORED:
             g_pool, g_val = stage_sketches(tr, cfg, stage, ckpt, pool_rollouts, val_rollouts)
-            out["grads"] = {"pool": g_pool, **g_val}
+            grads = {"pool": g_pool, **g_val}
             scores = tr.submit(T_sel.scores, cfg=cfg, pool_grads=g_pool, val_grads=g_val, stage=stage)
         sel = tr.submit(T_sel.selection, cfg=cfg, stage=stage, pool=pool, pool_rollouts=pool_rollouts, scores=scores)
-        out["scores"] = scores.result() if scores is not None else None
+        scores = scores.result() if scores is not None else None
         sel = sel.result()
-    out["selection"] = sel
 
     online = tr.submit(T_roll.rollouts, cfg=cfg, ckpt=ckpt, data=pool, k=cfg.rollout.k_train, subset=sel,
                        label=f"online-s{stage}")
@@ -115,12 +112,11 @@ def stage(config: RunConfig, stage: int, ckpt: ArtifactRef, pool: ArtifactRef, p
     evals = {n: tr.submit(T_eval.evaluate, cfg=cfg, ckpt=new_ckpt, data=d, name=n, stage=stage + 1)
              for n, d in tests.items()}
 
-    out["checkpoint"] = new_ckpt.result()
-    out["online"] = online.result()
-    out["health"] = health.result()
-    out["evals"] = {n: f.result() for n, f in evals.items()}
+    out = StageOutputs(stage=stage, input_checkpoint=ckpt, selection=sel, checkpoint=new_ckpt.result(),
+                       online=online.result(), health=health.result(), evals={n: f.result() for n, f in evals.items()},
+                       grads=grads, scores=scores)
     from flows.reports import stage_report
 
     stage_report(cfg, out)
-    out["counts"] = tr.counts()
+    out.counts = tr.counts()
     return out

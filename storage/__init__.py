@@ -9,8 +9,7 @@ from storage.keys import artifact_key, canonical_json, checkpoint_hash, dataset_
 from storage.lineage import LineageGraph, lineage, render_lineage_png, render_lineage_text
 from storage.manifest import MANIFEST_VERSION, Manifest
 from storage.refs import ArtifactRef
-from storage.root import open_store
-from storage.store import ArtifactWriter, Store
+from storage.store import ArtifactWriter, Store, open_store
 
 __all__ = [
     "ArtifactRef", "ArtifactWriter", "ChunkedArray", "LineageGraph", "MANIFEST_VERSION", "Manifest", "Store",

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 import zarr
@@ -23,9 +23,20 @@ from storage.errors import StorageError
 from storage.keys import sha256_bytes
 from storage.manifest import ArrayInfo, ChunkInfo, FileInfo, Manifest, validate_relpath
 from storage.refs import ArtifactRef
+from storage.root import FS
 
-if TYPE_CHECKING:
-    from storage.store import Store
+
+class Store(Protocol):
+    """What arrays need of a `storage.store.Store` (which builds them: this module must not import it back)."""
+
+    io: FS
+    local: bool
+    storage_options: dict
+
+    def url_of(self, path: str) -> str: ...
+    def artifact_dir(self, key: str) -> str: ...
+    def commit(self, m: Manifest, *, own_payload_shared: bool = False) -> tuple[Manifest, bool]: ...
+    def ref(self, key: str) -> ArtifactRef: ...
 
 CHUNKED_PAYLOAD = "chunked"
 DTYPES = ("float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "bool")

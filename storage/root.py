@@ -1,4 +1,5 @@
-"""Opening a storage root from any fsspec URL, and the few filesystem primitives storage needs.
+"""Resolving a storage root URL, and the few filesystem primitives storage needs (`open_store` is beside
+`Store`, in storage/store.py).
 
 Root resolution: explicit URL > `StorageConfig.root` > `$CROPI_STORAGE` > `./.cropi`. Plain paths and file://
 URLs use the local filesystem (atomic writes via temp file + rename/link); memory:// and s3:// go through fsspec
@@ -14,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import fsspec
-from fsspec.implementations.local import LocalFileSystem
 
 from storage.errors import StorageError
 
@@ -34,29 +34,6 @@ def resolve_url(url: Any = None) -> tuple[str, str | None]:
     if not url.strip():
         raise StorageError("storage root is empty (set storage.root or CROPI_STORAGE)")
     return url, verify
-
-
-def open_store(url: Any = None, *, verify: str | None = None, storage_options: dict | None = None):
-    """Open (creating if needed) the artifact store at `url`: a plain path, file://, memory://, s3://, ...
-
-    `verify`: payload checks on read — "full" (hash everything), "sampled" (sizes + a few hashes; default),
-    "manifest" (manifest checksum only). Manifests are always verified.
-    """
-    from storage.store import Store
-
-    url, cfg_verify = resolve_url(url)
-    verify = verify or cfg_verify or os.environ.get("CROPI_STORAGE_VERIFY") or "sampled"
-    if verify not in VERIFY_MODES:
-        raise StorageError(f"storage verify mode {verify!r} is not one of {VERIFY_MODES}")
-    try:
-        fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
-    except (ImportError, ValueError) as e:
-        raise StorageError(f"cannot open storage root {url!r}: {e}") from e
-    local = isinstance(fs, LocalFileSystem)
-    if local:
-        path = os.path.abspath(os.path.expanduser(path))
-    path = path.rstrip("/") or "/"
-    return Store(url=url, fs=fs, root=path, local=local, verify=verify, storage_options=storage_options or {})
 
 
 class FS:

@@ -19,21 +19,43 @@ from pathlib import Path
 from typing import Any
 
 import fsspec
+from fsspec.implementations.local import LocalFileSystem
 import numpy as np
 import zarr
 
-from storage.arrays import ChunkedArray, chunk_key, csr_to_ragged, ragged_to_csr, write_whole_array, zarr_store
+from storage.arrays import ChunkedArray, csr_to_ragged, ragged_to_csr, write_whole_array, zarr_store
 from storage.errors import StorageError
 from storage.keys import KEY_RE, check_key, sha256_bytes, sha256_file
 from storage.manifest import MANIFEST_NAME, ArrayInfo, FileInfo, Manifest, parse_manifest, validate_relpath
 from storage.refs import ArtifactRef
-from storage.root import FS, cache_dir
+from storage.root import FS, VERIFY_MODES, cache_dir, resolve_url
 
 IDENTITY_NAME = "store.json"  # {"id": <random hex>} at the root
 
 SMALL_FILE = 1 << 20  # "sampled" verification hashes every item up to this size ...
 SAMPLED_LARGE = 2  # ... and this many larger items, chosen at random
 VERIFY_THREADS = 8  # parallel GETs when verifying on an object store
+
+
+def open_store(url: Any = None, *, verify: str | None = None, storage_options: dict | None = None) -> "Store":
+    """Open (creating if needed) the artifact store at `url`: a plain path, file://, memory://, s3://, ...
+
+    `verify`: payload checks on read — "full" (hash everything), "sampled" (sizes + a few hashes; default),
+    "manifest" (manifest checksum only). Manifests are always verified.
+    """
+    url, cfg_verify = resolve_url(url)
+    verify = verify or cfg_verify or os.environ.get("CROPI_STORAGE_VERIFY") or "sampled"
+    if verify not in VERIFY_MODES:
+        raise StorageError(f"storage verify mode {verify!r} is not one of {VERIFY_MODES}")
+    try:
+        fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
+    except (ImportError, ValueError) as e:
+        raise StorageError(f"cannot open storage root {url!r}: {e}") from e
+    local = isinstance(fs, LocalFileSystem)
+    if local:
+        path = os.path.abspath(os.path.expanduser(path))
+    path = path.rstrip("/") or "/"
+    return Store(url=url, fs=fs, root=path, local=local, verify=verify, storage_options=storage_options or {})
 
 
 class Store:
@@ -337,8 +359,6 @@ class Store:
 
 
 def _reopen(url: str, verify: str, storage_options: dict) -> Store:
-    from storage.root import open_store
-
     return open_store(url, verify=verify, storage_options=storage_options)
 
 

@@ -33,6 +33,9 @@ FAULT_ENV = "CROPI_FAULT"
 # Prefect tag on every task that runs a model (bootstrap, rollouts, grads chunks, train, evaluate, health): a tag
 # concurrency limit on it (`prefect concurrency-limit create gpu 1`) keeps concurrent runs from sharing one GPU
 GPU_TAG = "gpu"
+# Prefect tag on tasks that retrying cannot help (reading the user's data; sealing a chunked array, whose missing
+# chunks the flow recomputes instead): `bind` gives every other task `runner.retries`
+NO_RETRY_TAG = "no-retry"
 
 
 class TransientFault(RuntimeError):
@@ -155,10 +158,10 @@ def retry_transient(_task: Any, _run: Any, state: Any) -> bool:
     return not isinstance(exc, CropiError)
 
 
-def bind(task: Task, cfg: RunConfig, *, retries: bool = True) -> Task:
-    """The task with this run's result storage and retry settings (from `cfg.runner`)."""
+def bind(task: Task, cfg: RunConfig) -> Task:
+    """The task with this run's result storage and retry settings (from `cfg.runner`; none if NO_RETRY_TAG)."""
     opts: dict[str, Any] = {"result_storage": results_dir(cfg), "persist_result": True}
-    if retries:
+    if NO_RETRY_TAG not in task.tags:
         opts["retries"] = cfg.runner.retries
         opts["retry_delay_seconds"] = cfg.runner.retry_delay_s
         opts["retry_condition_fn"] = retry_transient
@@ -322,6 +325,3 @@ class Timer:
     def __exit__(self, *exc: Any) -> None:
         self.seconds = time.perf_counter() - self.t0
 
-
-def parent_keys(*refs: ArtifactRef | None) -> list[str]:
-    return [r.key for r in refs if r is not None]

@@ -441,14 +441,15 @@ def test_prefect_yaml_deployments_name_their_config_files():
 
 
 def test_model_tasks_carry_the_gpu_tag():
-    from flows.runtime import GPU_TASKS
-    from tasks import bootstrap, dataset, evaluate, grads, rollouts, selection, train
+    """The tag is what the `gpu` concurrency limit and Ray's GPU request (flows.runtime.Tracker) both read."""
+    from tasks import bootstrap, byot, dataset, evaluate, grads, rollouts, selection, train
     from tasks.common import GPU_TAG
 
     tasks = [bootstrap.base_model, dataset.dataset, evaluate.evaluate, grads.calibration, grads.grads_chunk, grads.grads_finalize,
-             rollouts.rollouts, selection.scores, selection.selection, selection.health, train.train]
+             rollouts.rollouts, selection.scores, selection.selection, selection.health, train.train,
+             byot.import_rollouts]
     tagged = {t.name for t in tasks if GPU_TAG in t.tags}
-    assert tagged == set(GPU_TASKS)
+    assert tagged == {"bootstrap", "rollouts", "calibration", "grads-chunk", "train", "evaluate", "health"}
 
 
 @pytest.mark.parametrize("args, message", [

@@ -35,7 +35,7 @@ def test_smollm2_one_stage_end_to_end(tmp_path, prefect_api):
     from storage import open_store
     from tasks import bootstrap as T_boot
     from tasks.common import LEDGER
-    from tasks.rollouts import read_rollouts
+    from tasks.artifacts import read_rollouts
 
     src = smollm2_dir()
     assert src is not None and (src / "SmolLM2-135M-Instruct.Q4_1.gguf").is_file(), \

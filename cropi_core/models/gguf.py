@@ -14,6 +14,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from cropi_core.errors import ModelError
+from cropi_core.models.hf_io import LOAD_LOCK, save_model
 
 
 def require_gguf() -> None:
@@ -30,8 +31,6 @@ def load_gguf(src_dir: str | Path, gguf_file: str, *, dtype: torch.dtype = torch
     src = Path(src_dir)
     if not (src / gguf_file).is_file():
         raise ModelError(f"{src / gguf_file}: GGUF file not found")
-    from cropi_core.models.loading import LOAD_LOCK
-
     try:
         with LOAD_LOCK:
             loaded = AutoModelForCausalLM.from_pretrained(str(src), gguf_file=gguf_file, dtype=dtype, attn_implementation=attn_implementation)
@@ -61,8 +60,6 @@ def convert_gguf(src_dir: str | Path, gguf_file: str, out_dir: str | Path) -> Pa
 
     The result loads with `load_model(out_dir)` without the `gguf` package.
     """
-    from cropi_core.models.loading import save_model
-
     model, tokenizer = load_gguf(src_dir, gguf_file)
     save_model(model, tokenizer, out_dir)
     return Path(out_dir)

@@ -10,14 +10,14 @@ import hashlib
 import json
 import os
 import shutil
-import threading
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
-from cropi_core.config import EMBEDDED_MODEL, ModelConfig
+from cropi_core.config import ModelConfig
 from cropi_core.errors import ModelError
+from cropi_core.models.hf_io import LOAD_LOCK
 from cropi_core.models.tiny import build_tiny
 from cropi_core.models.tokenizer import build_char_tokenizer
 
@@ -26,12 +26,6 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 # would instead follow config.json's model_type (qwen2 -> a BPE Qwen2Tokenizer that drops spaces and newlines).
 _GENERIC_TOKENIZERS = {"PreTrainedTokenizerFast", "TokenizersBackend"}
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
-
-
-# transformers' from_pretrained builds the model under process-global patches (meta-device init, tied-weight
-# bookkeeping); two threads loading at once (Prefect's thread-pool tasks) can leave one model with a
-# randomly initialised lm_head or meta tensors. Every load in cropi holds this lock.
-LOAD_LOCK = threading.RLock()
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -127,15 +121,6 @@ def load_model(
     except (OSError, ValueError, KeyError) as err:
         raise ModelError(f"{folder}: cannot load model: {_first_line(err)}") from None
     return model.to(dev).eval(), tokenizer
-
-
-def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, folder: str | Path) -> Path:
-    """Write `model` (safetensors, config, generation config) and `tokenizer` into `folder` (created)."""
-    out = Path(folder)
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(out), safe_serialization=True)
-    tokenizer.save_pretrained(str(out))
-    return out
 
 
 def _local_folder(name_or_path: str) -> Path:

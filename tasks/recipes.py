@@ -1,0 +1,203 @@
+"""One recipe per artifact kind: its parents, the config slice it hashes and its format version, in one table.
+
+From a `Recipe` derive the artifact key (`recipe.key`), the Prefect cache key (`recipe.policy()`), the manifest's
+parents and config (`produce` writes exactly what the key hashes) and the ledger entry. `produce` runs the steps
+every task shares — storage hit → return it; else time the payload inside a writer, commit, record — so a task
+body keeps only its payload. storage/README.md ("Artifact recipes") shows the same table.
+
+Parents are named by the task's parameters, in key order: `"a|b"` is a, or b when a is None; a dict-valued
+parameter contributes its refs sorted by name; None parents are left out. Content-keyed kinds (datasets, the
+stage-0 and imported checkpoints) name a `key_fn`; producer keys of checkpoints (whose own key is the hash of
+their weights) name the `key_kind` they are hashed under.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from cropi_core.config import RunConfig
+from storage import ArtifactRef, artifact_key, dataset_hash
+from tasks.artifacts import checkpoint_content, find_produced, held_out_prompts, prompt_set, set_problems
+from tasks.common import Timer, computed, get_store, key_policy, maybe_fault, storage_hit, work_lock
+
+
+@dataclass(frozen=True)
+class Recipe:
+    kind: str  # the artifact's kind in storage
+    parents: tuple[str, ...]  # task parameters holding the parent refs, in key order
+    config: Callable[..., dict]  # config(cfg, **task params) -> the hashed config slice (the manifest records it)
+    version: int = 1  # format version, hashed into the key
+    key_kind: str | None = None  # the kind a producer key is hashed under (outputs keyed by content)
+    key_fn: Callable[..., str] | None = None  # content-keyed kinds: the key itself, key_fn(cfg, **task params)
+
+    def parent_refs(self, params: dict[str, Any]) -> list[ArtifactRef]:
+        out: list[ArtifactRef] = []
+        for spec in self.parents:
+            value = next((params[n] for n in spec.split("|") if params.get(n) is not None), None)
+            if isinstance(value, dict):
+                out += [value[n] for n in sorted(value)]
+            elif value is not None:
+                out.append(value)
+        return out
+
+    def key(self, cfg: RunConfig, **params: Any) -> str:
+        if self.key_fn is not None:
+            return self.key_fn(cfg, **params)
+        return artifact_key(self.key_kind or self.kind, parents=[r.key for r in self.parent_refs(params)],
+                            config=self.config(cfg, **params), version=self.version)
+
+    def policy(self, intact: Callable | None = None):
+        """The Prefect cache policy: cache key = this artifact's key (see tasks.common.key_policy)."""
+        return key_policy(self.key, intact)
+
+
+def produce(recipe: Recipe, task: str, cfg: RunConfig, params: dict[str, Any],
+            payload: Callable[[Any], dict | None], fault: str | None = None) -> ArtifactRef:
+    """The artifact of `recipe` for these task parameters: from storage if there, else `payload(writer)` puts the
+    files (and returns the manifest meta) inside a writer recording the recipe's parents and config; timed,
+    committed, recorded in the ledger and as a Prefect asset. `fault`: the CROPI_FAULT name checked first."""
+    store = get_store(cfg)
+    key = recipe.key(cfg, **params)
+    if store.exists(key):
+        return storage_hit(task, store.ref(key))
+    if fault:
+        maybe_fault(fault)
+    parents = recipe.parent_refs(params)
+    with Timer() as t:
+        with store.writer(recipe.kind, key, parents=[p.key for p in parents], config=recipe.config(cfg, **params),
+                          format_version=recipe.version) as w:
+            w.meta.update(payload(w) or {})
+    return computed(task, w.ref, parents, store, t.seconds, w.meta)
+
+
+def produce_checkpoint(recipe: Recipe, task: str, cfg: RunConfig, params: dict[str, Any],
+                       build: Callable[[str], ArtifactRef], lock: str, fault: str | None = None) -> ArtifactRef:
+    """`produce` for checkpoints, whose key is the hash of their weights: found by the producer key
+    (`recipe.key`) in their meta; else, holding the work-folder lock `lock` (another run on this root may be
+    making the same one), `build(producer key)` trains or copies and registers it."""
+    store = get_store(cfg)
+    key = recipe.key(cfg, **params)
+    found = find_produced(store, "checkpoint", key)
+    if found is not None:
+        return storage_hit(task, found)
+    if fault:
+        maybe_fault(fault)
+    with work_lock(cfg, lock, key[:24]):
+        found = find_produced(store, "checkpoint", key)
+        if found is not None:  # registered while we waited for the lock
+            return storage_hit(task, found)
+        with Timer() as t:
+            ref = build(key)
+    m = store.manifest(ref.key)  # the registered checkpoint's own parents (the asset event names the same)
+    return computed(task, ref, list(m.parents), store, t.seconds, m.meta)
+
+
+# ---------------------------------------------------------------- config slices (what each kind hashes)
+def behavior_temperature(cfg: RunConfig) -> float:
+    """Temperature the stored log β were computed at (the rollout backend teacher-forces at the sampling
+    temperature), so θ's log-probs are taken at the same temperature and ρ = 1 at θ = β."""
+    return float(cfg.rollout.temperature)
+
+
+def prompt_format(cfg: RunConfig) -> dict:
+    return {"template": cfg.data.template, "instruction": cfg.data.instruction}
+
+
+RANDOM_METHODS = ("random", "pass_rate")
+
+
+def mixes_random(cfg: RunConfig) -> bool:
+    return cfg.selection.mix_random > 0 and cfg.selection.method != "full"
+
+
+def selection_config(cfg: RunConfig, stage: int, **_: Any) -> dict:
+    conf = {"selection": cfg.selection.hashable()}
+    if cfg.selection.method == "full":  # mix_random does not apply: full data keeps its key whatever the share
+        conf["selection"].pop("mix_random", None)
+    if cfg.selection.method in RANDOM_METHODS or mixes_random(cfg):
+        conf["stage"] = stage  # a fresh random subset each stage
+    return conf
+
+
+def rollouts_config(cfg: RunConfig, k: int, **_: Any) -> dict:
+    sampling = {n: v for n, v in cfg.rollout.hashable().items() if n not in ("k_train", "k_val")}
+    return {"sampling": sampling, "k": int(k), **prompt_format(cfg)}
+
+
+def imported_rollouts_config(cfg: RunConfig, path: str, fmt: str, **_: Any) -> dict:
+    from cropi_core.rollout.imported import content_hash
+
+    return {"import": {"format": fmt, "content": content_hash(path), "eos": True},
+            "temperature": behavior_temperature(cfg), **prompt_format(cfg)}
+
+
+def prompts_hash(prompts: list[str]) -> str:
+    return hashlib.sha256("\n".join(sorted(prompts)).encode("utf-8")).hexdigest()
+
+
+def base_config(cfg: RunConfig, **_: Any) -> dict:
+    """The stage-0 checkpoint's producer config: the model source, and for the embedded model its warm-up."""
+    conf = {"model": cfg.model.hashable()}
+    if not cfg.model.is_embedded:
+        return conf
+    conf["bootstrap"] = cfg.bootstrap.hashable()
+    conf["data"] = {**prompt_format(cfg), "domains": cfg.data.synthetic.domains if cfg.data.synthetic else None}
+    # The warm-up draws problems avoiding every pool/val/test prompt, so the held-out set changes the weights
+    # (e.g. another `data.synthetic.targeted` or `test_size`); version 1 left it out and shared one checkpoint.
+    conf["held_out"] = prompts_hash(held_out_prompts(cfg))
+    return conf
+
+
+def base_recipe(cfg: RunConfig) -> Recipe:
+    return RECIPES["bootstrap" if cfg.model.is_embedded else "base_model"]
+
+
+def base_key(cfg: RunConfig, **_: Any) -> str:
+    """Producer key of the stage-0 checkpoint (tiny model shape + warm-up config, or the model source)."""
+    return base_recipe(cfg).key(cfg)
+
+
+def dataset_key(cfg: RunConfig, role: str, name: str, **_: Any) -> str:
+    """Content hash of the set's normalised records."""
+    return dataset_hash([p.to_record() for p in set_problems(cfg, role, name)])
+
+
+def import_dataset_key(cfg: RunConfig, path: str, name: str, verifier: str, **_: Any) -> str:
+    return dataset_hash([p.to_record() for p in prompt_set(path, name, verifier).problems])
+
+
+def _temperature(cfg: RunConfig, **_: Any) -> dict:
+    return {"temperature": behavior_temperature(cfg)}
+
+
+def _set_name(cfg: RunConfig, role: str, name: str, **_: Any) -> dict:
+    return {"role": role, "name": name}
+
+
+# ---------------------------------------------------------------- the table: kind → parents → config
+RECIPES: dict[str, Recipe] = {
+    "dataset": Recipe("dataset", (), _set_name, key_fn=dataset_key),
+    "import_dataset": Recipe("dataset", (), _set_name, key_fn=import_dataset_key),
+    "bootstrap": Recipe("checkpoint", (), base_config, version=2, key_kind="base_model"),  # the embedded model
+    "base_model": Recipe("checkpoint", (), base_config, key_kind="base_model"),  # a local model folder
+    "import_checkpoint": Recipe("checkpoint", (), lambda cfg, path, gguf_file=None, **_: {
+        "content": checkpoint_content(path, gguf_file)}, key_kind="import_checkpoint"),
+    "rollouts": Recipe("rollouts", ("ckpt", "data", "subset"), rollouts_config),
+    "import_rollouts": Recipe("rollouts", ("ckpt", "data"), imported_rollouts_config),
+    "calibration": Recipe("calibration", ("ckpt", "pool_rollouts"), lambda cfg, **_: {
+        "calibration_prompts": cfg.influence.calibration_prompts, "aggregation": cfg.influence.aggregation,
+        **_temperature(cfg)}),
+    "grads": Recipe("grads", ("ckpt", "rollouts", "calibration"), lambda cfg, **_: {
+        "influence": cfg.influence.hashable(), **_temperature(cfg)}),
+    "scores": Recipe("scores", ("pool_grads", "val_grads"), lambda cfg, **_: {}),
+    "selection": Recipe("selection", ("pool", "scores|pool_rollouts"), selection_config),
+    "health": Recipe("health", ("ckpt", "pool_rollouts", "sel"), _temperature),
+    "pool_health": Recipe("health", ("ckpt", "pool_rollouts"), lambda cfg, **_: {**_temperature(cfg), "prompts": "all"}),
+    "train": Recipe("checkpoint", ("ckpt", "pool", "sel"), lambda cfg, stage, **_: {
+        "train": cfg.train.hashable(), "stage": stage, **prompt_format(cfg)}, key_kind="train"),
+    "evaluation": Recipe("evaluation", ("ckpt", "data"), lambda cfg, **_: {"eval": cfg.eval.hashable(),
+                                                                          **prompt_format(cfg)}),
+}
