@@ -198,7 +198,12 @@ def targets(ref_order: list[str], ref_lines: list[tuple[float, str]], kinds: lis
         if not cands:
             raise SystemExit(f"--targeted: no task of kind {kind!r} in the reference run (kinds: {TASK_KINDS})")
         i = cands[0]
-        out.append((ref_order[i], ref_order[i - 1], max(0.05, done[ref_order[i]] - done[ref_order[i - 1]])))
+        # time the kill from the previous task of the chain: evaluations run beside it (thread runner), so an
+        # evaluation that finishes just before says nothing about when the target started
+        j = i - 1
+        while j > 0 and kind != "eval" and task_kind(ref_order[j]) == "eval":
+            j -= 1
+        out.append((ref_order[i], ref_order[j], max(0.05, done[ref_order[i]] - done[ref_order[j]])))
     return out
 
 
