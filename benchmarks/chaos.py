@@ -249,6 +249,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--targeted", default="", help="instead of uniform moments: one trial per task kind listed "
                     "(e.g. rollouts,grads-chunk,finalize,scores,selection,train,eval,report), killed at a seeded "
                     "uniform moment inside that task (uniform moments over a run rarely land in sub-second tasks)")
+    ap.add_argument("--inside", default="", help="instead: one trial per task name listed (e.g. selection,scores): "
+                    "the task SIGKILLs its own process group after writing its payload, before committing it "
+                    "(CROPI_KILL, tasks.common.maybe_kill) — for tasks too short to hit by timing")
     ap.add_argument("--reference-from", type=Path, default=None,
                     help="reuse the reference run of an earlier local benchmark folder (its --out) instead of a new one")
     ap.add_argument("--from-logs", action="store_true", help="only rebuild the table from --out's logs")
@@ -294,10 +297,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"reference: {t_ref:.1f}s, final weights {list(ref.values())[0][:12]}")
         trials = []
         plan = targets(ref_order, ref_lines, args.targeted.split(",")) if args.targeted else []
-        for i in range(len(plan) or args.trials):
+        inside = [k for k in args.inside.split(",") if k]
+        for i in range(len(inside) or len(plan) or args.trials):
             root = f"{base}/trial-{i:02d}"
             name = f"trial-{i:02d}"
-            if plan:  # kill inside the task: a seeded uniform moment of its reference duration after its predecessor
+            if inside:  # the task kills its own process group after writing its payload, before its commit
+                killed_s, rc1, lines = run(cropi_cmd(root, name, args.extra), {**env, "CROPI_KILL": inside[i]},
+                                           args.out / f"trial-{i:02d}-killed.log")
+                at = killed_s
+                plan = [(inside[j], "", 0.0) for j in range(len(inside))]  # recorded as aimed_at
+            elif plan:  # kill inside the task: a seeded uniform moment of its reference duration after its predecessor
                 task, after, window = plan[i]
                 delay = rng.uniform(0.0, window)
                 killed_s, rc1, lines = run(cropi_cmd(root, name, args.extra), env,

@@ -30,6 +30,7 @@ from cropi_core.errors import ConfigError, CropiError
 from storage import ArtifactRef, Store, open_store
 
 FAULT_ENV = "CROPI_FAULT"
+KILL_ENV = "CROPI_KILL"  # chaos benchmark only: SIGKILL inside the named task (see maybe_kill)
 # Prefect tag on every task that runs a model (bootstrap, rollouts, grads chunks, train, evaluate, health): a tag
 # concurrency limit on it (`prefect concurrency-limit create gpu 1`) keeps concurrent runs from sharing one GPU
 GPU_TAG = "gpu"
@@ -199,6 +200,15 @@ def maybe_fault(name: str) -> None:
     if a <= n:
         LEDGER.add(name, f"attempt-{a}", "fault")
         raise TransientFault(f"injected transient fault in {name} (attempt {a} of {n} failing)")
+
+
+def maybe_kill(name: str) -> None:
+    """Chaos hook (`benchmarks/chaos.py --inside`): SIGKILL this process group when CROPI_KILL names this task,
+    at the worst moment for "nothing half-registered" — its payload written, its manifest not yet committed."""
+    if os.environ.get(KILL_ENV) == name:
+        import signal
+
+        os.killpg(os.getpgrp(), signal.SIGKILL)
 
 
 # ---------------------------------------------------------------- cancellation

@@ -21,7 +21,7 @@ from typing import Any
 from cropi_core.config import RunConfig
 from storage import ArtifactRef, artifact_key, dataset_hash
 from tasks.artifacts import checkpoint_content, find_produced, held_out_prompts, prompt_set, set_problems
-from tasks.common import Timer, computed, get_store, key_policy, maybe_fault, storage_hit, work_lock
+from tasks.common import Timer, computed, get_store, key_policy, maybe_fault, maybe_kill, storage_hit, work_lock
 
 
 @dataclass(frozen=True)
@@ -70,6 +70,7 @@ def produce(recipe: Recipe, task: str, cfg: RunConfig, params: dict[str, Any],
         with store.writer(recipe.kind, key, parents=[p.key for p in parents], config=recipe.config(cfg, **params),
                           format_version=recipe.version) as w:
             w.meta.update(payload(w) or {})
+            maybe_kill(task)
     return computed(task, w.ref, parents, store, t.seconds, w.meta)
 
 
