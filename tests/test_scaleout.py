@@ -155,7 +155,7 @@ def test_killed_ray_worker_during_grads_chunks(coin, local_run, tmp_path):
 
 
 def test_gpu_tasks_request_gpus_through_remote_options(tmp_path, prefect_api):
-    """`runner.gpus_per_task > 0` on Ray: model tasks are scheduled with num_gpus (a local Ray cluster told it has
+    """`runner.gpus_per_task > 0` on Ray: model tasks (tagged `gpu`) are scheduled with num_gpus (a local Ray cluster told it has
     one logical GPU; no real GPU needed), other tasks are not."""
     import ray
     from prefect import flow, task
@@ -163,11 +163,12 @@ def test_gpu_tasks_request_gpus_through_remote_options(tmp_path, prefect_api):
     from prefect_ray import RayTaskRunner
 
     from flows.runtime import Tracker
+    from tasks.common import GPU_TAG
 
     def assigned() -> dict:
         return dict(ray.get_runtime_context().get_assigned_resources())
 
-    model_task = task(name="grads-chunk", cache_policy=NO_CACHE)(assigned)
+    model_task = task(name="grads-chunk", tags=[GPU_TAG], cache_policy=NO_CACHE)(assigned)  # as every model task
     light_task = task(name="scores", cache_policy=NO_CACHE)(assigned)
     cfg = load_config(None, {"storage.root": str(tmp_path / "store"), "runner.kind": "ray", "runner.gpus_per_task": 0.5})
 
