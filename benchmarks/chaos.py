@@ -33,8 +33,8 @@ REPO = Path(__file__).resolve().parents[1]
 # so that after this short warm-up some validation prompt has mixed rewards (with 8 × 4 none had: POPI had no target)
 REDUCED = [
     "bootstrap.steps=120", "bootstrap.num_problems=800", "data.synthetic.pool_size=16", "data.synthetic.val_size=16",
-    "data.synthetic.test_size=8", "rollout.k_train=4", "rollout.k_val=8", "rollout.max_new_tokens=16",
-    "influence.dim=256", "influence.chunk_rows=32", "train.stages=2", "train.steps_per_stage=4", "train.save_steps=2",
+    "data.synthetic.test_size=8", "rollout.num_generations=4", "rollout.num_generations_val=8", "rollout.max_new_tokens=16",
+    "influence.sketch_dim=256", "influence.chunk_rows=32", "train.stages=2", "train.steps_per_stage=4", "train.save_steps=2",
     "train.prompts_per_step=4", "train.num_generations=4", "train.max_new_tokens=16", "eval.max_new_tokens=16",
 ]
 TASK_KINDS = ("start-up", "dataset", "bootstrap", "rollouts", "grads-chunk", "finalize", "scores", "selection",

@@ -4,7 +4,7 @@ Our version of the paper's Figure 4 (PAPER.md §4). One run, on the embedded set
 
 1. θ = β = the embedded tiny Qwen2 after its supervised warm-up (as the `bootstrap` task builds it: seeded
    synthetic mixture disjoint from every pool/val/test prompt), cached under <out>/.cache.
-2. Real offline rollouts of β: K responses per pool prompt (k_train) and per targeted-validation prompt (k_val),
+2. Real offline rollouts of β: K responses per pool prompt (rollout.num_generations) and per targeted-validation prompt (rollout.num_generations_val),
    at the configured temperature; only scorable prompts (0 < pass rate < 1) are kept, the first `--pool` of them.
 3. Exact POPI: the full flat per-prompt gradients (ExactProjector, float32) and the cosine of each pool row to
    the plain mean of all targeted-validation rows, in float64.
@@ -134,7 +134,7 @@ def main(
     val_source: str = typer.Option("targeted", help="'targeted' (the run's validation sets) or 'tests' (the first "
                                    "--val-per-domain test prompts of every domain; for weak warm-ups)"),
     val_per_domain: int = typer.Option(16, help="with --val-source tests"),
-    k_val: int = typer.Option(None, help="responses per validation prompt (default: the config's k_val)"),
+    k_val: int = typer.Option(None, help="responses per validation prompt (default: the config's rollout.num_generations_val)"),
 ) -> None:
     from cropi_core.data import generate_suite
     from cropi_core.influence import sketch_prompts
@@ -160,16 +160,16 @@ def main(
     model.eval()
 
     t0 = time.time()
-    pool_r = _rollouts(cfg, model, tok, splits.pool, cfg.rollout.k_train, cache / "pool_rollouts.pt")
+    pool_r = _rollouts(cfg, model, tok, splits.pool, cfg.rollout.num_generations, cache / "pool_rollouts.pt")
     if k_val:
-        cfg.rollout.k_val = k_val
+        cfg.rollout.num_generations_val = k_val
     if val_source == "targeted":
         val_problems = [p for v in splits.val.values() for p in v]
     else:
         tests = {**splits.test_targeted, **splits.test_untargeted}
         val_problems = [p for v in tests.values() for p in v[:val_per_domain]]
-    val_r = _rollouts(cfg, model, tok, val_problems, cfg.rollout.k_val,
-                      cache / f"val_rollouts-{val_source}-{len(val_problems)}-{cfg.rollout.k_val}.pt")
+    val_r = _rollouts(cfg, model, tok, val_problems, cfg.rollout.num_generations_val,
+                      cache / f"val_rollouts-{val_source}-{len(val_problems)}-{cfg.rollout.num_generations_val}.pt")
     pool_sc = [r for r in pool_r if r.scorable][:pool]
     val_sc = [r for r in val_r if r.scorable]
     typer.echo(f"rollouts: {len(pool_sc)}/{len(pool_r)} scorable pool prompts used, {len(val_sc)}/{len(val_r)} "
@@ -209,7 +209,7 @@ def main(
         assert torch.allclose(direct, via, rtol=1e-2, atol=1e-3 * float(direct.abs().max())), f"JL shortcut mismatch: {spec}"
 
     meta = {"val_source": val_source, "n_pool": n_pool, "n_val": len(val_sc), "n_params": n_params, "seeds": seeds,
-            "exact_seconds": exact_s, "k_train": cfg.rollout.k_train, "k_val": cfg.rollout.k_val, "aggregation": agg,
+            "exact_seconds": exact_s, "k_train": cfg.rollout.num_generations, "k_val": cfg.rollout.num_generations_val, "aggregation": agg,
             "bootstrap_steps": cfg.bootstrap.steps}
 
     def write(rows) -> None:  # after every configuration, so a cut-short run still leaves its table

@@ -98,7 +98,7 @@ def main(
             row[f"scored share {c:g}x"] = min(1.0, (c * n_sel + (len(prev) if prev else 0)) / n_pool)
         # (a) K' < K responses
         model, _ = load_checkpoint(cfg, ArtifactRef(uri=store.uri(ckpts[m]), kind="checkpoint", key=ckpts[m]))
-        mk = lambda: make_projector(inf.projector, model, inf.dim, sparse_ratio=inf.sparse_ratio,  # noqa: E731
+        mk = lambda: make_projector(inf.projector, model, inf.sketch_dim, sparse_ratio=inf.sparse_ratio,  # noqa: E731
                                     transform=inf.transform, sjl_s=inf.sjl_s, seed=inf.seed)
         t = time.process_time()
         base_sk = sketch_prompts(model, pool, mk(), aggregation=inf.aggregation,
@@ -116,7 +116,7 @@ def main(
         prev = set(store.read_json(st["selection"], "selection.json")["indices"])
         typer.echo(json.dumps(row))
     cols = list(rows[0]) if rows else []
-    md = [f"# Scoring reductions on run `{run}` (K = {cfg.rollout.k_train}, projector {inf.projector})\n",
+    md = [f"# Scoring reductions on run `{run}` (K = {cfg.rollout.num_generations}, projector {inf.projector})\n",
           "precision = |top set with the reduction ∩ top set of the full re-scoring| / |top set|; time = process CPU.\n",
           "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     md += ["| " + " | ".join(f"{v:.3f}" if isinstance(v, float) else str(v) for v in r.values()) + " |" for r in rows]

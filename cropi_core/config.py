@@ -13,13 +13,14 @@ from __future__ import annotations
 import math
 import os
 import re
+import warnings
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from cropi_core.errors import ConfigError
+from cropi_core.errors import ConfigDeprecation, ConfigError
 
 EMBEDDED_MODEL = "tiny"  # model.name_or_path for the embedded ~1M-parameter Qwen2 with a char tokenizer
 
@@ -32,13 +33,40 @@ class Section(BaseModel):
     HASH_OMIT_WHEN: ClassVar[dict[str, Any]] = {}
     # fields that only matter when another field has a given value: {field: (other field, value)}
     HASH_ONLY_WITH: ClassVar[dict[str, tuple[str, Any]]] = {}
+    # renamed fields {old name: new name}. The old name still loads (one deprecation line, `ConfigDeprecation`)
+    # and is still the name hashed, so a rename keeps every artifact key
+    RENAMED: ClassVar[dict[str, str]] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        return rename_old_keys(cls, data) if isinstance(data, dict) and cls.RENAMED else data
 
     def hashable(self) -> dict[str, Any]:
-        """Output-determining fields only (JSON-able), for artifact keys."""
+        """Output-determining fields only (JSON-able), for artifact keys; renamed fields under their old name."""
         out = self.model_dump(mode="json", exclude=set(self.HASH_EXCLUDE))
         out = {k: v for k, v in out.items() if k not in self.HASH_OMIT_WHEN or v != self.HASH_OMIT_WHEN[k]}
-        return {k: v for k, v in out.items()
-                if k not in self.HASH_ONLY_WITH or out.get(self.HASH_ONLY_WITH[k][0]) == self.HASH_ONLY_WITH[k][1]}
+        out = {k: v for k, v in out.items()
+               if k not in self.HASH_ONLY_WITH or out.get(self.HASH_ONLY_WITH[k][0]) == self.HASH_ONLY_WITH[k][1]}
+        old = {new: o for o, new in self.RENAMED.items()}
+        return {old.get(k, k): v for k, v in out.items()}
+
+
+def rename_old_keys(section: type[Section], data: dict[str, Any], where: str = "") -> dict[str, Any]:
+    """`data` with the section's old field names replaced by the new ones, one `ConfigDeprecation` per old name.
+    Giving both names is an error (which one was meant?)."""
+    if not any(old in data for old in section.RENAMED):
+        return data
+    data = dict(data)
+    for old, new in section.RENAMED.items():
+        if old not in data:
+            continue
+        if new in data:
+            raise ValueError(f"{where}{old} is the old name of {where}{new}: give only {new}")
+        warnings.warn(f"config key {where or section.__name__ + '.'}{old} is deprecated, use {new} (same meaning, "
+                      "same cache keys)", ConfigDeprecation, stacklevel=2)
+        data[new] = data.pop(old)
+    return data
 
 
 class TinyModelConfig(Section):
@@ -206,9 +234,13 @@ class DataConfig(Section):
 
 
 class RolloutConfig(Section):
+    """Offline sampling of the behaviour policy β (PAPER.md §3). Responses per prompt — the paper's K — are called
+    `num_generations` everywhere, TRL's name (`train.num_generations` is the same quantity for GRPO's online groups).
+    Renamed in #14: `k_train` → `num_generations`, `k_val` → `num_generations_val` (old names still load)."""
+
     backend: Literal["hf", "vllm"] = "hf"
-    k_train: int = Field(8, ge=2)  # responses per pool prompt
-    k_val: int = Field(16, ge=2)  # responses per validation prompt (the paper: 32)
+    num_generations: int = Field(8, ge=2)  # K: responses per pool prompt
+    num_generations_val: int = Field(16, ge=2)  # K per targeted-validation prompt (the paper: 32)
     temperature: float = Field(0.5, gt=0)
     top_p: float = Field(1.0, gt=0, le=1)
     max_new_tokens: int = Field(32, gt=0)
@@ -216,6 +248,7 @@ class RolloutConfig(Section):
     # prompts per generate call. Part of the key: one sampling RNG stream serves a whole batch, so another
     # batch size draws other responses (a cached artifact must be what this config would compute)
     batch_size: int = Field(64, gt=0)
+    RENAMED = {"k_train": "num_generations", "k_val": "num_generations_val"}
 
 
 class InfluenceConfig(Section):
@@ -226,9 +259,10 @@ class InfluenceConfig(Section):
     # ranks worse, P@10% 0.68 vs 0.70–0.74, and CROPI with it trailed the paper's mask in `cropi compare`) |
     # factored (LoGra-style Kronecker; ranks poorly). README "Sketch engine".
     projector: Literal["exact", "dense", "sparse", "grass", "factored"] = "sparse"
-    dim: int = Field(4096, gt=0)  # sketch dimension (the paper's k = 32768)
+    # columns of a gradient sketch (the paper's k = 32768); renamed from `dim` in #14 (the old name still loads)
+    sketch_dim: int = Field(4096, gt=0)
     sparse_ratio: float = Field(0.1, gt=0, le=1)  # ρ: fraction of gradient coordinates kept before the transform
-    # how the kept coordinates map to `dim`: "sjl" (sparse JL, `sjl_s` signed hashes per coordinate; cost ∝ kept
+    # how the kept coordinates map to `sketch_dim`: "sjl" (sparse JL, `sjl_s` signed hashes per coordinate; cost ∝ kept
     # coordinates) or a dense JL matrix, "gaussian" (the paper's / TRAK's) or "rademacher" (cost ∝ kept × dim)
     transform: Literal["sjl", "gaussian", "rademacher"] = "sjl"
     sjl_s: Literal[1, 2, 4] = 2  # sparse JL hashes per kept coordinate (more: less variance, more scatter work)
@@ -253,6 +287,7 @@ class InfluenceConfig(Section):
     # added after gradient artifacts existed: a config that names the old dense transform keeps its keys
     HASH_OMIT_WHEN = {"transform": "gaussian", "allocation": "uniform"}
     HASH_ONLY_WITH = {"sjl_s": ("transform", "sjl")}
+    RENAMED = {"dim": "sketch_dim"}
 
 
 class SelectionConfig(Section):
@@ -429,6 +464,36 @@ def parse_config(data: dict[str, Any] | None, source: str = "<config>") -> RunCo
     return cfg
 
 
+def _section_of(section: type[Section] | None, field: str) -> type[Section] | None:
+    """The Section class of `section.field`, or None (not a section, or unknown: validation names it)."""
+    info = section.model_fields.get(field) if section is not None else None
+    ann = getattr(info, "annotation", None)
+    for t in (ann, *getattr(ann, "__args__", ())):  # SyntheticConfig | None
+        if isinstance(t, type) and issubclass(t, Section):
+            return t
+    return None
+
+
+def _rename_file_keys(data: dict[str, Any], source: str, section: type[Section] = None, where: str = "") -> dict[str, Any]:
+    """A loaded YAML mapping with every section's old field names replaced (one deprecation line each, naming the file)."""
+    section = section or RunConfig
+    if section.RENAMED and any(old in data for old in section.RENAMED):
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                data = rename_old_keys(section, data, where)
+        except ValueError as err:
+            raise ConfigError(f"{source}: {err}") from None
+        for w in caught:
+            warnings.warn(f"{source}: {w.message}", ConfigDeprecation, stacklevel=3)
+    out = dict(data)
+    for name, value in data.items():
+        sub = _section_of(section, name)
+        if sub is not None and isinstance(value, dict):
+            out[name] = _rename_file_keys(value, source, sub, f"{where}{name}.")
+    return out
+
+
 def _non_finite(node: Any, where: str = "") -> tuple[str, float] | None:
     """(dotted field, value) of the first NaN/inf float in a dumped config, else None."""
     if isinstance(node, float) and not math.isfinite(node):
@@ -491,14 +556,19 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
             loaded = {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"{source}: top level must be a mapping, got {type(loaded).__name__}")
-        data = loaded
+        data = _rename_file_keys(loaded, source)
     for dotted, value in (overrides or {}).items():
-        node = data
+        node, section = data, RunConfig
         *parents, leaf = dotted.split(".")
         for part in parents:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override {dotted}: {part} is not a section")
+            section = _section_of(section, part)
+        if section is not None and leaf in section.RENAMED:
+            warnings.warn(f"--set {dotted}: deprecated key, use {'.'.join(parents + [section.RENAMED[leaf]])} (same "
+                          "meaning, same cache keys)", ConfigDeprecation, stacklevel=2)
+            leaf = section.RENAMED[leaf]
         node[leaf] = value
     cfg = parse_config(data, source)
     if path is not None:

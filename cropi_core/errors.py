@@ -18,3 +18,7 @@ class DataError(CropiError):
 
 class ModelError(CropiError):
     """A model or tokenizer that cannot be loaded (missing path, missing optional dependency)."""
+
+
+class ConfigDeprecation(FutureWarning):
+    """A config key under its old name: it still loads (same meaning, same cache keys); the CLI prints one line."""

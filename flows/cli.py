@@ -12,13 +12,14 @@ import subprocess
 import sys
 import time
 import urllib.request
+import warnings
 from pathlib import Path
 from typing import Any, Optional
 
 import typer
 import yaml
 
-from cropi_core.errors import ConfigError, CropiError
+from cropi_core.errors import ConfigDeprecation, ConfigError, CropiError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="CROPI: curriculum RL with off-policy influence guidance.")
 
@@ -28,6 +29,20 @@ EXIT_USER_ERROR = 2
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
 # a loaded 2-core machine can take > 20 s (Prefect's default) to start the temporary API server
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+
+
+_show_warning = warnings.showwarning
+
+
+def _one_line_deprecation(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+    """An old config key prints `warning: <file>: config key ... is deprecated, use ...` and nothing else."""
+    if issubclass(category, ConfigDeprecation):
+        typer.echo(f"warning: {message}", err=True)
+    else:
+        _show_warning(message, category, filename, lineno, file, line)
+
+
+warnings.showwarning = _one_line_deprecation
 
 
 def _fail(err: BaseException) -> None:
@@ -122,6 +137,22 @@ def run(
     typer.echo(f"report: {summary['report']}")
 
 
+@app.command("config")
+def show_config(
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML RunConfig (default: the embedded tiny setup)"),
+    set_: Optional[list[str]] = typer.Option(None, "--set", "-s", help="override a field: section.key=value (repeatable)"),
+) -> None:
+    """Validate a config and print it in full as YAML, under today's field names (an old file, migrated)."""
+    from cropi_core.config import load_config
+
+    try:
+        cfg = load_config(config if config is not None or not DEFAULT_CONFIG.exists() else DEFAULT_CONFIG,
+                          parse_sets(set_), check_files=False)
+    except CropiError as err:
+        _fail(err)
+    typer.echo(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True), nl=False)
+
+
 @app.command()
 def compare(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML RunConfig (default: the embedded tiny setup)"),
@@ -160,9 +191,13 @@ def compare(
         tgt, unt = row.get("tgt_final", [float("nan")] * 2), row.get("unt_final", [float("nan")] * 2)
         extra = ""
         if "step_speedup" in row:
-            extra = f", step speed-up {row['step_speedup']}, wall speed-up {row['wall_speedup']}"
+            extra = f", step speed-up {_times(row['step_speedup'])}, wall speed-up {_times(row['wall_speedup'])}"
         typer.echo(f"  {m}: targeted {tgt[0]:.3f}±{tgt[1]:.3f}, untargeted {unt[0]:.3f}±{unt[1]:.3f}{extra}")
     typer.echo(f"report: {out['report']}")
+
+
+def _times(x: float | None) -> str:
+    return "not reached" if x is None else f"{x:.2f}×"
 
 
 def _resolve_key(store, key: str) -> str:

@@ -338,7 +338,7 @@ def write_report(cfg: RunConfig, records: list[dict[str, Any]], folder: Path, me
           f"{len(records)} runs: methods {', '.join(ms)}; seeds {sorted({r['seed'] for r in records})} "
           f"(of {seeds} requested). All from base checkpoint `{records[0]['base_checkpoint'][:12]}`; "
           f"{c.train.stages} stages × {c.train.steps_per_stage} GRPO steps, {c.train.prompts_per_step} prompts × "
-          f"{c.train.num_generations} generations per step, offline K = {c.rollout.k_train} (val {c.rollout.k_val}), "
+          f"{c.train.num_generations} generations per step, offline K = {c.rollout.num_generations} (val {c.rollout.num_generations_val}), "
           f"selection ratio {c.selection.ratio}.\n",
           f"Accuracy metric: {records[0].get('metric', 'greedy pass@1')}.\n", headline + "\n",
           "## Final accuracy (Table 1 style; mean ± sample std over seeds [SE of one evaluation])\n",

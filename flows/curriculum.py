@@ -1,7 +1,7 @@
 """`curriculum(config)`: the whole CROPI run as one Prefect flow.
 
-datasets → stage-0 checkpoint (bootstrap of the embedded model) → offline rollouts of β (pool: K = k_train,
-each validation set: K = k_val) → evaluation of θ_0 → for m in stages: `stage(m)` subflow → final report.
+datasets → stage-0 checkpoint (bootstrap of the embedded model) → offline rollouts of β (pool: K = rollout.num_generations,
+each validation set: K = rollout.num_generations_val) → evaluation of θ_0 → for m in stages: `stage(m)` subflow → final report.
 Every task is keyed by its storage artifact key, so a rerun recomputes nothing and a killed run resumes at the
 first missing artifact (or gradient chunk).
 """
@@ -41,8 +41,8 @@ def curriculum(config: RunConfig) -> RunSummary:
              for role in ("test_targeted", "test_untargeted") for n in names[role]}
 
     base = tr.submit(T_boot.base_model, cfg=cfg)
-    roll_pool = tr.submit(T_roll.rollouts, cfg=cfg, ckpt=base, data=pool, k=cfg.rollout.k_train, label="pool")
-    roll_val = {n: tr.submit(T_roll.rollouts, cfg=cfg, ckpt=base, data=d, k=cfg.rollout.k_val, label=n.replace("/", "-"))
+    roll_pool = tr.submit(T_roll.rollouts, cfg=cfg, ckpt=base, data=pool, k=cfg.rollout.num_generations, label="pool")
+    roll_val = {n: tr.submit(T_roll.rollouts, cfg=cfg, ckpt=base, data=d, k=cfg.rollout.num_generations_val, label=n.replace("/", "-"))
                 for n, d in vals.items()}
     evals0 = {n: tr.submit(T_eval.evaluate, cfg=cfg, ckpt=base, data=d, name=n, stage=0) for n, d in tests.items()}
 
@@ -94,8 +94,8 @@ def maybe_refresh(tr: Tracker, cfg: RunConfig, m: int, ckpt, pool, vals: dict, b
     if ess is None or ess >= cfg.influence.refresh_ess:
         rec["pool_rollouts"] = behaviour_pool.key
         return behaviour_pool, behaviour_val, rec
-    pool_f = tr.submit(T_roll.rollouts, cfg=cfg, ckpt=ckpt, data=pool, k=cfg.rollout.k_train, label=f"pool-refresh-s{m}")
-    val_f = {n: tr.submit(T_roll.rollouts, cfg=cfg, ckpt=ckpt, data=d, k=cfg.rollout.k_val,
+    pool_f = tr.submit(T_roll.rollouts, cfg=cfg, ckpt=ckpt, data=pool, k=cfg.rollout.num_generations, label=f"pool-refresh-s{m}")
+    val_f = {n: tr.submit(T_roll.rollouts, cfg=cfg, ckpt=ckpt, data=d, k=cfg.rollout.num_generations_val,
                           label=f"{n.replace('/', '-')}-refresh-s{m}") for n, d in vals.items()}
     new_pool, new_val = pool_f.result(), {n: f.result() for n, f in val_f.items()}
     rec.update(refreshed=True, pool_rollouts=new_pool.key, val_rollouts={n: r.key for n, r in new_val.items()})

@@ -94,8 +94,8 @@ def select_flow(config: RunConfig, job: SelectJob) -> dict[str, Any]:
         return tr.submit(T_byot.import_rollouts, cfg=cfg, ckpt=beh_f, data=data_f, path=spec.path, fmt=spec.format,
                          label=label)
 
-    roll_pool_f = rollouts_of(pool_f, cfg.rollout.k_train, job.pool_rollouts, "pool")
-    roll_val_f = {n: rollouts_of(f, cfg.rollout.k_val, job.val_rollouts.get(n), n) for n, f in val_f.items()}
+    roll_pool_f = rollouts_of(pool_f, cfg.rollout.num_generations, job.pool_rollouts, "pool")
+    roll_val_f = {n: rollouts_of(f, cfg.rollout.num_generations_val, job.val_rollouts.get(n), n) for n, f in val_f.items()}
     ckpt, beh = ckpt_f.result(), beh_f.result()
     T_byot.check_same_tokenizer(cfg, ckpt, beh)
     pool, roll_pool = pool_f.result(), roll_pool_f.result()

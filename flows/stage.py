@@ -105,7 +105,7 @@ def stage(config: RunConfig, stage: int, ckpt: ArtifactRef, pool: ArtifactRef, p
         scores = scores.result() if scores is not None else None
         sel = sel.result()
 
-    online = tr.submit(T_roll.rollouts, cfg=cfg, ckpt=ckpt, data=pool, k=cfg.rollout.k_train, subset=sel,
+    online = tr.submit(T_roll.rollouts, cfg=cfg, ckpt=ckpt, data=pool, k=cfg.rollout.num_generations, subset=sel,
                        label=f"online-s{stage}")
     health = tr.submit(T_sel.health, cfg=cfg, ckpt=ckpt, pool_rollouts=pool_rollouts, sel=sel, stage=stage)
     new_ckpt = tr.submit(T_train.train, cfg=cfg, stage=stage, ckpt=ckpt, pool=pool, sel=sel)

@@ -213,9 +213,9 @@ def num_rows(store: Store, ref: ArtifactRef) -> int:
 
 # ---------------------------------------------------------------- gradients, calibration, scores
 def sketch_dim(cfg: RunConfig, ckpt: ArtifactRef) -> int:
-    """Columns of the gradient array: `influence.dim`, or the parameter count for the `exact` projector."""
+    """Columns of the gradient array: `influence.sketch_dim`, or the parameter count for the `exact` projector."""
     if cfg.influence.projector != "exact":
-        return int(cfg.influence.dim)
+        return int(cfg.influence.sketch_dim)
     from safetensors import safe_open
 
     total = 0

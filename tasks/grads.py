@@ -88,7 +88,7 @@ def grads_chunk(cfg: RunConfig, ckpt: ArtifactRef, rollouts: ArtifactRef, chunk:
     with Timer() as t:
         model, _ = load_checkpoint(cfg, ckpt)
         prompts = read_rollouts(store, rollouts.key, (lo, hi))
-        proj = make_projector(inf.projector, model, inf.dim, sparse_ratio=inf.sparse_ratio, transform=inf.transform,
+        proj = make_projector(inf.projector, model, inf.sketch_dim, sparse_ratio=inf.sparse_ratio, transform=inf.transform,
                               sjl_s=inf.sjl_s, seed=inf.seed, dtype=getattr(torch, inf.dtype),
                               param_ratios=param_ratios(cfg, model, calibration))
         sk = sketch_prompts(model, prompts, proj, aggregation=inf.aggregation, micro_batch_tokens=inf.micro_batch_tokens,

@@ -124,6 +124,7 @@ def selection_config(cfg: RunConfig, stage: int, **_: Any) -> dict:
 
 
 def rollouts_config(cfg: RunConfig, k: int, **_: Any) -> dict:
+    # K is the argument `k`; hashable() names the two K fields by their pre-rename keys (k_train, k_val)
     sampling = {n: v for n, v in cfg.rollout.hashable().items() if n not in ("k_train", "k_val")}
     return {"sampling": sampling, "k": int(k), **prompt_format(cfg)}
 

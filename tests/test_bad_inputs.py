@@ -155,9 +155,9 @@ def test_bad_problem_record(tmp_path):
     ("data:\n  pool: [{name: p, path: d.jsonl, extractor: magic}]\n  targeted: [{name: t, path: d.jsonl}]\n"
      "  synthetic: null\n", ["data.pool.0.extractor", "'magic'"]),  # unknown extractor
     ("selection:\n  ratio: 1.5\n", ["selection.ratio", "(0, 1]", "1.5"]),
-    ("influence:\n  dim: 0\n", ["influence.dim", "greater than 0", "got 0"]),  # k ≤ 0
-    ("influence:\n  dim: -8\n", ["influence.dim", "got -8"]),
-    ("rollout:\n  k_train: 1\n", ["rollout.k_train", "greater than or equal to 2", "got 1"]),  # K < 2
+    ("influence:\n  sketch_dim: 0\n", ["influence.sketch_dim", "greater than 0", "got 0"]),  # k ≤ 0
+    ("influence:\n  dim: -8\n", ["influence.sketch_dim", "got -8"]),  # the old name, validated as the new one
+    ("rollout:\n  num_generations: 1\n", ["rollout.num_generations", "greater than or equal to 2", "got 1"]),  # K < 2
     ("selection:\n  ratoi: 0.2\n", ["selection.ratoi", "unknown key"]),
     ("data:\n  pool: [{name: p, path: d.jsonl, question_field: q}]\n  targeted: [{name: t, path: d.jsonl}]\n"
      "  synthetic: null\n", ["data.pool.0.question_field", "unknown key"]),  # unknown dataset field

@@ -43,7 +43,7 @@ def test_default_bootstrap_gives_intermediate_pass_rates(one_torch_thread):
     samp = dict(kw, greedy=False, n_samples=cfg.eval.n_samples, temperature=cfg.eval.temperature)
     after = {n: evaluate(model, tok, ps, **samp).accuracy for n, ps in tests.items() if n.startswith("test/")}
     pool = suite.pool[:240]
-    ro = HFBackend(model, tok).sample(pool, cfg.rollout.k_train, temperature=cfg.rollout.temperature,
+    ro = HFBackend(model, tok).sample(pool, cfg.rollout.num_generations, temperature=cfg.rollout.temperature,
                                       max_new_tokens=cfg.rollout.max_new_tokens, template=d.template,
                                       instruction=d.instruction, progress=False)
     rates = np.array([float(r.rewards.mean()) for r in ro])
@@ -58,7 +58,7 @@ def test_default_bootstrap_gives_intermediate_pass_rates(one_torch_thread):
     print(f"\nbootstrap {stats['steps']} steps {wall:.0f}s loss {stats['loss_first']:.2f}->{stats['loss_last']:.3f}")
     print("greedy pass@1 before:", {n: round(v, 2) for n, v in before.items()})
     print(f"mean@{cfg.eval.n_samples} after:", {n: round(v, 2) for n, v in after.items()})
-    print(f"pool (240 prompts, K={cfg.rollout.k_train}, T={cfg.rollout.temperature}): mean pass rate "
+    print(f"pool (240 prompts, K={cfg.rollout.num_generations}, T={cfg.rollout.temperature}): mean pass rate "
           f"{rates.mean():.2f}, share with 0<rate<1 {mixed:.2f}, all-wrong {(rates == 0).mean():.2f}, "
           f"all-right {(rates == 1).mean():.2f}")
     print("unboxed share of sampled responses:", {k: round(v, 2) for k, v in sorted(habit.items())})

@@ -40,8 +40,8 @@ def coin_cfg(tmp_path) -> dict:
 CASES = {
     "bad_yaml": ("selection: {ratio: [0.1\n", [], ["invalid YAML", "line"]),
     "unknown_key": ("selection:\n  ratioo: 0.2\n", [], ["selection.ratioo", "unknown key"]),
-    "k_zero": ("", ["rollout.k_train=0"], ["rollout.k_train", "0"]),
-    "k_negative": ("", ["rollout.k_val=-3"], ["rollout.k_val", "-3"]),
+    "k_zero": ("", ["rollout.num_generations=0"], ["rollout.num_generations", "0"]),
+    "k_negative": ("", ["rollout.num_generations_val=-3"], ["rollout.num_generations_val", "-3"]),
     "stages_zero": ("", ["train.stages=0"], ["train.stages", "0"]),
     "bad_set": ("", ["selection.ratio"], ["--set", "key=value"]),
     "ratio_out_of_range": ("", ["selection.ratio=1.5"], ["selection.ratio", "1.5"]),

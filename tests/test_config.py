@@ -61,9 +61,9 @@ def test_tiny_yaml_is_the_embedded_default():
 def test_paper_config_matches_the_paper():
     cfg = load_config(CONFIGS / "qwen2.5-1.5b-paper.yaml", check_files=False)
     assert cfg.model.name_or_path.endswith("Qwen2.5-1.5B-Instruct")
-    assert (cfg.rollout.k_train, cfg.rollout.k_val, cfg.rollout.temperature) == (8, 32, 0.5)
+    assert (cfg.rollout.num_generations, cfg.rollout.num_generations_val, cfg.rollout.temperature) == (8, 32, 0.5)
     assert cfg.rollout.max_new_tokens == 2048
-    assert (cfg.influence.dim, cfg.influence.sparse_ratio, cfg.selection.ratio) == (32768, 0.1, 0.1)
+    assert (cfg.influence.sketch_dim, cfg.influence.sparse_ratio, cfg.selection.ratio) == (32768, 0.1, 0.1)
     assert [s.name for s in cfg.data.targeted] == ["gsm8k", "math500"]
     assert all(s.val_size == 100 for s in cfg.data.targeted)
     assert {"gsm8k_train", "math_train", "dsr_sub"} <= {s.name for s in cfg.data.pool}
@@ -76,7 +76,7 @@ def test_smollm2_config_points_at_the_gguf_wheel():
     assert (Path(cfg.model.name_or_path) / cfg.model.gguf_file).is_file()
     splits = build_splits(cfg.data)
     assert splits.sizes() == {"pool": 64, "val/asdiv": 32, "test/asdiv": 32, "test/gsm8k": 32, "test/svamp": 32}
-    assert cfg.rollout.k_train == 4 and cfg.rollout.max_new_tokens == 96
+    assert cfg.rollout.num_generations == 4 and cfg.rollout.max_new_tokens == 96
 
 
 def test_overrides_and_hashable_fields(tmp_path):
@@ -114,3 +114,63 @@ def test_sketch_transform_fields_enter_keys_only_where_they_matter():
     assert load_config(overrides={"influence.sjl_s": 4}).influence.hashable()["sjl_s"] == 4
     with pytest.raises(ConfigError, match="influence.sjl_s"):
         load_config(overrides={"influence.sjl_s": 3})
+
+
+OLD_NAMES = {"rollout.k_train": ("rollout.num_generations", 4), "rollout.k_val": ("rollout.num_generations_val", 6),
+             "influence.dim": ("influence.sketch_dim", 256)}  # renamed in #14: {old: (new, a value to set)}
+
+
+def _get(cfg: RunConfig, dotted: str):
+    section, field = dotted.split(".")
+    return getattr(getattr(cfg, section), field)
+
+
+@pytest.mark.parametrize("old", sorted(OLD_NAMES))
+def test_old_config_keys_load_with_one_deprecation_line_and_hash_the_same(old, tmp_path, recwarn):
+    """A YAML file or `--set` under a pre-#14 name loads as the new field, says so once (naming the file and both
+    names), and every artifact key stays: `hashable()` still names the field by its old key."""
+    from cropi_core.errors import ConfigDeprecation
+
+    new, value = OLD_NAMES[old]
+    section, field = old.split(".")
+    path = tmp_path / "old.yaml"
+    path.write_text(f"{section}:\n  {field}: {value}\n")
+    from_file = load_config(path)
+    caught = [w for w in recwarn.list if issubclass(w.category, ConfigDeprecation)]
+    assert len(caught) == 1 and str(path) in str(caught[0].message)
+    assert f"{old} is deprecated, use {new.split('.')[1]}" in str(caught[0].message)
+    recwarn.clear()
+    from_set = load_config(overrides={old: value})
+    assert [w for w in recwarn.list if issubclass(w.category, ConfigDeprecation)]
+    renamed = load_config(overrides={new: value})
+    assert _get(from_file, new) == _get(from_set, new) == _get(renamed, new) == value
+    assert from_file.hashable() == from_set.hashable() == renamed.hashable()
+    assert field in renamed.hashable(section) and new.split(".")[1] not in renamed.hashable(section)
+    assert renamed.hashable() != RunConfig().hashable()  # the value itself still reaches the keys
+    both = tmp_path / "both.yaml"
+    both.write_text(f"{section}:\n  {field}: {value}\n  {new.split('.')[1]}: {value}\n")
+    with pytest.raises(ConfigError, match=f"{both}: {old} is the old name of {new}"):
+        load_config(both)
+
+
+def test_no_shipped_config_uses_an_old_name(recwarn):
+    """Every file in configs/ (and the test configs) uses the new names: loading them prints no deprecation."""
+    from cropi_core.errors import ConfigDeprecation
+
+    for path in ALL_CONFIGS + sorted((Path(__file__).parent / "configs").glob("*.yaml")):
+        load_config(path, check_files=False)
+    assert not [w for w in recwarn.list if issubclass(w.category, ConfigDeprecation)]
+
+
+def test_cli_prints_the_deprecation_as_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "old.yaml").write_text("influence:\n  dim: 128\n")
+    out = subprocess.run([sys.executable, "-m", "flows.cli", "config", "--config", str(tmp_path / "old.yaml")],
+                         capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+    assert out.returncode == 0, out.stderr
+    lines = [ln for ln in out.stderr.splitlines() if "deprecated" in ln]
+    assert lines == [f"warning: {tmp_path / 'old.yaml'}: config key influence.dim is deprecated, use sketch_dim "
+                     "(same meaning, same cache keys)"], out.stderr
+    assert "sketch_dim: 128" in out.stdout

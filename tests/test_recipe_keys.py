@@ -68,10 +68,10 @@ def case_keys(cfg, with_data: bool = True) -> dict[str, str]:
     ckpt, ckpt1 = fake("checkpoint", "theta0"), fake("checkpoint", "theta1")
     pool, val, test = fake("dataset", "pool"), fake("dataset", "val"), fake("dataset", "test")
     r_pool = fake("rollouts", "pool")
-    out["rollouts/pool"] = R.rollouts_key(cfg, ckpt=ckpt, data=pool, k=cfg.rollout.k_train)
-    out["rollouts/val"] = R.rollouts_key(cfg, ckpt=ckpt, data=val, k=cfg.rollout.k_val)
+    out["rollouts/pool"] = R.rollouts_key(cfg, ckpt=ckpt, data=pool, k=cfg.rollout.num_generations)
+    out["rollouts/val"] = R.rollouts_key(cfg, ckpt=ckpt, data=val, k=cfg.rollout.num_generations_val)
     sel0 = fake("selection", "s0")
-    out["rollouts/online"] = R.rollouts_key(cfg, ckpt=ckpt, data=pool, k=cfg.rollout.k_train, subset=sel0)
+    out["rollouts/online"] = R.rollouts_key(cfg, ckpt=ckpt, data=pool, k=cfg.rollout.num_generations, subset=sel0)
     calib = fake("calibration", "c0") if cfg.influence.allocation == "energy" else None
     out["calibration"] = G.calibration_key(cfg, ckpt=ckpt, pool_rollouts=r_pool)
     out["grads/pool"] = G.grads_key(cfg, ckpt=ckpt, rollouts=r_pool, calibration=calib)

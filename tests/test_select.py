@@ -25,8 +25,8 @@ from flows.cli import app
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-FAST = ["--set", "influence.projector=dense", "--set", "influence.dim=32", "--set", "influence.chunk_rows=16",
-        "--set", "rollout.k_train=4", "--set", "rollout.k_val=4", "--set", "rollout.temperature=1.0"]
+FAST = ["--set", "influence.projector=dense", "--set", "influence.sketch_dim=32", "--set", "influence.chunk_rows=16",
+        "--set", "rollout.num_generations=4", "--set", "rollout.num_generations_val=4", "--set", "rollout.temperature=1.0"]
 
 
 def cli(*args: str):
@@ -399,6 +399,6 @@ def test_gguf_checkpoint_with_imported_rollouts(tmp_path, prefect_api):
     ok(cli("select", "--checkpoint", str(src), "--gguf-file", "SmolLM2-135M-Instruct.Q4_1.gguf", "--pool", str(pool),
            "--val", f"v={val}", "--rollouts", str(plain), "--val-rollouts", f"v={vplain}", "--ratio", "0.5",
            "--storage", str(tmp_path / "store"), "--out", str(out), "--set", "influence.projector=factored",
-           "--set", "influence.dim=64"))
+           "--set", "influence.sketch_dim=64"))
     sub = pq.read_table(out / "subset.parquet")
     assert sub.schema.equals(pq.read_schema(pool), check_metadata=True) and sub.num_rows == 2

