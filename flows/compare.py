@@ -30,7 +30,7 @@ from cropi_core.config import RunConfig
 from cropi_core.errors import ConfigError
 from flows.outputs import RunSummary
 from flows.reports import load_timings, seconds_of
-from flows.runtime import task_runner
+from flows.runtime import for_run
 from tasks.common import LEDGER, local_root
 
 METHODS = ("cropi", "full", "random", "pass_rate", "learnability", "influence_once", "dapo", "cropi+dapo")
@@ -143,7 +143,7 @@ def job_record(config: RunConfig, method: str, seed: int, folder: Path, persist:
 
     c = method_config(config, method, seed)
     t0 = time.perf_counter()
-    out = curriculum.with_options(task_runner=task_runner(c))(config=c)
+    out = for_run(curriculum, c)(config=c)
     if persist:
         timings = save_timings(folder)
     else:

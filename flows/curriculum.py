@@ -16,7 +16,7 @@ from prefect import flow
 
 from cropi_core.config import RunConfig
 from flows.outputs import RunSummary, StageOutputs
-from flows.runtime import Tracker, add_counts, task_runner
+from flows.runtime import Tracker, add_counts, for_run, task_runner
 from flows.stage import SCORED
 from flows.stage import stage as stage_flow
 from tasks import artifacts as A
@@ -113,7 +113,7 @@ def run_curriculum(cfg: RunConfig) -> dict[str, Any]:
         LEDGER.sink = run_dir(cfg) / "timings.jsonl"
     t0 = time.perf_counter()
     try:
-        out = curriculum.with_options(task_runner=task_runner(cfg))(config=cfg)
+        out = for_run(curriculum, cfg)(config=cfg)
     finally:
         if own_sink:
             LEDGER.sink = None

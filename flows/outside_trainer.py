@@ -25,7 +25,7 @@ from prefect import flow, task
 from cropi_core.config import RunConfig
 from cropi_core.data.formats import subset_name
 from cropi_core.errors import ConfigError, CropiError
-from flows.runtime import task_runner
+from flows.runtime import for_run
 from flows.select import SelectJob, export, select_flow
 from storage import ArtifactRef
 from tasks.common import LEDGER, NO_RETRY_TAG, bind, computed, get_store, log
@@ -144,7 +144,7 @@ def run_outside_trainer(cfg: RunConfig, job: SelectJob, train_command: str, stag
         raise ConfigError(f"--stages: must be ≥ 1 (got {stages})")
     LEDGER.reset()
     t0 = time.perf_counter()
-    res = outside_trainer.with_options(task_runner=task_runner(cfg))(
+    res = for_run(outside_trainer, cfg)(
         config=cfg, job=job, train_command=train_command, stages=stages, work=work, retries=retries)
     return {"seconds": time.perf_counter() - t0, "computed": LEDGER.computed(), "final_checkpoint": res["final_checkpoint"],
             "stages": [{"stage": s["stage"], "selection": s["selection"].key, "checkpoint": s["checkpoint"].key,

@@ -7,12 +7,12 @@ from typing import Any
 
 import contextlib
 
-from prefect import Task, unmapped
+from prefect import Flow, Task, unmapped
 from prefect.futures import PrefectFuture, wait
 
 from cropi_core.config import RunConfig
 from cropi_core.errors import ConfigError
-from tasks.common import GPU_TAG, bind
+from tasks.common import GPU_TAG, bind, results_dir
 
 
 class Tracker:
@@ -59,6 +59,15 @@ class Tracker:
 
 def add_counts(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
     return {k: a.get(k, 0) + b.get(k, 0) for k in set(a) | set(b)}
+
+
+def for_run(flow: Flow, cfg: RunConfig) -> Flow:
+    """`flow` as this run executes it: the task runner of `cfg.runner`, and Prefect result persistence set once,
+    here, on the flow. Every task and subflow it runs inherits the result storage (`<storage>/.work/prefect-results`)
+    and persistence from the flow run's context (on Ray too: Prefect ships the context's result store to the
+    worker); the tasks themselves carry only their cache policy, tags and the run's retry settings (`bind`)."""
+    # a pathlib.Path, not a LocalFileSystem block: a flow's storage must be a saved block or a path
+    return flow.with_options(task_runner=task_runner(cfg), persist_result=True, result_storage=results_dir(cfg))
 
 
 def task_runner(cfg: RunConfig):

@@ -28,7 +28,7 @@ from prefect import flow
 from pydantic import BaseModel
 
 from cropi_core.config import RunConfig
-from flows.runtime import Tracker, task_runner
+from flows.runtime import Tracker, for_run
 from flows.stage import stage_sketches
 from tasks import artifacts as A
 from tasks import byot as T_byot
@@ -220,7 +220,7 @@ def run_select(cfg: RunConfig, job: SelectJob) -> dict[str, Any]:
     """Run the flow, export the outputs; returns a JSON-able summary (what was computed vs reused)."""
     LEDGER.reset()
     t0 = time.perf_counter()
-    refs = select_flow.with_options(task_runner=task_runner(cfg))(config=cfg, job=job)
+    refs = for_run(select_flow, cfg)(config=cfg, job=job)
     out = export(cfg, job, refs)
     return {
         "seconds": time.perf_counter() - t0, "out": str(out), "computed": LEDGER.computed(),

@@ -160,13 +160,12 @@ def retry_transient(_task: Any, _run: Any, state: Any) -> bool:
 
 
 def bind(task: Task, cfg: RunConfig) -> Task:
-    """The task with this run's result storage and retry settings (from `cfg.runner`; none if NO_RETRY_TAG)."""
-    opts: dict[str, Any] = {"result_storage": results_dir(cfg), "persist_result": True}
-    if NO_RETRY_TAG not in task.tags:
-        opts["retries"] = cfg.runner.retries
-        opts["retry_delay_seconds"] = cfg.runner.retry_delay_s
-        opts["retry_condition_fn"] = retry_transient
-    return task.with_options(**opts)
+    """The task with this run's retry settings (`cfg.runner`; none if NO_RETRY_TAG). Result storage and persistence
+    are not set here: the flow sets them once and its tasks inherit them (`flows.runtime.for_run`)."""
+    if NO_RETRY_TAG in task.tags:
+        return task
+    return task.with_options(retries=cfg.runner.retries, retry_delay_seconds=cfg.runner.retry_delay_s,
+                             retry_condition_fn=retry_transient)
 
 
 # ---------------------------------------------------------------- fault injection
