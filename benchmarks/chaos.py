@@ -298,6 +298,7 @@ def main(argv: list[str] | None = None) -> int:
         trials = []
         plan = targets(ref_order, ref_lines, args.targeted.split(",")) if args.targeted else []
         inside = [k for k in args.inside.split(",") if k]
+        aimed = inside or [task for task, _, _ in plan]  # recorded per trial as aimed_at
         for i in range(len(inside) or len(plan) or args.trials):
             root = f"{base}/trial-{i:02d}"
             name = f"trial-{i:02d}"
@@ -305,7 +306,6 @@ def main(argv: list[str] | None = None) -> int:
                 killed_s, rc1, lines = run(cropi_cmd(root, name, args.extra), {**env, "CROPI_KILL": inside[i]},
                                            args.out / f"trial-{i:02d}-killed.log")
                 at = killed_s
-                plan = [(inside[j], "", 0.0) for j in range(len(inside))]  # recorded as aimed_at
             elif plan:  # kill inside the task: a seeded uniform moment of its reference duration after its predecessor
                 task, after, window = plan[i]
                 delay = rng.uniform(0.0, window)
@@ -321,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
             resume_s, rc2, _ = run(cropi_cmd(root, name, args.extra), env, args.out / f"trial-{i:02d}-resume.log")
             same = rc2 == 0 and final_weights(root, name) == ref
             row = {"trial": i, "kill_at_s": round(at, 2), "killed": rc1 != 0, "active": where,
-                   **({"aimed_at": plan[i][0]} if plan else {}),
+                   **({"aimed_at": aimed[i]} if aimed else {}),
                    "kinds": sorted({task_kind(n) for n in where}), "resume_s": round(resume_s, 1),
                    "lost_s": round(killed_s + resume_s - t_ref, 1), "resume_rc": rc2, "identical": same}
             trials.append(row)

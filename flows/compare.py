@@ -78,11 +78,17 @@ def compare_dir(cfg: RunConfig) -> Path:
 
 
 # ---------------------------------------------------------------- timings
-def save_timings(folder: Path) -> dict[str, float]:
-    """Merge this process's compute seconds into `<folder>/timings.json`; returns the merged map."""
+def merged_timings(folder: Path) -> dict[str, float]:
+    """The folder's recorded compute seconds updated with this process's (not written back)."""
     t = load_timings(folder)
     with LEDGER.lock:
         t.update(LEDGER.seconds)
+    return t
+
+
+def save_timings(folder: Path) -> dict[str, float]:
+    """Merge this process's compute seconds into `<folder>/timings.json`; returns the merged map."""
+    t = merged_timings(folder)
     tmp = folder / "timings.json.tmp"
     tmp.write_text(json.dumps(t, indent=0, sort_keys=True))
     tmp.replace(folder / "timings.json")
@@ -144,12 +150,7 @@ def job_record(config: RunConfig, method: str, seed: int, folder: Path, persist:
     c = method_config(config, method, seed)
     t0 = time.perf_counter()
     out = for_run(curriculum, c)(config=c)
-    if persist:
-        timings = save_timings(folder)
-    else:
-        timings = load_timings(folder)
-        with LEDGER.lock:
-            timings.update(LEDGER.seconds)
+    timings = save_timings(folder) if persist else merged_timings(folder)
     rec = run_record(c, method, seed, out, timings)
     rec["flow_seconds"] = time.perf_counter() - t0
     return rec
