@@ -63,7 +63,7 @@ def add_counts(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
 
 def for_run(flow: Flow, cfg: RunConfig) -> Flow:
     """`flow` as this run executes it: the task runner of `cfg.runner`, and Prefect result persistence set once,
-    here, on the flow. Every task and subflow it runs inherits the result storage (`<storage>/.work/prefect-results`)
+    here, on the flow. Every task and subflow it runs inherits the result storage (`<root>/work/prefect-results`, `results_dir`)
     and persistence from the flow run's context (on Ray too: Prefect ships the context's result store to the
     worker); the tasks themselves carry only their cache policy, tags and the run's retry settings (`bind`)."""
     # a pathlib.Path, not a LocalFileSystem block: a flow's storage must be a saved block or a path
