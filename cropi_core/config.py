@@ -52,9 +52,10 @@ class Section(BaseModel):
         return {old.get(k, k): v for k, v in out.items()}
 
 
-def rename_old_keys(section: type[Section], data: dict[str, Any], where: str = "") -> dict[str, Any]:
-    """`data` with the section's old field names replaced by the new ones, one `ConfigDeprecation` per old name.
-    Giving both names is an error (which one was meant?)."""
+def rename_old_keys(section: type[Section], data: dict[str, Any], where: str = "", source: str = "") -> dict[str, Any]:
+    """`data` with the section's old field names replaced by the new ones, one `ConfigDeprecation` per old name
+    (`<source>: config key <where><old> is deprecated, use <new> ...`). Giving both names is an error (which one
+    was meant?): a `ConfigError` naming `source` when there is one, else a ValueError for pydantic to report."""
     if not any(old in data for old in section.RENAMED):
         return data
     data = dict(data)
@@ -62,11 +63,17 @@ def rename_old_keys(section: type[Section], data: dict[str, Any], where: str = "
         if old not in data:
             continue
         if new in data:
-            raise ValueError(f"{where}{old} is the old name of {where}{new}: give only {new}")
-        warnings.warn(f"config key {where or section.__name__ + '.'}{old} is deprecated, use {new} (same meaning, "
-                      "same cache keys)", ConfigDeprecation, stacklevel=2)
+            msg = f"{where}{old} is the old name of {where}{new}: give only {new}"
+            raise ConfigError(f"{source}: {msg}") if source else ValueError(msg)
+        deprecated(f"{where or section.__name__ + '.'}{old}", new, source)
         data[new] = data.pop(old)
     return data
+
+
+def deprecated(old: str, new: str, source: str = "") -> None:
+    """The one deprecation line for a renamed config key (the CLI prints it as `warning: <message>`)."""
+    warnings.warn(f"{source + ': ' if source else ''}config key {old} is deprecated, use {new} (same meaning, same "
+                  "cache keys)", ConfigDeprecation, stacklevel=3)
 
 
 class TinyModelConfig(Section):
@@ -477,21 +484,12 @@ def _section_of(section: type[Section] | None, field: str) -> type[Section] | No
 def _rename_file_keys(data: dict[str, Any], source: str, section: type[Section] = None, where: str = "") -> dict[str, Any]:
     """A loaded YAML mapping with every section's old field names replaced (one deprecation line each, naming the file)."""
     section = section or RunConfig
-    if section.RENAMED and any(old in data for old in section.RENAMED):
-        try:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                data = rename_old_keys(section, data, where)
-        except ValueError as err:
-            raise ConfigError(f"{source}: {err}") from None
-        for w in caught:
-            warnings.warn(f"{source}: {w.message}", ConfigDeprecation, stacklevel=3)
-    out = dict(data)
-    for name, value in data.items():
+    data = rename_old_keys(section, data, where, source) if section.RENAMED else dict(data)
+    for name, value in list(data.items()):
         sub = _section_of(section, name)
         if sub is not None and isinstance(value, dict):
-            out[name] = _rename_file_keys(value, source, sub, f"{where}{name}.")
-    return out
+            data[name] = _rename_file_keys(value, source, sub, f"{where}{name}.")
+    return data
 
 
 def _non_finite(node: Any, where: str = "") -> tuple[str, float] | None:
@@ -566,8 +564,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
                 raise ConfigError(f"override {dotted}: {part} is not a section")
             section = _section_of(section, part)
         if section is not None and leaf in section.RENAMED:
-            warnings.warn(f"--set {dotted}: deprecated key, use {'.'.join(parents + [section.RENAMED[leaf]])} (same "
-                          "meaning, same cache keys)", ConfigDeprecation, stacklevel=2)
+            deprecated(dotted, ".".join(parents + [section.RENAMED[leaf]]), "--set")
             leaf = section.RENAMED[leaf]
         node[leaf] = value
     cfg = parse_config(data, source)
