@@ -35,6 +35,7 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 from cropi_core.influence import PromptRollouts, _micro_batches, _pad, _sequences, _token_logprobs, sketch_prompts
 from cropi_core.objective import group_advantages
 from cropi_core.projection import make_projector
+from cropi_core.projection.jl import EnergyProbe, energy_ratios
 
 MODELS = {
     "20m": dict(vocab_size=16000, hidden_size=384, intermediate_size=1024, num_hidden_layers=6, num_attention_heads=6,
@@ -194,6 +195,10 @@ SPECS = {
     "factored": ("factored", 1.0, "gaussian", 2, False), "factored-sub": ("factored", "r", "gaussian", 2, False),
     "exact": ("exact", 1.0, "sjl", 2, False),
 }
+# "<method>+energy": the same projector with influence.allocation=energy — per-parameter keep ratios from the
+# gradient energy of the batch's first CALIBRATION_PROMPTS prompts (as the flow's calibration artifact measures it,
+# once per stage); its cost is reported in its own column, not in the sketch rate
+CALIBRATION_PROMPTS = 4
 
 
 def run_one(kind: str, a: dict) -> tuple[dict, int, int, "torch.Tensor | None"]:
@@ -212,13 +217,24 @@ def run_one(kind: str, a: dict) -> tuple[dict, int, int, "torch.Tensor | None"]:
         name, ps, bpp, d = "noise (random rows)", prompts, 2 * dim, dim
         fn = lambda ps: torch.randn(len(ps), dim, generator=torch.Generator().manual_seed(1))  # noqa: E731
     else:
-        pk, pr, tr, sh, is_slow = SPECS[kind]
+        base, _, alloc = kind.partition("+")
+        pk, pr, tr, sh, is_slow = SPECS[base]
         pr = ratio if pr == "r" else pr
         ps = slow if is_slow else prompts
-        proj = make_projector(pk, model, dim, sparse_ratio=pr, transform=tr, sjl_s=sh,
+        param_ratios = None
+        if alloc == "energy":
+            c0 = time.process_time()
+            energy = sketch_prompts(model, prompts[:CALIBRATION_PROMPTS], EnergyProbe(model, dtype=torch.float64),
+                                    micro_batch_tokens=mbt).sum(0)  # [n_params]
+            names = [n for n, _ in model.named_parameters()]
+            param_ratios = energy_ratios(dict(zip(names, energy.tolist())),
+                                         {n: p.numel() for n, p in model.named_parameters()}, pr)
+            calib_s = time.process_time() - c0
+        proj = make_projector(pk, model, dim, sparse_ratio=pr, transform=tr, sjl_s=sh, param_ratios=param_ratios,
                               dtype=torch.float32 if pk == "exact" else torch.float16)
         name = f"(b) {pk}" + (f" ρ={pr:g}" if pk in ("sparse", "factored", "grass") else "") + (
-            "" if pk == "exact" else f" {tr}" + (f" s={sh}" if tr == "sjl" else ""))
+            "" if pk == "exact" else f" {tr}" + (f" s={sh}" if tr == "sjl" else "")) + (
+            f" + energy ({CALIBRATION_PROMPTS} calibration prompts, {calib_s:.1f}s)" if alloc else "")
         bpp, d = proj.bytes_per_prompt(), proj.dim
         fn = lambda ps: sketch_prompts(model, ps, proj, micro_batch_tokens=mbt)  # noqa: E731
     with PeakRSS() as mem:
@@ -266,7 +282,8 @@ def main() -> None:
                     help="rates from process CPU time (default; robust to other jobs, meaningful with 1 thread) or wall")
     ap.add_argument("--kinds", default="grass,grass-s1,grass-s4,grass-r25,grass-r50,sparse,sparse-gauss,dense,"
                                         "factored,factored-sub,reference,noise",
-                    help=f"comma list of {', '.join(SPECS)}, reference, noise (exact always runs, for cos MAE)")
+                    help=f"comma list of {', '.join(SPECS)} (any of them +energy), reference, noise (exact always runs, "
+                         "for cos MAE)")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "out" / "sketch.json")
     a = ap.parse_args()
     if a.threads:
