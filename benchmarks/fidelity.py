@@ -11,8 +11,7 @@ Our version of the paper's Figure 4 (PAPER.md §4). One run, on the embedded set
 4. For every projector × sparse ratio × dim × seed: sketches, POPI, precision@10% against the exact ranking.
    `dense`/`sparse` are linear maps of the exact gradients, so their sketches are produced by the projector's
    own `finish()` fed with the already computed exact gradients (identical to `sketch_prompts` — checked on a
-   few prompts at start-up — but without repeating the backward passes). `factored` never forms a gradient,
-   so it always runs through `sketch_prompts`.
+   few prompts at start-up — but without repeating the backward passes).
 
 Writes <out>/fidelity.md (table), fidelity.png (plot) and fidelity.json (raw rows). CPU cost of dense/sparse
 grows with kept-coordinates × dim; configurations above `--max-cost` (kept × dim) are skipped and shown as "—".
@@ -121,8 +120,8 @@ def main(
     seeds: list[int] = typer.Option([0, 1, 2], help="projector seeds"),
     dims: list[int] = typer.Option([512, 2048, 8192], help="sketch dims (fp16: 2·dim bytes per prompt)"),
     ratios: list[float] = typer.Option(RATIOS, help="sparse ratios"),
-    projectors: list[str] = typer.Option(["grass", "sparse", "sparse:gaussian", "factored"],
-                                         help="kind[:transform]: grass, sparse (ratio 1.0 = dense), factored; transform "
+    projectors: list[str] = typer.Option(["grass", "sparse", "sparse:gaussian", "grass+energy", "sparse+energy"],
+                                         help="kind[:transform][+energy]: grass, sparse (ratio 1.0 = dense); transform "
                                               "sjl (default), gaussian or rademacher"),
     sjl_s: int = typer.Option(2, help="sparse JL hashes per coordinate"),
     max_cost: float = typer.Option(2.2e9, help="skip dense/sparse configs with kept coordinates × dim above this"),
@@ -200,8 +199,6 @@ def main(
     ratios_for = lambda use, r: energy_ratios(energy, numel, r) if use else None  # noqa: E731
     for spec in projectors:
         kind, tr, use_e = _spec(spec)
-        if kind == "factored":
-            continue
         mk = lambda: make_projector(kind, model, 256, sparse_ratio=0.1, transform=tr, sjl_s=sjl_s, seed=0,  # noqa: E731
                                     param_ratios=ratios_for(use_e, 0.1))
         direct = sketch_prompts(model, prompts[:8], mk(), aggregation=agg, temperature=temp).float()
@@ -223,7 +220,7 @@ def main(
         for ratio in ratios:
             for dim in dims:
                 kept = ratio * n_params
-                if kind != "factored" and tr != "sjl" and kept * dim > max_cost:
+                if tr != "sjl" and kept * dim > max_cost:
                     rows.append({"projector": spec, "ratio": ratio, "dim": dim, "skipped": True})
                     continue
                 precs, secs = [], []
@@ -231,7 +228,7 @@ def main(
                     t0 = time.time()
                     proj = make_projector(kind, model, dim, sparse_ratio=ratio, transform=tr, sjl_s=sjl_s, seed=seed,
                                           dtype=torch.float16, param_ratios=ratios_for(use_e, ratio))
-                    sk = sketch(proj) if kind == "factored" else _jl_from_exact(proj, exact)
+                    sk = _jl_from_exact(proj, exact)
                     secs.append(time.time() - t0)
                     precs.append(precision_at(_scores(sk, n_pool), exact_scores, 0.1))
                 label = spec.replace("sparse", "dense", 1) if (kind == "sparse" and ratio == 1.0) else spec

@@ -1,6 +1,6 @@
 """Sketch throughput at the paper's scale: a random-weight model with Qwen2.5-1.5B's exact shape, the real Qwen2
 tokenizer, k = 32768, bf16 — `grass` (masked block + sparse JL, the default), `sparse` with sparse JL, the paper's
-projection (`sparse:gaussian`, a dense Gaussian matrix) and `factored` vs a plain forward+backward.
+projection (`sparse:gaussian`, a dense Gaussian matrix) vs a plain forward+backward.
 
 Called by scripts/gpu_check.sh (which sets the offline environment). Nothing is downloaded: the weights are
 random (throughput does not depend on their values) and the tokenizer is read from a local folder.
@@ -212,7 +212,7 @@ def main() -> None:
     ap.add_argument("--prompt-len", type=int, default=None, help="mean prompt tokens (default 128; --small 24)")
     ap.add_argument("--resp-len", type=int, default=None, help="mean response tokens (default 512; --small 32)")
     ap.add_argument("--micro-batch-tokens", type=int, default=None, help="default 16384 (--small 512)")
-    ap.add_argument("--kinds", default="grass,sparse,sparse:gaussian,factored",
+    ap.add_argument("--kinds", default="grass,sparse,sparse:gaussian",
                     help="comma list of kind[:transform] (transform sjl by default; gaussian = the paper's matrix)")
     ap.add_argument("--sparse-params", default=None,
                     help="all | last-kv (default) | comma list of parameter names")
@@ -273,8 +273,8 @@ def main() -> None:
     for spec in [s.strip() for s in a.kinds.split(",") if s.strip()]:
         kind, _, transform = spec.partition(":")
         transform = transform or "sjl"
-        if kind not in ("grass", "sparse", "factored"):
-            sys.exit(f"gpu_sketch: --kinds: unknown projector {kind!r} (grass, sparse, factored)")
+        if kind not in ("grass", "sparse"):
+            sys.exit(f"gpu_sketch: --kinds: unknown projector {kind!r} (grass, sparse)")
         dense_jl = kind == "sparse" and transform != "sjl"  # the slow one: run on a parameter subset, extrapolate
         params = sparse_subset(model, sparse_spec) if dense_jl else None
         t = time.perf_counter()

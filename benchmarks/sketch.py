@@ -192,7 +192,6 @@ SPECS = {
     "sparse": ("sparse", "r", "sjl", 2, False), "sparse-gauss": ("sparse", "r", "gaussian", 2, True),
     "dense": ("dense", 1.0, "sjl", 2, False), "dense-gauss": ("dense", 1.0, "gaussian", 2, True),
     "grass-r25": ("grass", 0.25, "sjl", 2, False), "grass-r50": ("grass", 0.5, "sjl", 2, False),
-    "factored": ("factored", 1.0, "gaussian", 2, False), "factored-sub": ("factored", "r", "gaussian", 2, False),
     "exact": ("exact", 1.0, "sjl", 2, False),
 }
 # "<method>+energy": the same projector with influence.allocation=energy — per-parameter keep ratios from the
@@ -232,7 +231,7 @@ def run_one(kind: str, a: dict) -> tuple[dict, int, int, "torch.Tensor | None"]:
             calib_s = time.process_time() - c0
         proj = make_projector(pk, model, dim, sparse_ratio=pr, transform=tr, sjl_s=sh, param_ratios=param_ratios,
                               dtype=torch.float32 if pk == "exact" else torch.float16)
-        name = f"(b) {pk}" + (f" ρ={pr:g}" if pk in ("sparse", "factored", "grass") else "") + (
+        name = f"(b) {pk}" + (f" ρ={pr:g}" if pk in ("sparse", "grass") else "") + (
             "" if pk == "exact" else f" {tr}" + (f" s={sh}" if tr == "sjl" else "")) + (
             f" + energy ({CALIBRATION_PROMPTS} calibration prompts, {calib_s:.1f}s)" if alloc else "")
         bpp, d = proj.bytes_per_prompt(), proj.dim
@@ -275,13 +274,13 @@ def main() -> None:
     ap.add_argument("--workload", choices=("random", "families"), default="families",
                     help="prompts: 'families' (groups of 4 sharing vocabulary and answer endings: informative cosines) "
                          "or 'random' uniform tokens (true cosines ≈ 0: cos MAE cannot separate a sketch from noise)")
-    ap.add_argument("--ratio", type=float, default=0.1, help="sparse ratio for sparse/reference/factored-sub")
+    ap.add_argument("--ratio", type=float, default=0.1, help="sparse ratio for grass/sparse/reference")
     ap.add_argument("--micro-batch-tokens", type=int, default=2048)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (0 = torch default)")
     ap.add_argument("--clock", choices=("cpu", "wall"), default="cpu",
                     help="rates from process CPU time (default; robust to other jobs, meaningful with 1 thread) or wall")
     ap.add_argument("--kinds", default="grass,grass-s1,grass-s4,grass-r25,grass-r50,sparse,sparse-gauss,dense,"
-                                        "factored,factored-sub,reference,noise",
+                                        "grass+energy,sparse+energy,reference,noise",
                     help=f"comma list of {', '.join(SPECS)} (any of them +energy), reference, noise (exact always runs, "
                          "for cos MAE)")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "out" / "sketch.json")

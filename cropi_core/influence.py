@@ -9,7 +9,7 @@ gradient). How it is computed:
    micro-batches of one bucket length and at most `micro_batch_tokens` padded tokens.
 2. All weights are frozen; the embedding output is made a leaf that requires grad, so backward computes
    activation gradients only. Forward hooks on every Linear / Embedding / RMSNorm owning a selected parameter
-   keep their inputs (or, for `factored`, projections of them); tensor hooks on their outputs receive δ and hand
+   keep their inputs; tensor hooks on their outputs receive δ and hand
    the projector each sequence's gradient pieces (projection/base.py).
 3. The loss of a micro-batch is Σ_b c_b Σ_t ρ_b,t with c_b = −A/(K|τ|) (or −A/Σ|τ|): each sequence's δ
    depends on that sequence alone.
@@ -17,9 +17,7 @@ gradient). How it is computed:
 Why rows are bit-identical whatever the batch around them (measured, not assumed): every op of the model is
 row-wise or per-sequence, except the GEMMs whose kernel on CPU depends on the number of rows M — and only for
 small M (a few rows take a GEMV-like path); with L ≥ 16, M = N·L ≥ 16 always takes the same path. Padding goes
-to a length fixed by the sequence, so the attention softmax reductions see the same vector. Small-width
-projections (factored) were measured to change bits with the batch size when batched, so they run per
-sequence. Per-sequence weight gradients use only the real positions, and a prompt's sequences are added to its
+to a length fixed by the sequence, so the attention softmax reductions see the same vector. Per-sequence weight gradients use only the real positions, and a prompt's sequences are added to its
 accumulator in the order (L, k), which depends on that prompt alone. Callers therefore get the same bits for a
 prompt in any batch, chunk, micro-batch size or process. Inputs are unpadded token ids; the padding side
 (right by default; left with explicit position ids) was measured not to change the bits either (tests).

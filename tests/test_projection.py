@@ -1,5 +1,6 @@
-"""Projectors: unbiased inner products, concentration with dim, exactness of `factored` at full size,
-determinism in (seed, name, shape), bit-invariance of `factored` rows."""
+"""Projectors: unbiased inner products, concentration with dim, exactness of the sparse JL map and of the GraSS
+block, determinism in (seed, name, shape), bf16 models, the energy probe and allocation. (Bit-identity of rows in
+any batch: test_influence.py.)"""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from cropi_core.influence import sketch_prompts
 from cropi_core.projection import make_projector
-from cropi_core.projection.factored import _factor, _split
 from test_influence import make_prompts, tiny
 
 
@@ -38,8 +38,7 @@ def gram(x: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize("kind,ratio,transform,s", [
     ("dense", 1.0, "gaussian", 2), ("dense", 1.0, "sjl", 1), ("sparse", 0.3, "gaussian", 2), ("sparse", 0.3, "sjl", 2),
-    ("sparse", 0.3, "sjl", 4), ("grass", 0.25, "sjl", 2), ("grass", 0.25, "rademacher", 2), ("grass", 1.0, "sjl", 1),
-    ("factored", 1.0, "gaussian", 2), ("factored", 0.25, "gaussian", 2)])
+    ("sparse", 0.3, "sjl", 4), ("grass", 0.25, "sjl", 2), ("grass", 0.25, "rademacher", 2), ("grass", 1.0, "sjl", 1)])
 def test_inner_products_unbiased_and_concentrating(setup, kind, ratio, transform, s):
     model, prompts, exact = setup
     g_exact = gram(exact)
@@ -94,42 +93,7 @@ def test_grass_block_equals_the_exact_gradient_on_the_kept_rows_and_columns(setu
     assert any(k.is_block for k in proj.kept_params.values())
 
 
-def test_factored_full_size_is_exact_up_to_rotation(setup):
-    model, prompts, exact = setup
-    n = exact.shape[1]
-    for extra in (0, 37):
-        proj = make_projector("factored", model, n + extra, dtype=torch.float64)
-        assert sum(b["k_r"] * b["k_c"] for b in proj.layout()) == proj.used == n
-        rows = sketch_prompts(model, prompts, proj)
-        assert rows.shape == (len(prompts), n + extra)
-        torch.testing.assert_close(gram(rows), gram(exact), rtol=1e-10, atol=1e-12 * gram(exact).abs().max())
-        assert not torch.allclose(rows[:, :n], exact)  # really rotated, not the identity
-    # tied embeddings share one block; still exact
-    tied = tiny(2, tie=True)
-    ps = [p for p in make_prompts(4, seed=9) if p.scorable]
-    ex = sketch_prompts(tied, ps, make_projector("exact", tied, 0, dtype=torch.float64))
-    fa = sketch_prompts(tied, ps, make_projector("factored", tied, ex.shape[1], dtype=torch.float64))
-    torch.testing.assert_close(gram(fa), gram(ex), rtol=1e-9, atol=1e-12 * gram(ex).abs().max())
-
-
-def test_factored_dim_split_sums_to_dim():
-    model = tiny(0, dtype=torch.float32)
-    for dim, ratio in ((100, 1.0), (1000, 0.1), (4096, 0.5)):
-        p = make_projector("factored", model, dim, sparse_ratio=ratio)
-        lay = p.layout()
-        assert sum(b["k_r"] * b["k_c"] for b in lay) == p.used == dim
-        offs = [b["offset"] for b in lay]
-        assert offs == sorted(offs) and offs[0] == 0
-    assert _split(10, [5, 5, 0]) == [5, 5, 0]
-    assert _split(7, [100, 100]) == [4, 3]
-    assert sum(_split(1000, [3, 50000, 700, 9])) == 1000
-    kr, kc = _factor(12, 100, 3)
-    assert kr * kc == 12 and kc <= 3
-    assert _factor(64, 64, 64) == (8, 8) and _factor(10**6, 5, 7) == (5, 7)
-    assert _factor(7, 7, 7) in ((7, 1), (1, 7))
-
-
-@pytest.mark.parametrize("kind", ["dense", "sparse", "grass", "factored"])
+@pytest.mark.parametrize("kind", ["dense", "sparse", "grass"])
 def test_deterministic_in_seed_name_shape(kind):
     model = tiny(0, dtype=torch.float32)
     prompts = make_prompts(4, seed=5)
@@ -142,32 +106,20 @@ def test_deterministic_in_seed_name_shape(kind):
     half = a.to(torch.float16)
     assert torch.equal(sketch_prompts(model, prompts, make_projector(kind, model, 48, sparse_ratio=0.5, seed=7))[ok],
                        half[ok])  # default fp16 = float32 compute, cast once at the end
-    if kind != "factored":  # per-parameter blocks depend on (seed, name, shape) only: the sketch is additive
-        names = [n for n, _ in model.named_parameters()]
-        parts = [sketch_prompts(model, prompts, make_projector(kind, model, 48, sparse_ratio=0.5, seed=7,
-                                                                dtype=torch.float64, params=names[i::2]))
-                 for i in (0, 1)]
-        torch.testing.assert_close((parts[0] + parts[1])[ok].float(), a[ok], rtol=1e-4, atol=1e-6)
-
-
-def test_factored_rows_bit_identical_whatever_the_batch():
-    model = tiny(0, dtype=torch.float32)
-    prompts = make_prompts(10, seed=7)
-    proj = make_projector("factored", model, 256, sparse_ratio=0.5, seed=1, dtype=torch.float32)
-    base = sketch_prompts(model, prompts, proj, micro_batch_tokens=4096).nan_to_num(5.0)
-    for mbt in (16, 64):
-        assert torch.equal(sketch_prompts(model, prompts, proj, micro_batch_tokens=mbt).nan_to_num(5.0), base)
-    perm = [9, 3, 0, 7, 1, 8, 2, 6, 5, 4]
-    assert torch.equal(sketch_prompts(model, [prompts[i] for i in perm], proj, micro_batch_tokens=96).nan_to_num(5.0),
-                       base[perm])
-    assert torch.equal(sketch_prompts(model, prompts[6:7], proj)[0].nan_to_num(5.0), base[6])
-    assert torch.equal(sketch_prompts(model, prompts, proj, padding_side="left").nan_to_num(5.0), base)
+    # per-parameter blocks depend on (seed, name, shape) only: the sketch is additive over parameter groups
+    names = [n for n, _ in model.named_parameters()]
+    parts = [sketch_prompts(model, prompts, make_projector(kind, model, 48, sparse_ratio=0.5, seed=7,
+                                                            dtype=torch.float64, params=names[i::2]))
+             for i in (0, 1)]
+    torch.testing.assert_close((parts[0] + parts[1])[ok].float(), a[ok], rtol=1e-4, atol=1e-6)
 
 
 def test_bad_arguments():
     model = tiny(0, dtype=torch.float32)
     with pytest.raises(ValueError, match="unknown projector kind"):
         make_projector("trak", model, 8)
+    with pytest.raises(ValueError, match="unknown projector kind"):
+        make_projector("factored", model, 8)  # removed in #12
     with pytest.raises(ValueError, match="sparse_ratio"):
         make_projector("sparse", model, 8, sparse_ratio=0.0)
     with pytest.raises(ValueError, match="unknown parameter"):
@@ -178,7 +130,7 @@ def test_bad_arguments():
         make_projector("grass", model, 8, sjl_s=3)
 
 
-@pytest.mark.parametrize("kind", ["exact", "sparse", "grass", "factored"])
+@pytest.mark.parametrize("kind", ["exact", "sparse", "grass"])
 def test_bf16_model_computes_in_float32(kind):
     """A bf16 model sketches (hooks hand bf16 pieces; projectors compute in float32) close to its float32 twin."""
     m32 = tiny(0, dtype=torch.float32)

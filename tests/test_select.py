@@ -398,7 +398,7 @@ def test_gguf_checkpoint_with_imported_rollouts(tmp_path, prefect_api):
     out = tmp_path / "out"
     ok(cli("select", "--checkpoint", str(src), "--gguf-file", "SmolLM2-135M-Instruct.Q4_1.gguf", "--pool", str(pool),
            "--val", f"v={val}", "--rollouts", str(plain), "--val-rollouts", f"v={vplain}", "--ratio", "0.5",
-           "--storage", str(tmp_path / "store"), "--out", str(out), "--set", "influence.projector=factored",
+           "--storage", str(tmp_path / "store"), "--out", str(out), "--set", "influence.projector=grass",
            "--set", "influence.sketch_dim=64"))
     sub = pq.read_table(out / "subset.parquet")
     assert sub.schema.equals(pq.read_schema(pool), check_metadata=True) and sub.num_rows == 2

@@ -16,7 +16,7 @@ from storage import StorageError, artifact_key, open_store
 
 REPO = Path(__file__).resolve().parents[1]
 N, K, C = 230, 48, 10  # 23 chunks, the last one partial
-CFG = {"projector": "factored", "k": K}
+CFG = {"projector": "grass", "k": K}
 KEY = artifact_key("grads", parents=[], config=CFG)
 
 
@@ -35,7 +35,7 @@ import sys, time, numpy as np
 from storage import open_store, artifact_key
 root, sleep, order = sys.argv[1], float(sys.argv[2]), sys.argv[3]
 N, K, C = 230, 48, 10
-CFG = {"projector": "factored", "k": K}
+CFG = {"projector": "grass", "k": K}
 key = artifact_key("grads", parents=[], config=CFG)
 s = open_store(root)
 a = s.array(key, "grads", kind="grads", shape=(N, K), chunk_rows=C, parents=[], config=CFG, meta={"split": "train"})

@@ -20,7 +20,7 @@ Transforms (kept coordinates M = Σ_p m_p → dim):
                blocks of B = dim // s buckets; kept coordinate j is added to one bucket of every block with a
                random sign and weight 1/√s (`scatter_add_` on one flat [n_slots, dim] buffer). E[⟨Sg, Sh⟩] = ⟨g, h⟩;
                when B ≥ M the buckets are a random injection and S is an exact isometry.
-  orthogonal   dim ≥ M: an exact random rotation QR(Gaussian) (what `factored` uses for its small rest block).
+  orthogonal   dim ≥ M: an exact random rotation QR(Gaussian).
 
 Accumulation. The kept coordinates of every prompt slot live in one flat buffer acc [n_slots, M] (compute dtype);
 parameter p owns columns [o_p, o_p + m_p). Each hook call adds a micro-batch's per-sequence pieces to their slots
