@@ -31,7 +31,7 @@ class Section(BaseModel):
     # fields added after artifacts existed: they enter the key only when they differ from this value, so the
     # default keeps every existing key
     HASH_OMIT_WHEN: ClassVar[dict[str, Any]] = {}
-    # fields that only matter when another field has a given value: {field: (other field, value)}
+    # fields that only matter when another field has a given value: {field: (other field, value or tuple of values)}
     HASH_ONLY_WITH: ClassVar[dict[str, tuple[str, Any]]] = {}
     # renamed fields {old name: new name}. The old name still loads (one deprecation line, `ConfigDeprecation`)
     # and is still the name hashed, so a rename keeps every artifact key
@@ -46,10 +46,14 @@ class Section(BaseModel):
         """Output-determining fields only (JSON-able), for artifact keys; renamed fields under their old name."""
         out = self.model_dump(mode="json", exclude=set(self.HASH_EXCLUDE))
         out = {k: v for k, v in out.items() if k not in self.HASH_OMIT_WHEN or v != self.HASH_OMIT_WHEN[k]}
-        out = {k: v for k, v in out.items()
-               if k not in self.HASH_ONLY_WITH or out.get(self.HASH_ONLY_WITH[k][0]) == self.HASH_ONLY_WITH[k][1]}
+        out = {k: v for k, v in out.items() if k not in self.HASH_ONLY_WITH or _matches(
+            out.get(self.HASH_ONLY_WITH[k][0]), self.HASH_ONLY_WITH[k][1])}
         old = {new: o for o, new in self.RENAMED.items()}
         return {old.get(k, k): v for k, v in out.items()}
+
+
+def _matches(value: Any, want: Any) -> bool:
+    return value in want if isinstance(want, tuple) else value == want
 
 
 def rename_old_keys(section: type[Section], data: dict[str, Any], where: str = "", source: str = "") -> dict[str, Any]:
@@ -293,8 +297,14 @@ class InfluenceConfig(Section):
     HASH_EXCLUDE = frozenset({"micro_batch_tokens", "chunk_rows", "refresh_ess", "calibration_prompts"})
     # added after gradient artifacts existed: a config that names the old dense transform keeps its keys
     HASH_OMIT_WHEN = {"transform": "gaussian", "allocation": "uniform"}
-    HASH_ONLY_WITH = {"sjl_s": ("transform", "sjl")}
+    # the allocation shapes only the masked projectors (dense and exact keep every coordinate)
+    HASH_ONLY_WITH = {"sjl_s": ("transform", "sjl"), "allocation": ("projector", ("sparse", "grass"))}
     RENAMED = {"dim": "sketch_dim"}
+
+    @property
+    def uses_energy(self) -> bool:
+        """A per-stage `calibration` artifact is computed and shapes the sketches (allocation energy, masked kinds)."""
+        return self.allocation == "energy" and self.projector in ("sparse", "grass")
 
     @field_validator("projector", mode="before")
     @classmethod

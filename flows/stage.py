@@ -37,7 +37,7 @@ def stage_sketches(tr: Tracker, cfg: RunConfig, stage: int, ckpt: ArtifactRef, p
     """The stage's pool and validation sketches at θ_m (after the calibration they share, with
     influence.allocation = energy)."""
     calib = None
-    if cfg.influence.allocation == "energy":
+    if cfg.influence.uses_energy:
         calib = tr.submit(T_grads.calibration, cfg=cfg, ckpt=ckpt, pool_rollouts=pool_rollouts, stage=stage).result()
     g_pool = grads_ref(tr, cfg, stage, ckpt, pool_rollouts, "pool", calib)
     g_val = {n: grads_ref(tr, cfg, stage, ckpt, r, n.replace("/", "-"), calib) for n, r in val_rollouts.items()}

@@ -174,3 +174,17 @@ def test_cli_prints_the_deprecation_as_one_line(tmp_path):
     assert lines == [f"warning: {tmp_path / 'old.yaml'}: config key influence.dim is deprecated, use sketch_dim "
                      "(same meaning, same cache keys)"], out.stderr
     assert "sketch_dim: 128" in out.stdout
+
+
+def test_allocation_only_matters_for_masked_projectors():
+    """`influence.allocation` shapes sparse/grass sketches only: for dense/exact it neither enters the gradient keys
+    nor triggers a calibration artifact, so `allocation: energy` with a dense projector recomputes nothing."""
+    for kind in ("dense", "exact"):
+        e = load_config(overrides={"influence.projector": kind, "influence.allocation": "energy"})
+        u = load_config(overrides={"influence.projector": kind, "influence.allocation": "uniform"})
+        assert e.hashable("influence") == u.hashable("influence") and not e.influence.uses_energy
+    for kind in ("sparse", "grass"):
+        e = load_config(overrides={"influence.projector": kind, "influence.allocation": "energy"})
+        u = load_config(overrides={"influence.projector": kind, "influence.allocation": "uniform"})
+        assert e.hashable("influence") != u.hashable("influence") and e.influence.uses_energy
+        assert not u.influence.uses_energy
