@@ -192,6 +192,7 @@ SPECS = {
     "grass-s4": ("grass", "r", "sjl", 4, False), "grass-gauss": ("grass", "r", "gaussian", 2, True),
     "sparse": ("sparse", "r", "sjl", 2, False), "sparse-gauss": ("sparse", "r", "gaussian", 2, True),
     "dense": ("dense", 1.0, "sjl", 2, False), "dense-gauss": ("dense", 1.0, "gaussian", 2, True),
+    "grass-r15": ("grass", 0.15, "sjl", 2, False), "grass-r20": ("grass", 0.2, "sjl", 2, False),
     "grass-r25": ("grass", 0.25, "sjl", 2, False), "grass-r50": ("grass", 0.5, "sjl", 2, False),
     "exact": ("exact", 1.0, "sjl", 2, False),
 }

@@ -107,9 +107,10 @@ def test_sketch_transform_fields_enter_keys_only_where_they_matter():
     `sjl_s` is part of the key only with the sparse JL transform."""
     old = {"projector": "sparse", "dim": 4096, "sparse_ratio": 0.1, "seed": 0, "dtype": "float16",
            "aggregation": "seq_mean_token_mean"}  # an InfluenceConfig.hashable() from before the fields existed
-    assert load_config(overrides={"influence.projector": "sparse", "influence.transform": "gaussian",
+    before_12 = {"influence.projector": "sparse", "influence.sparse_ratio": 0.1, "influence.allocation": "uniform"}
+    assert load_config(overrides={**before_12, "influence.transform": "gaussian",
                                   "influence.sjl_s": 4}).influence.hashable() == old
-    sjl = load_config(overrides={"influence.projector": "sparse"}).influence.hashable()
+    sjl = load_config(overrides=before_12).influence.hashable()
     assert sjl == {**old, "transform": "sjl", "sjl_s": 2}
     assert load_config(overrides={"influence.sjl_s": 4}).influence.hashable()["sjl_s"] == 4
     with pytest.raises(ConfigError, match="influence.sjl_s"):

@@ -32,7 +32,8 @@ CASES = [
     ("default-random", None, {"selection.method": "random"}),
     ("default-full", None, {"selection.method": "full", "selection.mix_random": 0.2}),
     ("default-mix", None, {"selection.mix_random": 0.2}),
-    ("default-energy", None, {"influence.allocation": "energy"}),
+    ("default-uniform", None, {"influence.allocation": "uniform", "influence.projector": "sparse",
+                              "influence.sparse_ratio": 0.1}),  # the default before #12 switched it
     ("default-exact", None, {"influence.projector": "exact", "influence.seed": 3}),
     ("default-ratio", None, {"selection.ratio": 0.3}),
 ]
