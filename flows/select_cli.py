@@ -36,7 +36,8 @@ def build_job(*, checkpoint: str, gguf_file: str | None, behaviour: str | None, 
     from cropi_core.config import load_config
     from cropi_core.verify import VERIFIERS
     from flows.select import InputSet, RolloutsInput, SelectJob
-    from tasks.byot import check_rollouts_file, checkpoint_content, detect_rollouts_format, prompt_set
+    from tasks.artifacts import checkpoint_content, prompt_set
+    from tasks.byot import check_rollouts_file, detect_rollouts_format
 
     if verifier not in VERIFIERS:
         raise ConfigError(f"--verifier: unknown verifier {verifier!r} (known: {', '.join(VERIFIERS)})")

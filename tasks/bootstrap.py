@@ -11,7 +11,6 @@ from cropi_core.config import RunConfig
 from storage import ArtifactRef
 from storage.registry import register_checkpoint
 from tasks.artifacts import checkpoint_intact, held_out_prompts
-from tasks.artifacts import load_checkpoint  # noqa: F401 - benchmarks/reductions.py imports it from here
 from tasks.common import GPU_TAG, get_store, key_policy, work_dir
 from tasks.recipes import base_key, base_recipe, produce_checkpoint
 
