@@ -88,7 +88,7 @@ def maybe_refresh(tr: Tracker, cfg: RunConfig, m: int, ckpt, pool, vals: dict, b
     from θ_m (cached artifacts whose parent is θ_m). Returns (pool rollouts, val rollouts, a record of the
     decision for the summary)."""
     h = tr.submit(T_sel.pool_health, cfg=cfg, ckpt=ckpt, pool_rollouts=behaviour_pool, stage=m).result()
-    ess = A.read_health(cfg, h).get("ess_frac")
+    ess = A.meta_of(cfg, h).get("ess_frac")
     rec: dict[str, Any] = {"stage": m, "ess_frac": ess, "threshold": cfg.influence.refresh_ess,
                            "behaviour_checkpoint": ckpt.key, "refreshed": False, "health": h.key}
     if ess is None or ess >= cfg.influence.refresh_ess:
