@@ -128,11 +128,10 @@ def run(
         summary = run_curriculum(cfg)
     except CropiError as err:
         _fail(err)
-    c = summary["counts"]
-    typer.echo(
-        f"done in {summary['seconds']:.1f}s (flow {summary['flow_seconds']:.1f}s): {c['task_runs']} task runs, {c['computed']} computed, "
-        f"{c['cached']} cached by Prefect, {c['storage_hits']} reused from storage"
-    )
+    from flows.runtime import counts_line
+
+    typer.echo(f"done in {summary['seconds']:.1f}s (flow {summary['flow_seconds']:.1f}s): "
+               f"{counts_line(summary['counts'])}")
     typer.echo(f"final checkpoint: {summary['final_checkpoint']}")
     typer.echo(f"report: {summary['report']}")
 

@@ -28,7 +28,7 @@ from prefect import flow
 from pydantic import BaseModel
 
 from cropi_core.config import RunConfig
-from flows.runtime import Tracker, for_run
+from flows.runtime import Tracker, for_run, run_counts
 from flows.stage import stage_sketches
 from tasks import artifacts as A
 from tasks import byot as T_byot
@@ -219,7 +219,7 @@ def run_select(cfg: RunConfig, job: SelectJob) -> dict[str, Any]:
     out = export(cfg, job, refs)
     return {
         "seconds": time.perf_counter() - t0, "out": str(out), "computed": LEDGER.computed(),
-        "storage_hits": LEDGER.count("storage-hit"), "counts": refs["counts"],
+        "counts": run_counts(refs["counts"]),
         "selection": refs["selection"].key, "scores": refs["scores"].key,
         "selected_ids": A.read_selection(cfg, refs["selection"])["ids"],
     }

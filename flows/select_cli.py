@@ -125,7 +125,7 @@ def _run(write_subset: bool, **kw) -> None:
         _fail(err)
     kinds = sorted({t for t, _ in summary["computed"]})
     typer.echo(f"done in {summary['seconds']:.1f}s: {len(summary['computed'])} computed ({', '.join(kinds) or 'nothing'}), "
-               f"{summary['storage_hits']} reused from storage")
+               f"{summary['counts']['reused']} reused")
     if write_subset:
         typer.echo(f"selected {len(summary['selected_ids'])} prompts (selection {summary['selection'][:12]})")
     typer.echo(f"output: {summary['out']}")
