@@ -58,9 +58,8 @@ def main(
     seeds: int = typer.Option(5, help="seeds for the random candidate subsets"),
     stages: int = typer.Option(None, help="only the first N stages (K' sketches cost a pass over the pool each)"),
 ) -> None:
-    from tasks.bootstrap import load_checkpoint
+    from tasks.artifacts import load_checkpoint, pass_rates, read_rollouts
     from tasks.common import get_store, run_dir
-    from tasks.rollouts import pass_rates, read_rollouts
 
     torch.set_num_threads(1)
     cfg = load_config(config)

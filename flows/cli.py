@@ -6,6 +6,7 @@ exits with code 2; validation happens before any flow starts, so nothing is regi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -14,6 +15,7 @@ import time
 import urllib.request
 import warnings
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any, Optional
 
 import typer
@@ -51,8 +53,18 @@ def _fail(err: BaseException) -> None:
     raise typer.Exit(EXIT_USER_ERROR)
 
 
-def parse_sets(items: list[str] | None) -> dict[str, Any]:
-    """["selection.ratio=0.2", "train.stages=2"] -> {"selection.ratio": 0.2, ...} (values parsed as YAML)."""
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    """A CropiError raised inside the block is the user's: `_fail` prints it as one line and exits 2."""
+    try:
+        yield
+    except CropiError as err:
+        _fail(err)
+
+
+def parse_sets(items: list[str] | None, storage: str | None = None) -> dict[str, Any]:
+    """["selection.ratio=0.2", "train.stages=2"] -> {"selection.ratio": 0.2, ...} (values parsed as YAML), plus
+    `storage.root` when a --storage URL is given."""
     out: dict[str, Any] = {}
     for item in items or []:
         if "=" not in item:
@@ -65,6 +77,8 @@ def parse_sets(items: list[str] | None) -> dict[str, Any]:
             out[key] = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError:
             raise ConfigError(f"--set {item!r}: value is not valid YAML") from None
+    if storage is not None:
+        out["storage.root"] = storage
     return out
 
 
@@ -95,9 +109,7 @@ def prepare(config: Path | None, sets: list[str] | None, storage: str | None, na
     """Load + validate the config, probe storage and build the data splits (raises CropiError on bad input)."""
     from cropi_core.config import load_config
 
-    overrides = parse_sets(sets)
-    if storage is not None:
-        overrides["storage.root"] = storage
+    overrides = parse_sets(sets, storage)
     if name is not None:
         overrides["name"] = name
     if config is None and DEFAULT_CONFIG.exists():
@@ -118,21 +130,15 @@ def run(
     name: Optional[str] = typer.Option(None, "--name", help="run name (report folder runs/<name>)"),
 ) -> None:
     """Run the CROPI curriculum (cached: a rerun recomputes nothing) and print where the report is."""
-    try:
+    with user_errors():
         cfg = prepare(config, set_, storage, name)
-    except CropiError as err:
-        _fail(err)
-    from flows.curriculum import run_curriculum
+        from flows.curriculum import run_curriculum
 
-    try:
         summary = run_curriculum(cfg)
-    except CropiError as err:
-        _fail(err)
-    c = summary["counts"]
-    typer.echo(
-        f"done in {summary['seconds']:.1f}s (flow {summary['flow_seconds']:.1f}s): {c['task_runs']} task runs, {c['computed']} computed, "
-        f"{c['cached']} cached by Prefect, {c['storage_hits']} reused from storage"
-    )
+    from flows.runtime import counts_line
+
+    typer.echo(f"done in {summary['seconds']:.1f}s (flow {summary['flow_seconds']:.1f}s): "
+               f"{counts_line(summary['counts'])}")
     typer.echo(f"final checkpoint: {summary['final_checkpoint']}")
     typer.echo(f"report: {summary['report']}")
 
@@ -145,11 +151,9 @@ def show_config(
     """Validate a config and print it in full as YAML, under today's field names (an old file, migrated)."""
     from cropi_core.config import load_config
 
-    try:
+    with user_errors():
         cfg = load_config(config if config is not None or not DEFAULT_CONFIG.exists() else DEFAULT_CONFIG,
                           parse_sets(set_), check_files=False)
-    except CropiError as err:
-        _fail(err)
     typer.echo(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True), nl=False)
 
 
@@ -166,9 +170,10 @@ def compare(
                                 "cores/workers torch threads (the first run goes alone: it computes what all share)"),
 ) -> None:
     """CROPI vs baselines from the same bootstrap at an equal budget, several seeds; prints the report path."""
-    from flows.compare import parse_methods
+    from flows.compare import parse_methods, run_compare
+    from flows.compare_report import times
 
-    try:
+    with user_errors():
         names = parse_methods(methods)
         if seeds < 1:
             raise ConfigError(f"--seeds: must be ≥ 1 (got {seeds})")
@@ -177,27 +182,16 @@ def compare(
         cfg = prepare(config, set_, storage, name)
         if len(cfg.name) > 80:  # runs are named <name>-<method>-s<seed> (at most 100 characters)
             raise ConfigError(f"name: at most 80 characters for cropi compare (got {len(cfg.name)})")
-    except CropiError as err:
-        _fail(err)
-    from flows.compare import run_compare
-
-    try:
         out = run_compare(cfg, names, seeds, workers)
-    except CropiError as err:
-        _fail(err)
     res = out["results"]
     typer.echo(f"compared {len(out['records'])} runs in {out['seconds']:.1f}s")
     for m, row in res["methods"].items():
         tgt, unt = row.get("tgt_final", [float("nan")] * 2), row.get("unt_final", [float("nan")] * 2)
         extra = ""
         if "step_speedup" in row:
-            extra = f", step speed-up {_times(row['step_speedup'])}, wall speed-up {_times(row['wall_speedup'])}"
+            extra = f", step speed-up {times(row['step_speedup'])}, wall speed-up {times(row['wall_speedup'])}"
         typer.echo(f"  {m}: targeted {tgt[0]:.3f}±{tgt[1]:.3f}, untargeted {unt[0]:.3f}±{unt[1]:.3f}{extra}")
     typer.echo(f"report: {out['report']}")
-
-
-def _times(x: float | None) -> str:
-    return "not reached" if x is None else f"{x:.2f}×"
 
 
 def _resolve_key(store, key: str) -> str:
@@ -236,15 +230,13 @@ def lineage(
     """Print the artifact DAG (parents first) of KEY from storage manifests alone (no Prefect needed)."""
     from storage import lineage as lineage_of, render_lineage_png, render_lineage_text
 
-    try:
+    with user_errors():
         store, full = _open_artifact(storage, key)
         graph = lineage_of(store, full)
         typer.echo(render_lineage_text(graph))
         if png is not None:
             render_lineage_png(graph, png)
             typer.echo(f"lineage graph: {png}")
-    except CropiError as err:
-        _fail(err)
 
 
 @app.command()
@@ -253,25 +245,23 @@ def inspect(
     storage: Optional[str] = typer.Option(None, "--storage", help="storage root URL"),
 ) -> None:
     """Print an artifact's manifest (kind, parents, config, files, meta) as JSON."""
-    try:
+    with user_errors():
         store, full = _open_artifact(storage, key)
         m = store.manifest(full)
         typer.echo(json.dumps(m.model_dump(mode="json"), indent=2, sort_keys=True))
-    except CropiError as err:
-        _fail(err)
 
 
 POOL_TYPES_KNOWN = ("process", "docker", "kubernetes", "ecs", "cloud-run", "vertex-ai", "azure-container-instance")
 
 
-def _deployment_config_param(config: str) -> str:
-    """The `config` parameter a deployment stores: a path relative to the checkout when the file is inside it
-    (the worker runs in the checkout), an absolute path otherwise, or the URL as given."""
+def _deployment_config_param(config: str, path: Path) -> str:
+    """The `config` parameter a deployment stores: the path of the file it names (`path`) relative to the checkout
+    when it is inside it (the worker runs in the checkout), an absolute path otherwise, or the URL as given."""
     if "://" in config and not config.startswith("file://"):
         return config
     from flows.scheduled import REPO
 
-    p = Path(config.removeprefix("file://")).expanduser().resolve()
+    p = path.expanduser().resolve()
     try:
         return p.relative_to(REPO).as_posix()
     except ValueError:
@@ -296,7 +286,7 @@ def deploy(
     from flows.scheduled import REPO, resolve_config_path, scheduled_curriculum
 
     # 1. every argument is checked before anything is registered
-    try:
+    with user_errors():
         if not name.strip() or "/" in name:
             raise ConfigError(f"--name {name!r}: must be non-empty and contain no '/'")
         schedule = None
@@ -317,14 +307,9 @@ def deploy(
                               "'process' pool (use prefect.yaml with an image for container pools)")
         from cropi_core.config import load_config
 
-        overrides = parse_sets(set_)
-        if storage is not None:
-            overrides["storage.root"] = storage
         path = resolve_config_path(config)
-        load_config(path, overrides, check_files=check_files)
-        param_config = _deployment_config_param(config if "://" in config and not config.startswith("file://") else str(path))
-    except CropiError as err:
-        _fail(err)
+        load_config(path, parse_sets(set_, storage), check_files=check_files)
+        param_config = _deployment_config_param(config, path)
 
     # 2. the server, the pool, then the deployment (Prefect's own API: the same calls `flow.deploy` makes)
     from prefect.client.orchestration import get_client

@@ -29,7 +29,7 @@ from prefect import flow
 from cropi_core.config import RunConfig
 from cropi_core.errors import ConfigError
 from flows.outputs import RunSummary
-from flows.reports import load_timings, seconds_of
+from flows.reports import merged_timings, seconds_of
 from flows.runtime import for_run
 from tasks.common import LEDGER, local_root
 
@@ -78,14 +78,6 @@ def compare_dir(cfg: RunConfig) -> Path:
 
 
 # ---------------------------------------------------------------- timings
-def merged_timings(folder: Path) -> dict[str, float]:
-    """The folder's recorded compute seconds updated with this process's (not written back)."""
-    t = load_timings(folder)
-    with LEDGER.lock:
-        t.update(LEDGER.seconds)
-    return t
-
-
 def save_timings(folder: Path) -> dict[str, float]:
     """Merge this process's compute seconds into `<folder>/timings.json`; returns the merged map."""
     t = merged_timings(folder)
@@ -117,10 +109,9 @@ def run_record(cfg: RunConfig, method: str, seed: int, out: RunSummary, timings:
         if method == "influence_once" and s.stage > 0:
             scoring = 0.0  # reuses the stage-0 selection: no scoring at all
         stages.append({
-            "stage": row["stage"], "selected": row["selected"], "pool": row["pool"], "domains": row["domains"],
-            "offline_pass_rate": row["offline_pass_rate"],
+            **{k: row[k] for k in ("stage", "selected", "pool", "domains", "offline_pass_rate")},
             "online_pass_rate": float(row["online"].mean()) if len(row["online"]) else None,
-            "ess_frac": row["ess_frac"], "kl": row["kl"], "train_reward": row["train_reward"],
+            **{k: row[k] for k in ("ess_frac", "kl", "train_reward")},
             "scoring_s": scoring, "train_s": seconds_of(timings, s.checkpoint.key),
             "checkpoint": s.checkpoint.key, "selection": s.selection.key,
         })

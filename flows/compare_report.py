@@ -38,24 +38,20 @@ from cropi_core.config import RunConfig
 
 
 # ---------------------------------------------------------------- numbers
-def group_curve(rec: dict[str, Any], group: str) -> tuple[np.ndarray, np.ndarray]:
-    """(steps [S+1], mean accuracy over the run's sets of role `group` [S+1])."""
+def group_curve(rec: dict[str, Any], group: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(steps [S+1], mean accuracy over the run's sets of role `group` [S+1], the standard error of that mean
+    [S+1]: sqrt(Σ SE_j²)/J over the group's sets, NaN where a set's SE is unknown, e.g. records written before SEs
+    were recorded)."""
     names = [n for n, r in rec["roles"].items() if r == group]
     if not names:
-        return np.zeros(0), np.zeros(0)
+        return np.zeros(0), np.zeros(0), np.zeros(0)
+
+    def matrix(field: str) -> np.ndarray:
+        return np.array([[np.nan if v is None else v for _, v in rec[field][n]] for n in names], dtype=float)
+
     steps = np.array([t for t, _ in rec["acc"][names[0]]], dtype=float)
-    vals = np.array([[a if a is not None else np.nan for _, a in rec["acc"][n]] for n in names], dtype=float)
-    return steps, vals.mean(axis=0)
-
-
-def group_se(rec: dict[str, Any], group: str) -> np.ndarray:
-    """Standard error of the group mean at each evaluation [S+1]: sqrt(Σ SE_j²)/J over the group's sets (NaN where
-    a set's SE is unknown, e.g. records written before SEs were recorded)."""
-    names = [n for n, r in rec["roles"].items() if r == group]
-    if not names or "se" not in rec:
-        return np.full(len(rec["acc"][names[0]]) if names else 0, np.nan)
-    v = np.array([[e if e is not None else np.nan for _, e in rec["se"][n]] for n in names], dtype=float)
-    return np.sqrt((v ** 2).sum(axis=0)) / len(names)
+    se = np.sqrt((matrix("se") ** 2).sum(axis=0)) / len(names) if "se" in rec else np.full(len(steps), np.nan)
+    return steps, matrix("acc").mean(axis=0), se
 
 
 def steps_to_reach(steps: np.ndarray, acc: np.ndarray, target: float) -> float | None:
@@ -93,6 +89,9 @@ def _mean_std(x: list[float]) -> tuple[float, float]:
     return float(a.mean()), float(a.std(ddof=1)) if a.size > 1 else 0.0
 
 
+COSTS = (("", True), ("_excl_offline", False))  # key suffix, offline rollouts included
+
+
 def summarize(records: list[dict[str, Any]], methods: list[str]) -> dict[str, Any]:
     """Per method: mean/min/max curves, final accuracies (mean, std), steps to target, speed-ups, costs."""
     by = {m: [r for r in records if r["method"] == m] for m in methods}
@@ -111,25 +110,21 @@ def summarize(records: list[dict[str, Any]], methods: list[str]) -> dict[str, An
             row[f"{short}_min"] = mat.min(0).tolist()
             row[f"{short}_max"] = mat.max(0).tolist()
             row[f"{short}_final"] = _mean_std(mat[:, -1].tolist())
-            ses = np.stack([group_se(r, g) for r in rs])
+            ses = np.stack([c[2] for c in curves])
             row[f"{short}_se"] = [float(np.nanmean(c)) if np.isfinite(c).any() else None for c in ses.T]
         sets = sorted({n for r in rs for n in r["acc"]})
         row["sets_final"] = {n: _mean_std([r["acc"][n][-1][1] for r in rs if n in r["acc"]]) for n in sets}
         row["sets_final_se"] = {n: _nanmean([r["se"][n][-1][1] for r in rs if n in r.get("se", {})]) for n in sets}
         row["total_steps"] = rs[0]["steps_per_stage"] * len(rs[0]["stages"])
-        costs = [cost_at(r, row["total_steps"]) for r in rs]
-        row["total_cost_s"] = _mean_std(costs) if all(c is not None for c in costs) else (float("nan"), float("nan"))
-        costs_x = [cost_at(r, row["total_steps"], offline=False) for r in rs]
-        row["total_cost_excl_offline_s"] = (_mean_std(costs_x) if all(c is not None for c in costs_x)
-                                            else (float("nan"), float("nan")))
+        for sfx, offline in COSTS:
+            costs = [cost_at(r, row["total_steps"], offline) for r in rs]
+            row[f"total_cost{sfx}_s"] = _mean_std(costs) if None not in costs else (float("nan"), float("nan"))
         row["offline_s"] = _mean_std([r["offline_s"] for r in rs])
         row["scoring_s"] = _mean_std([sum(s["scoring_s"] or 0 for s in r["stages"]) + (r["offline_s"] or 0) for r in rs])
         out["methods"][m] = row
     if "full" in out["methods"] and "tgt_mean" in out["methods"]["full"]:
         target = out["methods"]["full"]["tgt_mean"][-1]
         out["target"] = target
-        full_cost = out["methods"]["full"]["total_cost_s"][0]
-        full_cost_x = out["methods"]["full"]["total_cost_excl_offline_s"][0]
         T = out["methods"]["full"]["total_steps"]
         # full data never beat its own starting point: "steps to full data's final accuracy" is 0 for everyone
         # and says nothing, so the speed-ups are reported as undefined (NaN) instead of ∞
@@ -142,22 +137,17 @@ def summarize(records: list[dict[str, Any]], methods: list[str]) -> dict[str, An
             row["steps_to_target"] = t_star
             row["step_speedup"] = (T / t_star if t_star and t_star > 0 else (float("inf") if t_star == 0 else None))
             # wall-clock at t* on the seed-mean cost curve (costs of each seed at t*, averaged)
-            cs = [cost_at(r, t_star) for r in by[m]] if t_star is not None else [None]
-            c_star = float(np.mean(cs)) if all(c is not None for c in cs) else None
-            row["cost_to_target_s"] = c_star
-            if c_star is None or not np.isfinite(full_cost):
-                row["wall_speedup"] = None
-            else:
-                row["wall_speedup"] = full_cost / c_star if c_star > 0 else float("inf")
-            cx = [cost_at(r, t_star, offline=False) for r in by[m]] if t_star is not None else [None]
-            cx_star = float(np.mean(cx)) if all(c is not None for c in cx) else None
-            row["cost_to_target_excl_offline_s"] = cx_star
-            row["wall_speedup_excl_offline"] = (None if cx_star is None or not np.isfinite(full_cost_x) else
-                                                full_cost_x / cx_star if cx_star > 0 else float("inf"))
+            for sfx, offline in COSTS:
+                cs = [cost_at(r, t_star, offline) for r in by[m]] if t_star is not None else [None]
+                c_star = float(np.mean(cs)) if None not in cs else None
+                full_cost = out["methods"]["full"][f"total_cost{sfx}_s"][0]
+                row[f"cost_to_target{sfx}_s"] = c_star
+                row[f"wall_speedup{sfx}"] = (None if c_star is None or not np.isfinite(full_cost) else
+                                             full_cost / c_star if c_star > 0 else float("inf"))
             # per-seed step speed-ups against the same target (spread of the headline metric)
             per = []
             for r in by[m]:
-                st, a = group_curve(r, "test_targeted")
+                st, a, _ = group_curve(r, "test_targeted")
                 ts = steps_to_reach(st, a, target)
                 per.append(None if ts is None else (float("inf") if ts == 0 else T / ts))
             row["step_speedup_per_seed"] = per
@@ -180,11 +170,14 @@ def _pm(ms: tuple[float, float] | list[float] | None, se: float | None = None) -
     return f"{ms[0]:.3f} ± {ms[1]:.3f}" + (f" [SE {se:.3f}]" if se is not None and np.isfinite(se) else "")
 
 
-def _a_se(a: float, se: float | None) -> str:
-    return f"{a:.3f}" if se is None or not np.isfinite(se) else f"{a:.3f}±{se:.3f}"
+def _curve(row: dict[str, Any], short: str) -> str:
+    """The seed-mean curve of group `short` (tgt, unt): "accuracy±SE" per evaluation."""
+    return " ".join(f"{a:.3f}" if e is None or not np.isfinite(e) else f"{a:.3f}±{e:.3f}"
+                    for a, e in zip(row.get(f"{short}_mean", []), row.get(f"{short}_se", [None] * 99)))
 
 
-def _x(v: float | None) -> str:
+def times(v: float | None) -> str:
+    """A speed-up as the reports write it: "2.66×", "not reached", "undefined" or "∞ (at step 0)"."""
     if v is None:
         return "not reached"
     if np.isnan(v):
@@ -194,30 +187,13 @@ def _x(v: float | None) -> str:
     return f"{v:.2f}×"
 
 
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    out += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(out) + "\n"
-
-
 # ---------------------------------------------------------------- plots
 LINES = ("-", "--", ":", "-.")  # methods often coincide (cropi = influence_once at stage 0): keep both visible
 def _plots(summary: dict[str, Any], records: list[dict[str, Any]], folder: Path, targeted_domains: set[str]) -> dict[str, Path]:
-    import matplotlib
+    from flows.reports import plotter
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    paths: dict[str, Path] = {}
+    plt, paths, save = plotter(folder)
     ms = summary["methods"]
-
-    def save(fig, name: str) -> None:
-        p = folder / f"{name}.png"
-        fig.tight_layout()
-        fig.savefig(p, dpi=90)
-        plt.close(fig)
-        paths[name] = p
-
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for ax, short, title in ((axes[0], "tgt", "targeted"), (axes[1], "unt", "untargeted")):
         for i, (m, row) in enumerate(ms.items()):
@@ -229,9 +205,8 @@ def _plots(summary: dict[str, Any], records: list[dict[str, Any]], folder: Path,
             ax.fill_between(st, row[f"{short}_min"], row[f"{short}_max"], color=f"C{i}", alpha=0.15)
         if short == "tgt" and summary["target"] is not None:
             ax.axhline(summary["target"], color="k", ls=":", lw=1, label="full data, final")
-        ax.set_xlabel("GRPO step")
-        ax.set_ylabel(f"{title} accuracy (mean of sets)")
-        ax.set_title(f"{title.capitalize()} accuracy vs step (mean, min–max over seeds)")
+        ax.set(xlabel="GRPO step", ylabel=f"{title} accuracy (mean of sets)",
+               title=f"{title.capitalize()} accuracy vs step (mean, min–max over seeds)")
         ax.legend(fontsize=7)
     save(fig, "compare_accuracy")
 
@@ -244,9 +219,7 @@ def _plots(summary: dict[str, Any], records: list[dict[str, Any]], folder: Path,
                           / max(1, r["stages"][k]["selected"]) for r in rs]) for k in range(n_st)]
         ax.plot(range(n_st), share, marker="os^vDP*"[i % 7], ls=LINES[i % 4], color=f"C{i}", label=m)
     ax.set_xticks(range(n_st), [f"stage {k}" for k in range(n_st)])
-    ax.set_ylim(0, 1)
-    ax.set_ylabel("targeted-domain share of selected prompts")
-    ax.set_title("Selected-set composition")
+    ax.set(ylim=(0, 1), ylabel="targeted-domain share of selected prompts", title="Selected-set composition")
     ax.legend(fontsize=7)
     save(fig, "compare_composition")
 
@@ -264,8 +237,7 @@ def _plots(summary: dict[str, Any], records: list[dict[str, Any]], folder: Path,
     ax.bar(x - 0.2, off, 0.4, label="offline (β)")
     ax.bar(x + 0.2, on, 0.4, label="online (θ_m)")
     ax.set_xticks(x, labels, fontsize=6)
-    ax.set_ylabel("mean pass rate of selected prompts")
-    ax.set_title("Offline vs online pass rate (Figure 6)")
+    ax.set(ylabel="mean pass rate of selected prompts", title="Offline vs online pass rate (Figure 6)")
     ax.legend(fontsize=7)
     save(fig, "compare_offline_online")
     return paths
@@ -282,7 +254,7 @@ def targeted_domains_of(cfg: RunConfig) -> set[str]:
 def write_report(cfg: RunConfig, records: list[dict[str, Any]], folder: Path, methods: list[str],
                  seeds: int) -> tuple[Path, dict[str, Any]]:
     """Write compare.md, the PNGs and results.json into `folder`; publish them as Prefect artifacts."""
-    from flows.reports import _publish_image, _publish_markdown, _publish_table, data_url, slug
+    from flows.reports import md_table, publish, publish_report, slug
 
     summary = summarize(records, methods)
     tdom = targeted_domains_of(cfg)
@@ -296,7 +268,7 @@ def write_report(cfg: RunConfig, records: list[dict[str, Any]], folder: Path, me
     head = ["method"] + tsets + ["targeted avg"] + usets + ["untargeted avg", "steps to A*", "step speed-up",
                                                               "wall speed-up", "wall excl. offline", "cost (s)",
                                                               "offline (s)"]
-    rows, table_rows = [], []
+    table_rows = []
     for m, row in ms.items():
         fse = row.get("sets_final_se", {})
         r = [m] + [_pm(row["sets_final"].get(n), fse.get(n)) for n in tsets] + \
@@ -304,11 +276,10 @@ def write_report(cfg: RunConfig, records: list[dict[str, Any]], folder: Path, me
             [_pm(row["sets_final"].get(n), fse.get(n)) for n in usets] + \
             [_pm(row.get("unt_final"), (row.get("unt_se") or [None])[-1]),
              "–" if row.get("steps_to_target") is None else f"{row['steps_to_target']:.1f}",
-             _x(row.get("step_speedup")) if "step_speedup" in row else "–",
-             _x(row.get("wall_speedup")) if "wall_speedup" in row else "–",
-             _x(row.get("wall_speedup_excl_offline")) if "wall_speedup_excl_offline" in row else "–",
+             times(row.get("step_speedup")) if "step_speedup" in row else "–",
+             times(row.get("wall_speedup")) if "wall_speedup" in row else "–",
+             times(row.get("wall_speedup_excl_offline")) if "wall_speedup_excl_offline" in row else "–",
              _pm(row.get("total_cost_s")), _pm(row.get("offline_s"))]
-        rows.append(r)
         table_rows.append(dict(zip(head, r)))
 
     comp_rows = []
@@ -320,15 +291,17 @@ def write_report(cfg: RunConfig, records: list[dict[str, Any]], folder: Path, me
             sel = np.mean([r["stages"][k]["selected"] for r in rs])
             share = sum(v for d, v in mean.items() if d in tdom) / max(1.0, sel)
             f = lambda key: np.nanmean([np.nan if r["stages"][k][key] is None else r["stages"][k][key] for r in rs])  # noqa: E731
-            comp_rows.append([m, str(k), f"{sel:.0f}", f"{share:.2f}", ", ".join(f"{d}:{v:.0f}" for d, v in mean.items()),
-                              f"{f('offline_pass_rate'):.3f}", f"{f('online_pass_rate'):.3f}", f"{f('ess_frac'):.3f}",
-                              f"{f('kl'):.4f}", f"{f('scoring_s'):.1f}", f"{f('train_s'):.1f}"])
+            comp_rows.append({"method": m, "stage": k, "selected": f"{sel:.0f}", "targeted share": f"{share:.2f}",
+                              "domains": ", ".join(f"{d}:{v:.0f}" for d, v in mean.items()),
+                              "offline pass": f"{f('offline_pass_rate'):.3f}",
+                              "online pass": f"{f('online_pass_rate'):.3f}", "ESS/K": f"{f('ess_frac'):.3f}",
+                              "KL": f"{f('kl'):.4f}", "scoring s": f"{f('scoring_s'):.1f}", "train s": f"{f('train_s'):.1f}"})
 
     c = cfg
     cr = ms.get("cropi", {})
-    headline = (f"CROPI step speed-up over full data: **{_x(cr.get('step_speedup'))}** "
-                f"(wall-clock incl. scoring: **{_x(cr.get('wall_speedup'))}**, without the one-time offline rollouts: "
-                f"**{_x(cr.get('wall_speedup_excl_offline'))}**); target A* = full data's final "
+    headline = (f"CROPI step speed-up over full data: **{times(cr.get('step_speedup'))}** "
+                f"(wall-clock incl. scoring: **{times(cr.get('wall_speedup'))}**, without the one-time offline rollouts: "
+                f"**{times(cr.get('wall_speedup_excl_offline'))}**); target A* = full data's final "
                 f"targeted accuracy = {summary['target']:.3f}." if "step_speedup" in cr and summary["target"] is not None
                 else "Speed-up needs both `cropi` and `full` in --methods.")
     if summary.get("degenerate"):
@@ -342,25 +315,22 @@ def write_report(cfg: RunConfig, records: list[dict[str, Any]], folder: Path, me
           f"selection ratio {c.selection.ratio}.\n",
           f"Accuracy metric: {records[0].get('metric', 'greedy pass@1')}.\n", headline + "\n",
           "## Final accuracy (Table 1 style; mean ± sample std over seeds [SE of one evaluation])\n",
-          _table(head, rows),
+          md_table(table_rows),
           "Step speed-up per seed (same target): " + "; ".join(
-              f"{m}: " + ", ".join(_x(v) for v in row.get("step_speedup_per_seed", [])) for m, row in ms.items()) + "\n",
+              f"{m}: " + ", ".join(times(v) for v in row.get("step_speedup_per_seed", [])) for m, row in ms.items()) + "\n",
           "## Definitions\n", (__doc__ or "").split("Definitions (all on the seed-MEAN curves):", 1)[-1].strip() + "\n",
           "## Accuracy vs step\n", f"![accuracy]({paths['compare_accuracy'].name})\n",
-          _table(["method", "steps", "targeted (mean ± SE)", "untargeted (mean ± SE)"],
-                 [[m, " ".join(f"{s:g}" for s in row.get("steps", [])),
-                   " ".join(_a_se(a, e) for a, e in zip(row.get("tgt_mean", []), row.get("tgt_se", [None] * 99))),
-                   " ".join(_a_se(a, e) for a, e in zip(row.get("unt_mean", []), row.get("unt_se", [None] * 99)))]
-                  for m, row in ms.items()]),
+          md_table([{"method": m, "steps": " ".join(f"{s:g}" for s in row.get("steps", [])),
+                     "targeted (mean ± SE)": _curve(row, "tgt"), "untargeted (mean ± SE)": _curve(row, "unt")}
+                    for m, row in ms.items()]),
           "## Selected-set composition, pass rates and off-policy health per stage (mean over seeds)\n",
           f"Targeted domains: {', '.join(sorted(tdom))}.\n",
-          _table(["method", "stage", "selected", "targeted share", "domains", "offline pass", "online pass", "ESS/K",
-                  "KL", "scoring s", "train s"], comp_rows),
+          md_table(comp_rows),
           f"![composition]({paths['compare_composition'].name})\n",
           "## Offline vs online pass rate of the selected prompts (Figure 6)\n",
           f"![offline vs online]({paths['compare_offline_online'].name})\n",
-          "## Runs\n", _table(["method", "seed", "run report", "final checkpoint"],
-                               [[r["method"], str(r["seed"]), r["report"], r["final_checkpoint"][:12]] for r in records])]
+          "## Runs\n", md_table([{"method": r["method"], "seed": r["seed"], "run report": r["report"],
+                                  "final checkpoint": r["final_checkpoint"][:12]} for r in records])]
     text = "\n".join(md)
     report = folder / "compare.md"
     report.write_text(text)
@@ -368,11 +338,6 @@ def write_report(cfg: RunConfig, records: list[dict[str, Any]], folder: Path, me
     (folder / "results.json").write_text(json.dumps(results, indent=1, default=float))
 
     key = slug(cfg) + "-compare"
-    _publish_table(f"{key}-table", table_rows, f"{cfg.name}: CROPI vs baselines (final accuracy, speed-ups)")
-    for name, p in paths.items():
-        _publish_image(f"{key}-{name.replace('_', '-')}", p, f"{cfg.name}: {name}")
-    inline = text
-    for p in paths.values():
-        inline = inline.replace(f"]({p.name})", f"]({data_url(p)})")
-    _publish_markdown(f"{key}-report", inline, f"{cfg.name}: comparison report")
+    publish("table", f"{key}-table", f"{cfg.name}: CROPI vs baselines (final accuracy, speed-ups)", table=table_rows)
+    publish_report(key, key, text, paths, f"{cfg.name}: comparison report", {n: f"{cfg.name}: {n}" for n in paths})
     return report, results

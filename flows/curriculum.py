@@ -16,7 +16,7 @@ from prefect import flow
 
 from cropi_core.config import RunConfig
 from flows.outputs import RunSummary, StageOutputs
-from flows.runtime import Tracker, add_counts, for_run, task_runner
+from flows.runtime import Tracker, add_counts, for_run, run_counts, task_runner
 from flows.stage import SCORED
 from flows.stage import stage as stage_flow
 from tasks import artifacts as A
@@ -52,7 +52,7 @@ def curriculum(config: RunConfig) -> RunSummary:
     vals_r = {n: f.result() for n, f in vals.items()}
     ckpt = base.result()
     stages: list[StageOutputs] = []
-    counts = {"task_runs": 0, "cached": 0, "failed": 0}
+    counts: dict[str, int] = {}
     runner = task_runner(cfg)
     fixed = None
     behaviour_pool, behaviour_val = roll_pool_r, roll_val_r  # β's rollouts, until a refresh replaces them
@@ -88,7 +88,7 @@ def maybe_refresh(tr: Tracker, cfg: RunConfig, m: int, ckpt, pool, vals: dict, b
     from θ_m (cached artifacts whose parent is θ_m). Returns (pool rollouts, val rollouts, a record of the
     decision for the summary)."""
     h = tr.submit(T_sel.pool_health, cfg=cfg, ckpt=ckpt, pool_rollouts=behaviour_pool, stage=m).result()
-    ess = A.read_health(cfg, h).get("ess_frac")
+    ess = A.meta_of(cfg, h).get("ess_frac")
     rec: dict[str, Any] = {"stage": m, "ess_frac": ess, "threshold": cfg.influence.refresh_ess,
                            "behaviour_checkpoint": ckpt.key, "refreshed": False, "health": h.key}
     if ess is None or ess >= cfg.influence.refresh_ess:
@@ -118,9 +118,8 @@ def run_curriculum(cfg: RunConfig) -> dict[str, Any]:
         if own_sink:
             LEDGER.sink = None
     seconds = time.perf_counter() - t0
-    counts = {**out.counts, "computed": LEDGER.count("computed"), "storage_hits": LEDGER.count("storage-hit")}
     summary = {
-        "name": cfg.name, "seconds": seconds, "flow_seconds": out.flow_seconds, "counts": counts,
+        "name": cfg.name, "seconds": seconds, "flow_seconds": out.flow_seconds, "counts": run_counts(out.counts),
         "faults": LEDGER.count("fault"), "computed": LEDGER.computed(),
         "final_checkpoint": out.final_checkpoint.key, "base_checkpoint": out.base_checkpoint.key,
         "report": out.report,

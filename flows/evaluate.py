@@ -24,4 +24,4 @@ def evaluate(config: RunConfig, checkpoint: str, stage: int = -1) -> dict[str, f
     tests = {n: tr.submit(T_data.dataset, cfg=cfg, role=role, name=n)
              for role in ("test_targeted", "test_untargeted") for n in names[role]}
     evals = {n: tr.submit(T_eval.evaluate, cfg=cfg, ckpt=ckpt, data=d, name=n, stage=stage) for n, d in tests.items()}
-    return {n: float(A.read_eval(cfg, f.result())["accuracy"]) for n, f in evals.items()}
+    return {n: float(A.meta_of(cfg, f.result())["accuracy"]) for n, f in evals.items()}

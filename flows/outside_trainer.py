@@ -28,7 +28,8 @@ from cropi_core.errors import ConfigError, CropiError
 from flows.runtime import for_run
 from flows.select import SelectJob, export, select_flow
 from storage import ArtifactRef
-from tasks.common import LEDGER, NO_RETRY_TAG, bind, computed, get_store, log
+from tasks.artifacts import checkpoint_path, prompt_set
+from tasks.common import LEDGER, NO_RETRY_TAG, bind, computed, get_store, log, storage_hit
 
 
 def render_command(template: str, **values: str) -> list[str]:
@@ -108,14 +109,11 @@ def outside_trainer(config: RunConfig, job: SelectJob, train_command: str, stage
         refs = select_flow(config=cfg, job=j)
         export(cfg, j, refs)
         ckpt_out = work_dir / f"stage-{m}" / "checkpoint"
-        from tasks.artifacts import checkpoint_path
-
         argv = render_command(train_command, checkpoint=str(checkpoint_path(cfg, refs["checkpoint"])),
                               subset=str(sel_dir / subset_name_for(j)), out=str(ckpt_out), stage=str(m))
         new = trained_before(cfg, refs["checkpoint"], refs["selection"], train_command)
         if new is not None:  # resume: this stage was trained (and registered) by an earlier run of the loop
-            LEDGER.add("external-train", new.key, "storage-hit")
-            log(f"stage {m}: reusing trained checkpoint {new.key[:12]} from storage")
+            storage_hit("external-train", new)
             folder = str(checkpoint_path(cfg, new))
         else:
             train = external_train.with_options(retries=retries, retry_delay_seconds=cfg.runner.retry_delay_s)
@@ -132,8 +130,6 @@ def outside_trainer(config: RunConfig, job: SelectJob, train_command: str, stage
 
 
 def subset_name_for(job: SelectJob) -> str:
-    from tasks.artifacts import prompt_set
-
     return subset_name(prompt_set(job.pool.path, job.pool.name, job.verifier))
 
 

@@ -20,7 +20,8 @@ from prefect.cache_policies import NO_CACHE
 
 from cropi_core.config import RunConfig
 from flows.outputs import RunSummary, StageOutputs, artifact_view
-from storage import ArtifactRef, lineage, render_lineage_png, render_lineage_text
+from storage import lineage, render_lineage_png, render_lineage_text
+from tasks.artifacts import accuracy_and_se, meta_of, metric_label, pass_rates, read_scores, read_selection
 from tasks.common import LEDGER, get_store, run_dir
 
 
@@ -33,35 +34,26 @@ def data_url(png: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(Path(png).read_bytes()).decode()
 
 
-def _publish_table(key: str, rows: list[dict], description: str) -> None:
+def publish(kind: str, key: str, description: str, **content: Any) -> None:
+    """`prefect.artifacts.create_<kind>_artifact` (table, markdown, image, ...) with `content`; nothing outside a
+    flow run (e.g. a report rebuilt from a script)."""
     try:
-        from prefect.artifacts import create_table_artifact
+        from prefect import artifacts
 
-        create_table_artifact(table=rows, key=key, description=description)
-    except Exception:  # noqa: BLE001 - outside a flow run (e.g. report rebuilt from a script)
+        getattr(artifacts, f"create_{kind}_artifact")(key=key, description=description, **content)
+    except Exception:  # noqa: BLE001 - outside a flow run
         pass
 
 
-def _publish_markdown(key: str, md: str, description: str) -> None:
-    try:
-        from prefect.artifacts import create_markdown_artifact
-
-        create_markdown_artifact(markdown=md, key=key, description=description)
-    except Exception:  # noqa: BLE001
-        pass
-
-
-def _publish_image(key: str, png: Path, description: str) -> None:
-    try:
-        from prefect.artifacts import create_image_artifact
-
-        create_image_artifact(image_url=data_url(png), key=key, description=description)
-    except Exception:  # noqa: BLE001
-        pass
-
-
-def _meta(cfg: RunConfig, ref: ArtifactRef | None) -> dict:
-    return dict(get_store(cfg).manifest(ref.key).meta) if ref is not None else {}
+def publish_report(key: str, images: str, md: str, paths: dict[str, Path], description: str,
+                   titles: dict[str, str]) -> None:
+    """Each PNG as image artifact `<images>-<name>` (described by `titles[name]`), then the markdown as
+    `<key>-report` with its PNGs inlined as data URLs (the Prefect UI cannot read local files)."""
+    for name, p in paths.items():
+        url = data_url(p)
+        publish("image", f"{images}-{name.replace('_', '-')}", titles[name], image_url=url)
+        md = md.replace(f"]({Path(p).name})", f"]({url})")
+    publish("markdown", f"{key}-report", description, markdown=md)
 
 
 def _fmt(x: Any) -> str:
@@ -70,13 +62,8 @@ def _fmt(x: Any) -> str:
     return f"{x:.3f}" if isinstance(x, float) else str(x)
 
 
-def _metric_label(cfg: RunConfig) -> str:
-    from tasks.artifacts import metric_label
-
-    return metric_label(cfg)
-
-
-def _md_table(rows: list[dict]) -> str:
+def md_table(rows: list[dict]) -> str:
+    """A markdown table of `rows` (columns: the first row's keys; numbers as `_fmt` writes them)."""
     if not rows:
         return "_(none)_\n"
     cols = list(rows[0])
@@ -88,23 +75,15 @@ def _md_table(rows: list[dict]) -> str:
 # ---------------------------------------------------------------- per stage
 def stage_rows(cfg: RunConfig, out: StageOutputs) -> dict[str, Any]:
     """Numbers of one stage, read back from the artifacts' manifests."""
-    from tasks.artifacts import read_selection
-
     sel = read_selection(cfg, out.selection)
-    sm, online, health, ck = (_meta(cfg, r) for r in (out.selection, out.online, out.health, out.checkpoint))
+    sm, online, health, ck = (meta_of(cfg, r) for r in (out.selection, out.online, out.health, out.checkpoint))
     return {
         "stage": out.stage, "method": sel["method"], "selected": len(sel["indices"]), "pool": sm.get("pool"),
         "domains": sm.get("domains", {}), "offline_pass_rate": float(np.mean(sel["offline_pass_rate"])) if sel["indices"] else None,
         "online_pass_rate": online.get("mean_pass_rate"), "ess_frac": health.get("ess_frac"), "kl": health.get("kl"),
         "train_reward": ck.get("reward_mean"), "checkpoint": out.checkpoint.key,
-        "accuracy": {n: _acc_se(cfg, r) for n, r in out.evals.items()},
+        "accuracy": {n: accuracy_and_se(cfg, r) for n, r in out.evals.items()},
     }
-
-
-def _acc_se(cfg: RunConfig, ref: ArtifactRef) -> tuple[float | None, float | None]:
-    from tasks.artifacts import accuracy_and_se
-
-    return accuracy_and_se(cfg, ref)
 
 
 @task(name="report-stage", task_run_name="report-s{out.stage}", cache_policy=NO_CACHE)
@@ -117,13 +96,13 @@ def stage_report(cfg: RunConfig, out: StageOutputs) -> str:
           f"Composition by domain: {json.dumps(r['domains'])}\n\n"
           f"Pass rate of the selected prompts: offline (β) {_fmt(r['offline_pass_rate'])}, online (θ_{m}) "
           f"{_fmt(r['online_pass_rate'])}. Off-policy health: ESS/K {_fmt(r['ess_frac'])}, KL {_fmt(r['kl'])}.\n\n"
-          f"Accuracy ({_metric_label(cfg)}, ± standard error over test prompts) after this stage:\n\n"
-          + _md_table([{"set": n, "accuracy": pm_se(*a)} for n, a in r["accuracy"].items()])
+          f"Accuracy ({metric_label(cfg)}, ± standard error over test prompts) after this stage:\n\n"
+          + md_table([{"set": n, "accuracy": pm_se(*a)} for n, a in r["accuracy"].items()])
           + f"\nCheckpoint: `{r['checkpoint']}`\n")
     path = run_dir(cfg) / f"stage_{m}.md"
     path.write_text(md)
-    _publish_table(f"{slug(cfg)}-stage-{m}", table, f"{cfg.name} stage {m}")
-    _publish_markdown(f"{slug(cfg)}-stage-{m}-report", md, f"{cfg.name} stage {m} report")
+    publish("table", f"{slug(cfg)}-stage-{m}", f"{cfg.name} stage {m}", table=table)
+    publish("markdown", f"{slug(cfg)}-stage-{m}-report", f"{cfg.name} stage {m} report", markdown=md)
     return str(path)
 
 
@@ -141,6 +120,14 @@ def load_timings(folder: Path) -> dict[str, float]:
                 t[row["key"]] = float(row["seconds"])
             except (ValueError, KeyError, TypeError):
                 continue
+    return t
+
+
+def merged_timings(folder: Path) -> dict[str, float]:
+    """The folder's recorded compute seconds updated with this process's (not written back)."""
+    t = load_timings(folder)
+    with LEDGER.lock:
+        t.update(LEDGER.seconds)
     return t
 
 
@@ -172,11 +159,9 @@ def cost_rows(summary: RunSummary, timings: dict[str, float]) -> list[dict]:
 # ---------------------------------------------------------------- per run
 def collect(cfg: RunConfig, summary: RunSummary) -> dict[str, Any]:
     """Everything the final report plots, as plain numbers."""
-    from tasks.artifacts import accuracy_and_se, pass_rates, read_scores, read_selection
-
     store = get_store(cfg)
     E = cfg.train.steps_per_stage
-    roles = {n: _meta(cfg, d).get("role", "test") for n, d in summary.tests.items()}
+    roles = {n: meta_of(cfg, d).get("role", "test") for n, d in summary.tests.items()}
     acc: dict[str, list[tuple[int, float]]] = {}
     se: dict[str, list[tuple[int, float | None]]] = {}
     for step, evals in [(0, summary.evals0)] + [((s.stage + 1) * E, s.evals) for s in summary.stages]:
@@ -222,7 +207,9 @@ def pm_se(a: float | None, se: float | None) -> str:
     return f"{a:.3f}" if se is None or not np.isfinite(se) else f"{a:.3f} ± {se:.3f}"
 
 
-def _plots(cfg: RunConfig, d: dict[str, Any], folder: Path) -> dict[str, Path]:
+def plotter(folder: Path):
+    """(matplotlib.pyplot on the Agg backend, the PNGs written so far by name, `save(fig, name)` writing
+    `<folder>/<name>.png`)."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -237,6 +224,11 @@ def _plots(cfg: RunConfig, d: dict[str, Any], folder: Path) -> dict[str, Path]:
         plt.close(fig)
         paths[name] = p
 
+    return plt, paths, save
+
+
+def _plots(cfg: RunConfig, d: dict[str, Any], folder: Path) -> dict[str, Path]:
+    plt, paths, save = plotter(folder)
     # accuracy vs step, per set and the mean of each group
     fig, ax = plt.subplots(figsize=(6, 4))
     for group, style in (("test_targeted", "-"), ("test_untargeted", "--")):
@@ -250,9 +242,7 @@ def _plots(cfg: RunConfig, d: dict[str, Any], folder: Path) -> dict[str, Path]:
             ax.errorbar([r["step"] for r in g], [r["accuracy"] for r in g],
                         yerr=[1.96 * r["se"] if r["se"] is not None else 0 for r in g], fmt=style, lw=2.5, capsize=3,
                         color="k" if group == "test_targeted" else "0.5", label=f"{label} (mean, 95% CI)")
-    ax.set_xlabel("GRPO step")
-    ax.set_ylabel(f"accuracy ({_metric_label(cfg)})")
-    ax.set_title("Accuracy vs step")
+    ax.set(xlabel="GRPO step", ylabel=f"accuracy ({metric_label(cfg)})", title="Accuracy vs step")
     ax.legend(fontsize=7)
     save(fig, "accuracy")
 
@@ -265,8 +255,7 @@ def _plots(cfg: RunConfig, d: dict[str, Any], folder: Path) -> dict[str, Path]:
         v = np.array([s["domains"].get(dom, 0) for s in st], dtype=float)
         ax.bar([f"stage {s['stage']}" for s in st], v, bottom=bottom, label=dom)
         bottom += v
-    ax.set_ylabel("selected prompts")
-    ax.set_title("Selected-set composition by domain")
+    ax.set(ylabel="selected prompts", title="Selected-set composition by domain")
     ax.legend(fontsize=7)
     save(fig, "composition")
 
@@ -280,9 +269,8 @@ def _plots(cfg: RunConfig, d: dict[str, Any], folder: Path) -> dict[str, Path]:
             if v.size:
                 ax.hist(v, bins=40, alpha=0.5, label=f"stage {s['stage']}")
                 any_scores = True
-    ax.set_xlabel("POPI (cosine to validation mean sketch)")
-    ax.set_ylabel("pool prompts")
-    ax.set_title("POPI score histogram" + ("" if any_scores else " (method does not score)"))
+    ax.set(xlabel="POPI (cosine to validation mean sketch)", ylabel="pool prompts",
+           title="POPI score histogram" + ("" if any_scores else " (method does not score)"))
     if any_scores:
         ax.legend(fontsize=7)
     save(fig, "popi_hist")
@@ -299,11 +287,7 @@ def _plots(cfg: RunConfig, d: dict[str, Any], folder: Path) -> dict[str, Path]:
     for i in range(n):
         for j in range(n):
             ax.text(j, i, f"{ov[i, j]:.2f}", ha="center", va="center", color="w", fontsize=8)
-    ax.set_xticks(range(n))
-    ax.set_yticks(range(n))
-    ax.set_xlabel("stage")
-    ax.set_ylabel("stage")
-    ax.set_title("Selection overlap")
+    ax.set(xticks=range(n), yticks=range(n), xlabel="stage", ylabel="stage", title="Selection overlap")
     fig.colorbar(im)
     save(fig, "overlap")
 
@@ -313,8 +297,7 @@ def _plots(cfg: RunConfig, d: dict[str, Any], folder: Path) -> dict[str, Path]:
     ax.bar(x - 0.2, [float(np.mean(s["offline"])) if len(s["offline"]) else 0 for s in st], 0.4, label="offline (β)")
     ax.bar(x + 0.2, [float(np.mean(s["online"])) if len(s["online"]) else 0 for s in st], 0.4, label="online (θ_m)")
     ax.set_xticks(x, [f"stage {s['stage']}" for s in st])
-    ax.set_ylabel("mean pass rate of selected prompts")
-    ax.set_title("Offline vs online pass rate (Figure 6)")
+    ax.set(ylabel="mean pass rate of selected prompts", title="Offline vs online pass rate (Figure 6)")
     ax.legend()
     save(fig, "offline_online")
 
@@ -324,9 +307,8 @@ def _plots(cfg: RunConfig, d: dict[str, Any], folder: Path) -> dict[str, Path]:
     ax2 = ax.twinx()
     ax2.plot(x, [s["kl"] if s["kl"] is not None else np.nan for s in st], "s--", color="C3", label="KL(π_θ‖β) per token")
     ax.set_xticks(x, [f"stage {s['stage']}" for s in st])
-    ax.set_ylabel("ESS / K")
+    ax.set(ylabel="ESS / K", title="Off-policy health of the selected prompts")
     ax2.set_ylabel("KL per token")
-    ax.set_title("Off-policy health of the selected prompts")
     fig.legend(loc="lower left", fontsize=7)
     save(fig, "health")
     return paths
@@ -382,13 +364,13 @@ def final_report(cfg: RunConfig, summary: RunSummary) -> Path:
     md = [f"# CROPI run `{cfg.name}`\n", f"Final checkpoint: `{summary.final_checkpoint.key}`\n",
           f"Selection: `{cfg.selection.method}`, ratio {cfg.selection.ratio}, {cfg.train.stages} stages × "
           f"{cfg.train.steps_per_stage} GRPO steps.\n",
-          f"## Accuracy: targeted and untargeted means\n\nMetric: {_metric_label(cfg)}; ± is the standard error of one "
+          f"## Accuracy: targeted and untargeted means\n\nMetric: {metric_label(cfg)}; ± is the standard error of one "
           "evaluation over its test prompts (for a mean of sets: sqrt(Σ SE²)/J); 95% CI ≈ ± 1.96 SE.\n",
-          _md_table(grp_tab), "## Stages\n", _md_table(stage_tab), "## Accuracy per test set\n",
-          _md_table([{"set": r["set"], "group": r["group"], "step": r["step"],
+          md_table(grp_tab), "## Stages\n", md_table(stage_tab), "## Accuracy per test set\n",
+          md_table([{"set": r["set"], "group": r["group"], "step": r["step"],
                       "accuracy ± SE": pm_se(r["accuracy"], r["se"])} for r in acc_rows]),
           "## Cost (seconds of compute per artifact)\n",
-          _md_table(cost_rows(summary, {**load_timings(folder), **LEDGER.seconds}))]
+          md_table(cost_rows(summary, merged_timings(folder)))]
     for name, p in paths.items():
         md.append(f"## {titles[name]}\n\n![{name}]({Path(p).name})\n")
     md.append("## Lineage (from storage manifests)\n\n```\n" + lineage_txt + "\n```\n")
@@ -396,14 +378,10 @@ def final_report(cfg: RunConfig, summary: RunSummary) -> Path:
     report.write_text("\n".join(md))
 
     key = slug(cfg)
-    _publish_table(f"{key}-accuracy", acc_rows, f"{cfg.name}: accuracy vs step")
-    _publish_table(f"{key}-accuracy-groups", grp_tab, f"{cfg.name}: targeted/untargeted mean accuracy ± SE")
-    _publish_table(f"{key}-stages", stage_tab, f"{cfg.name}: per-stage selection and health")
-    for name, p in paths.items():
-        _publish_image(f"{key}-plot-{name.replace('_', '-')}", Path(p), f"{cfg.name}: {titles[name]}")
-    md_prefect = "\n".join(md)
-    for name, p in paths.items():  # the Prefect UI cannot read local files: inline the PNGs
-        md_prefect = md_prefect.replace(f"]({Path(p).name})", f"]({data_url(Path(p))})")
-    _publish_markdown(f"{key}-report", md_prefect, f"{cfg.name}: CROPI report")
-    _publish_markdown(f"{key}-lineage", "```\n" + lineage_txt + "\n```\n", f"{cfg.name}: artifact lineage")
+    publish("table", f"{key}-accuracy", f"{cfg.name}: accuracy vs step", table=acc_rows)
+    publish("table", f"{key}-accuracy-groups", f"{cfg.name}: targeted/untargeted mean accuracy ± SE", table=grp_tab)
+    publish("table", f"{key}-stages", f"{cfg.name}: per-stage selection and health", table=stage_tab)
+    publish_report(key, f"{key}-plot", "\n".join(md), paths, f"{cfg.name}: CROPI report",
+                   {n: f"{cfg.name}: {t}" for n, t in titles.items()})
+    publish("markdown", f"{key}-lineage", f"{cfg.name}: artifact lineage", markdown="```\n" + lineage_txt + "\n```\n")
     return report

@@ -12,7 +12,7 @@ from prefect.futures import PrefectFuture, wait
 
 from cropi_core.config import RunConfig
 from cropi_core.errors import ConfigError
-from tasks.common import GPU_TAG, bind, results_dir
+from tasks.common import GPU_TAG, LEDGER, bind, results_dir
 
 
 class Tracker:
@@ -59,6 +59,20 @@ class Tracker:
 
 def add_counts(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
     return {k: a.get(k, 0) + b.get(k, 0) for k in set(a) | set(b)}
+
+
+def run_counts(flow_counts: dict[str, int]) -> dict[str, Any]:
+    """A run's counts from its flows' `Tracker.counts()` and this process's ledger: task runs, computed, failed and
+    `reused` = task runs that did not compute because their artifact already existed, whether Prefect's cache
+    answered (the body never ran) or the body found it in storage; the split is kept under `reused_via`."""
+    cached, hits = flow_counts.get("cached", 0), LEDGER.count("storage-hit")
+    return {"task_runs": flow_counts.get("task_runs", 0), "computed": LEDGER.count("computed"), "reused": cached + hits,
+            "failed": flow_counts.get("failed", 0), "reused_via": {"prefect_cache": cached, "storage": hits}}
+
+
+def counts_line(c: dict[str, Any]) -> str:
+    """The counts as the CLI and the scheduled run's log print them."""
+    return f"{c['task_runs']} task runs, {c['computed']} computed, {c['reused']} reused"
 
 
 def for_run(flow: Flow, cfg: RunConfig) -> Flow:

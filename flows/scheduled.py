@@ -130,8 +130,8 @@ def _publish_run_table(cfg: RunConfig, summary: dict[str, Any]) -> None:
 
     c = summary["counts"]
     rows = [{"field": k, "value": v} for k, v in (
-        ("computed", c["computed"]), ("reused from storage", c["storage_hits"]), ("cached by Prefect", c["cached"]),
-        ("task runs", c["task_runs"]), ("failed", c["failed"]), ("final checkpoint", summary["final_checkpoint"]),
+        ("computed", c["computed"]), ("reused", c["reused"]), ("task runs", c["task_runs"]), ("failed", c["failed"]),
+        ("final checkpoint", summary["final_checkpoint"]),
         ("report", summary["report"]), ("seconds", round(summary["seconds"], 1)))]
     create_table_artifact(table=rows, key=f"{slug(cfg)}-run",
                           description=f"{cfg.name}: what this scheduled run computed")
@@ -163,9 +163,9 @@ def scheduled_curriculum(config: str = "configs/tiny.yaml", sets: list[str] | No
 
     with CancelWatch(flow_run.id):  # a cancelled run stops training at the next step instead of ending the stage
         summary = run_curriculum(cfg)
-    c = summary["counts"]
-    logger.info(f"done in {summary['seconds']:.1f}s: {c['task_runs']} task runs, {c['computed']} computed, "
-                f"{c['cached']} cached by Prefect, {c['storage_hits']} reused from storage; "
+    from flows.runtime import counts_line
+
+    logger.info(f"done in {summary['seconds']:.1f}s: {counts_line(summary['counts'])}; "
                 f"final checkpoint {summary['final_checkpoint']}; report {summary['report']}")
     try:
         _publish_run_table(cfg, summary)

@@ -28,7 +28,7 @@ from prefect import flow
 from pydantic import BaseModel
 
 from cropi_core.config import RunConfig
-from flows.runtime import Tracker, for_run
+from flows.runtime import Tracker, for_run, run_counts
 from flows.stage import stage_sketches
 from tasks import artifacts as A
 from tasks import byot as T_byot
@@ -68,10 +68,6 @@ class SelectJob(BaseModel):
     stage: int = 0
 
 
-def val_set_name(name: str) -> str:
-    return f"val/{name}"
-
-
 @flow(name="cropi-select", flow_run_name="select-{config.name}")
 def select_flow(config: RunConfig, job: SelectJob) -> dict[str, Any]:
     """Score (and select from) the pool at `job.checkpoint`; returns the refs of every artifact involved."""
@@ -99,7 +95,7 @@ def select_flow(config: RunConfig, job: SelectJob) -> dict[str, Any]:
     ckpt, beh = ckpt_f.result(), beh_f.result()
     T_byot.check_same_tokenizer(cfg, ckpt, beh)
     pool, roll_pool = pool_f.result(), roll_pool_f.result()
-    roll_val = {val_set_name(n): f.result() for n, f in roll_val_f.items()}
+    roll_val = {f"val/{n}": f.result() for n, f in roll_val_f.items()}
 
     stage = job.stage
     g_pool, g_val = stage_sketches(tr, cfg, stage, ckpt, roll_pool, roll_val)
@@ -122,8 +118,7 @@ def scores_table(cfg: RunConfig, refs: dict[str, Any], pool_set) -> dict[str, li
     lists = [np.asarray(s, dtype=np.float64) for s in popi]
     fused = fuse_ranks(lists, top_ratio=cfg.selection.ratio, k_rrf=cfg.selection.k_rrf)
     order = rank_order(fused)
-    rank = np.empty(len(order), dtype=np.int64)
-    rank[order] = np.arange(1, len(order) + 1)
+    rank = np.argsort(order) + 1  # the inverse permutation: 1-based rank of each row
     chosen = set(A.selected_indices(cfg, refs["selection"]))
     table: dict[str, list] = {"id": [p.id for p in pool_set.problems], "row": [r + 1 for r in pool_set.rows]}
     for n, s in zip(names, lists):
@@ -144,6 +139,11 @@ def _sha256(path: Path) -> str:
             for block in iter(lambda: fh.read(1 << 20), b""):
                 h.update(block)
     return h.hexdigest()
+
+
+def _ref_json(x: Any) -> dict:
+    """A ref as {"key", "uri"}; a dict of refs (or of dicts of refs) likewise, entry by entry."""
+    return {n: _ref_json(r) for n, r in x.items()} if isinstance(x, dict) else {"key": x.key, "uri": x.uri}
 
 
 def export(cfg: RunConfig, job: SelectJob, refs: dict[str, Any]) -> Path:
@@ -173,7 +173,11 @@ def export(cfg: RunConfig, job: SelectJob, refs: dict[str, Any]) -> Path:
             name = subset_name(pool_set)
             write_subset(pool_set, sel["indices"], tmp / name)
             files.append(name)
-        ref_json = lambda r: {"key": r.key, "uri": r.uri}  # noqa: E731
+        # lineage: every artifact this output was derived from (`cropi lineage <selection key>` draws the DAG)
+        lineage = {n: _ref_json(refs[n]) for n in ("checkpoint", "behaviour", "pool", "val", "pool_rollouts",
+                                                   "val_rollouts", "grads", "scores", "selection")}
+        lineage["checkpoint"]["source"] = job.checkpoint
+        lineage["behaviour"]["source"] = job.behaviour or job.checkpoint
         manifest = {
             "kind": "cropi-selection" if job.write_subset else "cropi-scores",
             "format_version": 1,
@@ -187,16 +191,7 @@ def export(cfg: RunConfig, job: SelectJob, refs: dict[str, Any]) -> Path:
                       "val": {v.name: {"path": str(Path(v.path).resolve()), "sha256": _sha256(Path(v.path))} for v in job.val},
                       "rollouts": ({"pool": job.pool_rollouts.model_dump()} if job.pool_rollouts else {})
                       | {n: r.model_dump() for n, r in job.val_rollouts.items()}},
-            # lineage: every artifact this output was derived from (`cropi lineage <selection key>` draws the DAG)
-            "lineage": {
-                "checkpoint": {**ref_json(refs["checkpoint"]), "source": job.checkpoint},
-                "behaviour": {**ref_json(refs["behaviour"]), "source": job.behaviour or job.checkpoint},
-                "pool": ref_json(refs["pool"]), "val": {n: ref_json(r) for n, r in refs["val"].items()},
-                "pool_rollouts": ref_json(refs["pool_rollouts"]),
-                "val_rollouts": {n: ref_json(r) for n, r in refs["val_rollouts"].items()},
-                "grads": {n: ref_json(r) for n, r in refs["grads"].items()},
-                "scores": ref_json(refs["scores"]), "selection": ref_json(refs["selection"]),
-            },
+            "lineage": lineage,
             "config": {"rollout": cfg.rollout.hashable(), "influence": cfg.influence.hashable(),
                        "selection": cfg.selection.hashable(), "template": cfg.data.template,
                        "instruction": cfg.data.instruction},
@@ -224,7 +219,7 @@ def run_select(cfg: RunConfig, job: SelectJob) -> dict[str, Any]:
     out = export(cfg, job, refs)
     return {
         "seconds": time.perf_counter() - t0, "out": str(out), "computed": LEDGER.computed(),
-        "storage_hits": LEDGER.count("storage-hit"), "counts": refs["counts"],
+        "counts": run_counts(refs["counts"]),
         "selection": refs["selection"].key, "scores": refs["scores"].key,
         "selected_ids": A.read_selection(cfg, refs["selection"])["ids"],
     }

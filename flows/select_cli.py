@@ -12,8 +12,8 @@ from typing import Optional
 
 import typer
 
-from cropi_core.errors import ConfigError, CropiError, ModelError
-from flows.cli import _fail, app, parse_sets, probe_storage
+from cropi_core.errors import ConfigError, ModelError
+from flows.cli import app, parse_sets, probe_storage, user_errors
 
 
 def _named(item: str, default: str | None = None) -> tuple[str, str]:
@@ -36,7 +36,8 @@ def build_job(*, checkpoint: str, gguf_file: str | None, behaviour: str | None, 
     from cropi_core.config import load_config
     from cropi_core.verify import VERIFIERS
     from flows.select import InputSet, RolloutsInput, SelectJob
-    from tasks.byot import check_rollouts_file, checkpoint_content, detect_rollouts_format, prompt_set
+    from tasks.artifacts import checkpoint_content, prompt_set
+    from tasks.byot import check_rollouts_file, detect_rollouts_format
 
     if verifier not in VERIFIERS:
         raise ConfigError(f"--verifier: unknown verifier {verifier!r} (known: {', '.join(VERIFIERS)})")
@@ -51,9 +52,7 @@ def build_job(*, checkpoint: str, gguf_file: str | None, behaviour: str | None, 
     pool_set = prompt_set(pool_path, pool_name, verifier)
     val_sets = {v.name: prompt_set(v.path, v.name, verifier) for v in vals}
 
-    overrides = parse_sets(sets)
-    if storage is not None:
-        overrides["storage.root"] = storage
+    overrides = parse_sets(sets, storage)
     overrides["name"] = name or "select"
     overrides["selection.method"] = "popi"
     if ratio is not None:
@@ -112,19 +111,14 @@ def _tokenizer(path: str, gguf_file: str | None):
 
 
 def _run(write_subset: bool, **kw) -> None:
-    try:
+    with user_errors():
         cfg, job = build_job(write_subset=write_subset, **kw)
-    except CropiError as err:
-        _fail(err)
-    from flows.select import run_select
+        from flows.select import run_select
 
-    try:
         summary = run_select(cfg, job)
-    except CropiError as err:
-        _fail(err)
     kinds = sorted({t for t, _ in summary["computed"]})
     typer.echo(f"done in {summary['seconds']:.1f}s: {len(summary['computed'])} computed ({', '.join(kinds) or 'nothing'}), "
-               f"{summary['storage_hits']} reused from storage")
+               f"{summary['counts']['reused']} reused")
     if write_subset:
         typer.echo(f"selected {len(summary['selected_ids'])} prompts (selection {summary['selection'][:12]})")
     typer.echo(f"output: {summary['out']}")
@@ -135,54 +129,38 @@ _POOL = typer.Option(..., "--pool", help="[NAME=]PATH: verl parquet, JSONL, or a
 _VAL = typer.Option(..., "--val", help="[NAME=]PATH of a validation set (repeatable; one POPI list each)")
 
 
-@app.command("select")
-def select_cmd(
-    checkpoint: str = _CKPT,
-    pool: str = _POOL,
-    val: list[str] = _VAL,
-    out: Path = typer.Option(..., "--out", "-o", help="output folder (written atomically)"),
-    ratio: Optional[float] = typer.Option(None, "--ratio", help="fraction of the pool to select (default selection.ratio)"),
-    gguf_file: Optional[str] = typer.Option(None, "--gguf-file", help="GGUF file inside the --checkpoint folder"),
-    behaviour: Optional[str] = typer.Option(None, "--behaviour", help="behaviour model β of the offline rollouts (default: --checkpoint)"),
-    behaviour_gguf_file: Optional[str] = typer.Option(None, "--behaviour-gguf-file"),
-    rollouts: Optional[str] = typer.Option(None, "--rollouts", help="import the pool's rollouts (verl rollout_data_dir dump or plain JSONL)"),
-    rollouts_format: str = typer.Option("auto", "--rollouts-format", help="auto | verl | plain"),
-    val_rollouts: Optional[list[str]] = typer.Option(None, "--val-rollouts", help="NAME=PATH: import a validation set's rollouts"),
-    verifier: str = typer.Option("math", "--verifier", help="reward for cropi-generated rollouts: math | exact | last_number"),
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML RunConfig (rollout / influence / selection settings)"),
-    set_: Optional[list[str]] = typer.Option(None, "--set", "-s", help="override a field: section.key=value (repeatable)"),
-    storage: Optional[str] = typer.Option(None, "--storage", help="storage root URL (default $CROPI_STORAGE or ./.cropi)"),
-    name: Optional[str] = typer.Option(None, "--name", help="run name recorded in artifact metadata"),
-) -> None:
-    """Score a pool by POPI and write the top --ratio in the pool's own format, with scores and a manifest."""
-    _run(True, checkpoint=checkpoint, gguf_file=gguf_file, behaviour=behaviour, behaviour_gguf_file=behaviour_gguf_file,
-         pool=pool, val=val, rollouts=rollouts, rollouts_format=rollouts_format, val_rollouts=val_rollouts or [],
-         verifier=verifier, out=out, config=config, sets=set_, storage=storage, ratio=ratio, name=name)
+def _select_command(write_subset: bool, ratio_help: str):
+    """`cropi select` (write_subset) and `cropi score` take the same options."""
+    def command(
+        checkpoint: str = _CKPT,
+        pool: str = _POOL,
+        val: list[str] = _VAL,
+        out: Path = typer.Option(..., "--out", "-o", help="output folder (written atomically)"),
+        ratio: Optional[float] = typer.Option(None, "--ratio", help=ratio_help),
+        gguf_file: Optional[str] = typer.Option(None, "--gguf-file", help="GGUF file inside the --checkpoint folder"),
+        behaviour: Optional[str] = typer.Option(None, "--behaviour", help="behaviour model β of the offline rollouts (default: --checkpoint)"),
+        behaviour_gguf_file: Optional[str] = typer.Option(None, "--behaviour-gguf-file"),
+        rollouts: Optional[str] = typer.Option(None, "--rollouts", help="import the pool's rollouts (verl rollout_data_dir dump or plain JSONL)"),
+        rollouts_format: str = typer.Option("auto", "--rollouts-format", help="auto | verl | plain"),
+        val_rollouts: Optional[list[str]] = typer.Option(None, "--val-rollouts", help="NAME=PATH: import a validation set's rollouts"),
+        verifier: str = typer.Option("math", "--verifier", help="reward for cropi-generated rollouts: math | exact | last_number"),
+        config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML RunConfig (rollout / influence / selection settings)"),
+        set_: Optional[list[str]] = typer.Option(None, "--set", "-s", help="override a field: section.key=value (repeatable)"),
+        storage: Optional[str] = typer.Option(None, "--storage", help="storage root URL (default $CROPI_STORAGE or ./.cropi)"),
+        name: Optional[str] = typer.Option(None, "--name", help="run name recorded in artifact metadata"),
+    ) -> None:
+        _run(write_subset, checkpoint=checkpoint, gguf_file=gguf_file, behaviour=behaviour,
+             behaviour_gguf_file=behaviour_gguf_file, pool=pool, val=val, rollouts=rollouts,
+             rollouts_format=rollouts_format, val_rollouts=val_rollouts or [], verifier=verifier, out=out,
+             config=config, sets=set_, storage=storage, ratio=ratio, name=name)
+
+    return command
 
 
-@app.command("score")
-def score_cmd(
-    checkpoint: str = _CKPT,
-    pool: str = _POOL,
-    val: list[str] = _VAL,
-    out: Path = typer.Option(..., "--out", "-o", help="output folder (written atomically)"),
-    ratio: Optional[float] = typer.Option(None, "--ratio", help="per-list top fraction kept by rank fusion"),
-    gguf_file: Optional[str] = typer.Option(None, "--gguf-file"),
-    behaviour: Optional[str] = typer.Option(None, "--behaviour"),
-    behaviour_gguf_file: Optional[str] = typer.Option(None, "--behaviour-gguf-file"),
-    rollouts: Optional[str] = typer.Option(None, "--rollouts"),
-    rollouts_format: str = typer.Option("auto", "--rollouts-format"),
-    val_rollouts: Optional[list[str]] = typer.Option(None, "--val-rollouts"),
-    verifier: str = typer.Option("math", "--verifier"),
-    config: Optional[Path] = typer.Option(None, "--config", "-c"),
-    set_: Optional[list[str]] = typer.Option(None, "--set", "-s"),
-    storage: Optional[str] = typer.Option(None, "--storage"),
-    name: Optional[str] = typer.Option(None, "--name"),
-) -> None:
-    """Like `select` but writes only the scores table (id, POPI per validation set, fused, rank) + manifest."""
-    _run(False, checkpoint=checkpoint, gguf_file=gguf_file, behaviour=behaviour, behaviour_gguf_file=behaviour_gguf_file,
-         pool=pool, val=val, rollouts=rollouts, rollouts_format=rollouts_format, val_rollouts=val_rollouts or [],
-         verifier=verifier, out=out, config=config, sets=set_, storage=storage, ratio=ratio, name=name)
+app.command("select", help="Score a pool by POPI and write the top --ratio in the pool's own format, with scores and "
+            "a manifest.")(_select_command(True, "fraction of the pool to select (default selection.ratio)"))
+app.command("score", help="Like `select` but writes only the scores table (id, POPI per validation set, fused, "
+            "rank) + manifest.")(_select_command(False, "per-list top fraction kept by rank fusion"))
 
 
 @app.command("loop")
@@ -209,7 +187,7 @@ def loop_cmd(
     subset (a Prefect task with retries) and register its output checkpoint; rollouts of the stage-0 model reused."""
     from flows.outside_trainer import render_command, run_outside_trainer
 
-    try:
+    with user_errors():
         if stages < 1:
             raise ConfigError(f"--stages: must be ≥ 1 (got {stages})")
         render_command(train_cmd, checkpoint="c", subset="s", out="o", stage="0")
@@ -218,8 +196,6 @@ def loop_cmd(
                              val_rollouts=val_rollouts or [], verifier=verifier, out=work / "stage-0" / "select",
                              write_subset=True, config=config, sets=set_, storage=storage, ratio=ratio, name=name)
         summary = run_outside_trainer(cfg, job, train_cmd, stages, str(work), retries=train_retries)
-    except CropiError as err:
-        _fail(err)
     for s in summary["stages"]:
         typer.echo(f"stage {s['stage']}: selection {s['selection'][:12]} -> trained checkpoint {s['trained'][:12]} "
                    f"({s['trained_dir']})")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -60,10 +61,7 @@ def held_out_prompts(cfg: RunConfig) -> list[str]:
 
 
 def count_by(values) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for v in values:
-        out[v] = out.get(v, 0) + 1
-    return out
+    return dict(Counter(values))
 
 
 def load_problems(cfg: RunConfig, ref: ArtifactRef | str) -> list[Problem]:
@@ -95,10 +93,6 @@ def prompt_set(path: str, name: str, verifier: str) -> PromptSet:
     return _read_prompt_set(str(path), name, verifier, _file_sig(str(path)))
 
 
-def _stat_sig(folder: Path) -> tuple:
-    return tuple(sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir() if p.is_file()))
-
-
 @functools.lru_cache(maxsize=32)
 def _checkpoint_content(folder: str, gguf_file: str | None, _sig: tuple) -> str:
     from storage.keys import sha256_file
@@ -116,7 +110,7 @@ def checkpoint_content(path: str, gguf_file: str | None = None) -> str:
     if gguf_file and not (folder / gguf_file).is_file():
         raise ModelError(f"{path}: GGUF file {gguf_file!r} not found in the folder")
     try:
-        return _checkpoint_content(str(folder.resolve()), gguf_file, _stat_sig(folder))
+        return _checkpoint_content(str(folder.resolve()), gguf_file, _file_sig(str(folder)))
     except Exception as err:  # noqa: BLE001 - StorageError: no weights
         raise ModelError(f"{path}: {err}") from None
 
@@ -132,14 +126,10 @@ def find_produced(store: Store, kind: str, producer: str) -> ArtifactRef | None:
     return None
 
 
-def produced_intact(store: Store, kind: str, producer: str) -> bool:
-    """False only if artifacts of `kind` made by `producer` exist and every one is damaged (see key_policy)."""
-    found = store.find(kind, meta={"producer": producer})
-    return not found or find_produced(store, kind, producer) is not None
-
-
 def checkpoint_intact(store: Store, producer: str) -> bool:
-    return produced_intact(store, "checkpoint", producer)
+    """False only if checkpoints made by `producer` exist and every one is damaged (see key_policy)."""
+    found = store.find("checkpoint", meta={"producer": producer})
+    return not found or find_produced(store, "checkpoint", producer) is not None
 
 
 def checkpoint_path(cfg: RunConfig, ref: ArtifactRef | str) -> Path:
@@ -258,15 +248,6 @@ def read_selection(cfg: RunConfig, ref: ArtifactRef) -> dict:
 
 def selected_indices(cfg: RunConfig, ref: ArtifactRef) -> list[int]:
     return list(read_selection(cfg, ref)["indices"])
-
-
-def read_health(cfg: RunConfig, ref: ArtifactRef) -> dict:
-    """The summary numbers (meta) of a `health` artifact: ess_frac, kl, ..."""
-    return meta_of(cfg, ref)
-
-
-def read_eval(cfg: RunConfig, ref: ArtifactRef) -> dict:
-    return meta_of(cfg, ref)
 
 
 def metric_of(cfg: RunConfig) -> str:

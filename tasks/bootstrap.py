@@ -11,7 +11,6 @@ from cropi_core.config import RunConfig
 from storage import ArtifactRef
 from storage.registry import register_checkpoint
 from tasks.artifacts import checkpoint_intact, held_out_prompts
-from tasks.artifacts import load_checkpoint  # noqa: F401 - benchmarks/reductions.py imports it from here
 from tasks.common import GPU_TAG, get_store, key_policy, work_dir
 from tasks.recipes import base_key, base_recipe, produce_checkpoint
 
@@ -56,8 +55,11 @@ def _bootstrap(cfg: RunConfig, key: str) -> ArtifactRef:
     shutil.rmtree(out, ignore_errors=True)
     meta = {"producer": key, "run": cfg.name, "stage": 0}
     if cfg.model.is_embedded:
+        from transformers import set_seed
+
         from cropi_core.models import bootstrap, build_char_tokenizer, build_tiny, save_model
-        torch_seed(cfg.model.tiny.seed)
+
+        set_seed(cfg.model.tiny.seed)  # random, numpy and torch
         tok = build_char_tokenizer()
         model = build_tiny(cfg.model.tiny, tok)
         held = held_out_prompts(cfg)
@@ -78,14 +80,3 @@ def _bootstrap(cfg: RunConfig, key: str) -> ArtifactRef:
     # the config enters the checkpoint's own key (storage.registry): {"producer": key, **model} as ever
     return register_checkpoint(get_store(cfg), out, parents=[], config={"producer": key, **cfg.model.hashable()},
                                meta=meta, move=True)
-
-
-def torch_seed(seed: int) -> None:
-    import random
-
-    import numpy as np
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)

@@ -148,7 +148,3 @@ def detect_rollouts_format(path: str) -> str:
                         return "plain"  # read_responses reports the line
                     return "verl" if isinstance(row, dict) and {"input", "output", "score"} <= set(row) else "plain"
     return "plain"
-
-
-__all__ = ["import_checkpoint", "import_dataset", "import_rollouts", "prompt_set", "check_rollouts_file",
-           "check_same_tokenizer", "checkpoint_content", "detect_rollouts_format"]

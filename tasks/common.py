@@ -169,10 +169,9 @@ def bind(task: Task, cfg: RunConfig) -> Task:
 
 
 # ---------------------------------------------------------------- fault injection
-def fault_budget(name: str, env: str | None = None) -> int:
+def fault_budget(name: str) -> int:
     """How many leading attempts of task `name` must fail, from CROPI_FAULT="grads:1,train:2" (0 if unset)."""
-    spec = os.environ.get(FAULT_ENV, "") if env is None else env
-    for item in spec.split(","):
+    for item in os.environ.get(FAULT_ENV, "").split(","):
         if ":" in item:
             n, count = item.split(":", 1)
             if n.strip() == name:

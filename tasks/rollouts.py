@@ -11,7 +11,6 @@ from prefect import task
 from cropi_core.config import RunConfig
 from storage import ArtifactRef
 from tasks.artifacts import load_checkpoint, load_problems, rollouts_meta, selected_indices, write_rollouts
-from tasks.artifacts import pass_rates, read_rollouts  # noqa: F401 - benchmarks/reductions.py imports them from here
 from tasks.common import GPU_TAG
 from tasks.recipes import RECIPES, produce
 

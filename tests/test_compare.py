@@ -151,7 +151,7 @@ def test_ablation_merge_relabels_cropi_and_measures_against_base_full(tmp_path):
 
 
 def test_timings_of_a_killed_comparison_survive_in_the_jsonl(tmp_path):
-    from flows.compare import load_timings
+    from flows.reports import load_timings
     from tasks.common import Ledger
 
     led = Ledger(sink=tmp_path / "timings.jsonl")
@@ -165,7 +165,7 @@ def test_timings_of_a_killed_comparison_survive_in_the_jsonl(tmp_path):
 
 
 def test_compare_appends_timings_as_it_goes(compared):
-    from flows.compare import load_timings
+    from flows.reports import load_timings
 
     lines = (compared["folder"] / "timings.jsonl").read_text().splitlines()
     assert lines and all(json.loads(x)["seconds"] >= 0 for x in lines)

@@ -73,7 +73,7 @@ def test_run_completes_with_report(clean):
     assert k.count("train") == 2 and k.count("scores") == 2 and k.count("selection") == 2
     assert k.count("grads") == 4 and k.count("grads-chunk") == 2 * (3 + 1)
     assert k.count("rollouts") == 2 + 2 and k.count("evaluate") == 6 and k.count("bootstrap") == 1
-    assert s["counts"]["failed"] == 0 and s["counts"]["cached"] == 0
+    assert s["counts"]["failed"] == 0 and s["counts"]["reused_via"]["prefect_cache"] == 0
     for st in s["stages"]:
         assert len(st["selected_ids"]) == 12  # ratio 0.25 of 48
     assert s["stages"][0]["checkpoint"] != s["stages"][1]["checkpoint"] == s["final_checkpoint"]
@@ -86,7 +86,9 @@ def test_second_run_computes_nothing(coin, clean):
     s = summary_of(storage)
     c = s["counts"]
     assert c["computed"] == 0 and c["task_runs"] > 0
-    assert c["cached"] == c["task_runs"]  # every task served from Prefect's cache (keyed by artifact key)
+    # every task served from Prefect's cache (keyed by artifact key), and reported as reused
+    assert c["reused_via"] == {"prefect_cache": c["task_runs"], "storage": 0} and c["reused"] == c["task_runs"]
+    assert f"{c['task_runs']} task runs, 0 computed, {c['task_runs']} reused" in res.output
     assert s["final_checkpoint"] == clean["summary"]["final_checkpoint"]
     cost = Path(s["report"]).read_text().split("## Cost")[1].split("##")[0]
     assert "reused" not in cost  # priced from the compute seconds the first run recorded
@@ -97,7 +99,8 @@ def test_second_run_computes_nothing(coin, clean):
     assert res.exit_code == 0, res.output
     s = summary_of(storage)
     c = s["counts"]
-    assert c["computed"] == 0 and c["cached"] == 0 and c["storage_hits"] == c["task_runs"] > 0
+    assert c["computed"] == 0 and c["reused_via"] == {"prefect_cache": 0, "storage": c["task_runs"]}
+    assert c["reused"] == c["task_runs"] > 0
     assert s["final_checkpoint"] == clean["summary"]["final_checkpoint"]
 
 

@@ -47,16 +47,16 @@ def fake(kind: str, name: str):
 
 def case_keys(cfg, with_data: bool = True) -> dict[str, str]:
     """Every key a cold run of `cfg` computes, by kind and role, parents from stand-ins where content-keyed."""
-    from tasks import bootstrap as B
     from tasks import dataset as D
     from tasks import evaluate as E
     from tasks import grads as G
     from tasks import rollouts as R
     from tasks import selection as S
+    from tasks.recipes import base_key
 
     out: dict[str, str] = {}
     if with_data:
-        out["bootstrap"] = B.base_key(cfg)
+        out["bootstrap"] = base_key(cfg)
         from tasks.artifacts import set_names
 
         names = set_names(cfg)
@@ -65,7 +65,7 @@ def case_keys(cfg, with_data: bool = True) -> dict[str, str]:
                 out[f"dataset/{role}/{n}"] = D.dataset_key(cfg, role=role, name=n)
     else:  # data files of real-model configs are not read here: the bootstrap key hashes no data for them
         if not cfg.model.is_embedded:
-            out["bootstrap"] = B.base_key(cfg)
+            out["bootstrap"] = base_key(cfg)
     ckpt, ckpt1 = fake("checkpoint", "theta0"), fake("checkpoint", "theta1")
     pool, val, test = fake("dataset", "pool"), fake("dataset", "val"), fake("dataset", "test")
     r_pool = fake("rollouts", "pool")

@@ -161,7 +161,7 @@ def test_bootstrap_key_follows_the_held_out_set():
     """The warm-up avoids every pool/val/test prompt, so a run whose held-out prompts differ (another targeted
     choice, another test size) must not reuse the checkpoint; a config change outside the data must not split it."""
     from cropi_core.config import RunConfig
-    from tasks.bootstrap import base_key
+    from tasks.recipes import base_key
 
     base = RunConfig()
     other_targets = base.model_copy(deep=True)
