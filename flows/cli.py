@@ -105,6 +105,11 @@ def probe_storage(url: str) -> None:
         raise StorageError(f"storage root {url!r}: probe file did not read back")
 
 
+def default_config(config: Path | None) -> Path | None:
+    """`--config`, else configs/tiny.yaml where the checkout has it (an installed wheel: the embedded default)."""
+    return config if config is not None or not DEFAULT_CONFIG.exists() else DEFAULT_CONFIG
+
+
 def prepare(config: Path | None, sets: list[str] | None, storage: str | None, name: str | None = None):
     """Load + validate the config, probe storage and build the data splits (raises CropiError on bad input)."""
     from cropi_core.config import load_config
@@ -112,9 +117,7 @@ def prepare(config: Path | None, sets: list[str] | None, storage: str | None, na
     overrides = parse_sets(sets, storage)
     if name is not None:
         overrides["name"] = name
-    if config is None and DEFAULT_CONFIG.exists():
-        config = DEFAULT_CONFIG
-    cfg = load_config(config, overrides)
+    cfg = load_config(default_config(config), overrides)
     probe_storage(cfg.storage.root)
     from tasks.artifacts import build_splits_cached
 
@@ -152,8 +155,7 @@ def show_config(
     from cropi_core.config import load_config
 
     with user_errors():
-        cfg = load_config(config if config is not None or not DEFAULT_CONFIG.exists() else DEFAULT_CONFIG,
-                          parse_sets(set_), check_files=False)
+        cfg = load_config(default_config(config), parse_sets(set_), check_files=False)
     typer.echo(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True), nl=False)
 
 
