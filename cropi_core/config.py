@@ -300,14 +300,15 @@ class InfluenceConfig(Section):
     HASH_EXCLUDE = frozenset({"micro_batch_tokens", "chunk_rows", "refresh_ess", "calibration_prompts"})
     # added after gradient artifacts existed: a config that names the old dense transform keeps its keys
     HASH_OMIT_WHEN = {"transform": "gaussian", "allocation": "uniform"}
-    # the allocation shapes only the masked projectors (dense and exact keep every coordinate)
-    HASH_ONLY_WITH = {"sjl_s": ("transform", "sjl"), "allocation": ("projector", ("sparse", "grass"))}
+    # the projectors that keep a subset of coordinates: only they are shaped by `allocation`
+    MASKED: ClassVar[tuple[str, ...]] = ("sparse", "grass")
+    HASH_ONLY_WITH = {"sjl_s": ("transform", "sjl"), "allocation": ("projector", MASKED)}
     RENAMED = {"dim": "sketch_dim"}
 
     @property
     def uses_energy(self) -> bool:
         """A per-stage `calibration` artifact is computed and shapes the sketches (allocation energy, masked kinds)."""
-        return self.allocation == "energy" and self.projector in ("sparse", "grass")
+        return self.allocation == "energy" and self.projector in self.MASKED
 
     @field_validator("projector", mode="before")
     @classmethod
@@ -505,7 +506,7 @@ def _section_of(section: type[Section] | None, field: str) -> type[Section] | No
 def _rename_file_keys(data: dict[str, Any], source: str, section: type[Section] = None, where: str = "") -> dict[str, Any]:
     """A loaded YAML mapping with every section's old field names replaced (one deprecation line each, naming the file)."""
     section = section or RunConfig
-    data = rename_old_keys(section, data, where, source) if section.RENAMED else dict(data)
+    data = dict(rename_old_keys(section, data, where, source))  # a copy: the loop below writes into it
     for name, value in list(data.items()):
         sub = _section_of(section, name)
         if sub is not None and isinstance(value, dict):
