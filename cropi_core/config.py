@@ -296,8 +296,15 @@ class InfluenceConfig(Section):
     # artifact whose parent is θ_m, and they are the behaviour data of this and later stages. 0 = off (the paper).
     # Not a key field of the gradients themselves: a refreshed stage's gradients are keyed on the new rollouts.
     refresh_ess: float = Field(0.0, ge=0, le=1)
-    # calibration_prompts is in the key of the calibration artifact (a parent of the sketches it shapes)
-    HASH_EXCLUDE = frozenset({"micro_batch_tokens", "chunk_rows", "refresh_ess", "calibration_prompts"})
+    # Less scoring per stage (beyond the paper, which re-scores the whole pool every stage; #12 item 5b): sketch only
+    # a seeded random draw of ⌈candidates × selection size⌉ scorable pool prompts, fresh each stage, plus the previous
+    # stage's selection; the rest of the pool is unscored (NaN) for that stage. Scoring cost ∝ the candidates' share
+    # of the pool; the top set found keeps about that share of the full re-scoring's (README "Sketch engine").
+    # null = score the whole pool (the paper). Keyed by the `candidates` artifact, a parent of the pool sketch.
+    candidates: float | None = Field(None, ge=1)
+    # calibration_prompts is in the key of the calibration artifact (a parent of the sketches it shapes), and
+    # candidates in the key of the candidates artifact (a parent of the pool sketch)
+    HASH_EXCLUDE = frozenset({"micro_batch_tokens", "chunk_rows", "refresh_ess", "calibration_prompts", "candidates"})
     # added after gradient artifacts existed: a config that names the old dense transform keeps its keys
     HASH_OMIT_WHEN = {"transform": "gaussian", "allocation": "uniform"}
     # the projectors that keep a subset of coordinates: only they are shaped by `allocation`

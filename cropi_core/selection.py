@@ -30,7 +30,7 @@ from cropi_core.scoring import fuse_ranks, rank_order, top_count
 
 METHODS = ("popi", "full", "random", "pass_rate", "learnability", "influence_once")
 
-__all__ = ["select", "mix_random", "METHODS"]
+__all__ = ["select", "mix_random", "draw_candidates", "METHODS"]
 
 
 def mix_random(idx: np.ndarray, n: int, share: float, seed: int) -> np.ndarray:
@@ -46,6 +46,17 @@ def mix_random(idx: np.ndarray, n: int, share: float, seed: int) -> np.ndarray:
     rest = np.setdiff1d(np.arange(n, dtype=np.int64), kept)
     rng = np.random.default_rng([seed, 7919])
     return np.concatenate([kept, rest[rng.permutation(rest.size)[:k]]]).astype(np.int64)
+
+
+def draw_candidates(scorable: np.ndarray, n: int, previous: Sequence[int] = (), seed: int | Sequence[int] = 0) -> list[int]:
+    """The pool rows a stage re-scores when it does not score the whole pool (`InfluenceConfig.candidates`): a seeded
+    uniform draw of min(n, #scorable) rows among the scorable ones (bool[N]), united with `previous` (the previous
+    stage's selection, so a prompt that was on top stays in the running). Sorted int list. Beyond the paper."""
+    scorable = np.asarray(scorable, dtype=bool)
+    pick = np.flatnonzero(scorable)  # [S]
+    rng = np.random.default_rng(seed)
+    pick = rng.permutation(pick)[: max(0, n)]  # [min(n, S)]
+    return sorted(set(pick.tolist()) | {int(i) for i in previous})
 
 
 def _score_lists(scores: np.ndarray | Sequence[np.ndarray]) -> list[np.ndarray]:

@@ -64,7 +64,7 @@ def curriculum(config: RunConfig) -> RunSummary:
             refreshes.append(ref)
         out = stage_flow.with_options(task_runner=runner)(
             config=cfg, stage=m, ckpt=ckpt, pool=pool_r, pool_rollouts=behaviour_pool, val_rollouts=behaviour_val,
-            tests=tests_r, fixed_selection=fixed)
+            tests=tests_r, fixed_selection=fixed, previous_selection=stages[-1].selection if stages else None)
         counts = add_counts(counts, out.counts)
         stages.append(out)
         ckpt = out.checkpoint

@@ -33,22 +33,27 @@ def result_or_upstream_error(fut, upstream: list):
 
 
 def stage_sketches(tr: Tracker, cfg: RunConfig, stage: int, ckpt: ArtifactRef, pool_rollouts: ArtifactRef,
-                   val_rollouts: dict[str, ArtifactRef]) -> tuple[ArtifactRef, dict[str, ArtifactRef]]:
+                   val_rollouts: dict[str, ArtifactRef], previous_selection: ArtifactRef | None = None,
+                   ) -> tuple[ArtifactRef, dict[str, ArtifactRef]]:
     """The stage's pool and validation sketches at θ_m (after the calibration they share, with
-    influence.allocation = energy)."""
-    calib = None
+    influence.allocation = energy). With influence.candidates, the pool sketch covers only the stage's candidate
+    rows (a random draw ∪ `previous_selection`)."""
+    calib = cand = None
     if cfg.influence.uses_energy:
         calib = tr.submit(T_grads.calibration, cfg=cfg, ckpt=ckpt, pool_rollouts=pool_rollouts, stage=stage).result()
-    g_pool = grads_ref(tr, cfg, stage, ckpt, pool_rollouts, "pool", calib)
+    if cfg.influence.candidates is not None:
+        cand = tr.submit(T_sel.candidates, cfg=cfg, pool_rollouts=pool_rollouts, previous=previous_selection,
+                         stage=stage).result()
+    g_pool = grads_ref(tr, cfg, stage, ckpt, pool_rollouts, "pool", calib, cand)
     g_val = {n: grads_ref(tr, cfg, stage, ckpt, r, n.replace("/", "-"), calib) for n, r in val_rollouts.items()}
     return g_pool, g_val
 
 
 def grads_ref(tr: Tracker, cfg: RunConfig, stage: int, ckpt: ArtifactRef, rollouts: ArtifactRef, label: str,
-              calibration: ArtifactRef | None = None) -> ArtifactRef:
+              calibration: ArtifactRef | None = None, candidates: ArtifactRef | None = None) -> ArtifactRef:
     """Finalized gradient artifact; chunks found corrupt at finalize time are recomputed once, bypassing the cache."""
     params = dict(cfg=cfg, ckpt=ckpt, rollouts=rollouts, n_rows=A.num_rows(get_store(cfg), rollouts), stage=stage,
-                  label=label, calibration=calibration)
+                  label=label, calibration=calibration, candidates=candidates)
     try:
         return submit_grads(tr, params)
     except StorageError as err:
@@ -85,10 +90,11 @@ def progress(futures: list, desc: str) -> None:
 @flow(name="cropi-stage", flow_run_name="stage-{stage}")
 def stage(config: RunConfig, stage: int, ckpt: ArtifactRef, pool: ArtifactRef, pool_rollouts: ArtifactRef,
           val_rollouts: dict[str, ArtifactRef], tests: dict[str, ArtifactRef],
-          fixed_selection: ArtifactRef | None = None) -> StageOutputs:
+          fixed_selection: ArtifactRef | None = None, previous_selection: ArtifactRef | None = None) -> StageOutputs:
     """Run curriculum stage `stage` from checkpoint `ckpt`; returns the refs it produced and its task counts.
 
     fixed_selection: reuse this selection instead of scoring (method `influence_once` after stage 0).
+    previous_selection: the previous stage's selection (re-scored with the candidates, influence.candidates).
     """
     cfg = config
     tr = Tracker(cfg)
@@ -98,7 +104,7 @@ def stage(config: RunConfig, stage: int, ckpt: ArtifactRef, pool: ArtifactRef, p
         sel = fixed_selection
     else:
         if cfg.selection.method in SCORED:
-            g_pool, g_val = stage_sketches(tr, cfg, stage, ckpt, pool_rollouts, val_rollouts)
+            g_pool, g_val = stage_sketches(tr, cfg, stage, ckpt, pool_rollouts, val_rollouts, previous_selection)
             grads = {"pool": g_pool, **g_val}
             scores = tr.submit(T_sel.scores, cfg=cfg, pool_grads=g_pool, val_grads=g_val, stage=stage)
         sel = tr.submit(T_sel.selection, cfg=cfg, stage=stage, pool=pool, pool_rollouts=pool_rollouts, scores=scores)

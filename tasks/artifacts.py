@@ -250,6 +250,11 @@ def selected_indices(cfg: RunConfig, ref: ArtifactRef) -> list[int]:
     return list(read_selection(cfg, ref)["indices"])
 
 
+def read_candidates(store: Store, ref: ArtifactRef) -> list[int]:
+    """Sorted pool rows a stage sketches (a `candidates` artifact, influence.candidates)."""
+    return [int(i) for i in store.read_json(ref.key, "candidates.json")["indices"]]
+
+
 def metric_of(cfg: RunConfig) -> str:
     """The accuracy field reports and comparisons use: "mean_at_n" when eval.n_samples > 0, else "accuracy"
     (greedy pass@1, or mean@n when greedy is off)."""

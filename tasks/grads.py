@@ -6,11 +6,12 @@ completion record; a rerun (or a retried / killed run) recomputes only chunks th
 
 from __future__ import annotations
 
+import numpy as np
 from prefect import task
 
 from cropi_core.config import RunConfig
 from storage import ArtifactRef
-from tasks.artifacts import GRADS, load_checkpoint, param_ratios, read_rollouts, sketch_dim
+from tasks.artifacts import GRADS, load_checkpoint, param_ratios, read_candidates, read_rollouts, sketch_dim
 from tasks.common import GPU_TAG, LEDGER, NO_RETRY_TAG, Timer, computed, get_store, key_policy, log, maybe_fault, storage_hit
 from tasks.recipes import RECIPES, behavior_temperature, produce
 
@@ -19,8 +20,9 @@ grads_key = R.key
 
 
 def chunk_key(cfg: RunConfig, ckpt: ArtifactRef, rollouts: ArtifactRef, chunk: int,
-              calibration: ArtifactRef | None = None, **_: object) -> str:
-    return f"{grads_key(cfg, ckpt=ckpt, rollouts=rollouts, calibration=calibration)}-r{cfg.influence.chunk_rows}-c{chunk}"
+              calibration: ArtifactRef | None = None, candidates: ArtifactRef | None = None, **_: object) -> str:
+    key = grads_key(cfg, ckpt=ckpt, rollouts=rollouts, calibration=calibration, candidates=candidates)
+    return f"{key}-r{cfg.influence.chunk_rows}-c{chunk}"
 
 
 # ---------------------------------------------------------------- calibration (influence.allocation = energy)
@@ -54,9 +56,9 @@ def calibration(cfg: RunConfig, ckpt: ArtifactRef, pool_rollouts: ArtifactRef, s
 
 # ---------------------------------------------------------------- the chunked array
 def staging(cfg: RunConfig, ckpt: ArtifactRef, rollouts: ArtifactRef, n_rows: int, stage: int,
-            calibration: ArtifactRef | None = None):
+            calibration: ArtifactRef | None = None, candidates: ArtifactRef | None = None):
     """The gradient artifact's staging array (its manifest records the recipe's parents and config)."""
-    params = {"ckpt": ckpt, "rollouts": rollouts, "calibration": calibration}
+    params = {"ckpt": ckpt, "rollouts": rollouts, "calibration": calibration, "candidates": candidates}
     dim = sketch_dim(cfg, ckpt)
     return get_store(cfg).array(grads_key(cfg, **params), GRADS, kind=R.kind, shape=(n_rows, dim),
                                 chunk_rows=cfg.influence.chunk_rows, dtype=cfg.influence.dtype,
@@ -66,14 +68,16 @@ def staging(cfg: RunConfig, ckpt: ArtifactRef, rollouts: ArtifactRef, n_rows: in
 
 @task(name="grads-chunk", task_run_name="grads-{label}-s{stage}-c{chunk}", tags=[GPU_TAG], cache_policy=key_policy(chunk_key))
 def grads_chunk(cfg: RunConfig, ckpt: ArtifactRef, rollouts: ArtifactRef, chunk: int, n_rows: int, stage: int = 0,
-                label: str = "pool", calibration: ArtifactRef | None = None) -> dict:
-    """Sketch rows [chunk·c, (chunk+1)·c) of the rollouts at checkpoint `ckpt`; returns {"chunk", "rows", "computed"}."""
+                label: str = "pool", calibration: ArtifactRef | None = None,
+                candidates: ArtifactRef | None = None) -> dict:
+    """Sketch rows [chunk·c, (chunk+1)·c) of the rollouts at checkpoint `ckpt` (with `candidates`: only the
+    candidate rows among them, the others NaN = unscored); returns {"chunk", "rows", "computed"}."""
     store = get_store(cfg)
-    key = grads_key(cfg, ckpt=ckpt, rollouts=rollouts, calibration=calibration)
+    key = grads_key(cfg, ckpt=ckpt, rollouts=rollouts, calibration=calibration, candidates=candidates)
     if store.exists(key):
         storage_hit("grads-chunk", store.ref(key))
         return {"chunk": chunk, "computed": False}
-    arr = staging(cfg, ckpt, rollouts, n_rows, stage, calibration)
+    arr = staging(cfg, ckpt, rollouts, n_rows, stage, calibration, candidates)
     lo, hi = arr.chunk_rows(chunk)
     if arr.chunk_complete(chunk):
         log(f"grads {label} stage {stage}: chunk {chunk} already in storage")
@@ -85,39 +89,47 @@ def grads_chunk(cfg: RunConfig, ckpt: ArtifactRef, rollouts: ArtifactRef, chunk:
     from cropi_core.projection import make_projector
 
     inf = cfg.influence
+    rows = list(range(lo, hi)) if candidates is None else [i for i in read_candidates(store, candidates) if lo <= i < hi]
     with Timer() as t:
-        model, _ = load_checkpoint(cfg, ckpt)
-        prompts = read_rollouts(store, rollouts.key, (lo, hi))
-        proj = make_projector(inf.projector, model, inf.sketch_dim, sparse_ratio=inf.sparse_ratio, transform=inf.transform,
-                              sjl_s=inf.sjl_s, seed=inf.seed, dtype=getattr(torch, inf.dtype),
-                              param_ratios=param_ratios(cfg, model, calibration))
-        sk = sketch_prompts(model, prompts, proj, aggregation=inf.aggregation, micro_batch_tokens=inf.micro_batch_tokens,
-                            temperature=behavior_temperature(cfg))
-        arr.write_chunk(chunk, sk.float().numpy())
+        out = np.full((hi - lo, arr.shape[1]), np.nan, dtype=np.float32)  # [rows of the chunk, k]
+        if rows:
+            model, _ = load_checkpoint(cfg, ckpt)
+            prompts = read_rollouts(store, rollouts.key, (lo, hi))
+            proj = make_projector(inf.projector, model, inf.sketch_dim, sparse_ratio=inf.sparse_ratio,
+                                  transform=inf.transform, sjl_s=inf.sjl_s, seed=inf.seed,
+                                  dtype=getattr(torch, inf.dtype), param_ratios=param_ratios(cfg, model, calibration))
+            sk = sketch_prompts(model, [prompts[i - lo] for i in rows], proj, aggregation=inf.aggregation,
+                                micro_batch_tokens=inf.micro_batch_tokens, temperature=behavior_temperature(cfg))
+            out[np.asarray(rows) - lo] = sk.float().numpy()  # [len(rows), k] into their rows
+        arr.write_chunk(chunk, out)
     LEDGER.add("grads-chunk", f"{key}:{chunk}", "computed", t.seconds)
     # the marker tests and the console progress watch for
-    log(f"grads {label} stage {stage}: chunk {chunk + 1}/{arr.num_chunks} done (rows {lo}-{hi}, {t.seconds:.1f}s)")
+    scored = "" if candidates is None else f", {len(rows)} candidates"
+    log(f"grads {label} stage {stage}: chunk {chunk + 1}/{arr.num_chunks} done (rows {lo}-{hi}{scored}, {t.seconds:.1f}s)")
     return {"chunk": chunk, "rows": [lo, hi], "computed": True}
 
 
 @task(name="grads", task_run_name="grads-{label}-s{stage}-finalize", tags=[NO_RETRY_TAG], cache_policy=R.policy())
 def grads_finalize(cfg: RunConfig, ckpt: ArtifactRef, rollouts: ArtifactRef, chunks: list[dict], n_rows: int,
-                   stage: int = 0, label: str = "pool", calibration: ArtifactRef | None = None) -> ArtifactRef:
+                   stage: int = 0, label: str = "pool", calibration: ArtifactRef | None = None,
+                   candidates: ArtifactRef | None = None) -> ArtifactRef:
     """Seal the gradient array once every chunk is complete and intact (StorageError names missing chunks)."""
     store = get_store(cfg)
-    params = {"ckpt": ckpt, "rollouts": rollouts, "calibration": calibration}
+    params = {"ckpt": ckpt, "rollouts": rollouts, "calibration": calibration, "candidates": candidates}
     key = grads_key(cfg, **params)
     if store.exists(key):
         return storage_hit("grads", store.ref(key))
     with Timer() as t:
-        ref = staging(cfg, ckpt, rollouts, n_rows, stage, calibration).finalize()
+        ref = staging(cfg, ckpt, rollouts, n_rows, stage, calibration, candidates).finalize()
     return computed("grads", ref, R.parent_refs(params), store, t.seconds,
                     {"chunks_computed": sum(bool(c.get("computed")) for c in chunks)})
 
 
 def missing_chunks(cfg: RunConfig, ckpt: ArtifactRef, rollouts: ArtifactRef, n_rows: int, stage: int,
-                   calibration: ArtifactRef | None = None, **_: object) -> list[int]:
+                   calibration: ArtifactRef | None = None, candidates: ArtifactRef | None = None,
+                   **_: object) -> list[int]:
     """Chunks still to compute (none if the artifact is sealed)."""
-    if get_store(cfg).exists(grads_key(cfg, ckpt=ckpt, rollouts=rollouts, calibration=calibration)):
+    if get_store(cfg).exists(grads_key(cfg, ckpt=ckpt, rollouts=rollouts, calibration=calibration,
+                                       candidates=candidates)):
         return []
-    return staging(cfg, ckpt, rollouts, n_rows, stage, calibration).missing_chunks()
+    return staging(cfg, ckpt, rollouts, n_rows, stage, calibration, candidates).missing_chunks()

@@ -192,7 +192,10 @@ RECIPES: dict[str, Recipe] = {
     "calibration": Recipe("calibration", ("ckpt", "pool_rollouts"), lambda cfg, **_: {
         "calibration_prompts": cfg.influence.calibration_prompts, "aggregation": cfg.influence.aggregation,
         **_temperature(cfg)}),
-    "grads": Recipe("grads", ("ckpt", "rollouts", "calibration"), lambda cfg, **_: {
+    "candidates": Recipe("candidates", ("pool_rollouts", "previous"), lambda cfg, stage, **_: {
+        "candidates": cfg.influence.candidates, "ratio": cfg.selection.ratio, "seed": cfg.selection.seed,
+        "stage": stage}),
+    "grads": Recipe("grads", ("ckpt", "rollouts", "calibration", "candidates"), lambda cfg, **_: {
         "influence": cfg.influence.hashable(), **_temperature(cfg)}),
     "scores": Recipe("scores", ("pool_grads", "val_grads"), lambda cfg, **_: {}),
     "selection": Recipe("selection", ("pool", "scores|pool_rollouts"), selection_config),

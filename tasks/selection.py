@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from prefect import task
 
@@ -12,8 +14,32 @@ from tasks.artifacts import (count_by, load_checkpoint, load_problems, pass_rate
 from tasks.common import GPU_TAG
 from tasks.recipes import RANDOM_METHODS, RECIPES, behavior_temperature, mixes_random, produce
 
-SCORES, SELECTION, HEALTH, POOL_HEALTH = (RECIPES[k] for k in ("scores", "selection", "health", "pool_health"))
+SCORES, SELECTION, HEALTH, POOL_HEALTH, CANDIDATES = (RECIPES[k] for k in ("scores", "selection", "health",
+                                                                          "pool_health", "candidates"))
 scores_key, selection_key, health_key, pool_health_key = SCORES.key, SELECTION.key, HEALTH.key, POOL_HEALTH.key
+
+
+# ---------------------------------------------------------------- candidates (influence.candidates)
+@task(name="candidates", task_run_name="candidates-s{stage}", cache_policy=CANDIDATES.policy())
+def candidates(cfg: RunConfig, pool_rollouts: ArtifactRef, previous: ArtifactRef | None = None,
+               stage: int = 0) -> ArtifactRef:
+    """The pool rows the stage sketches: a seeded random draw of ⌈candidates × selection size⌉ scorable prompts
+    (fresh each stage) ∪ the previous stage's selection, sorted; every other row is left unscored."""
+    def payload(w) -> dict:
+        from cropi_core.scoring import top_count
+        from cropi_core.selection import draw_candidates
+
+        rewards = w.store.read_ragged(pool_rollouts.key, "rewards")
+        scorable = np.array([len(r) >= 2 and bool((np.asarray(r) != r[0]).any()) for r in rewards])
+        prev = selected_indices(cfg, previous) if previous is not None else []
+        n_draw = math.ceil(cfg.influence.candidates * top_count(cfg.selection.ratio, len(rewards)))
+        idx = draw_candidates(scorable, n_draw, prev, seed=(cfg.selection.seed, stage))
+        w.put_json("candidates.json", {"stage": stage, "indices": idx})
+        return {"stage": stage, "n": len(idx), "pool": len(rewards), "scorable": int(scorable.sum()),
+                "drawn": min(n_draw, int(scorable.sum())), "previous": len(prev), "run": cfg.name}
+
+    return produce(CANDIDATES, "candidates", cfg, {"pool_rollouts": pool_rollouts, "previous": previous, "stage": stage},
+                   payload)
 
 
 # ---------------------------------------------------------------- scores

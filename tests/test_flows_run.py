@@ -151,6 +151,44 @@ def test_energy_allocation_sketches_through_a_shared_calibration(coin, clean):
     assert res.exit_code == 0 and summary_of(storage)["counts"]["computed"] == 0
 
 
+def test_candidates_sketch_a_subset_with_the_full_run_rows(coin, clean):
+    """influence.candidates=1: each stage sketches only ⌈1 × 12⌉ drawn scorable pool prompts ∪ the previous stage's
+    selection. Those rows are bit-identical to the full sketch's (stage 0 scores the same θ_0 = β), every other row
+    is NaN, the selection comes from the candidates, the validation sketches are reused, a rerun computes nothing."""
+    import numpy as np
+
+    from storage import open_store
+
+    storage = clean["storage"]
+    args = ("run", "--config", str(coin["config"]), "--storage", str(storage), "--set", "influence.candidates=1")
+    res = cli(*args)
+    assert res.exit_code == 0, res.output
+    s, full = summary_of(storage), clean["summary"]
+    assert kinds(s).count("candidates") == 2
+    store = open_store(str(storage))
+    cand = []
+    for st in s["stages"]:
+        parents = store.manifest(st["grads"]["pool"]).parents
+        (c,) = [p for p in parents if store.manifest(p).kind == "candidates"]
+        cand.append(store.read_json(c, "candidates.json")["indices"])
+    pool_rewards = store.read_ragged(s["pool_rollouts"], "rewards")
+    assert all(len(set(np.asarray(pool_rewards[i]).tolist())) > 1 for i in cand[0])  # drawn among the scorable only
+    assert len(cand[0]) == 12 and len(cand[0]) < sum(len(set(np.asarray(r).tolist())) > 1 for r in pool_rewards)
+    g0 = store.read_array(s["stages"][0]["grads"]["pool"], "grads")  # [48, 32]
+    g0_full = store.read_array(full["stages"][0]["grads"]["pool"], "grads")  # [48, 32]
+    scored = np.flatnonzero(~np.isnan(g0).any(axis=1))
+    assert scored.tolist() == cand[0]
+    np.testing.assert_array_equal(g0[scored], g0_full[scored])
+    sel = [store.read_json(st["selection"], "selection.json")["indices"] for st in s["stages"]]
+    assert set(sel[0]) <= set(cand[0]) and set(sel[1]) <= set(cand[1])
+    assert set(sel[0]) <= set(cand[1])  # the previous selection is re-scored
+    for name, key in s["stages"][0]["grads"].items():
+        if name != "pool":
+            assert key == full["stages"][0]["grads"][name]  # validation sketches: the same artifact, reused
+    res = cli(*args)
+    assert res.exit_code == 0 and summary_of(storage)["counts"]["computed"] == 0
+
+
 def test_transient_faults_are_retried_to_identical_artifacts(coin, clean, tmp_path, monkeypatch):
     monkeypatch.setenv("CROPI_FAULT", "grads:1,train:1")
     storage = tmp_path / "store"

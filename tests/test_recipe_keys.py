@@ -36,6 +36,7 @@ CASES = [
                               "influence.sparse_ratio": 0.1}),  # the default before #12 switched it
     ("default-exact", None, {"influence.projector": "exact", "influence.seed": 3}),
     ("default-ratio", None, {"selection.ratio": 0.3}),
+    ("default-candidates", None, {"influence.candidates": 3.0}),  # added with the candidates recipe (#12 item 5b)
 ]
 
 
@@ -77,6 +78,13 @@ def case_keys(cfg, with_data: bool = True) -> dict[str, str]:
     out["calibration"] = G.calibration_key(cfg, ckpt=ckpt, pool_rollouts=r_pool)
     out["grads/pool"] = G.grads_key(cfg, ckpt=ckpt, rollouts=r_pool, calibration=calib)
     out["grads/pool/chunk1"] = G.chunk_key(cfg, ckpt=ckpt, rollouts=r_pool, chunk=1, calibration=calib)
+    if cfg.influence.candidates is not None:
+        cand = fake("candidates", "k1")
+        for stage, prev in ((0, None), (1, fake("selection", "s0"))):
+            out[f"candidates/s{stage}"] = S.CANDIDATES.key(cfg, pool_rollouts=r_pool, previous=prev, stage=stage)
+        out["grads/pool/candidates"] = G.grads_key(cfg, ckpt=ckpt, rollouts=r_pool, calibration=calib, candidates=cand)
+        out["grads/pool/candidates/chunk1"] = G.chunk_key(cfg, ckpt=ckpt, rollouts=r_pool, chunk=1, calibration=calib,
+                                                          candidates=cand)
     g_pool, g_val = fake("grads", "pool"), {"val/b": fake("grads", "vb"), "val/a": fake("grads", "va")}
     out["scores"] = S.scores_key(cfg, pool_grads=g_pool, val_grads=g_val)
     sc = fake("scores", "s")

@@ -98,3 +98,18 @@ def test_mix_random_replaces_the_lowest_ranked_share_by_fresh_random_prompts():
     assert not set(out[15:].tolist()) & set(idx[:15].tolist())
     assert np.array_equal(out, mix_random(idx, 100, 0.25, seed=1))
     assert not np.array_equal(out, mix_random(idx, 100, 0.25, seed=2))
+
+
+def test_draw_candidates_is_a_seeded_draw_among_scorable_prompts_plus_the_previous_selection():
+    """influence.candidates: min(n, #scorable) distinct scorable rows, the same for the same seed and another for
+    another stage's seed, united with the previous selection (which may add unscorable-now rows), sorted."""
+    from cropi_core.selection import draw_candidates
+
+    scorable = np.zeros(100, dtype=bool)
+    scorable[::2] = True  # 50 scorable rows: the even ones
+    a = draw_candidates(scorable, 10, seed=(0, 1))
+    assert len(a) == 10 == len(set(a)) and a == sorted(a) and all(i % 2 == 0 for i in a)
+    assert a == draw_candidates(scorable, 10, seed=(0, 1)) and a != draw_candidates(scorable, 10, seed=(0, 2))
+    assert draw_candidates(scorable, 500, seed=0) == list(range(0, 100, 2))  # more than there are: all of them
+    b = draw_candidates(scorable, 10, previous=[3, 5, a[0]], seed=(0, 1))
+    assert b == sorted(set(a) | {3, 5})  # 12: the draw is unchanged by the previous selection, a[0] counted once
