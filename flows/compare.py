@@ -96,7 +96,8 @@ def run_record(cfg: RunConfig, method: str, seed: int, out: RunSummary, timings:
     """JSON-able numbers of one curriculum run: accuracy per set and step, per-stage selection/health/costs.
 
     Costs (seconds): `offline` = offline rollouts the method needs (see NEEDS_OFFLINE); per stage `scoring` =
-    gradient sketches (chunks + finalize) + POPI scores + selection, `train` = the GRPO stage. Evaluation,
+    calibration and candidates (StageOutputs.shaping) + gradient sketches (chunks + finalize) + POPI scores +
+    selection, `train` = the GRPO stage. Evaluation,
     online-rollout diagnostics and health are not part of a method's cost. None = not timed in this folder.
     """
     from flows.reports import collect

@@ -13,8 +13,8 @@ Definitions (all on the seed-MEAN curves):
   targeted curve between consecutive evaluations: the first i with a(t_i) ≥ A*; t* = 0 if i = 0, else
   t* = t_{i-1} + (A* − a(t_{i-1})) / (a(t_i) − a(t_{i-1})) · E. Never reached → no speed-up ("not reached").
 - step speed-up = (S·E) / t*  (the paper's 2.66×: full data's steps over the method's steps to the same accuracy).
-- cost c(t) in seconds: offline rollouts the method needs + for each stage begun, its scoring (sketches, scores,
-  selection; paid at the stage start) + the stage's training time pro rata to the steps done in it. Bootstrap
+- cost c(t) in seconds: offline rollouts the method needs + for each stage begun, its scoring (calibration and
+  candidates where configured, sketches, scores, selection; paid at the stage start) + the stage's training time pro rata to the steps done in it. Bootstrap
   (common to all methods), evaluation and diagnostics are excluded.
 - wall-clock speed-up = c_full(S·E) / c_method(t*); also reported without the offline rollouts (c with
   offline = 0): they are computed once per (behaviour model, pool, sampling config) and shared by every later run

@@ -20,13 +20,17 @@ class StageOutputs:
     health: ArtifactRef  # off-policy health of the selected prompts
     evals: dict[str, ArtifactRef]  # test set → evaluation of θ_{m+1}
     grads: dict[str, ArtifactRef] = field(default_factory=dict)  # "pool" and each val set (scored methods only)
+    # what shaped the sketches: "calibration" (influence.allocation = energy), "candidates" (influence.candidates)
+    shaping: dict[str, ArtifactRef] = field(default_factory=dict)
     scores: ArtifactRef | None = None
     counts: dict[str, int] = field(default_factory=dict)  # task runs / cached / failed in the stage subflow
 
     @property
     def scoring(self) -> list[ArtifactRef]:
-        """What choosing the stage's prompts cost: the sketches, the scores and the selection."""
-        return [*self.grads.values(), *([self.scores] if self.scores is not None else []), self.selection]
+        """What choosing the stage's prompts cost: the calibration and candidates, the sketches, the scores and the
+        selection."""
+        return [*self.shaping.values(), *self.grads.values(), *([self.scores] if self.scores is not None else []),
+                self.selection]
 
 
 @dataclass

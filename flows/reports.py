@@ -138,8 +138,8 @@ def seconds_of(timings: dict[str, float], key: str) -> float | None:
 
 
 def cost_rows(summary: RunSummary, timings: dict[str, float]) -> list[dict]:
-    """Seconds per stage: offline rollouts (one-time, then amortised over the stages), scoring (sketches, scores,
-    selection), GRPO training and evaluation. "reused" = found in storage, computed by an earlier run."""
+    """Seconds per stage: offline rollouts (one-time, then amortised over the stages), scoring (calibration,
+    candidates, sketches, scores, selection), GRPO training and evaluation. "reused" = found in storage, computed by an earlier run."""
     def secs(keys: list[str]) -> float | None:
         vals = [seconds_of(timings, k) for k in keys]
         return None if all(v is None for v in vals) else float(sum(v or 0.0 for v in vals))

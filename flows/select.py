@@ -98,7 +98,7 @@ def select_flow(config: RunConfig, job: SelectJob) -> dict[str, Any]:
     roll_val = {f"val/{n}": f.result() for n, f in roll_val_f.items()}
 
     stage = job.stage
-    g_pool, g_val = stage_sketches(tr, cfg, stage, ckpt, roll_pool, roll_val)
+    g_pool, g_val, _ = stage_sketches(tr, cfg, stage, ckpt, roll_pool, roll_val)
     scores = tr.submit(T_sel.scores, cfg=cfg, pool_grads=g_pool, val_grads=g_val, stage=stage).result()
     sel = tr.submit(T_sel.selection, cfg=cfg, stage=stage, pool=pool, pool_rollouts=roll_pool, scores=scores).result()
     counts = tr.counts()

@@ -34,9 +34,10 @@ def result_or_upstream_error(fut, upstream: list):
 
 def stage_sketches(tr: Tracker, cfg: RunConfig, stage: int, ckpt: ArtifactRef, pool_rollouts: ArtifactRef,
                    val_rollouts: dict[str, ArtifactRef], previous_selection: ArtifactRef | None = None,
-                   ) -> tuple[ArtifactRef, dict[str, ArtifactRef]]:
+                   ) -> tuple[ArtifactRef, dict[str, ArtifactRef], dict[str, ArtifactRef]]:
     """The stage's pool and validation sketches at θ_m (after the calibration they share, with
-    influence.allocation = energy). With influence.candidates, the pool sketch covers only the stage's candidate
+    influence.allocation = energy), and the artifacts that shaped them ("calibration", "candidates"; part of
+    the stage's scoring cost). With influence.candidates, the pool sketch covers only the stage's candidate
     rows (a random draw ∪ `previous_selection`)."""
     calib = cand = None
     if cfg.influence.uses_energy:
@@ -46,7 +47,8 @@ def stage_sketches(tr: Tracker, cfg: RunConfig, stage: int, ckpt: ArtifactRef, p
                          stage=stage).result()
     g_pool = grads_ref(tr, cfg, stage, ckpt, pool_rollouts, "pool", calib, cand)
     g_val = {n: grads_ref(tr, cfg, stage, ckpt, r, n.replace("/", "-"), calib) for n, r in val_rollouts.items()}
-    return g_pool, g_val
+    shaping = {n: r for n, r in (("calibration", calib), ("candidates", cand)) if r is not None}
+    return g_pool, g_val, shaping
 
 
 def grads_ref(tr: Tracker, cfg: RunConfig, stage: int, ckpt: ArtifactRef, rollouts: ArtifactRef, label: str,
@@ -99,12 +101,14 @@ def stage(config: RunConfig, stage: int, ckpt: ArtifactRef, pool: ArtifactRef, p
     cfg = config
     tr = Tracker(cfg)
     grads: dict[str, ArtifactRef] = {}
+    shaping: dict[str, ArtifactRef] = {}
     scores = None
     if fixed_selection is not None:
         sel = fixed_selection
     else:
         if cfg.selection.method in SCORED:
-            g_pool, g_val = stage_sketches(tr, cfg, stage, ckpt, pool_rollouts, val_rollouts, previous_selection)
+            g_pool, g_val, shaping = stage_sketches(tr, cfg, stage, ckpt, pool_rollouts, val_rollouts,
+                                                    previous_selection)
             grads = {"pool": g_pool, **g_val}
             scores = tr.submit(T_sel.scores, cfg=cfg, pool_grads=g_pool, val_grads=g_val, stage=stage)
         sel = tr.submit(T_sel.selection, cfg=cfg, stage=stage, pool=pool, pool_rollouts=pool_rollouts, scores=scores)
@@ -120,7 +124,7 @@ def stage(config: RunConfig, stage: int, ckpt: ArtifactRef, pool: ArtifactRef, p
 
     out = StageOutputs(stage=stage, input_checkpoint=ckpt, selection=sel, checkpoint=new_ckpt.result(),
                        online=online.result(), health=health.result(), evals={n: f.result() for n, f in evals.items()},
-                       grads=grads, scores=scores)
+                       grads=grads, shaping=shaping, scores=scores)
     from flows.reports import stage_report
 
     stage_report(cfg, out)

@@ -150,6 +150,29 @@ def test_ablation_merge_relabels_cropi_and_measures_against_base_full(tmp_path):
         merge(base, {"x": bad})
 
 
+def test_stage_scoring_cost_includes_calibration_and_candidates():
+    """A stage's scoring seconds (run report cost table and compare records) = calibration + candidates + every
+    sketch chunk and finalize + scores + selection; training and evaluation are not in it."""
+    from flows.outputs import RunSummary, StageOutputs
+    from flows.reports import cost_rows
+    from storage import ArtifactRef
+
+    ref = lambda kind, key: ArtifactRef(kind=kind, key=key, uri=f"memory://{key}")  # noqa: E731
+    st = StageOutputs(stage=0, input_checkpoint=ref("checkpoint", "t0"), selection=ref("selection", "sel"),
+                      checkpoint=ref("checkpoint", "t1"), online=ref("rollouts", "on"), health=ref("health", "h"),
+                      evals={"test": ref("evaluation", "ev")}, grads={"pool": ref("grads", "gp"), "val": ref("grads", "gv")},
+                      shaping={"calibration": ref("calibration", "cal"), "candidates": ref("candidates", "cand")},
+                      scores=ref("scores", "sc"))
+    summary = RunSummary(name="x", base_checkpoint=st.input_checkpoint, final_checkpoint=st.checkpoint,
+                         pool=ref("dataset", "pool"), pool_rollouts=ref("rollouts", "rp"), val_rollouts={},
+                         tests={}, evals0={}, stages=[st], refreshes=[])
+    timings = {"cal": 3.0, "cand": 0.25, "gp:0": 10.0, "gp:1": 5.0, "gp": 0.5, "gv:0": 2.0, "sc": 0.125,
+               "sel": 0.125, "t1": 100.0, "ev": 50.0, "rp": 40.0}
+    # 3 + 0.25 + (10 + 5 + 0.5) + 2 + 0.125 + 0.125 = 21.0; training 100 and evaluation 50 apart
+    row = cost_rows(summary, timings)[1]
+    assert (row["scoring"], row["training"], row["evaluation"]) == ("21.0", "100.0", "50.0")
+
+
 def test_timings_of_a_killed_comparison_survive_in_the_jsonl(tmp_path):
     from flows.reports import load_timings
     from tasks.common import Ledger
