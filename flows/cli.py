@@ -173,7 +173,7 @@ def compare(
 ) -> None:
     """CROPI vs baselines from the same bootstrap at an equal budget, several seeds; prints the report path."""
     from flows.compare import parse_methods, run_compare
-    from flows.compare_report import times
+    from flows.compare_report import times, wall
 
     with user_errors():
         names = parse_methods(methods)
@@ -191,7 +191,7 @@ def compare(
         tgt, unt = row.get("tgt_final", [float("nan")] * 2), row.get("unt_final", [float("nan")] * 2)
         extra = ""
         if "step_speedup" in row:
-            extra = f", step speed-up {times(row['step_speedup'])}, wall speed-up {times(row['wall_speedup'])}"
+            extra = f", step speed-up {times(row['step_speedup'])}, wall speed-up {wall(row)}"
         typer.echo(f"  {m}: targeted {tgt[0]:.3f}±{tgt[1]:.3f}, untargeted {unt[0]:.3f}±{unt[1]:.3f}{extra}")
     typer.echo(f"report: {out['report']}")
 

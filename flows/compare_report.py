@@ -144,6 +144,8 @@ def summarize(records: list[dict[str, Any]], methods: list[str]) -> dict[str, An
                 row[f"cost_to_target{sfx}_s"] = c_star
                 row[f"wall_speedup{sfx}"] = (None if c_star is None or not np.isfinite(full_cost) else
                                              full_cost / c_star if c_star > 0 else float("inf"))
+                # reached, but a cost this folder never timed (artifacts computed by another run on the root)
+                row[f"wall_unpriced{sfx}"] = t_star is not None and row[f"wall_speedup{sfx}"] is None
             # per-seed step speed-ups against the same target (spread of the headline metric)
             per = []
             for r in by[m]:
@@ -174,6 +176,18 @@ def _curve(row: dict[str, Any], short: str) -> str:
     """The seed-mean curve of group `short` (tgt, unt): "accuracy±SE" per evaluation."""
     return " ".join(f"{a:.3f}" if e is None or not np.isfinite(e) else f"{a:.3f}±{e:.3f}"
                     for a, e in zip(row.get(f"{short}_mean", []), row.get(f"{short}_se", [None] * 99)))
+
+
+UNPRICED = ("unpriced: an artifact this cost needs (offline rollouts, a stage's scoring or training, here or in full "
+            "data's runs) was computed by another run on this storage root and is not timed in this folder's "
+            "timings.json — copy that comparison's timings.json here before running, or compare on a fresh root")
+
+
+def wall(row: dict[str, Any], sfx: str = "") -> str:
+    """A method's wall-clock speed-up as the reports write it: `times`, or "unpriced" (see UNPRICED)."""
+    if f"wall_speedup{sfx}" not in row:
+        return "–"
+    return "unpriced" if row.get(f"wall_unpriced{sfx}") else times(row[f"wall_speedup{sfx}"])
 
 
 def times(v: float | None) -> str:
@@ -277,8 +291,7 @@ def write_report(cfg: RunConfig, records: list[dict[str, Any]], folder: Path, me
             [_pm(row.get("unt_final"), (row.get("unt_se") or [None])[-1]),
              "–" if row.get("steps_to_target") is None else f"{row['steps_to_target']:.1f}",
              times(row.get("step_speedup")) if "step_speedup" in row else "–",
-             times(row.get("wall_speedup")) if "wall_speedup" in row else "–",
-             times(row.get("wall_speedup_excl_offline")) if "wall_speedup_excl_offline" in row else "–",
+             wall(row), wall(row, "_excl_offline"),
              _pm(row.get("total_cost_s")), _pm(row.get("offline_s"))]
         table_rows.append(dict(zip(head, r)))
 
@@ -300,10 +313,12 @@ def write_report(cfg: RunConfig, records: list[dict[str, Any]], folder: Path, me
     c = cfg
     cr = ms.get("cropi", {})
     headline = (f"CROPI step speed-up over full data: **{times(cr.get('step_speedup'))}** "
-                f"(wall-clock incl. scoring: **{times(cr.get('wall_speedup'))}**, without the one-time offline rollouts: "
-                f"**{times(cr.get('wall_speedup_excl_offline'))}**); target A* = full data's final "
+                f"(wall-clock incl. scoring: **{wall(cr)}**, without the one-time offline rollouts: "
+                f"**{wall(cr, '_excl_offline')}**); target A* = full data's final "
                 f"targeted accuracy = {summary['target']:.3f}." if "step_speedup" in cr and summary["target"] is not None
                 else "Speed-up needs both `cropi` and `full` in --methods.")
+    if any(row.get(f"wall_unpriced{sfx}") for row in ms.values() for sfx, _ in COSTS):
+        headline += f" Wall-clock {UNPRICED}."
     if summary.get("degenerate"):
         headline += (" **Undefined here:** full data's final targeted accuracy is not above its step-0 accuracy, so "
                      "every method 'reaches' it at step 0.")

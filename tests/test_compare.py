@@ -115,6 +115,21 @@ def test_step_and_wall_speedup_definitions():
     assert c["wall_speedup_excl_offline"] == pytest.approx(300 / 170)
 
 
+def test_untimed_cost_is_reported_unpriced_not_not_reached():
+    """Full data's stage-1 training computed by another run on the root (no seconds here): CROPI still reaches
+    the target (step speed-up defined), its wall-clock is "unpriced", not "not reached"."""
+    from flows.compare_report import wall
+
+    full = _rec("full", [0.1, 0.2, 0.3, 0.4], 0.0, 0.0, 100.0)
+    full["stages"][1]["train_s"] = None
+    cropi = _rec("cropi", [0.1, 0.3, 0.5, 0.6], 20.0, 10.0, 100.0)
+    c = summarize([full, cropi], ["full", "cropi"])["methods"]["cropi"]
+    assert c["step_speedup"] == pytest.approx(2.0) and c["wall_speedup"] is None and c["wall_unpriced"]
+    assert wall(c) == wall(c, "_excl_offline") == "unpriced"
+    slow = _rec("cropi", [0.1, 0.1, 0.2, 0.3], 20.0, 10.0, 100.0)  # never reaches 0.4
+    assert wall(summarize([full, slow], ["full", "cropi"])["methods"]["cropi"]) == "not reached"
+
+
 def test_flat_full_curve_gives_undefined_not_infinite_speedup():
     flat = _rec("full", [0.3, 0.3, 0.3], 0.0, 0.0, 50.0)
     s = summarize([flat], ["full"])
