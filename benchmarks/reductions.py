@@ -5,9 +5,11 @@ For every stage m of the run (its artifacts are read from storage; nothing is re
       from those K'; a prompt whose K' rewards are all equal becomes unscorable), POPI against the same
       validation sketches; precision@ratio of the resulting top set against the full-K one, and the sketch time
       relative to the full-K sketch (both timed here, process CPU time).
-  (b) candidates: re-score only a seeded random subset of c × (selection size) pool prompts plus the previous
-      stage's selection; the top set within those candidates vs the top set of the full re-scoring (scores read
-      from the stage's own full sketch, so the comparison costs nothing to run).
+  (b) candidates: re-score only what `influence.candidates = c` would sketch — a seeded draw of ⌈c × selection
+      size⌉ scorable pool prompts plus the previous stage's selection (`cropi_core.selection.draw_candidates`, the
+      pipeline's own draw); the top set within those candidates vs the top set of the full re-scoring (scores read
+      from the stage's own full sketch, so the comparison costs nothing to run), and the share of the scorable
+      pool sketched (the cost, as unscorable prompts are never sketched).
   (c) all-equal offline rewards: prompts whose K offline rewards are all equal have A ≡ 0 and are never sketched
       (influence.py) — the share of the pool this skips, read from the rollouts.
 
@@ -18,6 +20,7 @@ Writes <run folder>/reductions.{md,json}.
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 
@@ -30,6 +33,7 @@ from cropi_core.influence import sketch_prompts
 from cropi_core.projection import make_projector
 from cropi_core.rollout.types import PromptRollouts
 from cropi_core.scoring import fuse_ranks, popi, top_count
+from cropi_core.selection import draw_candidates
 from storage import ArtifactRef
 
 app = typer.Typer(add_completion=False)
@@ -75,6 +79,7 @@ def main(
     n_pool = len(pool)
     n_sel = top_count(cfg.selection.ratio, n_pool)
     skipped = float(np.mean((rates == 0) | (rates == 1)))
+    scorable = np.array([p.scorable for p in pool])  # bool[N]
     rows: list[dict] = []
     prev: set[int] | None = None
     ckpts = [summary["base_checkpoint"]] + [s["checkpoint"] for s in summary["stages"]]
@@ -86,15 +91,14 @@ def main(
         row: dict = {"stage": m, "pool": n_pool, "selected": n_sel, "unscorable_offline": skipped}
         # (b) candidate subsets (+ the previous stage's selection)
         for c in candidates:
-            precs = []
+            precs, shares = [], []
             for s in range(seeds):
-                cand = set(np.random.default_rng([s, m]).choice(n_pool, min(n_pool, int(c * n_sel)), replace=False).tolist())
-                if prev:
-                    cand |= prev
-                masked = np.where(np.isin(np.arange(n_pool), list(cand)), full, -np.inf)
+                cand = draw_candidates(scorable, math.ceil(c * n_sel), sorted(prev or ()), seed=(s, m))
+                masked = np.where(np.isin(np.arange(n_pool), cand), full, -np.inf)
                 precs.append(len(_top(masked, n_sel) & top) / max(1, len(top)))
+                shares.append(float(scorable[cand].sum()) / max(1, int(scorable.sum())))
             row[f"P(candidates {c:g}x)"] = float(np.mean(precs))
-            row[f"scored share {c:g}x"] = min(1.0, (c * n_sel + (len(prev) if prev else 0)) / n_pool)
+            row[f"scored share {c:g}x"] = float(np.mean(shares))  # of the scorable pool
         # (a) K' < K responses
         model, _ = load_checkpoint(cfg, ArtifactRef(uri=store.uri(ckpts[m]), kind="checkpoint", key=ckpts[m]))
         mk = lambda: make_projector(inf.projector, model, inf.sketch_dim, sparse_ratio=inf.sparse_ratio,  # noqa: E731
