@@ -116,8 +116,10 @@ def mixes_random(cfg: RunConfig) -> bool:
 
 def selection_config(cfg: RunConfig, stage: int, **_: Any) -> dict:
     conf = {"selection": cfg.selection.hashable()}
-    if cfg.selection.method == "full":  # mix_random does not apply: full data keeps its key whatever the share
-        conf["selection"].pop("mix_random", None)
+    if cfg.selection.method == "full":
+        # every pool prompt whatever the ratio, seed, k_rrf or mix_random: full data keeps one key across a sweep of
+        # them (before #12 the ratio and seed were hashed too, so `cropi compare --set selection.ratio=…` retrained it)
+        conf["selection"] = {"method": "full"}
     if cfg.selection.method in RANDOM_METHODS or mixes_random(cfg):
         conf["stage"] = stage  # a fresh random subset each stage
     return conf

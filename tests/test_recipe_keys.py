@@ -150,6 +150,20 @@ def test_keys_equal_recorded():
     assert not diffs, f"artifact keys changed: {diffs}"
 
 
+def test_full_data_selection_key_ignores_the_selection_knobs():
+    """Full data trains on every pool prompt: ratio, seed, k_rrf and mix_random do not change its selection key (so a
+    ratio sweep in `cropi compare` reuses the full-data runs), while they do change a scored method's."""
+    from cropi_core.config import load_config
+    from tasks import selection as S
+
+    pool, rp, sc = fake("dataset", "pool"), fake("rollouts", "pool"), fake("scores", "s")
+    key = lambda **over: S.selection_key(load_config(None, {f"selection.{k}": v for k, v in over.items()}),  # noqa: E731
+                                         stage=1, pool=pool, pool_rollouts=rp, scores=None if over.get("method") == "full" else sc)
+    full = key(method="full")
+    assert full == key(method="full", ratio=0.1) == key(method="full", seed=4, k_rrf=60.0, mix_random=0.2)
+    assert key(method="popi") != key(method="popi", ratio=0.1)
+
+
 def test_recipe_table_is_documented():
     """storage/README.md's recipe table names every recipe with its kind and parents (tasks/recipes.py)."""
     from tasks.recipes import RECIPES
