@@ -49,6 +49,7 @@ import torch
 
 from cropi_core.config import TrainConfig
 from cropi_core.errors import CropiError, ModelError
+from cropi_core.rng import global_rng
 
 __all__ = ["TrainResult", "train_grpo", "load_policy", "build_trainer", "drop_equal_reward_groups", "training_order"]
 
@@ -316,10 +317,11 @@ def train_grpo(
         shutil.rmtree(final_dir, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
 
-    trainer = build_trainer(model_dir, problems, cfg, ckpt_dir, template=template, instruction=instruction,
-                            fault_hook=fault_hook, progress=progress)
-    start = last_checkpoint(ckpt_dir) if resume else None
-    trainer.train(resume_from_checkpoint=str(start) if start else None)
+    with global_rng():  # TRL seeds and samples from torch's process-wide generator (cropi_core/rng.py)
+        trainer = build_trainer(model_dir, problems, cfg, ckpt_dir, template=template, instruction=instruction,
+                                fault_hook=fault_hook, progress=progress)
+        start = last_checkpoint(ckpt_dir) if resume else None
+        trainer.train(resume_from_checkpoint=str(start) if start else None)
 
     tmp = out / "final.tmp"
     shutil.rmtree(tmp, ignore_errors=True)

@@ -326,10 +326,17 @@ def emit_asset(ref: ArtifactRef, parents: list[ArtifactRef | str], store: Store,
 
 
 class Timer:
+    """Seconds of a task's own work: wall time less the time its thread waited for torch's generator
+    (cropi_core.rng.global_rng), which another task of the same process was using."""
+
     def __enter__(self) -> "Timer":
-        self.t0 = time.perf_counter()
+        from cropi_core.rng import waited_seconds
+
+        self.t0, self.w0 = time.perf_counter(), waited_seconds()
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self.seconds = time.perf_counter() - self.t0
+        from cropi_core.rng import waited_seconds
+
+        self.seconds = time.perf_counter() - self.t0 - (waited_seconds() - self.w0)
 

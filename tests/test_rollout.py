@@ -187,3 +187,37 @@ def test_rollouts_from_vllm_shaped_outputs(tok):
     no_lp = [SimpleNamespace(prompt_token_ids=p_ids, outputs=[SimpleNamespace(text="x", token_ids=(5,), logprobs=None)])]
     with pytest.raises(ModelError, match="no per-token logprobs"):
         rollouts_from_vllm(no_lp, PROBLEMS[:1], eos_ids={eos})
+
+
+def test_seeded_sampling_and_a_concurrent_rng_user_do_not_disturb_each_other(model, tok):
+    """torch's default generator is one per process. A thread that seeds it and draws from it while other threads
+    sample seeded rollouts (GRPO training next to online rollouts and evaluations, all Prefect threads of one
+    process) must see exactly the stream it would see alone, and so must the samplers (cropi_core.rng)."""
+    import threading
+
+    from cropi_core.rng import global_rng
+
+    prompts = ["1+1=", "2+3=", "7+1="]
+
+    def sample(seed: int) -> list[list[int]]:
+        g = generate(model, tok, prompts, 4, do_sample=True, temperature=1.0, max_new_tokens=8, seed=seed)
+        return [[t.tolist() for t in rs] for rs in g.responses]
+
+    def draws() -> list[float]:
+        with global_rng():
+            torch.manual_seed(123)
+            out = []
+            for _ in range(200):
+                out += torch.rand(3).tolist()
+                torch.randn(64, 64)  # some work between draws, so the samplers get scheduled in between
+            return out
+
+    alone = {"draws": draws(), **{s: sample(s) for s in (1, 2)}}
+    got: dict = {}
+    threads = [threading.Thread(target=lambda: got.__setitem__("draws", draws()))]
+    threads += [threading.Thread(target=lambda s=s: got.__setitem__(s, [sample(s) for _ in range(3)][-1])) for s in (1, 2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert got == alone

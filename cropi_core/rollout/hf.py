@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from cropi_core.data import Problem, format_prompt
+from cropi_core.rng import global_rng
 from cropi_core.rollout.base import RolloutBackend, derive_seed, truncate_at_eos
 from cropi_core.rollout.logprobs import teacher_force_pairs
 from cropi_core.rollout.types import PromptRollouts
@@ -84,7 +85,7 @@ def generate(
     ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
     cfg = generation_config(model, tokenizer, k=k, do_sample=do_sample, temperature=temperature, top_p=top_p,
                             max_new_tokens=max_new_tokens, output_logits=output_logits)
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    with global_rng(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         out = model.generate(input_ids=ids, attention_mask=mask, generation_config=cfg)
     new = out.sequences[:, ids.shape[1] :].cpu()
