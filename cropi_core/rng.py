@@ -4,10 +4,9 @@ Seeded sampling (`rollout.hf.generate`: fork_rng → manual_seed → generate �
 the default generator and samples from it) both use that one generator. Run side by side in threads — as Prefect
 runs a stage's online rollouts next to its training, and the evaluations of several test sets next to each other —
 one thread's reseed or restore lands in the middle of the other's draws, so the same inputs train a different
-policy from run to run (measured: one CROPI seed, same stage-0 selection, three different θ_1). Holding this lock
-makes each of them see only its own seeded stream, so results no longer depend on thread timing. (Not the whole
-story: with the lock, and even with training run alone in its stage, two fresh roots still trained different θ_1 —
-another source, not found yet, remains; standalone `train_grpo` is bit-identical across processes.)
+policy from run to run. Holding this lock makes each of them see only its own seeded stream, so results no longer
+depend on thread timing. (CROPI runs also differed for another reason, fixed in `projection.jl.energy_ratios`:
+per-process coordinate masks.)
 
 The time a thread spends waiting for the lock is counted (`waited_seconds`) so that compute timers can leave it
 out: an artifact's recorded cost stays its own work, not the queue in front of it.

@@ -159,6 +159,15 @@ def base_recipe(cfg: RunConfig) -> Recipe:
     return RECIPES["bootstrap" if cfg.model.is_embedded else "base_model"]
 
 
+def grads_config(cfg: RunConfig, **_: Any) -> dict:
+    conf = {"influence": cfg.influence.hashable(), **_temperature(cfg)}
+    if cfg.influence.uses_energy:
+        # energy ratios v2: computed in a fixed order with exact sums. v1 summed in set order (PYTHONHASHSEED), so
+        # each process drew its own masks and v1 sketches of one key need not match each other: never reuse them
+        conf["energy_ratios"] = 2
+    return conf
+
+
 def base_key(cfg: RunConfig, **_: Any) -> str:
     """Producer key of the stage-0 checkpoint (tiny model shape + warm-up config, or the model source)."""
     return base_recipe(cfg).key(cfg)
@@ -197,8 +206,7 @@ RECIPES: dict[str, Recipe] = {
     "candidates": Recipe("candidates", ("pool_rollouts", "previous"), lambda cfg, stage, **_: {
         "candidates": cfg.influence.candidates, "ratio": cfg.selection.ratio, "seed": cfg.selection.seed,
         "stage": stage}),
-    "grads": Recipe("grads", ("ckpt", "rollouts", "calibration", "candidates"), lambda cfg, **_: {
-        "influence": cfg.influence.hashable(), **_temperature(cfg)}),
+    "grads": Recipe("grads", ("ckpt", "rollouts", "calibration", "candidates"), grads_config),
     "scores": Recipe("scores", ("pool_grads", "val_grads"), lambda cfg, **_: {}),
     "selection": Recipe("selection", ("pool", "scores|pool_rollouts"), selection_config),
     "health": Recipe("health", ("ckpt", "pool_rollouts", "sel"), _temperature),

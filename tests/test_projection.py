@@ -184,3 +184,45 @@ def test_energy_ratios_spend_the_budget_where_the_energy_is():
     pr = energy_ratios({n: float(i + 1) for i, n in enumerate(names)}, {n: p.numel() for n, p in model.named_parameters()}, 0.2)
     proj = make_projector("grass", model, 64, sparse_ratio=0.2, param_ratios=pr)
     assert proj.kept <= 0.2 * sum(p.numel() for p in model.parameters()) * 1.05
+
+
+_RATIOS_IN_A_PROCESS = r"""
+import hashlib, sys, torch
+sys.path.insert(0, sys.argv[1])
+from test_influence import make_prompts, tiny
+from cropi_core.influence import sketch_prompts
+from cropi_core.projection import make_projector
+from cropi_core.projection.jl import energy_ratios
+torch.set_num_threads(1)
+model = tiny(0, dtype=torch.float32)
+numel = {n: p.numel() for n, p in model.named_parameters()}
+g = torch.Generator().manual_seed(1)
+energy = {n: float(torch.rand((), generator=g, dtype=torch.float64)) * 10 ** int(torch.randint(-3, 4, (), generator=g))
+          for n in numel}  # irregular magnitudes, as measured energies are: float sums whose order shows in the bits
+ratios = energy_ratios(energy, numel, 0.1)
+proj = make_projector("grass", model, 256, sparse_ratio=0.1, param_ratios=ratios, transform="sjl", sjl_s=2)
+rows = sketch_prompts(model, make_prompts(4, seed=2), proj)
+print(hashlib.sha256(repr(sorted(ratios.items())).encode()).hexdigest(), hashlib.sha256(rows.numpy().tobytes()).hexdigest())
+"""
+
+
+def test_energy_ratios_and_the_masks_they_seed_are_the_same_in_every_process(tmp_path):
+    # The ratios' repr seeds each parameter's coordinate mask, so two processes must compute the same bits; summing
+    # over a set of names (PYTHONHASHSEED order) did not, and the flow's pool and validation sketches (or a resumed
+    # run's chunks) were then made with different masks. One process per hash seed; all must print the same hashes.
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "ratios.py"
+    script.write_text(_RATIOS_IN_A_PROCESS)
+    here = str(Path(__file__).parent)
+    root = str(Path(__file__).parent.parent)
+    outs = set()
+    for seed in ("0", "1", "2", "3"):
+        env = {**os.environ, "PYTHONHASHSEED": seed, "PYTHONPATH": root, "OMP_NUM_THREADS": "1"}
+        res = subprocess.run([sys.executable, str(script), here], env=env, capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, res.stderr[-2000:]
+        outs.add(res.stdout.strip())
+    assert len(outs) == 1, outs

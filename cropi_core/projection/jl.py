@@ -277,26 +277,34 @@ class JLProjector(Projector):
 def energy_ratios(energy: Mapping[str, float], numel: Mapping[str, int], ratio: float) -> dict[str, float]:
     """Per-parameter keep ratios that spend the budget ratio·Σ numel where the gradient energy is: kept coordinates
     m_p ∝ energy_p, capped at numel_p (water-filling), at least one per parameter. energy_p = Σ over a few
-    calibration prompts of ‖g_p‖² (any non-negative measure works)."""
+    calibration prompts of ‖g_p‖² (any non-negative measure works).
+
+    The ratios seed the coordinate masks (their repr is hashed), so they must be the same bits in every process:
+    parameters are visited in `numel`'s order and sums are exactly rounded (math.fsum), never in set order —
+    a set of names iterates in PYTHONHASHSEED order, and summing floats in that order gave each process its own
+    last bits, hence its own masks (pool and validation sketches made in two processes did not match)."""
     names = [n for n in numel if numel[n] > 0]
-    budget = ratio * sum(numel[n] for n in names)
+    budget = ratio * math.fsum(numel[n] for n in names)
     m = {n: 0.0 for n in names}
-    free = set(names)
+    free = list(names)
     while free and budget > 1e-9:
-        tot = sum(max(energy.get(n, 0.0), 0.0) for n in free)
+        tot = math.fsum(max(energy.get(n, 0.0), 0.0) for n in free)
         if tot <= 0:
-            share = {n: budget * numel[n] / sum(numel[f] for f in free) for n in free}
+            size = math.fsum(numel[f] for f in free)
+            share = {n: budget * numel[n] / size for n in free}
         else:
             share = {n: budget * max(energy.get(n, 0.0), 0.0) / tot for n in free}
-        full = {n for n in free if m[n] + share[n] >= numel[n]}
+        full = [n for n in free if m[n] + share[n] >= numel[n]]
         if not full:
             for n in free:
                 m[n] += share[n]
             break
-        for n in full:  # capped parameters keep everything; their excess is shared again
-            budget -= numel[n] - m[n]
+        # capped parameters keep everything; their excess is shared again
+        budget -= math.fsum(numel[n] - m[n] for n in full)
+        for n in full:
             m[n] = float(numel[n])
-        free -= full
+        capped = set(full)
+        free = [n for n in free if n not in capped]
     return {n: min(1.0, max(1.0 / numel[n], m[n] / numel[n])) for n in names}
 
 
