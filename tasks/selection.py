@@ -29,13 +29,13 @@ def candidates(cfg: RunConfig, pool_rollouts: ArtifactRef, previous: ArtifactRef
         from cropi_core.scoring import top_count
         from cropi_core.selection import draw_candidates
 
-        rewards = w.store.read_ragged(pool_rollouts.key, "rewards")
-        scorable = np.array([len(r) >= 2 and bool((np.asarray(r) != r[0]).any()) for r in rewards])
+        recs = read_rollouts(w.store, pool_rollouts.key)
+        scorable = np.array([p.k >= 2 and p.scorable for p in recs])  # the rows sketch_prompts would sketch
         prev = selected_indices(cfg, previous) if previous is not None else []
-        n_draw = math.ceil(cfg.influence.candidates * top_count(cfg.selection.ratio, len(rewards)))
+        n_draw = math.ceil(cfg.influence.candidates * top_count(cfg.selection.ratio, len(recs)))
         idx = draw_candidates(scorable, n_draw, prev, seed=(cfg.selection.seed, stage))
         w.put_json("candidates.json", {"stage": stage, "indices": idx})
-        return {"stage": stage, "n": len(idx), "pool": len(rewards), "scorable": int(scorable.sum()),
+        return {"stage": stage, "n": len(idx), "pool": len(recs), "scorable": int(scorable.sum()),
                 "drawn": min(n_draw, int(scorable.sum())), "previous": len(prev), "run": cfg.name}
 
     return produce(CANDIDATES, "candidates", cfg, {"pool_rollouts": pool_rollouts, "previous": previous, "stage": stage},
