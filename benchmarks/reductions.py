@@ -62,8 +62,9 @@ def main(
     seeds: int = typer.Option(5, help="seeds for the random candidate subsets"),
     stages: int = typer.Option(None, help="only the first N stages (K' sketches cost a pass over the pool each)"),
 ) -> None:
-    from tasks.artifacts import load_checkpoint, pass_rates, read_rollouts
+    from tasks.artifacts import load_checkpoint, param_ratios, pass_rates, read_rollouts
     from tasks.common import get_store, run_dir
+    from tasks.recipes import behavior_temperature
 
     torch.set_num_threads(1)
     cfg = load_config(config)
@@ -101,18 +102,24 @@ def main(
             row[f"scored share {c:g}x"] = float(np.mean(shares))  # of the scorable pool
         # (a) K' < K responses
         model, _ = load_checkpoint(cfg, ArtifactRef(uri=store.uri(ckpts[m]), kind="checkpoint", key=ckpts[m]))
+        # the stage's own projection: the validation sketches were made with its calibration's masks, so a pool
+        # re-sketch must use them too (without them "recomputed K" agreed with the stored top set only 56%)
+        calib = next((k for k in store.manifest(st["grads"]["pool"]).parents
+                      if store.manifest(k).kind == "calibration"), None)
+        ratios = param_ratios(cfg, model, ArtifactRef(uri=store.uri(calib), kind="calibration", key=calib)) if calib else None
         mk = lambda: make_projector(inf.projector, model, inf.sketch_dim, sparse_ratio=inf.sparse_ratio,  # noqa: E731
-                                    transform=inf.transform, sjl_s=inf.sjl_s, seed=inf.seed)
+                                    transform=inf.transform, sjl_s=inf.sjl_s, seed=inf.seed,
+                                    dtype=getattr(torch, inf.dtype), param_ratios=ratios)
         t = time.process_time()
         base_sk = sketch_prompts(model, pool, mk(), aggregation=inf.aggregation,
-                                 temperature=cfg.rollout.temperature).float().numpy()
+                                 temperature=behavior_temperature(cfg)).float().numpy()
         base_s = time.process_time() - t
         base_top = _top(_fused(base_sk, vals, cfg.selection.ratio, cfg.selection.k_rrf), n_sel)
         row["P(recomputed K, vs stored)"] = len(base_top & top) / max(1, len(top))
         for kp in k_prime:
             t = time.process_time()
             sk = sketch_prompts(model, [_first_k(p, kp) for p in pool], mk(), aggregation=inf.aggregation,
-                                temperature=cfg.rollout.temperature).float().numpy()
+                                temperature=behavior_temperature(cfg)).float().numpy()
             row[f"time K'={kp} / K"] = (time.process_time() - t) / base_s
             row[f"P(K'={kp})"] = len(_top(_fused(sk, vals, cfg.selection.ratio, cfg.selection.k_rrf), n_sel) & top) / max(1, len(top))
         rows.append(row)
