@@ -3,6 +3,8 @@
 Same model (a ≥ 20M-parameter Qwen2 by default), same batch of prompts × K responses (`--workload families`:
 groups of four prompts sharing vocabulary and answer endings, so true gradient cosines are informative), one process:
   (a) plain forward+backward of the scoring loss over the whole batch (weights require grad, as in training);
+  (a′) the same with frozen weights and the gradient started at the embedding output: forward + input-gradient
+      backward only, what every hook-based sketch pays before its hooks — plain / (a′) is the ceiling of "× plain";
   (b) `sketch_prompts` with each projector: prompts/s, tokens/s, ratio to (a), peak RSS growth, bytes/prompt;
   (c) the paper's reference procedure (thu-coai/CROPI with TRAK's projector, PAPER.md §4): one prompt at a time,
       full flat gradient, fixed coordinate subset, dense Gaussian projection generated blockwise on the fly.
@@ -141,6 +143,24 @@ def plain_fwd_bwd(model, prompts, micro_batch_tokens: int) -> None:
     model.zero_grad(set_to_none=True)
 
 
+def backbone_fwd_bwd(model, prompts, micro_batch_tokens: int) -> None:
+    """(a′): the same loss and packing, weights frozen and the gradient started at the embedding output — the
+    forward and the input-gradient backward that every hook-based sketch runs before its hooks do any work. Plain
+    (a) adds the weight-gradient GEMMs to it, so plain / (a′) bounds what any such sketch can reach vs plain."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    h = model.get_input_embeddings().register_forward_hook(lambda mod, args, out: out.detach().requires_grad_(True))
+    try:
+        with torch.enable_grad():
+            for batch in _micro_batches(_sequences(prompts, "seq_mean_token_mean", torch.float32), micro_batch_tokens):
+                ids, attn, pos, logbeta, mask, _ = _pad(batch, torch.device("cpu"), torch.float32)
+                coef = torch.tensor([s.coef for s in batch])
+                logp = _token_logprobs(model, ids, attn, 1.0, pos)
+                (coef[:, None] * torch.exp(logp - logbeta) * mask).sum().backward()
+    finally:
+        h.remove()
+
+
 def reference_sketch(model, prompts, dim: int, ratio: float, seed: int) -> torch.Tensor:
     """(c): per prompt — its K responses through the model, full flat gradient, subset, on-the-fly dense JL."""
     params = [p for p in model.parameters()]
@@ -212,6 +232,9 @@ def run_one(kind: str, a: dict, seed: int = 0) -> tuple[dict, int, int, "torch.T
     if kind == "plain":
         name, ps, bpp, d = "(a) plain fwd+bwd", prompts, 0, 0
         fn = lambda ps: plain_fwd_bwd(model, ps, mbt)  # noqa: E731
+    elif kind == "backbone":
+        name, ps, bpp, d = "(a′) fwd+bwd, input gradients only (the ceiling of any hook-based sketch)", prompts, 0, 0
+        fn = lambda ps: backbone_fwd_bwd(model, ps, mbt)  # noqa: E731
     elif kind == "reference":
         name, ps, bpp, d = f"(c) reference ρ={ratio:g} (TRAK-style dense)", slow, 2 * dim, dim
         fn = lambda ps: reference_sketch(model, ps, dim, ratio, 0)  # noqa: E731
@@ -293,7 +316,8 @@ def main() -> None:
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
-    kinds = ["plain", "exact"] + [k.strip() for k in a.kinds.split(",") if k.strip() and k.strip() != "exact"]
+    kinds = ["plain", "backbone", "exact"] + [k.strip() for k in a.kinds.split(",")
+                                              if k.strip() and k.strip() not in ("exact", "backbone")]
     n_params = None
     rows: list[dict] = []
     exact_cos = None
