@@ -34,7 +34,6 @@ from cropi_core.projection import make_projector
 from cropi_core.rollout.types import PromptRollouts
 from cropi_core.scoring import fuse_ranks, popi, top_count
 from cropi_core.selection import draw_candidates
-from storage import ArtifactRef
 
 app = typer.Typer(add_completion=False)
 
@@ -101,12 +100,12 @@ def main(
             row[f"P(candidates {c:g}x)"] = float(np.mean(precs))
             row[f"scored share {c:g}x"] = float(np.mean(shares))  # of the scorable pool
         # (a) K' < K responses
-        model, _ = load_checkpoint(cfg, ArtifactRef(uri=store.uri(ckpts[m]), kind="checkpoint", key=ckpts[m]))
+        model, _ = load_checkpoint(cfg, store.ref(ckpts[m]))
         # the stage's own projection: the validation sketches were made with its calibration's masks, so a pool
         # re-sketch must use them too (without them "recomputed K" agreed with the stored top set only 56%)
         calib = next((k for k in store.manifest(st["grads"]["pool"]).parents
                       if store.manifest(k).kind == "calibration"), None)
-        ratios = param_ratios(cfg, model, ArtifactRef(uri=store.uri(calib), kind="calibration", key=calib)) if calib else None
+        ratios = param_ratios(cfg, model, store.ref(calib)) if calib else None
         mk = lambda: make_projector(inf.projector, model, inf.sketch_dim, sparse_ratio=inf.sparse_ratio,  # noqa: E731
                                     transform=inf.transform, sjl_s=inf.sjl_s, seed=inf.seed,
                                     dtype=getattr(torch, inf.dtype), param_ratios=ratios)
