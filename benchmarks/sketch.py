@@ -15,6 +15,7 @@ floor every informative sketch must beat.
 
     .venv/bin/python benchmarks/sketch.py                    # table on stdout, JSON in benchmarks/out/
     .venv/bin/python benchmarks/sketch.py --model tiny --prompts 4 --k 4 --resp-len 24 --dim 256   # smoke run
+    .venv/bin/python benchmarks/sketch.py --repeats 3 --kinds grass-r25+energy,grass   # × plain as median (min–max) of 3 rounds
 """
 
 from __future__ import annotations
@@ -312,8 +313,14 @@ def main() -> None:
     ap.add_argument("--mae-seeds", type=int, default=1,
                     help="projector seeds the cos MAE is averaged over (rates: seed 0 only); 28 prompt pairs of one "
                          "seed move it by about ±0.002")
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="timing rounds: every method is timed once per round, rounds interleaved (so drift of the "
+                         "machine hits every method alike); × plain is the median over rounds of the ratio to that "
+                         "round's plain run, with its min–max. A single round moves by ±0.15 on a shared VM")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "out" / "sketch.json")
     a = ap.parse_args()
+    if a.repeats < 1:
+        ap.error(f"--repeats must be ≥ 1, got {a.repeats}")
     if a.threads:
         torch.set_num_threads(a.threads)
     kinds = ["plain", "backbone", "exact"] + [k.strip() for k in a.kinds.split(",")
@@ -338,14 +345,27 @@ def main() -> None:
                 with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as ex:
                     maes.append(cos_mae(ex.submit(run_one, k, vars(a), seed).result()[3], exact_cos))
             row.update(cos_mae=float(np.mean(maes)), cos_mae_std=float(np.std(maes)), cos_mae_seeds=maes)
+        row["rounds_s"] = [row["seconds"]]
         rows.append(row)
         mae = "" if row["cos_mae"] is None else f", cos MAE {row['cos_mae']:.4f}" + (
             f" ± {row['cos_mae_std']:.4f} ({a.mae_seeds} seeds)" if "cos_mae_std" in row else "")
         print(f"  {row['method']}: {row['seconds']:.1f}s on {row['prompts']} prompts{mae}", flush=True)
-    base = rows[0]["tokens_per_s"]
+    for rnd in range(1, a.repeats):  # timing only: the sketches (hence cos MAE) are the same bits every round
+        for k, row in zip(kinds, rows):
+            with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as ex:
+                row["rounds_s"].append(ex.submit(run_one, k, vars(a)).result()[0]["seconds"])
+        print(f"  round {rnd + 1}/{a.repeats}: " + ", ".join(f"{k} {r['rounds_s'][-1]:.1f}s" for k, r in zip(kinds, rows)),
+              flush=True)
+    batch = build(vars(a))[1]
+    plain_rate = all_tokens(batch) / np.asarray(rows[0]["rounds_s"])  # [repeats] tokens/s of plain, per round
     ref = next((r for r in rows if r["method"].startswith("(c)")), None)
     for r in rows:
-        r["vs_plain"] = r["tokens_per_s"] / base
+        tok = all_tokens(batch[: r["prompts"]])
+        ratios = tok / np.maximum(np.asarray(r["rounds_s"]), 1e-9) / plain_rate  # [repeats] × plain, per round
+        r["seconds"] = float(np.median(r["rounds_s"]))
+        r["prompts_per_s"], r["tokens_per_s"] = r["prompts"] / r["seconds"], tok / r["seconds"]
+        r["vs_plain"], r["vs_plain_range"] = float(np.median(ratios)), [float(ratios.min()), float(ratios.max())]
+    for r in rows:
         r["vs_reference"] = r["prompts_per_s"] / ref["prompts_per_s"] if ref else None
 
     from rich.console import Console
@@ -353,7 +373,10 @@ def main() -> None:
 
     tab = Table(title=f"sketch benchmark — {a.model} ({n_params / 1e6:.1f}M params), dim {a.dim}, "
                       f"{threads} thread(s), {a.clock} clock; {a.prompts} prompts × {a.k} responses, "
-                      f"{all_tokens(build(vars(a))[1])} tokens")
+                      f"{all_tokens(batch)} tokens"
+                      + (f"; medians of {a.repeats} interleaved rounds" if a.repeats > 1 else ""))
+    fmt_x = lambda r: f"{r['vs_plain']:.2f}" + (  # noqa: E731
+        f" ({r['vs_plain_range'][0]:.2f}–{r['vs_plain_range'][1]:.2f})" if a.repeats > 1 else "")
     fmt_mae = lambda r: "" if r["cos_mae"] is None else f"{r['cos_mae']:.4f}" + (  # noqa: E731
         f" ± {r['cos_mae_std']:.4f}" if "cos_mae_std" in r else "")
     for c in ("method", "prompts", "s", "prompts/s", "tokens/s", "× (a)", "× (c)", "cos MAE", "peak RSS MB",
@@ -361,7 +384,7 @@ def main() -> None:
         tab.add_column(c, justify="left" if c == "method" else "right")
     for r in rows:
         tab.add_row(r["method"], str(r["prompts"]), f"{r['seconds']:.1f}", f"{r['prompts_per_s']:.3f}",
-                    f"{r['tokens_per_s']:.0f}", f"{r['vs_plain']:.2f}",
+                    f"{r['tokens_per_s']:.0f}", fmt_x(r),
                     "" if r["vs_reference"] is None else f"{r['vs_reference']:.1f}", fmt_mae(r),
                     f"{r['peak_rss_mb']:.0f}", f"{r['bytes_per_prompt']:,}")
     Console(width=200).print(tab)
@@ -370,7 +393,7 @@ def main() -> None:
     for r in rows:
         vc = "" if r["vs_reference"] is None else f"{r['vs_reference']:.1f}"
         print(f"| {r['method']} | {r['prompts']} | {r['seconds']:.1f} | {r['prompts_per_s']:.3f} | {r['tokens_per_s']:.0f} "
-              f"| {r['vs_plain']:.2f} | {vc} | {fmt_mae(r)} | {r['peak_rss_mb']:.0f} | {r['bytes_per_prompt']:,} |")
+              f"| {fmt_x(r)} | {vc} | {fmt_mae(r)} | {r['peak_rss_mb']:.0f} | {r['bytes_per_prompt']:,} |")
     a.out.parent.mkdir(parents=True, exist_ok=True)
     meta = dict(args={k: str(v) for k, v in vars(a).items()}, n_params=n_params, threads=threads,
                 cpu=platform.processor() or platform.machine(), cpus=os.cpu_count(),
