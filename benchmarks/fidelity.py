@@ -190,11 +190,10 @@ def main(
     # the shortcut for the JL family equals the real path (sketch_prompts) on a few prompts
     # energy allocation (influence.allocation=energy): per-sequence gradient energy of the first
     # influence.calibration_prompts pool prompts, as the calibration task measures it
-    from cropi_core.projection.jl import EnergyProbe, energy_ratios
+    from cropi_core.influence import gradient_energy
+    from cropi_core.projection.jl import energy_ratios
 
-    energy = sketch_prompts(model, prompts[: cfg.influence.calibration_prompts], EnergyProbe(model, dtype=torch.float64),
-                            aggregation=agg, temperature=temp).sum(0)
-    energy = dict(zip([n for n, _ in model.named_parameters()], energy.tolist()))
+    energy = gradient_energy(model, prompts[: cfg.influence.calibration_prompts], aggregation=agg, temperature=temp)
     numel = {n: p.numel() for n, p in model.named_parameters()}
     ratios_for = lambda use, r: energy_ratios(energy, numel, r) if use else None  # noqa: E731
     for spec in projectors:

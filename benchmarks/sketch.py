@@ -36,10 +36,11 @@ import psutil
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from cropi_core.influence import PromptRollouts, _micro_batches, _pad, _sequences, _token_logprobs, sketch_prompts
+from cropi_core.influence import (PromptRollouts, _micro_batches, _pad, _sequences, _token_logprobs, gradient_energy,
+                                  sketch_prompts)
 from cropi_core.objective import group_advantages
 from cropi_core.projection import make_projector
-from cropi_core.projection.jl import EnergyProbe, energy_ratios
+from cropi_core.projection.jl import energy_ratios
 
 MODELS = {
     "20m": dict(vocab_size=16000, hidden_size=384, intermediate_size=1024, num_hidden_layers=6, num_attention_heads=6,
@@ -250,10 +251,7 @@ def run_one(kind: str, a: dict, seed: int = 0) -> tuple[dict, int, int, "torch.T
         param_ratios = None
         if alloc == "energy":
             c0 = time.process_time()
-            energy = sketch_prompts(model, prompts[:CALIBRATION_PROMPTS], EnergyProbe(model, dtype=torch.float64),
-                                    micro_batch_tokens=mbt).sum(0)  # [n_params]
-            names = [n for n, _ in model.named_parameters()]
-            param_ratios = energy_ratios(dict(zip(names, energy.tolist())),
+            param_ratios = energy_ratios(gradient_energy(model, prompts[:CALIBRATION_PROMPTS], micro_batch_tokens=mbt),
                                          {n: p.numel() for n, p in model.named_parameters()}, pr)
             calib_s = time.process_time() - c0
         proj = make_projector(pk, model, dim, sparse_ratio=pr, transform=tr, sjl_s=sh, param_ratios=param_ratios, seed=seed,

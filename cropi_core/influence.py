@@ -39,6 +39,7 @@ from torch import nn
 from cropi_core.errors import ModelError
 from cropi_core.objective import AGGREGATIONS, Aggregation, group_advantages, sequence_coefficients
 from cropi_core.projection.base import Projector, align_rows, canonical_names
+from cropi_core.projection.jl import EnergyProbe
 from cropi_core.rollout.types import PromptRollouts
 
 __all__ = ["PromptRollouts", "sketch_prompts", "BUCKET"]
@@ -293,3 +294,21 @@ def sketch_prompts(
             if hooks is not None:
                 hooks.remove()
     return out
+
+
+def gradient_energy(
+    model: nn.Module,
+    prompts: Sequence[PromptRollouts],
+    *,
+    aggregation: Aggregation = "seq_mean_token_mean",
+    micro_batch_tokens: int = 4096,
+    temperature: float = 1.0,
+) -> dict[str, float]:
+    """Gradient energy per parameter over the scorable `prompts`: {name: Σ_prompts Σ_sequences ‖G_s,p‖²_F} in
+    parameter order (projection/jl.py:EnergyProbe). The payload of a stage's `calibration` artifact and the input
+    of `projection.jl.energy_ratios` (`influence.allocation: energy`); keyword arguments as in `sketch_prompts`."""
+    probe = EnergyProbe(model, dtype=torch.float64)
+    rows = sketch_prompts(model, prompts, probe, aggregation=aggregation, micro_batch_tokens=micro_batch_tokens,
+                          temperature=temperature)  # [B, n_params] float64, NaN rows for unscorable prompts
+    energy = rows[~rows.isnan().any(1)].sum(0)  # [n_params]
+    return {n: float(e) for n, e in zip(probe.params, energy)}

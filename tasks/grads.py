@@ -36,19 +36,15 @@ def calibration(cfg: RunConfig, ckpt: ArtifactRef, pool_rollouts: ArtifactRef, s
     (per-sequence ‖G‖², projection/jl.py:EnergyProbe). Pool and validation sketches of the stage read it, so both
     keep the same coordinates (energy_ratios)."""
     def payload(w) -> dict:
-        import torch
-
-        from cropi_core.influence import sketch_prompts
-        from cropi_core.projection.jl import EnergyProbe
+        from cropi_core.influence import gradient_energy
 
         inf = cfg.influence
         model, _ = load_checkpoint(cfg, ckpt)
         prompts = [p for p in read_rollouts(w.store, pool_rollouts.key) if p.k >= 2 and p.scorable]
         prompts = prompts[: inf.calibration_prompts]
-        probe = EnergyProbe(model, dtype=torch.float64)
-        energy = sketch_prompts(model, prompts, probe, aggregation=inf.aggregation,
-                                micro_batch_tokens=inf.micro_batch_tokens, temperature=behavior_temperature(cfg)).sum(0)
-        w.put_json("energy.json", {n: float(e) for n, e in zip(probe.params, energy)})
+        w.put_json("energy.json", gradient_energy(model, prompts, aggregation=inf.aggregation,
+                                                  micro_batch_tokens=inf.micro_batch_tokens,
+                                                  temperature=behavior_temperature(cfg)))
         return {"stage": stage, "prompts": len(prompts), "run": cfg.name}
 
     return produce(CALIBRATION, "calibration", cfg, {"ckpt": ckpt, "pool_rollouts": pool_rollouts}, payload)

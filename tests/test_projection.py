@@ -168,6 +168,24 @@ def test_energy_probe_is_the_per_sequence_gradient_energy():
     torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-12)
 
 
+def test_gradient_energy_sums_the_scorable_prompts_rows_by_parameter_name():
+    """gradient_energy (the calibration artifact's payload) = Σ of EnergyProbe rows over the scorable prompts only:
+    an unscorable prompt (NaN row) is skipped, not turned into NaN energies; keys are the parameter names in order."""
+    from cropi_core.influence import gradient_energy
+    from cropi_core.projection.jl import EnergyProbe
+
+    model = tiny(1)
+    prompts = make_prompts(8, seed=11, model=model)
+    scorable = [p for p in prompts if p.scorable]
+    assert 0 < len(scorable) < len(prompts)  # the batch must hold both kinds for the test to mean anything
+    got = gradient_energy(model, prompts)
+    rows = sketch_prompts(model, scorable, EnergyProbe(model, dtype=torch.float64))  # [S, n_params]
+    want = rows.sum(0)
+    assert list(got) == [n for n, _ in model.named_parameters()]
+    torch.testing.assert_close(torch.tensor(list(got.values()), dtype=torch.float64), want, rtol=1e-12, atol=0)
+    assert all(v > 0 for v in got.values())
+
+
 def test_energy_ratios_spend_the_budget_where_the_energy_is():
     from cropi_core.projection.jl import energy_ratios
 
