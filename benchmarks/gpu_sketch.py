@@ -1,6 +1,7 @@
 """Sketch throughput at the paper's scale: a random-weight model with Qwen2.5-1.5B's exact shape, the real Qwen2
-tokenizer, k = 32768, bf16 — `grass` (masked block + sparse JL, the default), `sparse` with sparse JL, the paper's
-projection (`sparse:gaussian`, a dense Gaussian matrix) vs a plain forward+backward.
+tokenizer, k = 32768, bf16 — cropi's default sketch (`grass@0.25+energy`: masked block + sparse JL, ρ 0.25, energy
+allocation), `grass` and `sparse` with sparse JL at --sparse-ratio, the paper's projection (`sparse:gaussian`, a dense
+Gaussian matrix) vs a plain forward+backward (a) and its ceiling for hook-based sketches (a′, input gradients only).
 
 Called by scripts/gpu_check.sh (which sets the offline environment). Nothing is downloaded: the weights are
 random (throughput does not depend on their values) and the tokenizer is read from a local folder.
@@ -36,9 +37,10 @@ import psutil
 import torch
 from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
-from cropi_core.influence import GROUP_BYTES, PromptRollouts, sketch_prompts
+from cropi_core.influence import GROUP_BYTES, PromptRollouts, gradient_energy, sketch_prompts
 from cropi_core.objective import group_advantages
 from cropi_core.projection import make_projector
+from cropi_core.projection.jl import energy_ratios
 from cropi_core.rollout.logprobs import teacher_force_pairs
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -143,9 +145,12 @@ class PeakMemory:
             self.bytes = max(self.peak, self.proc.memory_info().rss) - self.base
 
 
-def plain_fwd_bwd(model, prompts, micro_batch_tokens: int, device: torch.device) -> None:
+def plain_fwd_bwd(model, prompts, micro_batch_tokens: int, device: torch.device, backbone: bool = False) -> None:
     """(a): the scoring loss Σ_b -A_b/(K|τ_b|) Σ_t ρ_b,t over every response, as training would run it (weights
-    require grad, one .grad per parameter), right-padded micro-batches of at most `micro_batch_tokens` tokens."""
+    require grad, one .grad per parameter), right-padded micro-batches of at most `micro_batch_tokens` tokens.
+    backbone=True is (a′): weights frozen, the gradient started at the embedding output — the forward and
+    input-gradient backward every hook-based sketch runs before its hooks work, so plain / (a′) is the ceiling of
+    any sketch's "× plain" (benchmarks/sketch.py)."""
     seqs = []
     for p in prompts:
         adv = group_advantages(p.rewards)
@@ -161,8 +166,10 @@ def plain_fwd_bwd(model, prompts, micro_batch_tokens: int, device: torch.device)
         cur.append(s)
     batches += [cur] if cur else []
     for p in model.parameters():
-        p.requires_grad_(True)
+        p.requires_grad_(not backbone)
     model.zero_grad(set_to_none=True)
+    hook = model.get_input_embeddings().register_forward_hook(
+        lambda mod, args, out: out.detach().requires_grad_(True)) if backbone else None
     for batch in batches:
         length = max(s[0].numel() for s in batch)
         ids = torch.zeros(len(batch), length, dtype=torch.long)
@@ -177,9 +184,29 @@ def plain_fwd_bwd(model, prompts, micro_batch_tokens: int, device: torch.device)
         logp = logits.gather(-1, ids[:, 1:, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
         coef = torch.tensor([s[3] for s in batch], device=device)
         (coef[:, None] * torch.exp(logp - logb) * mask).sum().backward()
+    if hook is not None:
+        hook.remove()
     model.zero_grad(set_to_none=True)
     for p in model.parameters():
         p.requires_grad_(False)
+
+
+def parse_kind(spec: str, default_ratio: float) -> tuple[str, str, float, bool]:
+    """"kind[:transform][@ratio][+energy]" -> (kind, transform, sparse ratio, energy allocation?)."""
+    body, plus, alloc = spec.partition("+")
+    if plus and alloc != "energy":
+        sys.exit(f"gpu_sketch: --kinds {spec!r}: only '+energy' may follow the projector")
+    body, at, r = body.partition("@")
+    kind, _, transform = body.partition(":")
+    if kind not in ("grass", "sparse"):
+        sys.exit(f"gpu_sketch: --kinds {spec!r}: unknown projector {kind!r} (grass, sparse)")
+    try:
+        ratio = float(r) if at else default_ratio
+    except ValueError:
+        sys.exit(f"gpu_sketch: --kinds {spec!r}: ratio {r!r} is not a number")
+    if not 0 < ratio <= 1:
+        sys.exit(f"gpu_sketch: --kinds {spec!r}: ratio {ratio:g} is not in (0, 1]")
+    return kind, transform or "sjl", ratio, bool(plus)
 
 
 def sync(device: torch.device) -> None:
@@ -212,8 +239,12 @@ def main() -> None:
     ap.add_argument("--prompt-len", type=int, default=None, help="mean prompt tokens (default 128; --small 24)")
     ap.add_argument("--resp-len", type=int, default=None, help="mean response tokens (default 512; --small 32)")
     ap.add_argument("--micro-batch-tokens", type=int, default=None, help="default 16384 (--small 512)")
-    ap.add_argument("--kinds", default="grass,sparse,sparse:gaussian",
-                    help="comma list of kind[:transform] (transform sjl by default; gaussian = the paper's matrix)")
+    ap.add_argument("--kinds", default="grass@0.25+energy,grass,sparse,sparse:gaussian",
+                    help="comma list of kind[:transform][@ratio][+energy]: transform sjl by default (gaussian = the "
+                         "paper's matrix), ratio --sparse-ratio by default, +energy = allocation by gradient energy "
+                         "measured on the first --calibration-prompts prompts (its time is the row's setup s). "
+                         "grass@0.25+energy is cropi's default sketch")
+    ap.add_argument("--calibration-prompts", type=int, default=16, help="as influence.calibration_prompts")
     ap.add_argument("--sparse-params", default=None,
                     help="all | last-kv (default) | comma list of parameter names")
     ap.add_argument("--sparse-prompts", type=int, default=None, help="prompts for sparse (default 8; --small all)")
@@ -270,16 +301,20 @@ def main() -> None:
         return row
 
     plain = timed("(a) plain fwd+bwd", lambda ps: plain_fwd_bwd(model, ps, mbt, device), prompts)
+    timed("(a′) fwd+bwd, input gradients only (the ceiling of any hook-based sketch)",
+          lambda ps: plain_fwd_bwd(model, ps, mbt, device, backbone=True), prompts)
     for spec in [s.strip() for s in a.kinds.split(",") if s.strip()]:
-        kind, _, transform = spec.partition(":")
-        transform = transform or "sjl"
-        if kind not in ("grass", "sparse"):
-            sys.exit(f"gpu_sketch: --kinds: unknown projector {kind!r} (grass, sparse)")
+        kind, transform, ratio, energy = parse_kind(spec, a.sparse_ratio)
         dense_jl = kind == "sparse" and transform != "sjl"  # the slow one: run on a parameter subset, extrapolate
         params = sparse_subset(model, sparse_spec) if dense_jl else None
         t = time.perf_counter()
-        proj = make_projector(kind, model, dim, sparse_ratio=a.sparse_ratio, transform=transform, seed=a.seed,
-                              dtype=torch.float16, params=params)
+        ratios = None
+        if energy:  # the stage's calibration artifact, measured here: per-parameter keep ratios
+            e = gradient_energy(model, prompts[: a.calibration_prompts], micro_batch_tokens=mbt)
+            ratios = energy_ratios(e, {n: p.numel() for n, p in model.named_parameters()}, ratio)
+        proj = make_projector(kind, model, dim, sparse_ratio=ratio, transform=transform, seed=a.seed,
+                              dtype=torch.float16, params=params, param_ratios=ratios)
+        sync(device)
         setup = time.perf_counter() - t
         ps = prompts[:n_sparse] if dense_jl else prompts
         finish_s = [0.0]
@@ -294,7 +329,8 @@ def main() -> None:
                 finish_s[0] += time.perf_counter() - t
                 return r
             proj.finish = finish
-        label = f"(b) {kind} ρ={a.sparse_ratio:g} {transform}" + ("" if params is None else f" [{len(params)} params subset]")
+        label = f"(b) {kind} ρ={ratio:g} {transform}" + (" + energy" if energy else "") + (
+            "" if params is None else f" [{len(params)} params subset]")
 
         def run(b, proj=proj):
             finish_s[0] = 0.0  # only the timed call counts
@@ -304,7 +340,8 @@ def main() -> None:
             # everything but the projection scales like a forward+backward; the projection like kept coordinates
             # the projection runs once per group of prompts (sketch_prompts groups by GROUP_BYTES of buffers), and
             # its cost per group grows with kept coordinates; all parameters => far fewer prompts per group
-            whole = make_projector("sparse", model, dim, sparse_ratio=a.sparse_ratio, transform=transform, seed=a.seed)
+            whole = make_projector("sparse", model, dim, sparse_ratio=ratio, transform=transform, seed=a.seed,
+                                   param_ratios=ratios)
             full = whole.kept
             groups_subset = -(-row["prompts"] // max(1, GROUP_BYTES // proj.slot_bytes()))
             per_group_full = max(1, GROUP_BYTES // whole.slot_bytes())
@@ -313,7 +350,7 @@ def main() -> None:
             per_prompt = plain["seconds"] / plain["prompts"] + proj_per_prompt
             tok_per_prompt = row["tokens_per_s"] * row["seconds"] / row["prompts"]
             row.update(projection_s=finish_s[0], kept_subset=proj.kept)
-            rows.append(dict(method=f"(b) sparse ρ={a.sparse_ratio:g} {transform} all params (extrapolated)", prompts=None,
+            rows.append(dict(method=f"(b) sparse ρ={ratio:g} {transform} all params (extrapolated)", prompts=None,
                              seconds=None, prompts_per_s=1 / per_prompt, tokens_per_s=tok_per_prompt / per_prompt,
                              peak_mem_gb=None, kept_all=full, projection_s_per_prompt=proj_per_prompt,
                              flat_buffer_gb_per_prompt=4 * n_params / 2**30))

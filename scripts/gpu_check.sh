@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# One prepared GPU check (no internet needed): sketch throughput of `grass`, `sparse` (sparse JL) and the paper's
-# dense projection at k=32768 in bf16 on a random-weight model with Qwen2.5-1.5B's config and the real Qwen2
-# tokenizer, vs a plain forward+backward.
+# One prepared GPU check (no internet needed): sketch throughput of the default (`grass` ρ 0.25 + energy), `grass`
+# and `sparse` (sparse JL) at ρ 0.1 and the paper's dense projection at k=32768 in bf16 on a random-weight model
+# with Qwen2.5-1.5B's config and the real Qwen2 tokenizer, vs a plain forward+backward and its (a′) ceiling.
 #   scripts/gpu_check.sh                 # on a GPU machine (~5 min on one H100/H200, most of it sparse's projection)
 #   scripts/gpu_check.sh --small         # CPU smoke run of the same code path (tiny body, k=1024), ~1 min
 # Extra arguments go to benchmarks/gpu_sketch.py (--help lists them). The tokenizer is looked up in
