@@ -63,7 +63,10 @@ def test_paper_config_matches_the_paper():
     assert cfg.model.name_or_path.endswith("Qwen2.5-1.5B-Instruct")
     assert (cfg.rollout.num_generations, cfg.rollout.num_generations_val, cfg.rollout.temperature) == (8, 32, 0.5)
     assert cfg.rollout.max_new_tokens == 2048
-    assert (cfg.influence.sketch_dim, cfg.influence.sparse_ratio, cfg.selection.ratio) == (32768, 0.1, 0.1)
+    assert (cfg.influence.sketch_dim, cfg.selection.ratio) == (32768, 0.1)
+    # the paper's sparse ratio 0.1 belongs to its own projector; the config ships cropi's default sketch (#12)
+    assert (cfg.influence.projector, cfg.influence.allocation, cfg.influence.sparse_ratio) == ("grass", "energy", 0.25)
+    assert cfg.influence.sparse_ratio == type(cfg.influence)().sparse_ratio
     assert [s.name for s in cfg.data.targeted] == ["gsm8k", "math500"]
     assert all(s.val_size == 100 for s in cfg.data.targeted)
     assert {"gsm8k_train", "math_train", "dsr_sub"} <= {s.name for s in cfg.data.pool}
