@@ -314,7 +314,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=1,
                     help="timing rounds: every method is timed once per round, rounds interleaved (so drift of the "
                          "machine hits every method alike); × plain is the median over rounds of the ratio to that "
-                         "round's plain run, with its min–max. A single round moves by ±0.15 on a shared VM")
+                         "round's plain run, with its min–max. A single round moved a method by up to ±0.2 on a shared VM")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "out" / "sketch.json")
     a = ap.parse_args()
     if a.repeats < 1:

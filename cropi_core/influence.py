@@ -42,7 +42,7 @@ from cropi_core.projection.base import Projector, align_rows, canonical_names
 from cropi_core.projection.jl import EnergyProbe
 from cropi_core.rollout.types import PromptRollouts
 
-__all__ = ["PromptRollouts", "sketch_prompts", "BUCKET"]
+__all__ = ["PromptRollouts", "sketch_prompts", "gradient_energy", "BUCKET"]
 
 BUCKET = 16  # padded lengths are multiples of this (≥ 16 rows per GEMM: see the module docstring)
 GROUP_BYTES = 1 << 30  # projector working memory per prompt group
