@@ -92,7 +92,7 @@ def _jl_from_exact(proj, exact: torch.Tensor) -> torch.Tensor:
             g = g.reshape(n, -1)
         else:
             g = g.reshape(n, -1) if k.flat is None else g.reshape(n, -1)[:, k.flat]
-        proj.acc[:, k.offset : k.offset + k.m] = g
+        proj.block(name)[:] = g
     assert off == exact.shape[1]
     return proj.finish()
 
