@@ -93,6 +93,25 @@ def test_grass_block_equals_the_exact_gradient_on_the_kept_rows_and_columns(setu
     assert any(k.is_block for k in proj.kept_params.values())
 
 
+@pytest.mark.parametrize("kind,s", [("grass", 2), ("sparse", 4), ("dense", 1)])
+def test_sjl_finish_in_column_chunks_has_the_bits_of_whole_parameter_passes(monkeypatch, kind, s):
+    """finish() scatters SJL_CHUNK columns at a time; a bucket's additions keep their order, so chunks of 3 columns,
+    of 100 and one pass per parameter give the same bits (float32, where a reordered sum would show)."""
+    from cropi_core.projection import jl
+
+    model = tiny(0, dtype=torch.float32)
+    prompts = make_prompts(5, seed=2)
+    rows = {}
+    for chunk in (3, 100, 1 << 40):
+        monkeypatch.setattr(jl, "SJL_CHUNK", chunk)
+        proj = make_projector(kind, model, 40, sparse_ratio=0.3, transform="sjl", sjl_s=s, seed=2, dtype=torch.float32)
+        rows[chunk] = sketch_prompts(model, prompts, proj)
+    assert max(k.m for k in proj.kept_params.values()) > 100  # the chunks really cut parameters
+    for chunk in (3, 100):
+        assert torch.equal(rows[chunk].nan_to_num(7.0), rows[1 << 40].nan_to_num(7.0)), chunk
+    assert rows[3].nan_to_num(0).abs().sum() > 0
+
+
 @pytest.mark.parametrize("kind", ["dense", "sparse", "grass"])
 def test_deterministic_in_seed_name_shape(kind):
     model = tiny(0, dtype=torch.float32)

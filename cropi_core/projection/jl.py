@@ -262,12 +262,13 @@ class JLProjector(Projector):
         order, j ascending; the s hashes write disjoint blocks — so the bits are those of whole-parameter passes."""
         n = self.n_slots
         out = torch.zeros(n, self.dim, dtype=self.compute_dtype, device=self.device)  # [n, dim]
-        buf = torch.empty(2, n * SJL_CHUNK, dtype=self.compute_dtype, device=self.device)
+        chunk = min(SJL_CHUNK, max((b.shape[1] for b in blocks.values()), default=1))
+        buf = torch.empty(2, n * chunk, dtype=self.compute_dtype, device=self.device)
         for name, b in blocks.items():
             k = self.kept_params[name]
             idx, coef = self._sjl(k)  # [s, m_p], [s, m_p]
-            for c0 in range(0, k.m, SJL_CHUNK):
-                c1 = min(k.m, c0 + SJL_CHUNK)
+            for c0 in range(0, k.m, chunk):
+                c1 = min(k.m, c0 + chunk)
                 v = b[:, c0:c1]  # [n, w]
                 if k.scale != 1.0:
                     v = torch.mul(v, k.scale, out=buf[0, : n * (c1 - c0)].view(n, c1 - c0))
