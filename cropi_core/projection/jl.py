@@ -25,7 +25,7 @@ Transforms (kept coordinates M = Σ_p m_p → dim):
 Accumulation. The kept coordinates of every prompt slot live in one flat buffer acc [n_slots · M] (compute dtype);
 parameter p owns the contiguous block [n_slots · o_p, n_slots · (o_p + m_p)), viewed as [n_slots, m_p] (`block`: a
 contiguous block, because `index_add_` into a strided column slice of one [n_slots, M] matrix was 6-7× slower on
-CPU, 0.5 s of a 7.5 s sketch of the 20M workload). Each hook call adds a micro-batch's per-sequence pieces to their slots
+CPU, 0.5 s of a 7.6 s sketch of the 20M workload). Each hook call adds a micro-batch's per-sequence pieces to their slots
 with `index_add_` in row order (a prompt's own sequences are always visited in the same order, influence.py), and
 every op is either per sequence (batched matmul, whose CPU kernel computes each batch entry alike whatever the
 batch size) or per slot row (`scatter_add_` runs along a row serially). So a prompt's row has the same bits in any
@@ -196,7 +196,7 @@ class JLProjector(Projector):
         n, length, h = d.shape
         ids = saved.reshape(-1)  # [N·L]
         slot = torch.tensor([r[0] for r in rows], device=self.device).repeat_interleave(length)  # [N·L]
-        base = self.n_slots * k.offset  # where this parameter's [n_slots, m_p] block starts in the flat buffer
+        acc = self.block(weight).view(-1)  # [n_slots · m_p]: slot b's kept coordinates at [b · m_p, (b + 1) · m_p)
         if k.is_block:
             rowpos = self._get(("rowpos", weight, self.device), lambda: _positions(k.rows, k.shape[0], self.device))
             rp = rowpos[ids]  # [N·L]: index of the token's row among the kept rows, -1 if dropped
@@ -205,14 +205,14 @@ class JLProjector(Projector):
             src = d.reshape(n * length, h)[keep]
             if k.cols is not None:
                 src = _take_last(src, self._on(k.cols))  # [T, c]
-            target = (base + slot[keep] * k.m + rp[keep] * c)[:, None] + torch.arange(c, device=self.device)
-            self.acc.index_add_(0, target.reshape(-1), src.reshape(-1))
+            target = (slot[keep] * k.m + rp[keep] * c)[:, None] + torch.arange(c, device=self.device)
+            acc.index_add_(0, target.reshape(-1), src.reshape(-1))
             return
         # coords: the kept flat indices of row v are a contiguous run of the sorted subset (searchsorted)
         flat = self._on(k.flat) if k.flat is not None else None
         if flat is None:
-            target = (base + slot * k.m + ids * h)[:, None] + torch.arange(h, device=self.device)
-            self.acc.index_add_(0, target.reshape(-1), d.reshape(-1))
+            target = (slot * k.m + ids * h)[:, None] + torch.arange(h, device=self.device)
+            acc.index_add_(0, target.reshape(-1), d.reshape(-1))
             return
         lo = torch.searchsorted(flat, ids * h)
         cnt = torch.searchsorted(flat, (ids + 1) * h) - lo  # kept coordinates per token
@@ -220,7 +220,7 @@ class JLProjector(Projector):
         j = lo[tok] + torch.arange(tok.numel(), device=self.device) - torch.repeat_interleave(cnt.cumsum(0) - cnt, cnt)
         col = flat[j] - ids[tok] * h
         src = d.reshape(n * length, h)[tok, col]
-        self.acc.index_add_(0, base + slot[tok] * k.m + j, src)
+        acc.index_add_(0, slot[tok] * k.m + j, src)
 
     def add_vector(self, name: str, grads: torch.Tensor, rows: Rows) -> None:
         k = self.kept_params[name]
@@ -230,13 +230,12 @@ class JLProjector(Projector):
     def finish(self) -> torch.Tensor:
         assert self.acc is not None
         acc, self.acc = self.acc, None
-        blocks = {n: self.block(n, acc) for n, k in self.kept_params.items() if k.m}  # [n_slots, m_p] each
+        blocks = [(k, self.block(n, acc)) for n, k in self.kept_params.items() if k.m]  # [n_slots, m_p] each
         if self.transform == "identity":
-            return torch.cat(list(blocks.values()), 1).to(self.dtype)  # [n_slots, kept]
+            return torch.cat([b for _, b in blocks], 1).to(self.dtype)  # [n_slots, kept]
         if self.transform == "sjl":
             return self._finish_sjl(blocks)
-        scaled = [(self.kept_params[n], b * self.kept_params[n].scale if self.kept_params[n].scale != 1.0 else b)
-                  for n, b in blocks.items()]
+        scaled = [(k, b * k.scale if k.scale != 1.0 else b) for k, b in blocks]
         rows = -(-self.n_slots // ROW_ALIGN) * ROW_ALIGN
         if self.transform == "orthogonal":
             vals = torch.zeros(rows, self.kept, dtype=self.compute_dtype, device=self.device)
@@ -255,25 +254,25 @@ class JLProjector(Projector):
                     out[r : r + ROW_ALIGN] += vals[r : r + ROW_ALIGN, s : s + p.shape[0]] @ p
         return out[: self.n_slots].to(self.dtype)
 
-    def _finish_sjl(self, blocks: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """{name: [n_slots, m_p]} → [n_slots, dim]: out[:, bucket_h(j)] += acc[:, j] · scale_p · sign_h(j)/√s, in column
+    def _finish_sjl(self, blocks: list[tuple[_Kept, torch.Tensor]]) -> torch.Tensor:
+        """[(parameter, [n_slots, m_p])] → [n_slots, dim]: out[:, bucket_h(j)] += acc[:, j] · scale_p · sign_h(j)/√s, in column
         chunks of SJL_CHUNK so the scaled values, their signed copies and the index stay in cache (3× faster than
         whole-parameter passes over a 5M-column buffer). A bucket's additions keep their order — parameters in
         order, j ascending; the s hashes write disjoint blocks — so the bits are those of whole-parameter passes."""
         n = self.n_slots
         out = torch.zeros(n, self.dim, dtype=self.compute_dtype, device=self.device)  # [n, dim]
-        chunk = min(SJL_CHUNK, max((b.shape[1] for b in blocks.values()), default=1))
+        chunk = min(SJL_CHUNK, max((k.m for k, _ in blocks), default=1))
         buf = torch.empty(2, n * chunk, dtype=self.compute_dtype, device=self.device)
-        for name, b in blocks.items():
-            k = self.kept_params[name]
+        for k, b in blocks:
             idx, coef = self._sjl(k)  # [s, m_p], [s, m_p]
             for c0 in range(0, k.m, chunk):
                 c1 = min(k.m, c0 + chunk)
+                w = c1 - c0
                 v = b[:, c0:c1]  # [n, w]
                 if k.scale != 1.0:
-                    v = torch.mul(v, k.scale, out=buf[0, : n * (c1 - c0)].view(n, c1 - c0))
+                    v = torch.mul(v, k.scale, out=buf[0, : n * w].view(n, w))
                 for h in range(self.sjl_s):
-                    src = torch.mul(v, coef[h, c0:c1], out=buf[1, : n * (c1 - c0)].view(n, c1 - c0))  # [n, w]
+                    src = torch.mul(v, coef[h, c0:c1], out=buf[1, : n * w].view(n, w))  # [n, w]
                     out.scatter_add_(1, idx[h, c0:c1].expand(n, -1), src)
         return out.to(self.dtype)
 
