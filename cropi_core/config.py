@@ -155,7 +155,7 @@ class DatasetSpec(Section):
     id_field: str | None = None  # defaults to "<name>/<row>"
     domain: str | None = None  # constant domain; defaults to `name`
     domain_field: str | None = None  # per-row domain (e.g. MATH "type")
-    verifier: Literal["math", "exact", "last_number"] = "math"
+    verifier: Literal["math", "exact", "last_number", "answer_line"] = "math"
     meta_fields: list[str] = []  # row fields copied into Problem.meta (e.g. MATH "difficulty", DSR-sub "index")
     limit: int | None = Field(None, gt=0)  # keep the first `limit` rows after de-duplication
     val_size: int = Field(100, ge=0)  # targeted sets only: size of the validation part (rest = test)
@@ -184,14 +184,40 @@ class SyntheticConfig(Section):
     # from the 4 untargeted sets to the 2 targeted ones (test_size 240, untargeted_test_size 120: the same 960
     # evaluated prompts) brings both means under 0.02 (≈ 0.018 / 0.019, from the per-prompt scores of the default)
     untargeted_test_size: int | None = Field(None, gt=0)
+    # Share of the pool held by the untargeted domains (the distractors and conflicting domains), in (0, 1): the
+    # pool keeps pool_size × len(domains) prompts, the targeted domains split (1 − share) of them evenly and the
+    # others split the share (pool_per_domain still overrides a domain). Real pools are mostly off-target: the
+    # paper's DeepScaleR pool against GSM8K/MATH targets, or a math target inside a general RLVR mixture.
+    # None = pool_size per domain (a share of 1 − len(targeted)/len(domains)).
+    distractor_share: float | None = Field(None, gt=0, lt=1)
+    # Untargeted domains whose verifier rewards ANOTHER answer convention than the targeted domains' `\boxed{}`:
+    # an unboxed `Answer: N` line (verifier `answer_line`; a boxed answer scores 0), as GSM8K-style sources
+    # (`#### 72`, "The answer is 72") sit next to MATH-style boxed ones in real pools. Rewarding that habit
+    # conflicts with the targeted domains, which must box their answers. [] = no conflicting domain.
+    conflict_domains: list[str] = []
+    # Share of each conflicting domain's prompts (pool, warm-up and test alike; a seeded draw per prompt id) whose
+    # verifier is `answer_line`; the rest keep the boxed `exact` verifier. 1 = the whole domain conflicts.
+    conflict_strength: float = Field(1.0, ge=0, le=1)
     seed: int = 0
-    HASH_OMIT_WHEN = {"untargeted_test_size": None}
+    HASH_OMIT_WHEN = {"untargeted_test_size": None, "distractor_share": None, "conflict_domains": [],
+                      "conflict_strength": 1.0}
 
     def test_size_of(self, domain: str) -> int:
         """Test prompts of one domain."""
         if domain in self.targeted or self.untargeted_test_size is None:
             return self.test_size
         return self.untargeted_test_size
+
+    def pool_size_of(self, domain: str) -> int:
+        """Pool prompts of one domain (pool_per_domain, else the distractor_share split, else pool_size)."""
+        if domain in self.pool_per_domain:
+            return self.pool_per_domain[domain]
+        if self.distractor_share is None:
+            return self.pool_size
+        total = self.pool_size * len(self.domains)
+        group = [d for d in self.domains if (d in self.targeted) == (domain in self.targeted)]
+        share = (1 - self.distractor_share) if domain in self.targeted else self.distractor_share
+        return max(1, round(total * share / len(group)))
 
     @model_validator(mode="after")
     def _targeted_subset(self) -> "SyntheticConfig":
@@ -210,6 +236,11 @@ class SyntheticConfig(Section):
             raise ValueError(f"targeted domains {unknown} are not in domains {self.domains}")
         if not self.targeted:
             raise ValueError("at least one targeted domain is required")
+        bad = [d for d in self.conflict_domains if d not in self.domains or d in self.targeted]
+        if bad:
+            raise ValueError(f"conflict_domains {bad} must be untargeted domains of {self.domains}")
+        if self.distractor_share is not None and len(self.targeted) == len(self.domains):
+            raise ValueError("distractor_share needs at least one untargeted domain")
         return self
 
 
@@ -302,9 +333,21 @@ class InfluenceConfig(Section):
     # of the pool; the top set found keeps about that share of the full re-scoring's (README "Sketch engine").
     # null = score the whole pool (the paper). Keyed by the `candidates` artifact, a parent of the pool sketch.
     candidates: float | None = Field(None, ge=1)
-    # calibration_prompts is in the key of the calibration artifact (a parent of the sketches it shapes), and
-    # candidates in the key of the candidates artifact (a parent of the pool sketch)
-    HASH_EXCLUDE = frozenset({"micro_batch_tokens", "chunk_rows", "refresh_ess", "calibration_prompts", "candidates"})
+    # How the candidates are drawn: "random" (a seeded uniform draw, above) or "learnability" — the CASCADE: the top
+    # ⌈candidates × selection size⌉ scorable prompts by p(1−p) of their offline pass rates; influence then ranks
+    # only those (beyond the paper: the free heuristic prunes, the gradient pass decides among what is left, and
+    # scoring costs that share of a full pass). Ignored when candidates is null.
+    candidates_by: Literal["random", "learnability"] = "random"
+    # Scoring rule of the `scores` artifact (cropi_core.scoring.influence_scores): "cosine" is the paper's POPI;
+    # "inner" the first-order influence ⟨g_i, ḡ_V⟩, which keeps the size of a prompt's gradient; "cosine_norm"
+    # cos · ‖g_i‖^norm_power, between the two. Beyond the paper except "cosine".
+    score: Literal["cosine", "inner", "cosine_norm"] = "cosine"
+    norm_power: float = Field(0.5, ge=0)  # α of "cosine_norm" (0 = cosine; 1 = the inner product's ranking)
+    # calibration_prompts is in the key of the calibration artifact (a parent of the sketches it shapes), candidates
+    # and candidates_by in the key of the candidates artifact (a parent of the pool sketch), score and norm_power in
+    # the key of the scores artifact (the sketches do not depend on them)
+    HASH_EXCLUDE = frozenset({"micro_batch_tokens", "chunk_rows", "refresh_ess", "calibration_prompts", "candidates",
+                              "candidates_by", "score", "norm_power"})
     # added after gradient artifacts existed: a config that names the old dense transform keeps its keys
     HASH_OMIT_WHEN = {"transform": "gaussian", "allocation": "uniform"}
     # the projectors that keep a subset of coordinates: only they are shaped by `allocation`
@@ -338,7 +381,22 @@ class SelectionConfig(Section):
     # pool (fresh each stage; the lowest-ranked picks make room), so every domain stays in the training set and
     # untargeted skills are not forgotten. 0 = the paper's pure top-r selection. Ignored by method "full".
     mix_random: float = Field(0.0, ge=0, lt=1)
-    HASH_OMIT_WHEN = {"mix_random": 0.0}
+    # Beyond the paper: "learnability_rrf" fuses the influence ranking with the learnability p(1−p) ranking by
+    # reciprocal-rank fusion over full rankings (constant k_fusion; Cormack et al. 2009 use 60), so a prompt must be
+    # both aligned with the target and learnable. "none" = the paper's influence ranking alone.
+    fusion: Literal["none", "learnability_rrf"] = "none"
+    k_fusion: float = Field(60.0, ge=0)
+    # When a scored method re-scores the pool (method popi): "every" stage (the paper), "once" (stage 0's selection
+    # for every stage, as method influence_once), or "drift": before stage m ≥ 1 measure θ_m's mean ESS/K and token
+    # KL(θ_m‖β) on every pool prompt's stored responses (a `health` artifact, counted as scoring cost) and re-score
+    # only when ESS/K < drift_ess or KL > drift_kl (null: not checked); otherwise keep the previous selection.
+    rescore: Literal["every", "once", "drift"] = "every"
+    drift_ess: float = Field(0.6, ge=0, le=1)
+    drift_kl: float | None = Field(None, gt=0)
+    # rescore and its thresholds decide whether a selection is computed, not what it holds: not hashed
+    HASH_EXCLUDE = frozenset({"rescore", "drift_ess", "drift_kl"})
+    HASH_OMIT_WHEN = {"mix_random": 0.0, "fusion": "none"}
+    HASH_ONLY_WITH = {"k_fusion": ("fusion", "learnability_rrf")}
 
     @field_validator("ratio")
     @classmethod

@@ -1,6 +1,12 @@
-"""POPI scores, reciprocal-rank fusion and precision@k (PAPER.md §4–5).
+"""POPI scores, the other influence scoring rules, reciprocal-rank fusion and precision@k (PAPER.md §4–5).
 
     POPI(x) = cos(P ĝ(x), ḡ_V),   ḡ_V = plain mean over validation rows of P ĝ(v)
+
+`influence_scores(train, val, rule)` computes one of the scoring rules (`InfluenceConfig.score`):
+    "cosine"       the paper's POPI (above): direction only
+    "inner"        ⟨P ĝ(x), ḡ_V⟩: first-order influence, which also counts how large x's gradient is (the GRPO
+                   gradient grows with the reward variance p(1−p), what learnability measures)
+    "cosine_norm"  cos · ‖P ĝ(x)‖^α: between the two (α = 0: cosine; α = 1: the inner product's order)
 
 Conventions shared by every function here:
 - Scores are computed in float64 whatever the sketch dtype (fp16 sketches overflow a dot product).
@@ -23,7 +29,9 @@ import numpy as np
 
 from cropi_core.errors import CropiError
 
-__all__ = ["popi", "fuse_ranks", "precision_at", "rank_order", "top_count"]
+__all__ = ["popi", "influence_scores", "SCORE_RULES", "fuse_ranks", "rrf", "tied_ranks", "precision_at", "rank_order", "top_count"]
+
+SCORE_RULES = ("cosine", "inner", "cosine_norm")
 
 
 def top_count(frac: float, n: int) -> int:
@@ -57,6 +65,17 @@ def popi(train: np.ndarray, val: np.ndarray) -> np.ndarray:
     v = np.asarray(val, dtype=np.float64)
     if t.ndim != 2 or v.ndim != 2 or t.shape[1] != v.shape[1]:
         raise ValueError(f"popi: expected train [N,k] and val [M,k], got {t.shape} and {v.shape}")
+    g = _mean_val(v)
+    g_norm = np.linalg.norm(g)
+    out = np.full(t.shape[0], np.nan)
+    t_norm = np.linalg.norm(t, axis=1)
+    ok = ~np.isnan(t).any(axis=1) & (t_norm > 0) & np.isfinite(t_norm)
+    out[ok] = (t[ok] @ g) / (t_norm[ok] * g_norm)
+    return out
+
+
+def _mean_val(v: np.ndarray) -> np.ndarray:
+    """ḡ_V: the mean of the finite validation rows (CropiError when there is none or it is the zero vector)."""
     if v.shape[0] == 0:
         raise CropiError("popi: no validation gradient rows")
     good = ~np.isnan(v).any(axis=1)
@@ -66,11 +85,71 @@ def popi(train: np.ndarray, val: np.ndarray) -> np.ndarray:
     g_norm = np.linalg.norm(g)
     if not np.isfinite(g_norm) or g_norm == 0.0:
         raise CropiError(f"popi: the mean validation gradient has norm {g_norm} (cannot score against it)")
+    return g
+
+
+def influence_scores(train: np.ndarray, val: np.ndarray, rule: str = "cosine", alpha: float = 0.5) -> np.ndarray:
+    """Scores of the pool rows against the validation set under a scoring rule (module docstring) -> float64[N].
+
+    train: [N, k] pool sketches, val: [M, k] validation sketches. NaN rows (unscorable), zero-norm rows and rows
+    with a non-finite norm score NaN under every rule, as in `popi`. `alpha` (≥ 0) is used by "cosine_norm" only.
+    """
+    if rule not in SCORE_RULES:
+        raise CropiError(f"unknown scoring rule {rule!r} (choose from {', '.join(SCORE_RULES)})")
+    if rule == "cosine":
+        return popi(train, val)
+    t = np.asarray(train, dtype=np.float64)
+    v = np.asarray(val, dtype=np.float64)
+    if t.ndim != 2 or v.ndim != 2 or t.shape[1] != v.shape[1]:
+        raise ValueError(f"influence_scores: expected train [N,k] and val [M,k], got {t.shape} and {v.shape}")
+    g = _mean_val(v)
     out = np.full(t.shape[0], np.nan)
     t_norm = np.linalg.norm(t, axis=1)
     ok = ~np.isnan(t).any(axis=1) & (t_norm > 0) & np.isfinite(t_norm)
-    out[ok] = (t[ok] @ g) / (t_norm[ok] * g_norm)
+    inner = t[ok] @ g  # [n_ok]
+    if rule == "inner":
+        out[ok] = inner
+    else:  # cos · ‖t‖^α = ⟨t, g⟩ · ‖t‖^(α−1) / ‖g‖
+        out[ok] = inner * t_norm[ok] ** (alpha - 1.0) / np.linalg.norm(g)
     return out
+
+
+def rrf(score_lists: list[np.ndarray], k: float = 60.0) -> np.ndarray:
+    """Reciprocal-rank fusion over full rankings (Cormack et al. 2009) -> float64[N].
+
+    fused[x] = Σ_lists 1/(k + rank(x)) with rank 1 = best (ties by index). An item that is NaN in ANY list is NaN
+    in the fusion: it cannot be ranked by every signal (e.g. a prompt with no POPI score has no gradient).
+    Unlike `fuse_ranks` no list is cut to its top set, so a prompt ranked well by both signals beats a prompt
+    ranked first by one and last by the other.
+    """
+    if not score_lists:
+        raise ValueError("rrf: no score lists")
+    if k < 0:
+        raise ValueError(f"rrf: k must be ≥ 0, got {k}")
+    arrs = [np.asarray(s, dtype=np.float64) for s in score_lists]
+    n = arrs[0].shape[0]
+    if any(a.ndim != 1 or a.shape[0] != n for a in arrs):
+        raise ValueError(f"rrf: every score list must be 1-D of the same length, got {[a.shape for a in arrs]}")
+    fused = np.zeros(n)
+    bad = np.zeros(n, dtype=bool)
+    for a in arrs:
+        fused += 1.0 / (k + tied_ranks(a))
+        bad |= np.isnan(a)
+    fused[bad] = np.nan
+    return fused
+
+
+def tied_ranks(scores: np.ndarray) -> np.ndarray:
+    """Ranks 1 = best (float64[N]); equal finite scores share the mean of their ranks (so a heavily tied signal such
+    as p(1−p) over K = 8 responses does not order its ties by pool index); NaN ranks after every finite score."""
+    s = np.asarray(scores, dtype=np.float64)
+    rank = np.empty(s.size)
+    rank[rank_order(s)] = np.arange(1, s.size + 1)
+    fin = np.flatnonzero(~np.isnan(s))
+    if fin.size:
+        _, group = np.unique(s[fin], return_inverse=True)
+        rank[fin] = (np.bincount(group, weights=rank[fin]) / np.bincount(group))[group]
+    return rank
 
 
 def fuse_ranks(score_lists: list[np.ndarray], top_ratio: float = 0.1, k_rrf: float = 0.0) -> np.ndarray:

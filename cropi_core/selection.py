@@ -7,6 +7,9 @@ n = max(1, ⌊ratio·N⌋) prompts (see `cropi_core.scoring.top_count`), or fewe
             [n_lists, N] array, one per validation set), each list's top n kept, then the top n by fused
             score. Unscorable prompts (NaN) and prompts in no list's top set (fused score 0) are never
             selected. Ties in the fused score go to the lower index.
+            With fusion="learnability_rrf" (beyond the paper): the score lists are fused over their FULL rankings
+            (`cropi_core.scoring.rrf`, constant k_fusion), and that influence ranking is fused again, with equal
+            weight, with the learnability p(1−p) ranking (ties share their mean rank); top n of the scorable.
 - "influence_once": identical ranking to "popi"; the difference is in the flow, which calls it at
             stage 0 only and reuses that selection for every later stage (no re-scoring).
 - "full":   every prompt, in pool order (ratio ignored).
@@ -26,11 +29,13 @@ from collections.abc import Sequence
 import numpy as np
 
 from cropi_core.errors import CropiError
-from cropi_core.scoring import fuse_ranks, rank_order, top_count
+from cropi_core.scoring import fuse_ranks, rank_order, rrf, top_count
 
 METHODS = ("popi", "full", "random", "pass_rate", "learnability", "influence_once")
+FUSIONS = ("none", "learnability_rrf")
 
-__all__ = ["select", "mix_random", "draw_candidates", "METHODS"]
+__all__ = ["select", "mix_random", "draw_candidates", "learnability_candidates", "fused_influence", "drifted", "METHODS",
+           "FUSIONS"]
 
 
 def mix_random(idx: np.ndarray, n: int, share: float, seed: int) -> np.ndarray:
@@ -57,6 +62,42 @@ def draw_candidates(scorable: np.ndarray, n: int, previous: Sequence[int] = (), 
     rng = np.random.default_rng(seed)
     pick = rng.permutation(pick)[: max(0, n)]  # [min(n, S)]
     return sorted(set(pick.tolist()) | {int(i) for i in previous})
+
+
+def learnability_candidates(pass_rates: np.ndarray, scorable: np.ndarray, n: int,
+                            previous: Sequence[int] = ()) -> list[int]:
+    """The cascade's candidates (`InfluenceConfig.candidates_by: learnability`): the top min(n, #scorable)
+    scorable rows (bool[N]) by learnability p(1−p) of their offline pass rates (float[N]; ties to the lower index),
+    united with `previous` (the previous stage's selection). Sorted int list. Only these rows are then sketched and
+    ranked by influence: scoring cost ∝ n / N. Beyond the paper."""
+    p = _pass_rates(pass_rates, "learnability")
+    scorable = np.asarray(scorable, dtype=bool)
+    if scorable.shape != p.shape:
+        raise ValueError(f"learnability_candidates: scorable {scorable.shape} and pass_rates {p.shape} differ")
+    learn = np.where(scorable, p * (1.0 - p), np.nan)  # [N]; unscorable rows rank last and are never kept
+    top = rank_order(learn)[: min(max(0, n), int(scorable.sum()))]
+    return sorted(set(top.tolist()) | {int(i) for i in previous})
+
+
+def fused_influence(scores: np.ndarray | Sequence[np.ndarray], pass_rates: np.ndarray, k: float = 60.0) -> np.ndarray:
+    """fusion "learnability_rrf": rrf([rrf(influence lists), p(1−p)], k) -> float64[N], NaN where any influence
+    list is NaN (unscorable, or not a candidate)."""
+    p = _pass_rates(pass_rates, "popi")
+    influence = rrf(_score_lists(scores), k=k)  # [N]: one list's order when there is one validation set
+    return rrf([influence, p * (1.0 - p)], k=k)
+
+
+def drifted(ess_frac: float | None, kl: float | None, ess_threshold: float, kl_threshold: float | None) -> bool:
+    """The drift trigger of `SelectionConfig.rescore: drift`: re-score when the pool's mean ESS/K under θ_m is below
+    `ess_threshold`, or its token KL(θ_m‖β) above `kl_threshold` (None: KL not checked). A missing or NaN
+    measurement re-scores (nothing says the old scores still hold)."""
+    if ess_frac is None or not np.isfinite(ess_frac):
+        return True
+    if ess_frac < ess_threshold:
+        return True
+    if kl_threshold is not None and (kl is None or not np.isfinite(kl) or kl > kl_threshold):
+        return True
+    return False
 
 
 def _score_lists(scores: np.ndarray | Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -90,16 +131,28 @@ def select(
     seed: int = 0,
     k_rrf: float = 0.0,
     n: int | None = None,
+    fusion: str = "none",
+    k_fusion: float = 60.0,
 ) -> np.ndarray:
     """Pool indices to train on, best first (int64[n_selected]). See the module docstring per method."""
     if method not in METHODS:
         raise CropiError(f"select: unknown method {method!r} (choose from {', '.join(METHODS)})")
+    if fusion not in FUSIONS:
+        raise CropiError(f"select: unknown fusion {fusion!r} (choose from {', '.join(FUSIONS)})")
     if not (0.0 < ratio <= 1.0):
         raise ValueError(f"select: ratio must be in (0, 1], got {ratio}")
 
     if method in ("popi", "influence_once"):
         if scores is None:
             raise ValueError(f"select({method!r}) needs scores (POPI scores per pool prompt, one list per validation set)")
+        if fusion == "learnability_rrf":
+            fused = fused_influence(scores, pass_rates if pass_rates is not None else _pass_rates(None, "fusion"),
+                                    k=k_fusion)
+            order = rank_order(fused)
+            order = order[~np.isnan(fused[order])]
+            if order.size == 0:
+                raise CropiError(f"select({method!r}): no pool prompt is scorable (all {fused.size} scores are NaN)")
+            return order[: top_count(ratio, fused.size)]
         fused = fuse_ranks(_score_lists(scores), top_ratio=ratio, k_rrf=k_rrf)
         order = rank_order(fused)
         order = order[fused[order] > 0]

@@ -162,7 +162,8 @@ def show_config(
 @app.command()
 def compare(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML RunConfig (default: the embedded tiny setup)"),
-    methods: str = typer.Option("cropi,full,random,pass_rate,learnability,influence_once,dapo,cropi+dapo", "--methods",
+    methods: str = typer.Option("cropi,cropi-paper,full,random,pass_rate,learnability,influence_once,dapo,cropi+dapo",
+                                "--methods",
                                 help="comma-separated methods to compare"),
     seeds: int = typer.Option(3, "--seeds", help="seeds per method (train.seed/selection.seed + 0..N-1)"),
     set_: Optional[list[str]] = typer.Option(None, "--set", "-s", help="override a field: section.key=value (repeatable)"),

@@ -3,7 +3,8 @@
 Every (method, seed) run is the `curriculum` flow on a copy of `config` that differs only in
 
 - `name`               → `<name>-<method>-s<seed>` (its own run folder; names are not hashed),
-- `selection.method`   → cropi and cropi+dapo = "popi", dapo = "full", the others by their own name,
+- `selection.method`   → cropi and cropi+dapo = "popi", dapo = "full", the others by their own name; cropi is the
+  config's own selection (scoring rule, fusion, re-scoring schedule), cropi-paper the paper's (`paper_selection`),
 - `train.dynamic_sampling` → True for dapo (DAPO's dynamic sampling on the full pool) and cropi+dapo (POPI
   selection, dynamic sampling inside each stage's training: the two are complementary), else as configured,
 - `train.seed`, `selection.seed` → the configured values + seed (GRPO sampling order/generation, random subsets).
@@ -33,13 +34,25 @@ from flows.reports import merged_timings, seconds_of
 from flows.runtime import for_run
 from tasks.common import LEDGER, local_root
 
-METHODS = ("cropi", "full", "random", "pass_rate", "learnability", "influence_once", "dapo", "cropi+dapo")
-SELECTION_METHOD = {"cropi": "popi", "dapo": "full", "cropi+dapo": "popi"}
+METHODS = ("cropi", "cropi-paper", "full", "random", "pass_rate", "learnability", "influence_once", "dapo",
+           "cropi+dapo")
+SELECTION_METHOD = {"cropi": "popi", "cropi-paper": "popi", "dapo": "full", "cropi+dapo": "popi"}
 DYNAMIC_SAMPLING = ("dapo", "cropi+dapo")
 # what each method needs before stage 0 besides the bootstrap: offline rollouts of the pool (pass rates, or the
 # responses POPI sketches) and of the validation sets (POPI's targets)
-NEEDS_OFFLINE = {"cropi": ("pool", "val"), "cropi+dapo": ("pool", "val"), "influence_once": ("pool", "val"), "pass_rate": ("pool",),
-                 "learnability": ("pool",)}
+NEEDS_OFFLINE = {"cropi": ("pool", "val"), "cropi-paper": ("pool", "val"), "cropi+dapo": ("pool", "val"),
+                 "influence_once": ("pool", "val"), "pass_rate": ("pool",), "learnability": ("pool",)}
+
+
+def paper_selection(cfg: RunConfig) -> None:
+    """Set the paper's CROPI selection on `cfg` in place: POPI cosine over the whole pool, re-scored every stage, no
+    fusion with learnability (the sketch itself stays as configured: `influence.projector` etc.)."""
+    cfg.selection.method = "popi"
+    cfg.selection.fusion = "none"
+    cfg.selection.rescore = "every"
+    cfg.influence.score = "cosine"
+    cfg.influence.candidates = None
+    cfg.influence.candidates_by = "random"
 
 
 def parse_methods(spec: str | list[str] | tuple[str, ...] | None) -> list[str]:
@@ -63,6 +76,8 @@ def method_config(cfg: RunConfig, method: str, seed: int) -> RunConfig:
     c = cfg.model_copy(deep=True)
     c.name = f"{cfg.name}-{method}-s{seed}"
     c.selection.method = SELECTION_METHOD.get(method, method)
+    if method == "cropi-paper":
+        paper_selection(c)
     c.selection.seed = cfg.selection.seed + seed
     c.train.seed = cfg.train.seed + seed
     c.train.dynamic_sampling = True if method in DYNAMIC_SAMPLING else cfg.train.dynamic_sampling
@@ -107,8 +122,9 @@ def run_record(cfg: RunConfig, method: str, seed: int, out: RunSummary, timings:
     stages = []
     for s, row in zip(out.stages, d["stages"], strict=True):
         scoring = _sum([seconds_of(timings, r.key) for r in s.scoring])
-        if method == "influence_once" and s.stage > 0:
-            scoring = 0.0  # reuses the stage-0 selection: no scoring at all
+        if s.stage > 0 and s.selection.key == out.stages[s.stage - 1].selection.key:
+            # kept the previous selection (influence_once, or a drift check that did not fire): only the check
+            scoring = _sum([seconds_of(timings, r.key) for r in s.shaping.values()]) or 0.0
         stages.append({
             **{k: row[k] for k in ("stage", "selected", "pool", "domains", "offline_pass_rate")},
             "online_pass_rate": float(row["online"].mean()) if len(row["online"]) else None,

@@ -57,29 +57,64 @@ def curriculum(config: RunConfig) -> RunSummary:
     fixed = None
     behaviour_pool, behaviour_val = roll_pool_r, roll_val_r  # β's rollouts, until a refresh replaces them
     refreshes: list[dict[str, Any]] = []
+    rescores: list[dict[str, Any]] = []
+    schedule = rescore_schedule(cfg)
     for m in range(cfg.train.stages):
         if m > 0 and cfg.influence.refresh_ess > 0 and cfg.selection.method in SCORED and fixed is None:
             behaviour_pool, behaviour_val, ref = maybe_refresh(tr, cfg, m, ckpt, pool_r, vals_r, behaviour_pool,
                                                                behaviour_val)
             refreshes.append(ref)
+        drift = None
+        if m > 0 and schedule == "drift":
+            drift, rec = drift_check(tr, cfg, m, ckpt, behaviour_pool)
+            rescores.append(rec)
+            fixed = None if rec["rescored"] else stages[-1].selection
         out = stage_flow.with_options(task_runner=runner)(
             config=cfg, stage=m, ckpt=ckpt, pool=pool_r, pool_rollouts=behaviour_pool, val_rollouts=behaviour_val,
-            tests=tests_r, fixed_selection=fixed, previous_selection=stages[-1].selection if stages else None)
+            tests=tests_r, fixed_selection=fixed, previous_selection=stages[-1].selection if stages else None,
+            drift=drift)
         counts = add_counts(counts, out.counts)
         stages.append(out)
         ckpt = out.checkpoint
-        if cfg.selection.method == "influence_once" and fixed is None:
+        if schedule == "once" and fixed is None:
             fixed = out.selection
 
     from flows.reports import final_report
 
     summary = RunSummary(name=cfg.name, base_checkpoint=base.result(), final_checkpoint=ckpt, pool=pool_r,
                          pool_rollouts=roll_pool_r, val_rollouts=roll_val_r, tests=tests_r,
-                         evals0={n: f.result() for n, f in evals0.items()}, stages=stages, refreshes=refreshes)
+                         evals0={n: f.result() for n, f in evals0.items()}, stages=stages, refreshes=refreshes,
+                         rescores=rescores)
     summary.report = str(final_report(cfg, summary))
     summary.counts = add_counts(counts, tr.counts())
     summary.flow_seconds = time.perf_counter() - t0
     return summary
+
+
+def rescore_schedule(cfg: RunConfig) -> str:
+    """When the pool is re-scored: "every" stage (the paper), "once" (stage 0 only: method influence_once or
+    selection.rescore once) or "drift" (`drift_check`); "every" for methods that score nothing."""
+    if cfg.selection.method == "influence_once":
+        return "once"
+    return cfg.selection.rescore if cfg.selection.method in SCORED else "every"
+
+
+def drift_check(tr: Tracker, cfg: RunConfig, m: int, ckpt, behaviour_pool) -> tuple[Any, dict[str, Any]]:
+    """Before stage m ≥ 1 with selection.rescore = drift: θ_m's mean ESS/K and token KL on every pool prompt's stored
+    responses (a `health` artifact); re-score when ESS/K < drift_ess or KL > drift_kl. Returns (the health ref,
+    a record of the decision for the summary)."""
+    from cropi_core.selection import drifted
+
+    s = cfg.selection
+    h = tr.submit(T_sel.pool_health, cfg=cfg, ckpt=ckpt, pool_rollouts=behaviour_pool, stage=m).result()
+    meta = A.meta_of(cfg, h)
+    ess, kl = meta.get("ess_frac"), meta.get("kl")
+    fire = drifted(ess, kl, s.drift_ess, s.drift_kl)
+    log(f"stage {m}: pool ESS/K {ess:.3f}, KL {kl:.4f} → " + ("re-scoring the pool" if fire else
+        f"keeping the previous selection (thresholds ESS/K < {s.drift_ess}" +
+        (f", KL > {s.drift_kl}" if s.drift_kl is not None else "") + ")"))
+    return h, {"stage": m, "ess_frac": ess, "kl": kl, "drift_ess": s.drift_ess, "drift_kl": s.drift_kl,
+               "rescored": fire, "health": h.key}
 
 
 def maybe_refresh(tr: Tracker, cfg: RunConfig, m: int, ckpt, pool, vals: dict, behaviour_pool, behaviour_val):
@@ -127,7 +162,7 @@ def run_curriculum(cfg: RunConfig) -> dict[str, Any]:
                     "selected_ids": A.read_selection(cfg, s.selection)["ids"],
                     "grads": {n: g.key for n, g in s.grads.items()}} for s in out.stages],
         "pool_rollouts": out.pool_rollouts.key, "val_rollouts": {n: r.key for n, r in out.val_rollouts.items()},
-        "refreshes": out.refreshes,
+        "refreshes": out.refreshes, "rescores": out.rescores,
     }
     (run_dir(cfg) / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary

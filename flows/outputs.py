@@ -20,7 +20,8 @@ class StageOutputs:
     health: ArtifactRef  # off-policy health of the selected prompts
     evals: dict[str, ArtifactRef]  # test set → evaluation of θ_{m+1}
     grads: dict[str, ArtifactRef] = field(default_factory=dict)  # "pool" and each val set (scored methods only)
-    # what shaped the sketches: "calibration" (influence.allocation = energy), "candidates" (influence.candidates)
+    # what shaped the sketches or decided to (re)score: "calibration" (influence.allocation = energy), "candidates"
+    # (influence.candidates), "drift" (selection.rescore = drift: the pool-health check before the stage)
     shaping: dict[str, ArtifactRef] = field(default_factory=dict)
     scores: ArtifactRef | None = None
     counts: dict[str, int] = field(default_factory=dict)  # task runs / cached / failed in the stage subflow
@@ -47,6 +48,7 @@ class RunSummary:
     evals0: dict[str, ArtifactRef]  # test set → evaluation of θ_0
     stages: list[StageOutputs]
     refreshes: list[dict[str, Any]]  # behaviour-refresh decisions (influence.refresh_ess)
+    rescores: list[dict[str, Any]] = field(default_factory=list)  # drift-check decisions (selection.rescore drift)
     report: str = ""
     counts: dict[str, int] = field(default_factory=dict)
     flow_seconds: float = 0.0

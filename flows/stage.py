@@ -92,23 +92,27 @@ def progress(futures: list, desc: str) -> None:
 @flow(name="cropi-stage", flow_run_name="stage-{stage}")
 def stage(config: RunConfig, stage: int, ckpt: ArtifactRef, pool: ArtifactRef, pool_rollouts: ArtifactRef,
           val_rollouts: dict[str, ArtifactRef], tests: dict[str, ArtifactRef],
-          fixed_selection: ArtifactRef | None = None, previous_selection: ArtifactRef | None = None) -> StageOutputs:
+          fixed_selection: ArtifactRef | None = None, previous_selection: ArtifactRef | None = None,
+          drift: ArtifactRef | None = None) -> StageOutputs:
     """Run curriculum stage `stage` from checkpoint `ckpt`; returns the refs it produced and its task counts.
 
     fixed_selection: reuse this selection instead of scoring (method `influence_once` after stage 0).
     previous_selection: the previous stage's selection (re-scored with the candidates, influence.candidates).
+    drift: the pool-health artifact that decided whether this stage re-scores (selection.rescore drift); part of
+    the stage's scoring cost either way.
     """
     cfg = config
     tr = Tracker(cfg)
     grads: dict[str, ArtifactRef] = {}
-    shaping: dict[str, ArtifactRef] = {}
+    shaping: dict[str, ArtifactRef] = {"drift": drift} if drift is not None else {}
     scores = None
     if fixed_selection is not None:
         sel = fixed_selection
     else:
         if cfg.selection.method in SCORED:
-            g_pool, g_val, shaping = stage_sketches(tr, cfg, stage, ckpt, pool_rollouts, val_rollouts,
-                                                    previous_selection)
+            g_pool, g_val, shaped = stage_sketches(tr, cfg, stage, ckpt, pool_rollouts, val_rollouts,
+                                                   previous_selection)
+            shaping.update(shaped)
             grads = {"pool": g_pool, **g_val}
             scores = tr.submit(T_sel.scores, cfg=cfg, pool_grads=g_pool, val_grads=g_val, stage=stage)
         sel = tr.submit(T_sel.selection, cfg=cfg, stage=stage, pool=pool, pool_rollouts=pool_rollouts, scores=scores)

@@ -34,9 +34,14 @@ def copy_model_folder(src: Path, out: Path) -> None:
 def bootstrap_problems(cfg: RunConfig, exclude: list[str]):
     """Warm-up problems: a seeded synthetic mixture avoiding every pool/val/test prompt."""
     from cropi_core.data import DOMAINS, generate_mixture
+    from cropi_core.data.synthetic import with_conventions
 
-    domains = cfg.data.synthetic.domains if cfg.data.synthetic is not None else list(DOMAINS)
-    return generate_mixture(domains, cfg.bootstrap.num_problems, seed=10_000 + cfg.bootstrap.seed, exclude=exclude)
+    syn = cfg.data.synthetic
+    domains = syn.domains if syn is not None else list(DOMAINS)
+    problems = generate_mixture(domains, cfg.bootstrap.num_problems, seed=10_000 + cfg.bootstrap.seed, exclude=exclude)
+    if syn is not None:  # a conflicting domain's warm-up problems carry its convention too (bootstrap.target_text)
+        problems = with_conventions(problems, syn.conflict_domains, syn.conflict_strength, syn.seed)
+    return problems
 
 
 @task(name="bootstrap", tags=[GPU_TAG], cache_policy=key_policy(base_key, intact=checkpoint_intact))

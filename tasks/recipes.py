@@ -148,7 +148,11 @@ def base_config(cfg: RunConfig, **_: Any) -> dict:
     if not cfg.model.is_embedded:
         return conf
     conf["bootstrap"] = cfg.bootstrap.hashable()
-    conf["data"] = {**prompt_format(cfg), "domains": cfg.data.synthetic.domains if cfg.data.synthetic else None}
+    syn = cfg.data.synthetic
+    conf["data"] = {**prompt_format(cfg), "domains": syn.domains if syn else None}
+    if syn is not None and syn.conflict_domains:  # the warm-up teaches their problems the other convention
+        conf["data"]["conflict"] = {"domains": syn.conflict_domains, "strength": syn.conflict_strength,
+                                    "seed": syn.seed}
     # The warm-up draws problems avoiding every pool/val/test prompt, so the held-out set changes the weights
     # (e.g. another `data.synthetic.targeted` or `test_size`); version 1 left it out and shared one checkpoint.
     conf["held_out"] = prompts_hash(held_out_prompts(cfg))
@@ -166,6 +170,22 @@ def grads_config(cfg: RunConfig, **_: Any) -> dict:
         # each process drew its own masks and v1 sketches of one key need not match each other: never reuse them
         conf["energy_ratios"] = 2
     return conf
+
+
+def candidates_config(cfg: RunConfig, stage: int, **_: Any) -> dict:
+    conf = {"candidates": cfg.influence.candidates, "ratio": cfg.selection.ratio, "seed": cfg.selection.seed,
+            "stage": stage}
+    if cfg.influence.candidates_by != "random":  # the cascade: no seed or stage draws them (kept for one key rule)
+        conf["by"] = cfg.influence.candidates_by
+    return conf
+
+
+def scores_config(cfg: RunConfig, **_: Any) -> dict:
+    """{} for the paper's cosine (every key from before the other rules stays), else the rule and its power."""
+    rule = cfg.influence.score
+    if rule == "cosine":
+        return {}
+    return {"score": rule, **({"norm_power": cfg.influence.norm_power} if rule == "cosine_norm" else {})}
 
 
 def base_key(cfg: RunConfig, **_: Any) -> str:
@@ -203,11 +223,9 @@ RECIPES: dict[str, Recipe] = {
     "calibration": Recipe("calibration", ("ckpt", "pool_rollouts"), lambda cfg, **_: {
         "calibration_prompts": cfg.influence.calibration_prompts, "aggregation": cfg.influence.aggregation,
         **_temperature(cfg)}),
-    "candidates": Recipe("candidates", ("pool_rollouts", "previous"), lambda cfg, stage, **_: {
-        "candidates": cfg.influence.candidates, "ratio": cfg.selection.ratio, "seed": cfg.selection.seed,
-        "stage": stage}),
+    "candidates": Recipe("candidates", ("pool_rollouts", "previous"), candidates_config),
     "grads": Recipe("grads", ("ckpt", "rollouts", "calibration", "candidates"), grads_config),
-    "scores": Recipe("scores", ("pool_grads", "val_grads"), lambda cfg, **_: {}),
+    "scores": Recipe("scores", ("pool_grads", "val_grads"), scores_config),
     "selection": Recipe("selection", ("pool", "scores|pool_rollouts"), selection_config),
     "health": Recipe("health", ("ckpt", "pool_rollouts", "sel"), _temperature),
     "pool_health": Recipe("health", ("ckpt", "pool_rollouts"), lambda cfg, **_: {**_temperature(cfg), "prompts": "all"}),

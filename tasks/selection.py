@@ -27,16 +27,20 @@ def candidates(cfg: RunConfig, pool_rollouts: ArtifactRef, previous: ArtifactRef
     (fresh each stage) ∪ the previous stage's selection, sorted; every other row is left unscored."""
     def payload(w) -> dict:
         from cropi_core.scoring import top_count
-        from cropi_core.selection import draw_candidates
+        from cropi_core.selection import draw_candidates, learnability_candidates
 
         recs = read_rollouts(w.store, pool_rollouts.key)
         scorable = np.array([p.k >= 2 and p.scorable for p in recs])  # the rows sketch_prompts would sketch
         prev = selected_indices(cfg, previous) if previous is not None else []
         n_draw = math.ceil(cfg.influence.candidates * top_count(cfg.selection.ratio, len(recs)))
-        idx = draw_candidates(scorable, n_draw, prev, seed=(cfg.selection.seed, stage))
+        if cfg.influence.candidates_by == "learnability":
+            idx = learnability_candidates(pass_rates(w.store, pool_rollouts.key), scorable, n_draw, prev)
+        else:
+            idx = draw_candidates(scorable, n_draw, prev, seed=(cfg.selection.seed, stage))
         w.put_json("candidates.json", {"stage": stage, "indices": idx})
         return {"stage": stage, "n": len(idx), "pool": len(recs), "scorable": int(scorable.sum()),
-                "drawn": min(n_draw, int(scorable.sum())), "previous": len(prev), "run": cfg.name}
+                "drawn": min(n_draw, int(scorable.sum())), "previous": len(prev), "by": cfg.influence.candidates_by,
+                "run": cfg.name}
 
     return produce(CANDIDATES, "candidates", cfg, {"pool_rollouts": pool_rollouts, "previous": previous, "stage": stage},
                    payload)
@@ -45,17 +49,22 @@ def candidates(cfg: RunConfig, pool_rollouts: ArtifactRef, previous: ArtifactRef
 # ---------------------------------------------------------------- scores
 @task(name="scores", task_run_name="scores-s{stage}", cache_policy=SCORES.policy())
 def scores(cfg: RunConfig, pool_grads: ArtifactRef, val_grads: dict[str, ArtifactRef], stage: int = 0) -> ArtifactRef:
-    """POPI cosine of every pool sketch to each validation set's mean sketch: float32 [n_val_sets, N]."""
+    """Influence of every pool sketch on each validation set's mean sketch under `influence.score` (the paper's POPI
+    cosine by default): float32 [n_val_sets, N], stored as "popi" whatever the rule."""
     def payload(w) -> dict:
-        from cropi_core.scoring import popi
+        from cropi_core.scoring import influence_scores
 
         names = sorted(val_grads)
         g = read_grads(cfg, pool_grads)
-        s = np.stack([popi(g, read_grads(cfg, val_grads[n])) for n in names]).astype(np.float32)
+        rule, alpha = cfg.influence.score, cfg.influence.norm_power
+        s = np.stack([influence_scores(g, read_grads(cfg, val_grads[n]), rule, alpha) for n in names])
+        if rule != "cosine" and np.isfinite(s).any():  # inner products of fp16 sketches can pass float32's range
+            s = s / np.nanmax(np.abs(s))  # one positive scale for every list: ranks unchanged
+        s = s.astype(np.float32)
         w.put_array("popi", s)
         w.put_json("sets.json", names)
         return {"sets": names, "n": int(g.shape[0]), "scorable": int(np.isfinite(s[0]).sum()), "run": cfg.name,
-                "stage": stage}
+                "stage": stage, **({"score": rule} if rule != "cosine" else {})}
 
     return produce(SCORES, "scores", cfg, {"pool_grads": pool_grads, "val_grads": val_grads}, payload)
 
@@ -67,7 +76,7 @@ def selection(cfg: RunConfig, stage: int, pool: ArtifactRef, pool_rollouts: Arti
     """Pick the stage's training prompts (`cropi_core.selection.select`), stored as indices + ids + stats."""
     def payload(w) -> dict:
         from cropi_core.scoring import fuse_ranks
-        from cropi_core.selection import mix_random, select
+        from cropi_core.selection import fused_influence, mix_random, select
 
         s = cfg.selection
         problems = load_problems(cfg, pool)
@@ -75,13 +84,16 @@ def selection(cfg: RunConfig, stage: int, pool: ArtifactRef, pool_rollouts: Arti
         score_lists = read_scores(cfg, scores)[1] if scores is not None else None
         seed = s.seed + (stage if s.method in RANDOM_METHODS else 0)
         idx = select(s.method, scores=score_lists, pass_rates=p, ratio=s.ratio, seed=seed, k_rrf=s.k_rrf,
-                     n=len(problems))
+                     n=len(problems), fusion=s.fusion if score_lists is not None else "none", k_fusion=s.k_fusion)
         if mixes_random(cfg):
             idx = mix_random(idx, len(problems), s.mix_random, seed=s.seed * 1000 + stage)
         idx = [int(i) for i in idx]
         out = {"method": s.method, "stage": stage, "indices": idx, "ids": [problems[i].id for i in idx],
                "offline_pass_rate": [float(p[i]) for i in idx]}
-        if score_lists is not None:
+        if score_lists is not None and s.fusion == "learnability_rrf":
+            fused = fused_influence(score_lists, p, k=s.k_fusion)
+            out["fused"] = [float(fused[i]) for i in idx]
+        elif score_lists is not None:
             fused = fuse_ranks(list(score_lists), top_ratio=s.ratio, k_rrf=s.k_rrf)
             out["fused"] = [float(fused[i]) for i in idx]
         w.put_json("selection.json", out)

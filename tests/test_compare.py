@@ -218,8 +218,28 @@ def test_cropi_plus_dapo_is_popi_selection_with_dynamic_sampling():
 
     c = method_config(RunConfig(), "cropi+dapo", 2)
     assert c.selection.method == "popi" and c.train.dynamic_sampling and c.train.seed == 2
-    assert "cropi+dapo" in parse_methods(None) and len(METHODS) == 8
+    assert "cropi+dapo" in parse_methods(None) and len(METHODS) == 9
     assert not method_config(RunConfig(), "cropi", 0).train.dynamic_sampling
+
+
+def test_cropi_paper_is_the_papers_selection_whatever_the_config_sets():
+    """cropi-paper: POPI cosine over the whole pool, re-scored every stage, no fusion — even when the config's own
+    cropi uses the cascade, the inner product, the fusion and the drift schedule; the sketch stays as configured."""
+    from cropi_core.config import RunConfig
+    from flows.compare import method_config
+
+    cfg = RunConfig()
+    for dotted, v in (("influence.score", "inner"), ("influence.candidates", 2.0), ("influence.candidates_by",
+                      "learnability"), ("selection.fusion", "learnability_rrf"), ("selection.rescore", "drift"),
+                      ("influence.sparse_ratio", 0.5)):
+        section, field = dotted.split(".")
+        setattr(getattr(cfg, section), field, v)
+    mine, paper = method_config(cfg, "cropi", 1), method_config(cfg, "cropi-paper", 1)
+    assert (mine.influence.score, mine.selection.fusion, mine.selection.rescore) == ("inner", "learnability_rrf", "drift")
+    assert paper.selection.method == "popi" and paper.influence.score == "cosine"
+    assert paper.influence.candidates is None and paper.selection.fusion == "none" and paper.selection.rescore == "every"
+    assert paper.influence.sparse_ratio == 0.5 and paper.name.endswith("-cropi-paper-s1")
+    assert paper.hashable("selection") == RunConfig().hashable("selection") | {"seed": 1}
 
 
 def test_killed_compare_resumes_without_recomputing(compared):

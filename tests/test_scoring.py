@@ -113,3 +113,63 @@ def test_precision_at():
     assert precision_at(approx_nan, exact) == 0.5
     assert precision_at(exact, exact, frac=0.25) == 1.0
     assert np.isnan(precision_at(exact, np.full(20, nan)))
+
+
+# ---------------------------------------------------------------- scoring rules beyond the paper (#32)
+def test_scoring_rules_hand_computed():
+    """val rows (1,0) and (1,2) -> ḡ = (1, 1), ‖ḡ‖ = √2. Train rows:
+    a = (3, 4): ‖a‖ = 5, ⟨a,ḡ⟩ = 7, cos = 7/(5√2) ≈ 0.98995, cos·‖a‖^0.5 = 7/(5√2)·√5 ≈ 2.21359, cos·‖a‖ = 7/√2
+    b = (1, 0): ‖b‖ = 1, ⟨b,ḡ⟩ = 1, cos = 1/√2 ≈ 0.70711 (same under every α: ‖b‖ = 1)
+    c = (0, -2): ‖c‖ = 2, ⟨c,ḡ⟩ = −2, cos = −1/√2, cos·‖c‖^0.5 = −(1/√2)·√2 = −1
+    d: NaN row, e: zero row → NaN under every rule.
+    The cosine ranks a > b > c; the inner product a > b > c too, but rescales: a is 7× b, not 1.4×."""
+    from cropi_core.scoring import influence_scores
+
+    val = np.array([[1.0, 0.0], [1.0, 2.0]])
+    train = np.array([[3.0, 4.0], [1.0, 0.0], [0.0, -2.0], [nan, 1.0], [0.0, 0.0]])
+    r2 = np.sqrt(2.0)
+    cos = influence_scores(train, val, "cosine")
+    np.testing.assert_allclose(cos[:3], [7 / (5 * r2), 1 / r2, -1 / r2], rtol=1e-14)
+    np.testing.assert_array_equal(cos, popi(train, val))  # the paper's rule is POPI itself
+    np.testing.assert_allclose(influence_scores(train, val, "inner")[:3], [7.0, 1.0, -2.0], rtol=1e-14)
+    np.testing.assert_allclose(influence_scores(train, val, "cosine_norm", 0.5)[:3],
+                               [7 / (5 * r2) * np.sqrt(5), 1 / r2, -1.0], rtol=1e-14)
+    np.testing.assert_allclose(influence_scores(train, val, "cosine_norm", 1.0)[:3], [7 / r2, 1 / r2, -2 / r2],
+                               rtol=1e-14)  # α = 1: the inner product / ‖ḡ‖
+    np.testing.assert_allclose(influence_scores(train, val, "cosine_norm", 0.0), cos, rtol=1e-14)
+    for rule in ("cosine", "inner", "cosine_norm"):
+        assert np.isnan(influence_scores(train, val, rule)[3:]).all()
+    with pytest.raises(CropiError, match="unknown scoring rule 'dot'"):
+        influence_scores(train, val, "dot")
+
+
+def test_magnitude_changes_the_ranking_where_the_cosine_ignores_it():
+    """A small gradient pointing exactly at ḡ (cos 1, ‖·‖ 0.1) beats a large one at 45° (cos 0.707, ‖·‖ 10) under the
+    cosine; the inner product (0.1 vs 7.07) and cos·‖·‖^0.5 (0.316 vs 2.236) reverse it."""
+    from cropi_core.scoring import influence_scores
+
+    val = np.array([[1.0, 0.0]])
+    train = np.array([[0.1, 0.0], [10 / np.sqrt(2), 10 / np.sqrt(2)]])
+    assert rank_order(influence_scores(train, val, "cosine")).tolist() == [0, 1]
+    assert rank_order(influence_scores(train, val, "inner")).tolist() == [1, 0]
+    np.testing.assert_allclose(influence_scores(train, val, "cosine_norm", 0.5), [np.sqrt(0.1), np.sqrt(5)],
+                               rtol=1e-12)
+
+
+def test_rrf_full_rankings_hand_computed():
+    """k = 1. List A = (0.9, 0.5, 0.1, NaN): ranks 1, 2, 3, 4. List B (learnability-like, ties) = (0.1, 0.25, 0.25, 0.2):
+    ranks 4, 1.5, 1.5 (tied: mean of ranks 1 and 2), 3.
+    fused = 1/(1+rA) + 1/(1+rB): item 0: 1/2 + 1/5 = 0.7; item 1: 1/3 + 1/2.5 = 0.7333; item 2: 1/4 + 1/2.5 = 0.65;
+    item 3: NaN (not rankable by A). So item 1, ranked well by both, beats item 0, first in A but last in B."""
+    from cropi_core.scoring import rrf, tied_ranks
+
+    a = np.array([0.9, 0.5, 0.1, nan])
+    b = np.array([0.1, 0.25, 0.25, 0.2])
+    np.testing.assert_array_equal(tied_ranks(b), [4.0, 1.5, 1.5, 3.0])
+    np.testing.assert_array_equal(tied_ranks(a), [1.0, 2.0, 3.0, 4.0])
+    f = rrf([a, b], k=1.0)
+    np.testing.assert_allclose(f[:3], [0.7, 1 / 3 + 1 / 2.5, 0.25 + 1 / 2.5], rtol=1e-14)
+    assert np.isnan(f[3])
+    assert rank_order(f)[:3].tolist() == [1, 0, 2]
+    with pytest.raises(ValueError):
+        rrf([a, b[:3]])

@@ -113,3 +113,57 @@ def test_draw_candidates_is_a_seeded_draw_among_scorable_prompts_plus_the_previo
     assert draw_candidates(scorable, 500, seed=0) == list(range(0, 100, 2))  # more than there are: all of them
     b = draw_candidates(scorable, 10, previous=[3, 5, a[0]], seed=(0, 1))
     assert b == sorted(set(a) | {3, 5})  # 12: the draw is unchanged by the previous selection, a[0] counted once
+
+
+def test_learnability_rrf_fusion_hand_computed():
+    """fusion learnability_rrf, k = 0, one validation set. POPI = (0.9, 0.2, 0.5, NaN, 0.4), pass rates
+    (0.125, 0.5, 0.5, 0.0, 0.375) → p(1−p) = (0.109, 0.25, 0.25, 0, 0.234).
+    Influence ranks 1, 4, 2, 5 (NaN), 3 → rrf over one list = 1/rank: (1, 0.25, 0.5, NaN, 0.333).
+    Second fusion: influence ranks again 1, 4, 2, -, 3; learnability tied ranks 4, 1.5, 1.5, 5, 3.
+    fused = 1/r_inf + 1/r_learn: item 0: 1 + 0.25 = 1.25; item 1: 0.25 + 0.667 = 0.917; item 2: 0.5 + 0.667 = 1.167;
+    item 4: 0.333 + 0.333 = 0.667; item 3 NaN (no POPI: never selected).
+    ratio 0.6 of 5 → 3 prompts: 0, 2, 1 — POPI alone would pick 0, 2, 4."""
+    from cropi_core.selection import fused_influence
+
+    s = np.array([0.9, 0.2, 0.5, np.nan, 0.4])
+    p = np.array([0.125, 0.5, 0.5, 0.0, 0.375])
+    f = fused_influence(s, p, k=0.0)
+    np.testing.assert_allclose(f[[0, 1, 2, 4]], [1.25, 0.25 + 1 / 1.5, 0.5 + 1 / 1.5, 2 / 3], rtol=1e-14)
+    assert np.isnan(f[3])
+    assert select("popi", scores=s, pass_rates=p, ratio=0.6, fusion="learnability_rrf", k_fusion=0.0).tolist() == [0, 2, 1]
+    assert select("popi", scores=s, ratio=0.6).tolist() == [0, 2, 4]
+    with pytest.raises(ValueError, match="pass_rates"):
+        select("popi", scores=s, ratio=0.6, fusion="learnability_rrf")
+    with pytest.raises(CropiError, match="unknown fusion"):
+        select("popi", scores=s, pass_rates=p, fusion="mean")
+
+
+def test_cascade_candidates_are_the_top_learnability_scorable_prompts():
+    """candidates_by learnability, n = 2: pass rates (0.5, 0.125, 0.375, 0.5, 0.0, 0.625); rows 3 and 4 flagged
+    unscorable (the flag is the one rule sketch_prompts uses, so the cascade obeys it even for row 3's p = 0.5).
+    p(1−p) of the scorable: row 0 0.25, row 1 0.109, row 2 0.234, row 5 0.234.
+    Top 2: row 0, then row 2 (tie with row 5 → lower index). ∪ previous {5} → [0, 2, 5]. n beyond the scorable
+    count keeps only the 4 scorable rows (row 4 p = 0, row 3 unscorable are never candidates)."""
+    from cropi_core.selection import learnability_candidates
+
+    p = np.array([0.5, 0.125, 0.375, 0.5, 0.0, 0.625])
+    scorable = np.array([True, True, True, False, False, True])
+    assert learnability_candidates(p, scorable, 2) == [0, 2]
+    assert learnability_candidates(p, scorable, 2, previous=[5]) == [0, 2, 5]
+    assert learnability_candidates(p, scorable, 100) == [0, 1, 2, 5]
+    assert learnability_candidates(p, scorable, 0) == []
+
+
+@pytest.mark.parametrize("ess, kl, ess_t, kl_t, fires", [
+    (0.70, 0.01, 0.6, None, False),  # ESS/K above the threshold, KL not checked
+    (0.59, 0.01, 0.6, None, True),  # just below
+    (0.60, 0.01, 0.6, None, False),  # at the threshold: not below
+    (0.90, 0.05, 0.6, 0.02, True),  # KL over its threshold fires alone
+    (0.90, 0.02, 0.6, 0.02, False),  # at the KL threshold: not over
+    (float("nan"), 0.0, 0.6, None, True),  # no measurement: re-score
+    (None, None, 0.0, None, True),
+])
+def test_drift_trigger_fires_at_the_thresholds(ess, kl, ess_t, kl_t, fires):
+    from cropi_core.selection import drifted
+
+    assert drifted(ess, kl, ess_t, kl_t) is fires

@@ -165,3 +165,17 @@ def test_every_verifier_name_round_trips_through_problem_records():
     for name in VERIFIERS:
         p = Problem("x/0", "q", "3", "x", "x", name, {})
         assert Problem.from_record(p.to_record()) == p
+
+
+def test_answer_line_verifier_rewards_the_other_convention_only():
+    from cropi_core.verify import answer_line_verify, get_verifier
+
+    assert get_verifier("answer_line") is answer_line_verify
+    assert answer_line_verify("Answer: 9", "9") == 1.0
+    assert answer_line_verify("4+5=9.\nAnswer: 9.", "9") == 1.0  # the last Answer: line counts
+    assert answer_line_verify("Answer: 8\nAnswer: 9", "9") == 1.0
+    assert answer_line_verify("Answer: 8", "9") == 0.0
+    assert answer_line_verify("\\boxed{9}", "9") == 0.0  # the boxed convention scores 0 here
+    assert answer_line_verify("Answer: 9 \\boxed{9}", "9") == 0.0
+    assert answer_line_verify("The Answer: 9", "9") == 0.0  # not at the start of a line
+    assert answer_line_verify("9", "9") == 0.0

@@ -7,7 +7,7 @@ from typing import Any
 
 from cropi_core.errors import DataError
 
-VERIFIER_NAMES = ("math", "exact", "last_number")
+VERIFIER_NAMES = ("math", "exact", "last_number", "answer_line")
 
 
 @dataclass(frozen=True)

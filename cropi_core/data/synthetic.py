@@ -30,8 +30,10 @@ max       Which is larger, 47 or 38?       digits               2-digit, tens di
 
 from __future__ import annotations
 
+import hashlib
 import random
 import string
+from dataclasses import replace
 from typing import TYPE_CHECKING, Callable, Iterable
 
 from cropi_core.config import SYNTHETIC_DOMAINS
@@ -209,6 +211,24 @@ def generate_mixture(domains: Iterable[str], n: int, seed: int, exclude: Iterabl
     return out
 
 
+def conflicts(problem_id: str, strength: float, seed: int) -> bool:
+    """Whether a conflicting domain's problem uses the `answer_line` convention: a seeded draw per problem id with
+    probability `strength` (the same answer for the pool, the tests and the warm-up)."""
+    u = int.from_bytes(hashlib.sha256(f"conflict:{seed}:{problem_id}".encode()).digest()[:8], "big") / 2**64
+    return u < strength
+
+
+def with_conventions(problems: list[Problem], conflict_domains: Iterable[str], strength: float,
+                     seed: int) -> list[Problem]:
+    """`problems` with the verifier `answer_line` (an unboxed `Answer: N`, `SyntheticConfig.conflict_domains`) on
+    the drawn share `strength` of the conflicting domains' problems; every other problem unchanged."""
+    domains = set(conflict_domains)
+    if not domains:
+        return problems
+    return [replace(p, verifier="answer_line") if p.domain in domains and conflicts(p.id, strength, seed) else p
+            for p in problems]
+
+
 def generate_suite(cfg: "SyntheticConfig") -> DataSplits:
     """Pool (mixed, shuffled), val per targeted domain ("val/<d>"), tests per domain ("test/<d>").
 
@@ -221,9 +241,10 @@ def generate_suite(cfg: "SyntheticConfig") -> DataSplits:
     test_u: dict[str, list[Problem]] = {}
     for d in cfg.domains:
         n_val = cfg.val_size if d in cfg.targeted else 0
-        n_pool = cfg.pool_per_domain.get(d, cfg.pool_size)
+        n_pool = cfg.pool_size_of(d)
         n_test = cfg.test_size_of(d)
-        probs = generate_problems(d, n_val + n_test + n_pool, cfg.seed)
+        probs = with_conventions(generate_problems(d, n_val + n_test + n_pool, cfg.seed), cfg.conflict_domains,
+                                 cfg.conflict_strength, cfg.seed)
         if n_val:
             val[f"val/{d}"] = probs[:n_val]
         (test_t if d in cfg.targeted else test_u)[f"test/{d}"] = probs[n_val : n_val + n_test]

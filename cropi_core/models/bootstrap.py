@@ -31,9 +31,15 @@ def target_text(p: Problem, worked_fraction: float, seed: int, unboxed_fraction:
     multi-step domains): the unboxed `Answer: gold` (wrong format, reward 0) for the next `unboxed_fraction` of
     the problems (the first `unboxed_fraction` in a one-fact domain). Everything else: the direct
     `\\boxed{gold}`. The choice is a pure function of (problem id, seed): a problem keeps its format for the whole
-    warm-up, and listing a one-fact domain does not change which multi-step problems are worked."""
+    warm-up, and listing a one-fact domain does not change which multi-step problems are worked.
+
+    A problem of the other convention (verifier `answer_line`, `SyntheticConfig.conflict_domains`) is the mirror
+    image: `Answer: gold` is its right form, and the boxed answer its wrong-format habit for a seeded
+    `unboxed_fraction` of the problems, so its pass rate is intermediate and RL can strengthen the convention."""
     worked = worked_response(p)
     u = int.from_bytes(hashlib.sha256(f"{seed}:{p.id}".encode()).digest()[:8], "big") / 2**64  # uniform [0, 1)
+    if p.verifier == "answer_line":
+        return f"\\boxed{{{p.gold}}}" if u < unboxed_fraction else f"Answer: {p.gold}"
     habit = worked is not None if unboxed_domains is None else p.domain in unboxed_domains
     if worked is not None and u < worked_fraction:
         return worked

@@ -1,0 +1,125 @@
+"""Scoring rules, the learnability cascade and drift-triggered re-scoring through the real flow (#32): a reduced
+run per setting on one storage root, so stage 0's shared artifacts (θ_0, offline rollouts, validation sketches)
+are computed once and reused by the next setting."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+import flows_helpers as H
+from flows.cli import app
+from storage import open_store
+
+
+@pytest.fixture(scope="module")
+def coin(tmp_path_factory, prefect_api):
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("coin-rescore")
+    data = H.write_coin_data(root / "data")
+    model = H.train_coin_model(root / "model", data)
+    cfg = H.write_config(root / "coin.yaml", H.coin_config(data, model))
+    yield {"root": root, "config": cfg, "storage": root / "store"}
+    torch.set_num_threads(threads)
+
+
+def _run(coin: dict, name: str, *sets: str) -> dict:
+    args = ["run", "--config", str(coin["config"]), "--storage", str(coin["storage"]), "--name", name]
+    for s in sets:
+        args += ["--set", s]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    return json.loads((coin["storage"] / "runs" / name / "summary.json").read_text())
+
+
+def _kinds(summary: dict) -> list[str]:
+    return sorted(t for t, _ in summary["computed"])
+
+
+@pytest.fixture(scope="module")
+def paper(coin):
+    return _run(coin, "paper")
+
+
+def test_drift_check_that_does_not_fire_keeps_the_selection_and_scores_nothing(coin, paper):
+    """drift_ess 0: ESS/K is never below 0, so stage 1 trains on stage 0's selection; no stage-1 sketch or score
+    is computed, only the pool-health check (stage 0 is the paper run's, reused)."""
+    s = _run(coin, "drift-keep", "selection.rescore=drift", "selection.drift_ess=0.0")
+    (rec,) = s["rescores"]
+    assert rec["stage"] == 1 and rec["rescored"] is False and 0.0 < rec["ess_frac"] <= 1.0
+    assert s["stages"][1]["selection"] == s["stages"][0]["selection"] == paper["stages"][0]["selection"]
+    assert s["stages"][1]["grads"] == {}
+    k = _kinds(s)
+    assert "grads" not in k and "scores" not in k and "selection" not in k  # stage 0 reused, stage 1 kept
+    assert rec["health"] in {key for _, key in s["computed"]}
+
+
+def test_drift_check_that_fires_rescores_like_the_paper(coin, paper):
+    """drift_ess 1: any policy change (ESS/K < 1) re-scores, so stage 1 is the paper schedule's stage 1 exactly —
+    the same selection and checkpoint keys, all reused from the paper run."""
+    s = _run(coin, "drift-fire", "selection.rescore=drift", "selection.drift_ess=1.0")
+    (rec,) = s["rescores"]
+    assert rec["rescored"] is True and rec["ess_frac"] < 1.0
+    assert [st["selection"] for st in s["stages"]] == [st["selection"] for st in paper["stages"]]
+    assert s["final_checkpoint"] == paper["final_checkpoint"]
+    # nothing else to compute: at most the pool-health check (the drift-keep test may have made it already)
+    assert {t for t, _ in s["computed"]} <= {"health"}
+    assert open_store(str(coin["storage"])).exists(rec["health"])
+
+
+def test_rescore_once_reuses_stage_0(coin, paper):
+    s = _run(coin, "once", "selection.rescore=once")
+    assert s["stages"][1]["selection"] == s["stages"][0]["selection"] and s["rescores"] == []
+
+
+def test_cascade_sketches_only_the_learnability_candidates_and_inner_scores_them(coin, paper):
+    """candidates 1 by learnability + the inner-product rule: stage 0 sketches exactly the top ⌈1 × 12⌉ scorable
+    pool prompts by p(1−p) (bit-identical rows to the paper run's full sketch, every other row NaN: never
+    computed), the validation sketches are the paper run's (reused), the scores artifact is keyed by its rule,
+    and the selection comes from the candidates."""
+    from cropi_core.selection import learnability_candidates
+    from tasks.artifacts import pass_rates
+
+    s = _run(coin, "cascade", "influence.candidates=1", "influence.candidates_by=learnability",
+             "influence.score=inner")
+    store = open_store(str(coin["storage"]))
+    g0 = store.read_array(s["stages"][0]["grads"]["pool"], "grads")  # [48, 32]
+    full = store.read_array(paper["stages"][0]["grads"]["pool"], "grads")  # [48, 32]
+    rewards = store.read_ragged(s["pool_rollouts"], "rewards")
+    scorable = np.array([len(set(np.asarray(r).tolist())) > 1 for r in rewards])
+    want = learnability_candidates(pass_rates(store, s["pool_rollouts"]), scorable, 12)
+    computed_rows = np.flatnonzero(~np.isnan(g0).any(axis=1)).tolist()
+    assert computed_rows == want and len(want) == 12 < int(scorable.sum())
+    np.testing.assert_array_equal(g0[want], full[want])
+    for name, key in s["stages"][0]["grads"].items():
+        if name != "pool":
+            assert key == paper["stages"][0]["grads"][name]
+    scores = store.manifest(store.manifest(s["stages"][0]["selection"]).parents[1])
+    assert scores.kind == "scores" and scores.config == {"score": "inner"}
+    assert store.manifest(store.manifest(paper["stages"][0]["selection"]).parents[1]).config == {}
+    sel = store.read_json(s["stages"][0]["selection"], "selection.json")["indices"]
+    assert len(sel) == 12 and set(sel) <= set(want)
+
+
+def test_learnability_rrf_fusion_keys_and_ranks(coin, paper):
+    """fusion learnability_rrf: the scores artifact is the paper run's (reused), the selection is keyed by the
+    fusion and holds the top 12 of the fused ranking of POPI and p(1−p)."""
+    from cropi_core.selection import fused_influence
+    from tasks.artifacts import pass_rates
+
+    s = _run(coin, "rrf", "selection.fusion=learnability_rrf")
+    store = open_store(str(coin["storage"]))
+    sel0 = store.manifest(s["stages"][0]["selection"])
+    assert sel0.parents[1] == store.manifest(paper["stages"][0]["selection"]).parents[1]  # same scores artifact
+    assert sel0.config["selection"]["fusion"] == "learnability_rrf" and sel0.config["selection"]["k_fusion"] == 60.0
+    popi = store.read_array(sel0.parents[1], "popi")  # [1, 48]
+    f = fused_influence(popi, pass_rates(store, s["pool_rollouts"]), k=60.0)
+    order = [int(i) for i in np.argsort(-np.nan_to_num(f, nan=-np.inf), kind="stable")[:12]]
+    assert store.read_json(s["stages"][0]["selection"], "selection.json")["indices"] == order
