@@ -203,7 +203,7 @@ def times(v: float | None) -> str:
 
 # ---------------------------------------------------------------- plots
 LINES = ("-", "--", ":", "-.")  # methods often coincide (cropi = influence_once at stage 0): keep both visible
-def _plots(summary: dict[str, Any], records: list[dict[str, Any]], folder: Path, targeted_domains: set[str]) -> dict[str, Path]:
+def _plots(summary: dict[str, Any], records: list[dict[str, Any]], folder: Path, groups: dict[str, str]) -> dict[str, Path]:
     from flows.reports import plotter
 
     plt, paths, save = plotter(folder)
@@ -224,16 +224,24 @@ def _plots(summary: dict[str, Any], records: list[dict[str, Any]], folder: Path,
         ax.legend(fontsize=7)
     save(fig, "compare_accuracy")
 
-    # share of targeted-domain prompts in the selected set, per stage (mean over seeds)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for i, m in enumerate(ms):
+    # where each method spends its budget: the selected set by domain group (targeted / conflicting / distractor),
+    # one stacked bar per method and stage (mean over seeds)
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.5 * sum(len(r["stages"]) for r in records[:1]) * len(ms)), 4))
+    labels: list[str] = []
+    shares = {g: [] for g in GROUPS}
+    for m in ms:
         rs = [r for r in records if r["method"] == m]
-        n_st = len(rs[0]["stages"])
-        share = [np.mean([sum(v for d, v in r["stages"][k]["domains"].items() if d in targeted_domains)
-                          / max(1, r["stages"][k]["selected"]) for r in rs]) for k in range(n_st)]
-        ax.plot(range(n_st), share, marker="os^vDP*"[i % 7], ls=LINES[i % 4], color=f"C{i}", label=m)
-    ax.set_xticks(range(n_st), [f"stage {k}" for k in range(n_st)])
-    ax.set(ylim=(0, 1), ylabel="targeted-domain share of selected prompts", title="Selected-set composition")
+        for k in range(len(rs[0]["stages"])):
+            labels.append(f"{m}\ns{k}")
+            for g, v in group_shares(rs, k, groups).items():
+                shares[g].append(v)
+    x = np.arange(len(labels))
+    bottoms = np.zeros(len(labels))
+    for g, color in zip(GROUPS, ("C2", "C3", "C7")):
+        ax.bar(x, shares[g], 0.7, bottom=bottoms, color=color, label=g)
+        bottoms += np.asarray(shares[g])
+    ax.set_xticks(x, labels, fontsize=6)
+    ax.set(ylim=(0, 1), ylabel="share of selected prompts", title="Selected-set composition by domain group")
     ax.legend(fontsize=7)
     save(fig, "compare_composition")
 
@@ -264,6 +272,29 @@ def targeted_domains_of(cfg: RunConfig) -> set[str]:
     return {s.domain or s.name for s in d.targeted}
 
 
+GROUPS = ("targeted", "conflicting", "distractor")
+
+
+def domain_groups(cfg: RunConfig) -> dict[str, str]:
+    """Domain → "targeted" (its validation set drives selection), "conflicting" (`SyntheticConfig.conflict_domains`:
+    its verifier rewards another answer convention) or "distractor" (every other domain: learnable, off-target).
+    Domains not named here (real pools) count as distractors."""
+    tdom = targeted_domains_of(cfg)
+    syn = cfg.data.synthetic
+    conflict = set(syn.conflict_domains) if syn is not None else set()
+    doms = set(syn.domains) if syn is not None else tdom
+    return {d: "targeted" if d in tdom else "conflicting" if d in conflict else "distractor" for d in doms}
+
+
+def group_shares(rs: list[dict[str, Any]], k: int, groups: dict[str, str]) -> dict[str, float]:
+    """Mean over the runs `rs` of the share of stage k's selected prompts in each domain group."""
+    out = {}
+    for g in GROUPS:
+        out[g] = float(np.mean([sum(v for d, v in r["stages"][k]["domains"].items() if groups.get(d, "distractor") == g)
+                                / max(1, r["stages"][k]["selected"]) for r in rs]))
+    return out
+
+
 # ---------------------------------------------------------------- the report
 def write_report(cfg: RunConfig, records: list[dict[str, Any]], folder: Path, methods: list[str],
                  seeds: int) -> tuple[Path, dict[str, Any]]:
@@ -271,8 +302,8 @@ def write_report(cfg: RunConfig, records: list[dict[str, Any]], folder: Path, me
     from flows.reports import md_table, publish, publish_report, slug
 
     summary = summarize(records, methods)
-    tdom = targeted_domains_of(cfg)
-    paths = _plots(summary, records, folder, tdom)
+    groups = domain_groups(cfg)
+    paths = _plots(summary, records, folder, groups)
     ms = summary["methods"]
     sets = sorted({n for r in records for n in r["acc"]})
     roles = {n: r["roles"][n] for r in records for n in r["roles"]}
@@ -302,9 +333,10 @@ def write_report(cfg: RunConfig, records: list[dict[str, Any]], folder: Path, me
             doms = sorted({d for r in rs for d in r["stages"][k]["domains"]})
             mean = {d: np.mean([r["stages"][k]["domains"].get(d, 0) for r in rs]) for d in doms}
             sel = np.mean([r["stages"][k]["selected"] for r in rs])
-            share = sum(v for d, v in mean.items() if d in tdom) / max(1.0, sel)
+            share = group_shares(rs, k, groups)
             f = lambda key: np.nanmean([np.nan if r["stages"][k][key] is None else r["stages"][k][key] for r in rs])  # noqa: E731
-            comp_rows.append({"method": m, "stage": k, "selected": f"{sel:.0f}", "targeted share": f"{share:.2f}",
+            comp_rows.append({"method": m, "stage": k, "selected": f"{sel:.0f}",
+                              **{f"{g} share": f"{share[g]:.2f}" for g in GROUPS},
                               "domains": ", ".join(f"{d}:{v:.0f}" for d, v in mean.items()),
                               "offline pass": f"{f('offline_pass_rate'):.3f}",
                               "online pass": f"{f('online_pass_rate'):.3f}", "ESS/K": f"{f('ess_frac'):.3f}",
@@ -339,7 +371,8 @@ def write_report(cfg: RunConfig, records: list[dict[str, Any]], folder: Path, me
                      "targeted (mean ± SE)": _curve(row, "tgt"), "untargeted (mean ± SE)": _curve(row, "unt")}
                     for m, row in ms.items()]),
           "## Selected-set composition, pass rates and off-policy health per stage (mean over seeds)\n",
-          f"Targeted domains: {', '.join(sorted(tdom))}.\n",
+          "Domain groups: " + "; ".join(f"{g}: {', '.join(sorted(d for d, x in groups.items() if x == g)) or '–'}"
+                                        for g in GROUPS) + ".\n",
           md_table(comp_rows),
           f"![composition]({paths['compare_composition'].name})\n",
           "## Offline vs online pass rate of the selected prompts (Figure 6)\n",

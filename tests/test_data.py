@@ -381,3 +381,62 @@ def test_unboxed_domains_put_the_habit_on_a_one_fact_domain():
             assert share == 0.0
     with pytest.raises(ValueError, match="unboxed_domains"):
         BootstrapConfig(unboxed_domains=["nope"])
+
+
+def test_conflicting_domains_carry_the_other_convention_in_pool_tests_and_warm_up():
+    """data.synthetic.conflict_domains: a seeded `conflict_strength` share of the domain's problems (the same draw for
+    a problem id everywhere) is verified by `answer_line`; the warm-up teaches those "Answer: gold" (right, reward 1)
+    except a seeded `unboxed_fraction` taught boxed (their wrong-format habit, reward 0); other domains unchanged;
+    the base key moves only when a conflict domain is set."""
+    from collections import Counter
+
+    from cropi_core.config import RunConfig, SyntheticConfig
+    from cropi_core.data.synthetic import generate_suite, with_conventions
+    from cropi_core.models.bootstrap import target_text
+    from cropi_core.verify import VERIFIERS
+    from tasks.bootstrap import bootstrap_problems
+    from tasks.recipes import base_key
+
+    plain = generate_suite(SyntheticConfig())
+    cfg = SyntheticConfig(conflict_domains=["add"])
+    s = generate_suite(cfg)
+    assert [p.id for p in s.pool] == [p.id for p in plain.pool]  # the same prompts, only verifiers differ
+    assert Counter(p.verifier for p in s.pool if p.domain == "add") == {"answer_line": 120}
+    assert all(p.verifier == "exact" for p in s.pool if p.domain != "add")
+    assert all(p.verifier == "answer_line" for p in s.test_untargeted["test/add"])
+    half = generate_suite(SyntheticConfig(conflict_domains=["add"], conflict_strength=0.5))
+    n = sum(p.verifier == "answer_line" for p in half.pool if p.domain == "add")
+    assert 40 < n < 80, n  # ~ half of 120
+    again = with_conventions(plain.pool, ["add"], 0.5, 0)
+    assert [p.verifier for p in again] == [p.verifier for p in half.pool]  # a pure function of the id
+    for p in (p for p in s.pool if p.domain == "add"):
+        t = target_text(p, 0.5, 1, unboxed_fraction=0.3)
+        assert VERIFIERS["answer_line"](t, p.gold) == (0.0 if t.startswith("\\boxed{") else 1.0)
+    taught = [target_text(p, 0.5, 1, unboxed_fraction=0.3) for p in s.pool if p.domain == "add"]
+    assert 0.15 < sum(t.startswith("\\boxed{") for t in taught) / len(taught) < 0.45
+    run = RunConfig()
+    run.data.synthetic.conflict_domains = ["add"]
+    warm = bootstrap_problems(run, exclude=[])
+    assert {p.verifier for p in warm if p.domain == "add"} == {"answer_line"}
+    assert {p.verifier for p in warm if p.domain != "add"} == {"exact"}
+    assert base_key(run) != base_key(RunConfig())
+    run.data.synthetic.conflict_domains = []
+    assert base_key(run) == base_key(RunConfig())
+    with pytest.raises(ValueError, match="conflict_domains"):
+        SyntheticConfig(conflict_domains=["two_step"])  # a targeted domain cannot conflict with itself
+
+
+def test_distractor_share_splits_the_pool_between_targeted_and_other_domains():
+    """720 prompts (6 × 120): share 0.8 gives the 4 untargeted domains 576 (144 each) and the 2 targeted 144 (72 each);
+    pool_per_domain still overrides a domain; null keeps pool_size per domain."""
+    from collections import Counter
+
+    from cropi_core.config import SyntheticConfig
+    from cropi_core.data.synthetic import generate_suite
+
+    c = Counter(p.domain for p in generate_suite(SyntheticConfig(distractor_share=0.8)).pool)
+    assert c == {"add": 144, "sub": 144, "mul": 144, "max": 144, "two_step": 72, "word": 72}
+    c = Counter(p.domain for p in generate_suite(SyntheticConfig(distractor_share=0.8, pool_per_domain={"mul": 10})).pool)
+    assert c["mul"] == 10 and c["word"] == 72
+    assert Counter(p.domain for p in generate_suite(SyntheticConfig()).pool) == {d: 120 for d in DOMAINS}
+    assert "distractor_share" not in SyntheticConfig().hashable() and "conflict_domains" not in SyntheticConfig().hashable()
