@@ -16,6 +16,8 @@ is the paper's own measurement (~1.5 s per prompt at 1.5B, ratio 0.1, one prompt
 
     .venv/bin/python -m benchmarks.cost_model                 # measure on the 20M model, print the model
     .venv/bin/python -m benchmarks.cost_model --model tiny    # quick
+    # a measured setting: the share of the pool it sketches per scoring stage, how often it re-scores, its speed-up
+    .venv/bin/python -m benchmarks.cost_model --scored-share 0.3 --rescore-rate 0.5 --default-step-speedup 2.0
 Writes benchmarks/out/cost_model.{json,md}.
 """
 
@@ -82,14 +84,25 @@ def predict(m: dict, a: argparse.Namespace) -> dict:
     full_steps = a.full_steps
     cropi_steps = full_steps / a.step_speedup
     rows = []
+    # (share of the pool sketched when a stage scores, share of stages that score, step speed-up, label)
+    settings = [(1.0, 1.0, a.step_speedup, 0.0, "whole pool, every stage (paper)"),
+                (a.candidate_fraction, 1.0, a.step_speedup, 0.0, f"{a.candidate_fraction:.0%} candidates, every stage")]
+    if a.scored_share is not None:  # a measured setting (the new default): its share, re-scoring rate and speed-up
+        settings.append((a.scored_share, a.rescore_rate, a.default_step_speedup or a.step_speedup, a.check_share,
+                         f"{a.scored_share:.0%} of the pool, {a.rescore_rate:.0%} of stages"
+                         + (f", {a.default_step_speedup:g}× steps" if a.default_step_speedup else "")))
+    check_s = pool_tokens * 2 * P / gpu_flops  # one forward over every pool response (a drift check's unit)
     for name, sc in scoring.items():
-        for frac, label in ((1.0, "whole pool"), (a.candidate_fraction, f"{a.candidate_fraction:.0%} candidates")):
-            stage_h = (sc * frac + E * step_s) / 3600
-            stages = cropi_steps / E
+        for frac, rate, speedup, check, label in settings:
+            stages = full_steps / speedup / E
+            # stage 0 always scores; later stages score at `rate` and, with a drift check, pay its forward pass
+            later = max(0.0, stages - 1)
+            scored_stages = 1 + rate * later
+            total_h = (scored_stages * sc * frac + later * check * check_s + stages * E * step_s) / 3600
             rows.append({"sketch": name, "scored per stage": label, "scoring h/stage": sc * frac / 3600,
-                         "training h/stage": E * step_s / 3600, "stage h": stage_h,
-                         "CROPI h to A* (excl. offline)": stages * stage_h,
-                         "CROPI h to A* (incl. offline)": stages * stage_h + offline_s / 3600})
+                         "training h/stage": E * step_s / 3600, "stage h": total_h / stages,
+                         "CROPI h to A* (excl. offline)": total_h,
+                         "CROPI h to A* (incl. offline)": total_h + offline_s / 3600})
     # scoring budget per stage at which CROPI only breaks even with full data on the clock (excl. offline)
     breakeven_h = full_steps * step_s / 3600 / (cropi_steps / E) - E * step_s / 3600
     return {"full_h_to_A*": full_steps * step_s / 3600, "breakeven_scoring_h_per_stage": breakeven_h, "offline_h": offline_s / 3600, "step_s": step_s,
@@ -117,6 +130,15 @@ def main() -> None:
     ap.add_argument("--full-steps", type=float, default=1750, help="steps full data needs to reach A*")
     ap.add_argument("--step-speedup", type=float, default=2.66, help="CROPI's step-level speed-up (paper)")
     ap.add_argument("--candidate-fraction", type=float, default=0.3, help="share of the pool re-scored per stage")
+    ap.add_argument("--scored-share", type=float, default=None,
+                    help="measured share of the pool a scoring stage sketches (the cascade's candidates / pool)")
+    ap.add_argument("--rescore-rate", type=float, default=1.0,
+                    help="measured share of stages after the first that re-score (1 = every stage; drift: fired/checked)")
+    ap.add_argument("--check-share", type=float, default=0.0,
+                    help="share of the pool's responses a drift check runs a forward over before each later stage "
+                         "(selection.rescore drift: the previous selection, i.e. the selection ratio)")
+    ap.add_argument("--default-step-speedup", type=float, default=None,
+                    help="step speed-up measured for that setting (default: --step-speedup)")
     ap.add_argument("--reference-s-per-prompt", type=float, default=1.5)
     # GPU assumptions (replace with measured ones)
     ap.add_argument("--gpu-tflops", type=float, default=989.0, help="bf16 dense peak (H100/H200 SXM)")

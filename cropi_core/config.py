@@ -381,17 +381,22 @@ class SelectionConfig(Section):
     # pool (fresh each stage; the lowest-ranked picks make room), so every domain stays in the training set and
     # untargeted skills are not forgotten. 0 = the paper's pure top-r selection. Ignored by method "full".
     mix_random: float = Field(0.0, ge=0, lt=1)
-    # Beyond the paper: "learnability_rrf" fuses the influence ranking with the learnability p(1−p) ranking by
-    # reciprocal-rank fusion over full rankings (constant k_fusion; Cormack et al. 2009 use 60), so a prompt must be
-    # both aligned with the target and learnable. "none" = the paper's influence ranking alone.
-    fusion: Literal["none", "learnability_rrf"] = "none"
+    # "learnability_rrf" (the default, beyond the paper) fuses the influence ranking with the learnability p(1−p)
+    # ranking by reciprocal-rank fusion over full rankings (constant k_fusion; Cormack et al. 2009 use 60): a prompt
+    # must be both aligned with the target and learnable. "none" = the paper's influence ranking alone. Chosen on
+    # both embedded benchmarks (docs/targeting.md): where a pool source conflicts with the target it keeps most of
+    # POPI's targeted gain and learnability's untargeted accuracy; where every source helps it matches learnability.
+    fusion: Literal["none", "learnability_rrf"] = "learnability_rrf"
     k_fusion: float = Field(60.0, ge=0)
-    # When a scored method re-scores the pool (method popi): "every" stage (the paper), "once" (stage 0's selection
-    # for every stage, as method influence_once), or "drift": before stage m ≥ 1 measure θ_m's mean ESS/K and token
-    # KL(θ_m‖β) on every pool prompt's stored responses (a `health` artifact, counted as scoring cost) and re-score
-    # only when ESS/K < drift_ess or KL > drift_kl (null: not checked); otherwise keep the previous selection.
-    rescore: Literal["every", "once", "drift"] = "every"
-    drift_ess: float = Field(0.6, ge=0, le=1)
+    # When method popi re-scores the pool: "every" stage (the paper), "once" (stage 0's selection for every stage,
+    # as method influence_once), or "drift" (the default, beyond the paper): before stage m ≥ 1 measure θ_m's mean
+    # ESS/K and token KL(θ_m‖β) on the previous selection's stored responses (a `health` artifact, counted as
+    # scoring cost) and re-score only when ESS/K < drift_ess or KL > drift_kl (null: not checked); otherwise keep
+    # that selection. ESS/K is measured against β, the behaviour of the stored rollouts: once θ has moved far from
+    # β the check fires every stage (pair it with influence.refresh_ess to reset β).
+    # The paper's method in one line:  selection: {method: popi, fusion: none, rescore: every}
+    rescore: Literal["every", "once", "drift"] = "drift"
+    drift_ess: float = Field(0.5, ge=0, le=1)
     drift_kl: float | None = Field(None, gt=0)
     # rescore and its thresholds decide whether a selection is computed, not what it holds: not hashed
     HASH_EXCLUDE = frozenset({"rescore", "drift_ess", "drift_kl"})

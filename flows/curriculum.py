@@ -66,7 +66,7 @@ def curriculum(config: RunConfig) -> RunSummary:
             refreshes.append(ref)
         drift = None
         if m > 0 and schedule == "drift":
-            drift, rec = drift_check(tr, cfg, m, ckpt, behaviour_pool)
+            drift, rec = drift_check(tr, cfg, m, ckpt, behaviour_pool, stages[-1].selection)
             rescores.append(rec)
             fixed = None if rec["rescored"] else stages[-1].selection
         out = stage_flow.with_options(task_runner=runner)(
@@ -99,18 +99,20 @@ def rescore_schedule(cfg: RunConfig) -> str:
     return cfg.selection.rescore if cfg.selection.method in SCORED else "every"
 
 
-def drift_check(tr: Tracker, cfg: RunConfig, m: int, ckpt, behaviour_pool) -> tuple[Any, dict[str, Any]]:
-    """Before stage m ≥ 1 with selection.rescore = drift: θ_m's mean ESS/K and token KL on every pool prompt's stored
-    responses (a `health` artifact); re-score when ESS/K < drift_ess or KL > drift_kl. Returns (the health ref,
-    a record of the decision for the summary)."""
+def drift_check(tr: Tracker, cfg: RunConfig, m: int, ckpt, behaviour_pool, previous) -> tuple[Any, dict[str, Any]]:
+    """Before stage m ≥ 1 with selection.rescore = drift: θ_m's mean ESS/K and token KL on the stored responses of
+    the previous stage's selection (a `health` artifact); re-score when ESS/K < drift_ess or KL > drift_kl.
+    The selected prompts are the ones θ moved on, so their weights degenerate first; and when the check keeps
+    the selection, this artifact IS the stage's own health report (same key): the check costs nothing more than a
+    forward over ratio × pool responses, only when it fires. Returns (the health ref, the decision's record)."""
     from cropi_core.selection import drifted
 
     s = cfg.selection
-    h = tr.submit(T_sel.pool_health, cfg=cfg, ckpt=ckpt, pool_rollouts=behaviour_pool, stage=m).result()
+    h = tr.submit(T_sel.health, cfg=cfg, ckpt=ckpt, pool_rollouts=behaviour_pool, sel=previous, stage=m).result()
     meta = A.meta_of(cfg, h)
     ess, kl = meta.get("ess_frac"), meta.get("kl")
     fire = drifted(ess, kl, s.drift_ess, s.drift_kl)
-    log(f"stage {m}: pool ESS/K {ess:.3f}, KL {kl:.4f} → " + ("re-scoring the pool" if fire else
+    log(f"stage {m}: ESS/K {ess:.3f}, KL {kl:.4f} of θ_{m} on the previous selection → " + ("re-scoring the pool" if fire else
         f"keeping the previous selection (thresholds ESS/K < {s.drift_ess}" +
         (f", KL > {s.drift_kl}" if s.drift_kl is not None else "") + ")"))
     return h, {"stage": m, "ess_frac": ess, "kl": kl, "drift_ess": s.drift_ess, "drift_kl": s.drift_kl,

@@ -124,8 +124,16 @@ def load_timings(folder: Path) -> dict[str, float]:
 
 
 def merged_timings(folder: Path) -> dict[str, float]:
-    """The folder's recorded compute seconds updated with this process's (not written back)."""
-    t = load_timings(folder)
+    """The folder's recorded compute seconds updated with this process's (not written back), and for artifacts
+    neither timed, the seconds recorded by any other run or comparison on the same root (its sibling folders under
+    runs/): an artifact reused from `cropi run` or another comparison is priced at what it cost whoever computed
+    it, instead of leaving the method's wall-clock unpriced."""
+    t: dict[str, float] = {}
+    if folder.parent.is_dir():
+        for other in sorted(folder.parent.iterdir()):
+            if other != folder and other.is_dir():
+                t.update(load_timings(other))
+    t.update(load_timings(folder))
     with LEDGER.lock:
         t.update(LEDGER.seconds)
     return t

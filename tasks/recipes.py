@@ -108,6 +108,7 @@ def prompt_format(cfg: RunConfig) -> dict:
 
 
 RANDOM_METHODS = ("random", "pass_rate")
+INFLUENCE_METHODS = ("popi", "influence_once")  # the methods that rank by influence scores
 
 
 def mixes_random(cfg: RunConfig) -> bool:
@@ -120,6 +121,8 @@ def selection_config(cfg: RunConfig, stage: int, **_: Any) -> dict:
         # every pool prompt whatever the ratio, seed, k_rrf or mix_random: full data keeps one key across a sweep of
         # them (before #12 the ratio and seed were hashed too, so `cropi compare --set selection.ratio=…` retrained it)
         conf["selection"] = {"method": "full"}
+    elif cfg.selection.method not in INFLUENCE_METHODS:  # the fusion with learnability only shapes influence rankings
+        conf["selection"] = {k: v for k, v in conf["selection"].items() if k not in ("fusion", "k_fusion")}
     if cfg.selection.method in RANDOM_METHODS or mixes_random(cfg):
         conf["stage"] = stage  # a fresh random subset each stage
     return conf

@@ -37,6 +37,12 @@ CASES = [
     ("default-exact", None, {"influence.projector": "exact", "influence.seed": 3}),
     ("default-ratio", None, {"selection.ratio": 0.3}),
     ("default-candidates", None, {"influence.candidates": 3.0}),  # added with the candidates recipe (#12 item 5b)
+    # the paper's selection in one line: the keys the embedded default had before the fusion became the default
+    ("default-paper", None, {"selection.fusion": "none", "selection.rescore": "every"}),
+    ("tiny-conflict", "configs/tiny-conflict.yaml", {}),
+    ("default-inner-cascade", None, {"influence.score": "inner", "influence.candidates": 2.0,
+                                     "influence.candidates_by": "learnability"}),
+    ("default-cosine-norm", None, {"influence.score": "cosine_norm", "influence.norm_power": 0.25}),
 ]
 
 

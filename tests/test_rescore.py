@@ -50,7 +50,8 @@ def paper(coin):
 
 def test_drift_check_that_does_not_fire_keeps_the_selection_and_scores_nothing(coin, paper):
     """drift_ess 0: ESS/K is never below 0, so stage 1 trains on stage 0's selection; no stage-1 sketch or score
-    is computed, only the pool-health check (stage 0 is the paper run's, reused)."""
+    is computed, only the health check on the kept selection, which is also the stage's own health report (stage 0
+    is the paper run's, reused)."""
     s = _run(coin, "drift-keep", "selection.rescore=drift", "selection.drift_ess=0.0")
     (rec,) = s["rescores"]
     assert rec["stage"] == 1 and rec["rescored"] is False and 0.0 < rec["ess_frac"] <= 1.0
@@ -69,7 +70,7 @@ def test_drift_check_that_fires_rescores_like_the_paper(coin, paper):
     assert rec["rescored"] is True and rec["ess_frac"] < 1.0
     assert [st["selection"] for st in s["stages"]] == [st["selection"] for st in paper["stages"]]
     assert s["final_checkpoint"] == paper["final_checkpoint"]
-    # nothing else to compute: at most the pool-health check (the drift-keep test may have made it already)
+    # nothing else to compute: at most the health check (the drift-keep test may have made it already)
     assert {t for t, _ in s["computed"]} <= {"health"}
     assert open_store(str(coin["storage"])).exists(rec["health"])
 
