@@ -105,7 +105,16 @@ def predict(m: dict, a: argparse.Namespace) -> dict:
                          "CROPI h to A* (incl. offline)": total_h + offline_s / 3600})
     # scoring budget per stage at which CROPI only breaks even with full data on the clock (excl. offline)
     breakeven_h = full_steps * step_s / 3600 / (cropi_steps / E) - E * step_s / 3600
-    return {"full_h_to_A*": full_steps * step_s / 3600, "breakeven_scoring_h_per_stage": breakeven_h, "offline_h": offline_s / 3600, "step_s": step_s,
+    # the measured setting: the largest share of later stages that may re-score and still break even, per sketch
+    max_rate = {}
+    if a.scored_share is not None:
+        stages = full_steps / (a.default_step_speedup or a.step_speedup) / E
+        later = max(1e-9, stages - 1)
+        for name, sc in scoring.items():
+            room = full_steps * step_s - later * a.check_share * check_s - stages * E * step_s - sc * a.scored_share
+            max_rate[name] = room / (later * sc * a.scored_share)
+    return {"full_h_to_A*": full_steps * step_s / 3600, "breakeven_scoring_h_per_stage": breakeven_h,
+            "max_rescore_rate": max_rate, "offline_h": offline_s / 3600, "step_s": step_s,
             "cropi_steps": cropi_steps, "rows": rows, "sketch_vs_fwdbwd": ours}
 
 
@@ -119,6 +128,9 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=4096)
     ap.add_argument("--ratio", type=float, default=0.1)
     ap.add_argument("--projectors", nargs="+", default=["grass", "sparse", "sparse:gaussian"])
+    ap.add_argument("--sketch-time", nargs="+", default=None, metavar="SPEC=RATIO",
+                    help="sketch time per token as a multiple of a plain fwd+bwd, e.g. grass=0.93 (measured by "
+                         "benchmarks/sketch.py: 1 / its '× plain'); nothing is measured then")
     ap.add_argument("--from-sketch", type=Path, default=None,
                     help="take the sketch/fwd+bwd ratios from a benchmarks/sketch.py JSON instead of measuring")
     # the paper's recipe
@@ -146,7 +158,12 @@ def main() -> None:
     ap.add_argument("--gpu-gen-tok-s", type=float, default=20_000.0, help="batched sampling tokens/s (vLLM, 1.5B)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    if a.from_sketch:  # ratios from a benchmarks/sketch.py run (same machine, one run) instead of measuring here
+    if a.sketch_time:  # time ratios given directly (e.g. the README's benchmarks/sketch.py medians): nothing measured
+        m = {"model": "given", "params": float("nan"), "fwdbwd_tok_s": 1.0, "gen_tok_s": float("nan")}
+        for item in a.sketch_time:
+            spec, _, r = item.partition("=")
+            m[f"sketch_tok_s[{spec}]"] = 1.0 / float(r)
+    elif a.from_sketch:  # ratios from a benchmarks/sketch.py run (same machine, one run) instead of measuring here
         rows = {r["key"]: r for r in json.loads(a.from_sketch.read_text())["rows"] if r.get("key")}
         plain = next(r for r in json.loads(a.from_sketch.read_text())["rows"] if r["method"].startswith("(a)"))
         keymap = {"grass": "grass", "sparse": "sparse", "sparse:gaussian": "sparse-gauss"}
@@ -159,9 +176,11 @@ def main() -> None:
         m = measure(a)
     pred = predict(m, a)
     OUT.mkdir(parents=True, exist_ok=True)
+    measured = ("Sketch time per token given (--sketch-time), not measured" if a.sketch_time else
+                f"Measured on `{a.model}` ({m['params'] / 1e6:.1f}M params, {a.threads} CPU thread(s)): fwd+bwd "
+                f"{m['fwdbwd_tok_s']:.0f} tok/s, generation {m['gen_tok_s']:.0f} tok/s (not used: GPU assumption below)")
     lines = [f"# Cost model: the paper's recipe on one GPU\n",
-             f"Measured on `{a.model}` ({m['params'] / 1e6:.1f}M params, {a.threads} CPU thread(s)): fwd+bwd "
-             f"{m['fwdbwd_tok_s']:.0f} tok/s, generation {m['gen_tok_s']:.0f} tok/s (not used: GPU assumption below); sketch time per token as a "
+             f"{measured}; sketch time per token as a "
              "multiple of a plain fwd+bwd: " + ", ".join(f"{k} {v:.2f}×" for k, v in pred["sketch_vs_fwdbwd"].items()) + ".\n",
              f"GPU assumptions: {a.gpu_tflops:g} TFLOPS × MFU {a.gpu_mfu:g}, sampling {a.gpu_gen_tok_s:g} tok/s. Recipe: "
              f"pool {a.pool}, K = {a.k}, {a.prompt_tokens}+{a.response_tokens} tokens per sequence, "
@@ -178,6 +197,9 @@ def main() -> None:
     lines.append(f"\nBreak-even: CROPI matches full data on the clock (excl. offline) only if scoring costs at most "
                  f"**{pred['breakeven_scoring_h_per_stage']:.2f} GPU-h per stage** "
                  f"({pred['breakeven_scoring_h_per_stage'] * 3600 / a.pool * 1000:.1f} ms per pool prompt).")
+    for name, r in pred["max_rescore_rate"].items():
+        lines.append(f"Measured setting with {name}: it breaks even with full data (excl. offline) while at most "
+                     f"**{max(0.0, r):.1%}** of the later stages re-score" + (" (not even with none)" if r < 0 else "") + ".")
     md = "\n".join(lines) + "\n"
     (OUT / "cost_model.md").write_text(md)
     (OUT / "cost_model.json").write_text(json.dumps({"measured": m, "predicted": pred, "args": {k: str(v) for k, v in vars(a).items()}}, indent=2))

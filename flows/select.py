@@ -34,7 +34,7 @@ from tasks import artifacts as A
 from tasks import byot as T_byot
 from tasks import rollouts as T_roll
 from tasks import selection as T_sel
-from tasks.common import LEDGER
+from tasks.common import LEDGER, get_store
 
 
 class InputSet(BaseModel):
@@ -109,21 +109,29 @@ def select_flow(config: RunConfig, job: SelectJob) -> dict[str, Any]:
 
 # ---------------------------------------------------------------- export
 def scores_table(cfg: RunConfig, refs: dict[str, Any], pool_set) -> dict[str, list]:
-    """Columns id, row (1-based input row), popi_<val set>..., fused (RRF at the selection ratio), rank, selected."""
+    """Columns id, row (1-based input row), popi_<val set>..., fused, rank, selected. `fused` is the ranking the
+    selection used: with selection.fusion learnability_rrf (the default) the reciprocal-rank fusion of the POPI
+    ranking and the p(1−p) ranking of the offline pass rates (NaN where POPI is); with fusion none the paper's
+    RRF of the validation sets' top lists at the selection ratio."""
     import numpy as np
 
     from cropi_core.scoring import fuse_ranks, rank_order
+    from cropi_core.selection import fused_influence
 
     names, popi = A.read_scores(cfg, refs["scores"])
     lists = [np.asarray(s, dtype=np.float64) for s in popi]
-    fused = fuse_ranks(lists, top_ratio=cfg.selection.ratio, k_rrf=cfg.selection.k_rrf)
+    if cfg.selection.fusion == "learnability_rrf":
+        p = A.pass_rates(get_store(cfg), refs["pool_rollouts"].key)
+        fused = fused_influence(lists, p, k=cfg.selection.k_fusion)
+    else:
+        fused = fuse_ranks(lists, top_ratio=cfg.selection.ratio, k_rrf=cfg.selection.k_rrf)
     order = rank_order(fused)
     rank = np.argsort(order) + 1  # the inverse permutation: 1-based rank of each row
     chosen = set(A.selected_indices(cfg, refs["selection"]))
     table: dict[str, list] = {"id": [p.id for p in pool_set.problems], "row": [r + 1 for r in pool_set.rows]}
     for n, s in zip(names, lists):
         table[f"popi_{n.removeprefix('val/')}"] = [None if not np.isfinite(x) else float(x) for x in s]
-    table["fused"] = [float(x) for x in fused]
+    table["fused"] = [None if not np.isfinite(x) else float(x) for x in fused]
     table["rank"] = [int(x) for x in rank]
     table["selected"] = [i in chosen for i in range(len(fused))]
     return table

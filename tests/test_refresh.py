@@ -17,17 +17,8 @@ from storage import open_store
 
 @pytest.fixture(scope="module")
 def coin(tmp_path_factory, prefect_api):
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("coin-refresh")
-    data = H.write_coin_data(root / "data")
-    model = H.train_coin_model(root / "model", data)
     # threshold 1.0: any policy change since β (ESS/K < 1) triggers the refresh before stage 1
-    cfg = H.write_config(root / "coin.yaml", H.coin_config(data, model, **{"influence.refresh_ess": 1.0}))
-    yield {"root": root, "config": cfg}
-    torch.set_num_threads(threads)
+    yield from H.coin_setup(tmp_path_factory, "coin-refresh", **{"influence.refresh_ess": 1.0})
 
 
 def _run(config: Path, storage: Path) -> dict:

@@ -5,7 +5,6 @@ are computed once and reused by the next setting."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,16 +17,7 @@ from storage import open_store
 
 @pytest.fixture(scope="module")
 def coin(tmp_path_factory, prefect_api):
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("coin-rescore")
-    data = H.write_coin_data(root / "data")
-    model = H.train_coin_model(root / "model", data)
-    cfg = H.write_config(root / "coin.yaml", H.coin_config(data, model))
-    yield {"root": root, "config": cfg, "storage": root / "store"}
-    torch.set_num_threads(threads)
+    yield from H.coin_setup(tmp_path_factory, "coin-rescore")
 
 
 def _run(coin: dict, name: str, *sets: str) -> dict:
