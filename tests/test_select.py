@@ -134,6 +134,19 @@ def test_verl_parquet_select_matches_cropi_run(coin, run0):
     again = {s["id"]: s["popi_target"] for s in pq.read_table(out / "scores.parquet").to_pylist()}
     assert again == {s["id"]: s["popi_target"] for s in scores}
 
+    # the default's fusion with learnability: again only the selection is computed, and the table ranks by the
+    # fused value the selection used (its top 12 = the subset; rows without a POPI score have none)
+    res3 = select(coin, out, storage, "--pool", f"pool={coin['pool_pq']}", "--val", f"target={coin['val_pq']}",
+                  "--set", "selection.fusion=learnability_rrf")
+    line = computed_kinds(res3.output)
+    assert "1 computed (selection)" in line, line
+    fused = pq.read_table(out / "scores.parquet").to_pylist()
+    chosen = {s["id"] for s in fused if s["selected"]}
+    assert len(chosen) == 12 and {s["id"] for s in fused if s["rank"] <= 12} == chosen
+    assert all((s["fused"] is None) == (s["popi_target"] is None) for s in fused)
+    best = sorted((s for s in fused if s["fused"] is not None), key=lambda s: -s["fused"])[:12]
+    assert {s["id"] for s in best} == chosen
+
 
 def test_jsonl_and_hf_dataset_inputs(coin, run0):
     import datasets
