@@ -34,7 +34,8 @@ from cropi_core.scoring import fuse_ranks, rank_order, rrf, top_count
 METHODS = ("popi", "full", "random", "pass_rate", "learnability", "influence_once")
 FUSIONS = ("none", "learnability_rrf")
 
-__all__ = ["select", "mix_random", "draw_candidates", "learnability_candidates", "fused_influence", "drifted", "METHODS",
+__all__ = ["select", "mix_random", "draw_candidates", "learnability_candidates", "fused_influence", "influence_ranking",
+           "drifted", "METHODS",
            "FUSIONS"]
 
 
@@ -87,9 +88,22 @@ def fused_influence(scores: np.ndarray | Sequence[np.ndarray], pass_rates: np.nd
     return rrf([influence, p * (1.0 - p)], k=k)
 
 
+def influence_ranking(scores: np.ndarray | Sequence[np.ndarray], pass_rates: np.ndarray | None = None, *,
+                      fusion: str = "none", ratio: float = 0.1, k_rrf: float = 0.0, k_fusion: float = 60.0) -> np.ndarray:
+    """The fused value "popi" and "influence_once" rank by, float64[N] (higher = better): fusion "none" = the paper's
+    `fuse_ranks` of the lists' top sets (0 = in no top set), "learnability_rrf" = `fused_influence` (NaN = no
+    influence score). A prompt is eligible where the value is finite and > 0."""
+    if fusion not in FUSIONS:
+        raise CropiError(f"select: unknown fusion {fusion!r} (choose from {', '.join(FUSIONS)})")
+    if fusion == "learnability_rrf":
+        return fused_influence(scores, _pass_rates(pass_rates, "fusion"), k=k_fusion)
+    return fuse_ranks(_score_lists(scores), top_ratio=ratio, k_rrf=k_rrf)
+
+
 def drifted(ess_frac: float | None, kl: float | None, ess_threshold: float, kl_threshold: float | None) -> bool:
-    """The drift trigger of `SelectionConfig.rescore: drift`: re-score when the pool's mean ESS/K under θ_m is below
-    `ess_threshold`, or its token KL(θ_m‖β) above `kl_threshold` (None: KL not checked). A missing or NaN
+    """The drift trigger of `SelectionConfig.rescore: drift`: re-score when the mean ESS/K of θ_m on the kept
+    selection's stored responses is below `ess_threshold`, or its token KL(θ_m‖β) above `kl_threshold` (None: KL
+    not checked). A missing or NaN
     measurement re-scores (nothing says the old scores still hold)."""
     if ess_frac is None or not np.isfinite(ess_frac):
         return True
@@ -137,25 +151,15 @@ def select(
     """Pool indices to train on, best first (int64[n_selected]). See the module docstring per method."""
     if method not in METHODS:
         raise CropiError(f"select: unknown method {method!r} (choose from {', '.join(METHODS)})")
-    if fusion not in FUSIONS:
-        raise CropiError(f"select: unknown fusion {fusion!r} (choose from {', '.join(FUSIONS)})")
     if not (0.0 < ratio <= 1.0):
         raise ValueError(f"select: ratio must be in (0, 1], got {ratio}")
 
     if method in ("popi", "influence_once"):
         if scores is None:
             raise ValueError(f"select({method!r}) needs scores (POPI scores per pool prompt, one list per validation set)")
-        if fusion == "learnability_rrf":
-            fused = fused_influence(scores, pass_rates if pass_rates is not None else _pass_rates(None, "fusion"),
-                                    k=k_fusion)
-            order = rank_order(fused)
-            order = order[~np.isnan(fused[order])]
-            if order.size == 0:
-                raise CropiError(f"select({method!r}): no pool prompt is scorable (all {fused.size} scores are NaN)")
-            return order[: top_count(ratio, fused.size)]
-        fused = fuse_ranks(_score_lists(scores), top_ratio=ratio, k_rrf=k_rrf)
+        fused = influence_ranking(scores, pass_rates, fusion=fusion, ratio=ratio, k_rrf=k_rrf, k_fusion=k_fusion)
         order = rank_order(fused)
-        order = order[fused[order] > 0]
+        order = order[np.isfinite(fused[order]) & (fused[order] > 0)]
         if order.size == 0:
             raise CropiError(f"select({method!r}): no pool prompt is scorable (all {fused.size} POPI scores are NaN)")
         return order[: top_count(ratio, fused.size)]

@@ -115,16 +115,14 @@ def scores_table(cfg: RunConfig, refs: dict[str, Any], pool_set) -> dict[str, li
     RRF of the validation sets' top lists at the selection ratio."""
     import numpy as np
 
-    from cropi_core.scoring import fuse_ranks, rank_order
-    from cropi_core.selection import fused_influence
+    from cropi_core.scoring import rank_order
+    from cropi_core.selection import influence_ranking
 
     names, popi = A.read_scores(cfg, refs["scores"])
     lists = [np.asarray(s, dtype=np.float64) for s in popi]
-    if cfg.selection.fusion == "learnability_rrf":
-        p = A.pass_rates(get_store(cfg), refs["pool_rollouts"].key)
-        fused = fused_influence(lists, p, k=cfg.selection.k_fusion)
-    else:
-        fused = fuse_ranks(lists, top_ratio=cfg.selection.ratio, k_rrf=cfg.selection.k_rrf)
+    sc = cfg.selection
+    p = A.pass_rates(get_store(cfg), refs["pool_rollouts"].key) if sc.fusion != "none" else None
+    fused = influence_ranking(lists, p, fusion=sc.fusion, ratio=sc.ratio, k_rrf=sc.k_rrf, k_fusion=sc.k_fusion)
     order = rank_order(fused)
     rank = np.argsort(order) + 1  # the inverse permutation: 1-based rank of each row
     chosen = set(A.selected_indices(cfg, refs["selection"]))

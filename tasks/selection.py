@@ -75,8 +75,7 @@ def selection(cfg: RunConfig, stage: int, pool: ArtifactRef, pool_rollouts: Arti
               scores: ArtifactRef | None = None) -> ArtifactRef:
     """Pick the stage's training prompts (`cropi_core.selection.select`), stored as indices + ids + stats."""
     def payload(w) -> dict:
-        from cropi_core.scoring import fuse_ranks
-        from cropi_core.selection import fused_influence, mix_random, select
+        from cropi_core.selection import influence_ranking, mix_random, select
 
         s = cfg.selection
         problems = load_problems(cfg, pool)
@@ -90,11 +89,9 @@ def selection(cfg: RunConfig, stage: int, pool: ArtifactRef, pool_rollouts: Arti
         idx = [int(i) for i in idx]
         out = {"method": s.method, "stage": stage, "indices": idx, "ids": [problems[i].id for i in idx],
                "offline_pass_rate": [float(p[i]) for i in idx]}
-        if score_lists is not None and s.fusion == "learnability_rrf":
-            fused = fused_influence(score_lists, p, k=s.k_fusion)
-            out["fused"] = [float(fused[i]) for i in idx]
-        elif score_lists is not None:
-            fused = fuse_ranks(list(score_lists), top_ratio=s.ratio, k_rrf=s.k_rrf)
+        if score_lists is not None:
+            fused = influence_ranking(score_lists, p, fusion=s.fusion, ratio=s.ratio, k_rrf=s.k_rrf,
+                                      k_fusion=s.k_fusion)
             out["fused"] = [float(fused[i]) for i in idx]
         w.put_json("selection.json", out)
         return {"method": s.method, "stage": stage, "n": len(idx), "pool": len(problems),
