@@ -70,7 +70,7 @@ def resolve_config_path(spec: str, tmp: Path | None = None) -> Path:
 def load_deployment_config(config: str, sets: list[str] | None = None, storage: str | None = None) -> RunConfig:
     """Resolve + validate a deployment's config exactly as `cropi run` would (file, overrides, storage probe,
     datasets); raises CropiError with a one-line message on bad input."""
-    from flows.cli import prepare
+    from flows.inputs import prepare
 
     env_root = os.environ.get("CROPI_STORAGE", "")
     if not env_root.strip() or env_root.lstrip().startswith("{{"):

@@ -9,7 +9,8 @@ import pytest
 from typer.testing import CliRunner
 
 import flows_helpers as H
-from flows.cli import app, parse_sets
+from flows.cli import app
+from flows.inputs import parse_sets
 
 
 def run_cli(*args: str, env: dict | None = None):

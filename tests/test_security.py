@@ -102,7 +102,7 @@ def test_yaml_tags_that_construct_objects_are_refused(tmp_path, monkeypatch):
 def test_ui_binds_loopback_only(monkeypatch):
     """`cropi ui` starts `prefect server start --host 127.0.0.1` even when the environment asks for 0.0.0.0 (the
     command-line flag wins over PREFECT_SERVER_API_HOST)."""
-    import flows.cli as cli
+    from flows.cli import deploy as cli
 
     seen = {}
 

@@ -1,4 +1,4 @@
-"""`cropi select` and `cropi score`: POPI scores and selections as files an outside trainer loads directly.
+"""`cropi select`, `cropi score` and `cropi loop`: POPI scores and selections as files an outside trainer loads directly.
 
 All input is validated before any flow starts (pool / validation files, rollout dumps matched to the pool,
 tokenizers of the checkpoints): a bad input prints one line `error: <file>: row N: field ...` and exits 2 with
@@ -13,7 +13,8 @@ from typing import Optional
 import typer
 
 from cropi_core.errors import ConfigError, ModelError
-from flows.cli import app, parse_sets, probe_storage, user_errors
+from flows.cli.common import user_errors
+from flows.inputs import parse_sets, probe_storage
 
 
 def _named(item: str, default: str | None = None) -> tuple[str, str]:
@@ -157,13 +158,12 @@ def _select_command(write_subset: bool, ratio_help: str):
     return command
 
 
-app.command("select", help="Score a pool by POPI and write the top --ratio in the pool's own format, with scores and "
-            "a manifest.")(_select_command(True, "fraction of the pool to select (default selection.ratio)"))
-app.command("score", help="Like `select` but writes only the scores table (id, POPI per validation set, fused, "
-            "rank) + manifest.")(_select_command(False, "per-list top fraction kept by rank fusion"))
+SELECT_HELP = "Score a pool by POPI and write the top --ratio in the pool's own format, with scores and a manifest."
+SCORE_HELP = "Like `select` but writes only the scores table (id, POPI per validation set, fused, rank) + manifest."
+select = _select_command(True, "fraction of the pool to select (default selection.ratio)")
+score = _select_command(False, "per-list top fraction kept by rank fusion")
 
 
-@app.command("loop")
 def loop_cmd(
     checkpoint: str = _CKPT,
     pool: str = _POOL,

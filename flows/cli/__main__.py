@@ -1,0 +1,5 @@
+"""`python -m flows.cli ...` = `cropi ...`."""
+
+from flows.cli import main
+
+main()
