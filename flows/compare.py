@@ -30,9 +30,9 @@ from prefect import flow
 from cropi_core.config import RunConfig
 from cropi_core.errors import ConfigError
 from flows.outputs import RunSummary
-from flows.reports import merged_timings, seconds_of
 from flows.runtime import for_run
 from tasks.common import LEDGER, local_root
+from tasks.reports import merged_timings, seconds_of
 
 METHODS = ("cropi", "cropi-paper", "full", "random", "pass_rate", "learnability", "influence_once", "dapo",
            "cropi+dapo")
@@ -115,7 +115,7 @@ def run_record(cfg: RunConfig, method: str, seed: int, out: RunSummary, timings:
     selection, `train` = the GRPO stage. Evaluation,
     online-rollout diagnostics and health are not part of a method's cost. None = not timed in this folder.
     """
-    from flows.reports import collect
+    from tasks.reports import collect
     from tasks.artifacts import metric_label
 
     d = collect(cfg, out)

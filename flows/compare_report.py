@@ -204,7 +204,7 @@ def times(v: float | None) -> str:
 # ---------------------------------------------------------------- plots
 LINES = ("-", "--", ":", "-.")  # methods often coincide (cropi = influence_once at stage 0): keep both visible
 def _plots(summary: dict[str, Any], records: list[dict[str, Any]], folder: Path, groups: dict[str, str]) -> dict[str, Path]:
-    from flows.reports import plotter
+    from tasks.reports import plotter
 
     plt, paths, save = plotter(folder)
     ms = summary["methods"]
@@ -299,7 +299,7 @@ def group_shares(rs: list[dict[str, Any]], k: int, groups: dict[str, str]) -> di
 def write_report(cfg: RunConfig, records: list[dict[str, Any]], folder: Path, methods: list[str],
                  seeds: int) -> tuple[Path, dict[str, Any]]:
     """Write compare.md, the PNGs and results.json into `folder`; publish them as Prefect artifacts."""
-    from flows.reports import md_table, publish, publish_report, slug
+    from tasks.reports import md_table, publish, publish_report, slug
 
     summary = summarize(records, methods)
     groups = domain_groups(cfg)

@@ -79,7 +79,7 @@ def curriculum(config: RunConfig) -> RunSummary:
         if schedule == "once" and fixed is None:
             fixed = out.selection
 
-    from flows.reports import final_report
+    from tasks.reports import final_report
 
     summary = RunSummary(name=cfg.name, base_checkpoint=base.result(), final_checkpoint=ckpt, pool=pool_r,
                          pool_rollouts=roll_pool_r, val_rollouts=roll_val_r, tests=tests_r,

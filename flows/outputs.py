@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 from storage import ArtifactRef
@@ -54,14 +54,38 @@ class RunSummary:
     flow_seconds: float = 0.0
 
 
-def artifact_view(x: Any, skip: tuple[str, ...] = ()) -> Any:
-    """Plain JSON of a record: refs as their keys, records as dicts without the fields in `skip`."""
-    if isinstance(x, ArtifactRef):
-        return x.key
-    if isinstance(x, (StageOutputs, RunSummary)):
-        return {f.name: artifact_view(getattr(x, f.name), skip) for f in fields(x) if f.name not in skip}
-    if isinstance(x, dict):
-        return {str(k): artifact_view(v, skip) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [artifact_view(v, skip) for v in x]
-    return x if isinstance(x, (str, int, float, bool)) or x is None else str(x)
+
+@dataclass
+class SelectOutputs:
+    """The artifacts of one `cropi select` / `cropi score` (`flows.select.select_flow`)."""
+
+    checkpoint: ArtifactRef  # θ, the model the pool is scored at
+    behavior: ArtifactRef  # β, whose offline rollouts are reused (θ itself unless --behaviour names another model)
+    pool: ArtifactRef
+    val: dict[str, ArtifactRef]  # validation set name → dataset
+    pool_rollouts: ArtifactRef  # β's rollouts on the pool (generated, or imported with --rollouts)
+    val_rollouts: dict[str, ArtifactRef]  # "val/<name>" → β's rollouts on that validation set
+    grads: dict[str, ArtifactRef]  # "pool" and each "val/<name>": sketches at θ
+    scores: ArtifactRef
+    selection: ArtifactRef
+    counts: dict[str, int] = field(default_factory=dict)  # task runs / cached / failed in the flow
+
+
+@dataclass
+class TrainedStage:
+    """One stage of `flows.outside_trainer.outside_trainer`: select at θ_m, then the outside trainer → θ_{m+1}."""
+
+    stage: int
+    checkpoint: ArtifactRef  # θ_m, the checkpoint the stage scored at and trained from
+    selection: ArtifactRef
+    trained: ArtifactRef  # θ_{m+1}: the trainer's output, registered
+    select_dir: str  # the stage's `cropi select` output folder (subset, scores, manifest.json)
+    trained_dir: str  # the folder θ_{m+1} was read from
+
+
+@dataclass
+class OutsideTrainerOutputs:
+    """Everything a loop with an outside trainer produced (`flows.outside_trainer.outside_trainer`)."""
+
+    stages: list[TrainedStage]
+    final_checkpoint: str  # folder of the last stage's trained checkpoint

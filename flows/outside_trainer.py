@@ -1,9 +1,9 @@
 """CROPI with an outside trainer: `cropi select` at θ_m → your trainer for E steps on the subset → θ_{m+1}.
 
 The training step is an external command (verl, TRL, OpenRLHF, a shell script) run as a Prefect task with
-retries; its output folder is registered as a `checkpoint` artifact whose parents are the checkpoint it started
-from and the selection it trained on (so `cropi lineage` draws the whole curriculum), and published as a Prefect
-link artifact. Every stage scores at the new checkpoint against the stage-0 behaviour rollouts, which are
+retries (`tasks.external`); its output folder is registered as a `checkpoint` artifact whose parents are the
+checkpoint it started from and the selection it trained on (so `cropi lineage` draws the whole curriculum), and
+published as a Prefect link artifact. Every stage scores at the new checkpoint against the stage-0 behavior rollouts, which are
 computed (or imported) once and reused, as in `cropi run`. A rerun (or a killed loop started again) resumes: a stage
 whose (input checkpoint, selection, command) already has a registered trained checkpoint is not trained again.
 
@@ -20,16 +20,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, task
+from prefect import flow
 
 from cropi_core.config import RunConfig
 from cropi_core.data.formats import subset_name
 from cropi_core.errors import ConfigError, CropiError
+from flows.outputs import OutsideTrainerOutputs, TrainedStage
 from flows.runtime import for_run
 from flows.select import SelectJob, export, select_flow
-from storage import ArtifactRef
 from tasks.artifacts import checkpoint_path, prompt_set
-from tasks.common import LEDGER, NO_RETRY_TAG, bind, computed, get_store, log, storage_hit
+from tasks.common import LEDGER, bind, storage_hit
+from tasks.external import external_train, register_trained, trained_before
 
 
 def render_command(template: str, **values: str) -> list[str]:
@@ -44,74 +45,27 @@ def render_command(template: str, **values: str) -> list[str]:
         raise CropiError(f"--train-cmd: unknown placeholder {err} (known: {', '.join('{' + k + '}' for k in values)})") from None
 
 
-@task(name="external-train", task_run_name="external-train-s{stage}")
-def external_train(argv: list[str], out: str, stage: int, timeout_s: float | None = None) -> str:
-    """Run the trainer; succeed only if it exits 0 and leaves an HF checkpoint (config.json + weights) in `out`."""
-    log(f"stage {stage}: running {shlex.join(argv)}")
-    t0 = time.perf_counter()
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s)
-    if proc.returncode != 0:
-        tail = " | ".join(proc.stderr.strip().splitlines()[-3:])
-        raise RuntimeError(f"training command exited {proc.returncode}: {tail[:300]}")
-    folder = Path(out)
-    if not (folder / "config.json").is_file() or not any(folder.glob("*.safetensors")):
-        raise RuntimeError(f"training command left no HF checkpoint (config.json + *.safetensors) in {folder}")
-    log(f"stage {stage}: trainer finished in {time.perf_counter() - t0:.1f}s")
-    return str(folder)
-
-
-@task(name="register-trained", task_run_name="register-trained-s{stage}", tags=[NO_RETRY_TAG])
-def register_trained(cfg: RunConfig, folder: str, parent: ArtifactRef, selection: ArtifactRef, stage: int,
-                     command: str) -> ArtifactRef:
-    """The trainer's output as a checkpoint artifact (parents: its input checkpoint and the selection)."""
-    from storage.registry import register_checkpoint
-
-    store = get_store(cfg)
-    t0 = time.perf_counter()
-    meta = {"run": cfg.name, "stage": stage + 1, "external_command": command, "source": str(Path(folder).resolve())}
-    ref = register_checkpoint(store, folder, parents=[parent.key, selection.key], config={"external": command}, meta=meta)
-    computed("register-trained", ref, [parent, selection], store, time.perf_counter() - t0)
-    try:
-        from prefect.artifacts import create_link_artifact
-
-        create_link_artifact(link=ref.uri, link_text=f"checkpoint {ref.key[:12]} (stage {stage + 1})",
-                             key=f"{cfg.name.lower().replace('_', '-')}-checkpoint-s{stage + 1}"[:64],
-                             description=f"Output of `{command}` on selection {selection.key[:12]}")
-    except Exception as err:  # noqa: BLE001 - a UI artifact must never fail the stage
-        log(f"link artifact not created: {err}")
-    return ref
-
-
-def trained_before(cfg: RunConfig, parent: ArtifactRef, selection: ArtifactRef, command: str) -> ArtifactRef | None:
-    """The checkpoint an earlier run of the loop registered for (parent checkpoint, selection, command), if any:
-    a rerun (or a killed loop) resumes instead of training the stage again."""
-    store = get_store(cfg)
-    found = [m for m in store.find("checkpoint", parent=selection.key, meta={"external_command": command})
-             if parent.key in m.parents]
-    return store.ref(found[0].key) if found else None
-
-
 @flow(name="cropi-outside-trainer", flow_run_name="outside-trainer-{config.name}")
 def outside_trainer(config: RunConfig, job: SelectJob, train_command: str, stages: int, work: str,
-                    retries: int = 2, timeout_s: float | None = None) -> dict[str, Any]:
+                    retries: int = 2, timeout_s: float | None = None) -> OutsideTrainerOutputs:
     """`stages` × (select at θ_m → external training on the subset → θ_{m+1}); returns per-stage refs/paths."""
     cfg = config
     work_dir = Path(work).resolve()
-    behaviour = job.behaviour or job.checkpoint
-    behaviour_gguf = job.behaviour_gguf_file if job.behaviour else job.gguf_file
+    behavior = job.behavior or job.checkpoint
+    behavior_gguf = job.behavior_gguf_file if job.behavior else job.gguf_file
     theta = job.checkpoint
-    out: list[dict[str, Any]] = []
+    out: list[TrainedStage] = []
     for m in range(stages):
         sel_dir = work_dir / f"stage-{m}" / "select"
         j = job.model_copy(update={"checkpoint": theta, "gguf_file": job.gguf_file if m == 0 else None,
-                                   "behaviour": behaviour, "behaviour_gguf_file": behaviour_gguf, "stage": m,
+                                   "behavior": behavior, "behavior_gguf_file": behavior_gguf, "stage": m,
                                    "out": str(sel_dir), "write_subset": True})
         refs = select_flow(config=cfg, job=j)
         export(cfg, j, refs)
         ckpt_out = work_dir / f"stage-{m}" / "checkpoint"
-        argv = render_command(train_command, checkpoint=str(checkpoint_path(cfg, refs["checkpoint"])),
+        argv = render_command(train_command, checkpoint=str(checkpoint_path(cfg, refs.checkpoint)),
                               subset=str(sel_dir / subset_name_for(j)), out=str(ckpt_out), stage=str(m))
-        new = trained_before(cfg, refs["checkpoint"], refs["selection"], train_command)
+        new = trained_before(cfg, refs.checkpoint, refs.selection, train_command)
         if new is not None:  # resume: this stage was trained (and registered) by an earlier run of the loop
             storage_hit("external-train", new)
             folder = str(checkpoint_path(cfg, new))
@@ -121,12 +75,11 @@ def outside_trainer(config: RunConfig, job: SelectJob, train_command: str, stage
                 folder = train(argv, str(ckpt_out), m, timeout_s)
             except (RuntimeError, OSError, subprocess.TimeoutExpired) as err:
                 raise CropiError(f"stage {m}: {err} (after {retries + 1} attempts)") from None
-            new = bind(register_trained, cfg)(cfg, folder, refs["checkpoint"], refs["selection"], m,
-                                                             train_command)
-        out.append({"stage": m, "selection": refs["selection"], "checkpoint": refs["checkpoint"], "trained": new,
-                    "select_dir": str(sel_dir), "trained_dir": folder})
+            new = bind(register_trained, cfg)(cfg, folder, refs.checkpoint, refs.selection, m, train_command)
+        out.append(TrainedStage(stage=m, checkpoint=refs.checkpoint, selection=refs.selection, trained=new,
+                                select_dir=str(sel_dir), trained_dir=folder))
         theta = folder
-    return {"stages": out, "final_checkpoint": theta}
+    return OutsideTrainerOutputs(stages=out, final_checkpoint=theta)
 
 
 def subset_name_for(job: SelectJob) -> str:
@@ -142,10 +95,10 @@ def run_outside_trainer(cfg: RunConfig, job: SelectJob, train_command: str, stag
     t0 = time.perf_counter()
     res = for_run(outside_trainer, cfg)(
         config=cfg, job=job, train_command=train_command, stages=stages, work=work, retries=retries)
-    return {"seconds": time.perf_counter() - t0, "computed": LEDGER.computed(), "final_checkpoint": res["final_checkpoint"],
-            "stages": [{"stage": s["stage"], "selection": s["selection"].key, "checkpoint": s["checkpoint"].key,
-                        "trained": s["trained"].key, "select_dir": s["select_dir"], "trained_dir": s["trained_dir"]}
-                       for s in res["stages"]]}
+    return {"seconds": time.perf_counter() - t0, "computed": LEDGER.computed(), "final_checkpoint": res.final_checkpoint,
+            "stages": [{"stage": s.stage, "selection": s.selection.key, "checkpoint": s.checkpoint.key,
+                        "trained": s.trained.key, "select_dir": s.select_dir, "trained_dir": s.trained_dir}
+                       for s in res.stages]}
 
 
-__all__ = ["outside_trainer", "run_outside_trainer", "external_train", "register_trained", "render_command"]
+__all__ = ["outside_trainer", "run_outside_trainer", "render_command"]

@@ -126,7 +126,7 @@ def _publish_run_table(cfg: RunConfig, summary: dict[str, Any]) -> None:
     """Table artifact `cropi-<name>-run`: counts of this run (computed vs reused) and its final checkpoint."""
     from prefect.artifacts import create_table_artifact
 
-    from flows.reports import slug
+    from tasks.reports import slug
 
     c = summary["counts"]
     rows = [{"field": k, "value": v} for k, v in (

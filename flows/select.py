@@ -1,7 +1,7 @@
 """`cropi select` / `cropi score` as a Prefect flow: POPI scoring and selection for an outside trainer.
 
 checkpoint θ (HF folder / GGUF) ─┐
-behaviour β (default θ) ─────────┼▶ offline rollouts of β (cropi-generated, cached as in `cropi run`, or imported
+behavior β (default θ) ──────────┼▶ offline rollouts of β (cropi-generated, cached as in `cropi run`, or imported
 pool + validation files ─────────┘   from a verl dump / plain JSONL with log β teacher-forced)
   → projected grads at θ (pool + each validation set, chunked) → POPI scores → selection (top ratio, RRF)
   → export: scores table (parquet + CSV), the selected subset in the input's own format, manifest.json
@@ -28,6 +28,7 @@ from prefect import flow
 from pydantic import BaseModel
 
 from cropi_core.config import RunConfig
+from flows.outputs import SelectOutputs
 from flows.runtime import Tracker, for_run, run_counts
 from flows.stage import stage_sketches
 from tasks import artifacts as A
@@ -56,8 +57,8 @@ class SelectJob(BaseModel):
 
     checkpoint: str
     gguf_file: str | None = None
-    behaviour: str | None = None  # default: the checkpoint (stage 0: θ = β)
-    behaviour_gguf_file: str | None = None
+    behavior: str | None = None  # default: the checkpoint (stage 0: θ = β)
+    behavior_gguf_file: str | None = None
     pool: InputSet
     val: list[InputSet]
     pool_rollouts: RolloutsInput | None = None
@@ -69,16 +70,16 @@ class SelectJob(BaseModel):
 
 
 @flow(name="cropi-select", flow_run_name="select-{config.name}")
-def select_flow(config: RunConfig, job: SelectJob) -> dict[str, Any]:
+def select_flow(config: RunConfig, job: SelectJob) -> SelectOutputs:
     """Score (and select from) the pool at `job.checkpoint`; returns the refs of every artifact involved."""
     cfg = config
     tr = Tracker(cfg)
     ckpt_f = tr.submit(T_byot.import_checkpoint, cfg=cfg, path=job.checkpoint, gguf_file=job.gguf_file, label="theta")
-    if job.behaviour is None or (job.behaviour == job.checkpoint and job.behaviour_gguf_file == job.gguf_file):
+    if job.behavior is None or (job.behavior == job.checkpoint and job.behavior_gguf_file == job.gguf_file):
         beh_f = ckpt_f
     else:
-        beh_f = tr.submit(T_byot.import_checkpoint, cfg=cfg, path=job.behaviour, gguf_file=job.behaviour_gguf_file,
-                          label="behaviour")
+        beh_f = tr.submit(T_byot.import_checkpoint, cfg=cfg, path=job.behavior, gguf_file=job.behavior_gguf_file,
+                          label="behavior")
     pool_f = tr.submit(T_byot.import_dataset, cfg=cfg, path=job.pool.path, name=job.pool.name,
                        verifier=job.verifier, role="pool")
     val_f = {v.name: tr.submit(T_byot.import_dataset, cfg=cfg, path=v.path, name=v.name,
@@ -101,14 +102,13 @@ def select_flow(config: RunConfig, job: SelectJob) -> dict[str, Any]:
     g_pool, g_val, _ = stage_sketches(tr, cfg, stage, ckpt, roll_pool, roll_val)
     scores = tr.submit(T_sel.scores, cfg=cfg, pool_grads=g_pool, val_grads=g_val, stage=stage).result()
     sel = tr.submit(T_sel.selection, cfg=cfg, stage=stage, pool=pool, pool_rollouts=roll_pool, scores=scores).result()
-    counts = tr.counts()
-    return {"checkpoint": ckpt, "behaviour": beh, "pool": pool, "val": {n: f.result() for n, f in val_f.items()},
-            "pool_rollouts": roll_pool, "val_rollouts": roll_val, "grads": {"pool": g_pool, **g_val}, "scores": scores,
-            "selection": sel, "counts": counts}
+    return SelectOutputs(checkpoint=ckpt, behavior=beh, pool=pool, val={n: f.result() for n, f in val_f.items()},
+                         pool_rollouts=roll_pool, val_rollouts=roll_val, grads={"pool": g_pool, **g_val}, scores=scores,
+                         selection=sel, counts=tr.counts())
 
 
 # ---------------------------------------------------------------- export
-def scores_table(cfg: RunConfig, refs: dict[str, Any], pool_set) -> dict[str, list]:
+def scores_table(cfg: RunConfig, refs: SelectOutputs, pool_set) -> dict[str, list]:
     """Columns id, row (1-based input row), popi_<val set>..., fused, rank, selected. `fused` is the ranking the
     selection used: with selection.fusion learnability_rrf (the default) the reciprocal-rank fusion of the POPI
     ranking and the p(1−p) ranking of the offline pass rates (NaN where POPI is); with fusion none the paper's
@@ -118,14 +118,14 @@ def scores_table(cfg: RunConfig, refs: dict[str, Any], pool_set) -> dict[str, li
     from cropi_core.scoring import rank_order
     from cropi_core.selection import influence_ranking
 
-    names, popi = A.read_scores(cfg, refs["scores"])
+    names, popi = A.read_scores(cfg, refs.scores)
     lists = [np.asarray(s, dtype=np.float64) for s in popi]
     sc = cfg.selection
-    p = A.pass_rates(get_store(cfg), refs["pool_rollouts"].key) if sc.fusion != "none" else None
+    p = A.pass_rates(get_store(cfg), refs.pool_rollouts.key) if sc.fusion != "none" else None
     fused = influence_ranking(lists, p, fusion=sc.fusion, ratio=sc.ratio, k_rrf=sc.k_rrf, k_fusion=sc.k_fusion)
     order = rank_order(fused)
     rank = np.argsort(order) + 1  # the inverse permutation: 1-based rank of each row
-    chosen = set(A.selected_indices(cfg, refs["selection"]))
+    chosen = set(A.selected_indices(cfg, refs.selection))
     table: dict[str, list] = {"id": [p.id for p in pool_set.problems], "row": [r + 1 for r in pool_set.rows]}
     for n, s in zip(names, lists):
         table[f"popi_{n.removeprefix('val/')}"] = [None if not np.isfinite(x) else float(x) for x in s]
@@ -152,7 +152,7 @@ def _ref_json(x: Any) -> dict:
     return {n: _ref_json(r) for n, r in x.items()} if isinstance(x, dict) else {"key": x.key, "uri": x.uri}
 
 
-def export(cfg: RunConfig, job: SelectJob, refs: dict[str, Any]) -> Path:
+def export(cfg: RunConfig, job: SelectJob, refs: SelectOutputs) -> Path:
     """Write the outputs into `job.out` atomically: everything goes to a sibling temp folder, manifest.json last,
     then one rename (an existing `out` is swapped out and removed). Returns the output folder."""
     import pyarrow as pa
@@ -173,17 +173,19 @@ def export(cfg: RunConfig, job: SelectJob, refs: dict[str, Any]) -> Path:
             w.writerow(list(table))
             for row in zip(*table.values()):
                 w.writerow(["" if v is None else v for v in row])
-        sel = A.read_selection(cfg, refs["selection"])
+        sel = A.read_selection(cfg, refs.selection)
         files = ["scores.parquet", "scores.csv"]
         if job.write_subset:
             name = subset_name(pool_set)
             write_subset(pool_set, sel["indices"], tmp / name)
             files.append(name)
         # lineage: every artifact this output was derived from (`cropi lineage <selection key>` draws the DAG)
-        lineage = {n: _ref_json(refs[n]) for n in ("checkpoint", "behaviour", "pool", "val", "pool_rollouts",
-                                                   "val_rollouts", "grads", "scores", "selection")}
+        # (the manifest's key for β is "behaviour", as format_version 1 first wrote it)
+        lineage = {"behaviour" if n == "behavior" else n: _ref_json(getattr(refs, n))
+                   for n in ("checkpoint", "behavior", "pool", "val", "pool_rollouts", "val_rollouts", "grads",
+                             "scores", "selection")}
         lineage["checkpoint"]["source"] = job.checkpoint
-        lineage["behaviour"]["source"] = job.behaviour or job.checkpoint
+        lineage["behaviour"]["source"] = job.behavior or job.checkpoint
         manifest = {
             "kind": "cropi-selection" if job.write_subset else "cropi-scores",
             "format_version": 1,
@@ -225,9 +227,9 @@ def run_select(cfg: RunConfig, job: SelectJob) -> dict[str, Any]:
     out = export(cfg, job, refs)
     return {
         "seconds": time.perf_counter() - t0, "out": str(out), "computed": LEDGER.computed(),
-        "counts": run_counts(refs["counts"]),
-        "selection": refs["selection"].key, "scores": refs["scores"].key,
-        "selected_ids": A.read_selection(cfg, refs["selection"])["ids"],
+        "counts": run_counts(refs.counts),
+        "selection": refs.selection.key, "scores": refs.scores.key,
+        "selected_ids": A.read_selection(cfg, refs.selection)["ids"],
     }
 
 

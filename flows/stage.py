@@ -129,7 +129,7 @@ def stage(config: RunConfig, stage: int, ckpt: ArtifactRef, pool: ArtifactRef, p
     out = StageOutputs(stage=stage, input_checkpoint=ckpt, selection=sel, checkpoint=new_ckpt.result(),
                        online=online.result(), health=health.result(), evals={n: f.result() for n, f in evals.items()},
                        grads=grads, shaping=shaping, scores=scores)
-    from flows.reports import stage_report
+    from tasks.reports import stage_report
 
     stage_report(cfg, out)
     out.counts = tr.counts()

@@ -169,7 +169,7 @@ def test_stage_scoring_cost_includes_calibration_and_candidates():
     """A stage's scoring seconds (run report cost table and compare records) = calibration + candidates + every
     sketch chunk and finalize + scores + selection; training and evaluation are not in it."""
     from flows.outputs import RunSummary, StageOutputs
-    from flows.reports import cost_rows
+    from tasks.reports import cost_rows
     from storage import ArtifactRef
 
     ref = lambda kind, key: ArtifactRef(kind=kind, key=key, uri=f"memory://{key}")  # noqa: E731
@@ -189,7 +189,7 @@ def test_stage_scoring_cost_includes_calibration_and_candidates():
 
 
 def test_timings_of_a_killed_comparison_survive_in_the_jsonl(tmp_path):
-    from flows.reports import load_timings
+    from tasks.reports import load_timings
     from tasks.common import Ledger
 
     led = Ledger(sink=tmp_path / "timings.jsonl")
@@ -203,7 +203,7 @@ def test_timings_of_a_killed_comparison_survive_in_the_jsonl(tmp_path):
 
 
 def test_compare_appends_timings_as_it_goes(compared):
-    from flows.reports import load_timings
+    from tasks.reports import load_timings
 
     lines = (compared["folder"] / "timings.jsonl").read_text().splitlines()
     assert lines and all(json.loads(x)["seconds"] >= 0 for x in lines)
@@ -316,7 +316,7 @@ def test_timings_of_artifacts_reused_from_another_run_on_the_root_are_priced(tmp
     another comparison's timings.json); the folder's own record wins where both timed a key."""
     import json
 
-    from flows.reports import merged_timings
+    from tasks.reports import merged_timings
 
     runs = tmp_path / "runs"
     (runs / "tiny").mkdir(parents=True)

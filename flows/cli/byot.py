@@ -29,7 +29,7 @@ def _named(item: str, default: str | None = None) -> tuple[str, str]:
     return default or stem, item
 
 
-def build_job(*, checkpoint: str, gguf_file: str | None, behaviour: str | None, behaviour_gguf_file: str | None,
+def build_job(*, checkpoint: str, gguf_file: str | None, behavior: str | None, behavior_gguf_file: str | None,
               pool: str, val: list[str], rollouts: str | None, rollouts_format: str, val_rollouts: list[str],
               verifier: str, out: Path, write_subset: bool, config: Path | None, sets: list[str] | None,
               storage: str | None, ratio: float | None, name: str | None):
@@ -66,14 +66,14 @@ def build_job(*, checkpoint: str, gguf_file: str | None, behaviour: str | None, 
     probe_storage(cfg.storage.root)
 
     checkpoint_content(checkpoint, gguf_file)
-    if behaviour is not None:
-        checkpoint_content(behaviour, behaviour_gguf_file)
-    tok = _tokenizer(behaviour or checkpoint, behaviour_gguf_file if behaviour else gguf_file)
-    if behaviour is not None and tok is not None:
+    if behavior is not None:
+        checkpoint_content(behavior, behavior_gguf_file)
+    tok = _tokenizer(behavior or checkpoint, behavior_gguf_file if behavior else gguf_file)
+    if behavior is not None and tok is not None:
         other = _tokenizer(checkpoint, gguf_file)
         if other is not None and other.get_vocab() != tok.get_vocab():
-            raise ModelError(f"--checkpoint {checkpoint}: its tokenizer differs from the behaviour checkpoint "
-                             f"{behaviour}'s: the rollouts' token ids would not match")
+            raise ModelError(f"--checkpoint {checkpoint}: its tokenizer differs from the behavior checkpoint "
+                             f"{behavior}'s: the rollouts' token ids would not match")
 
     def roll(path: str | None, fmt: str, problems) -> RolloutsInput | None:
         if path is None:
@@ -95,8 +95,8 @@ def build_job(*, checkpoint: str, gguf_file: str | None, behaviour: str | None, 
         vroll[n] = roll(p, rollouts_format, val_sets[n].problems)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out}: exists and is not a folder")
-    job = SelectJob(checkpoint=checkpoint, gguf_file=gguf_file, behaviour=behaviour,
-                    behaviour_gguf_file=behaviour_gguf_file, pool=InputSet(name=pool_name, path=pool_path), val=vals,
+    job = SelectJob(checkpoint=checkpoint, gguf_file=gguf_file, behavior=behavior,
+                    behavior_gguf_file=behavior_gguf_file, pool=InputSet(name=pool_name, path=pool_path), val=vals,
                     pool_rollouts=pool_roll, val_rollouts=vroll, verifier=verifier, out=str(out),
                     write_subset=write_subset)
     return cfg, job
@@ -139,8 +139,8 @@ def _select_command(write_subset: bool, ratio_help: str):
         out: Path = typer.Option(..., "--out", "-o", help="output folder (written atomically)"),
         ratio: Optional[float] = typer.Option(None, "--ratio", help=ratio_help),
         gguf_file: Optional[str] = typer.Option(None, "--gguf-file", help="GGUF file inside the --checkpoint folder"),
-        behaviour: Optional[str] = typer.Option(None, "--behaviour", help="behaviour model β of the offline rollouts (default: --checkpoint)"),
-        behaviour_gguf_file: Optional[str] = typer.Option(None, "--behaviour-gguf-file"),
+        behavior: Optional[str] = typer.Option(None, "--behaviour", help="behavior model β of the offline rollouts (default: --checkpoint)"),
+        behavior_gguf_file: Optional[str] = typer.Option(None, "--behaviour-gguf-file"),
         rollouts: Optional[str] = typer.Option(None, "--rollouts", help="import the pool's rollouts (verl rollout_data_dir dump or plain JSONL)"),
         rollouts_format: str = typer.Option("auto", "--rollouts-format", help="auto | verl | plain"),
         val_rollouts: Optional[list[str]] = typer.Option(None, "--val-rollouts", help="NAME=PATH: import a validation set's rollouts"),
@@ -150,8 +150,8 @@ def _select_command(write_subset: bool, ratio_help: str):
         storage: Optional[str] = typer.Option(None, "--storage", help="storage root URL (default $CROPI_STORAGE or ./.cropi)"),
         name: Optional[str] = typer.Option(None, "--name", help="run name recorded in artifact metadata"),
     ) -> None:
-        _run(write_subset, checkpoint=checkpoint, gguf_file=gguf_file, behaviour=behaviour,
-             behaviour_gguf_file=behaviour_gguf_file, pool=pool, val=val, rollouts=rollouts,
+        _run(write_subset, checkpoint=checkpoint, gguf_file=gguf_file, behavior=behavior,
+             behavior_gguf_file=behavior_gguf_file, pool=pool, val=val, rollouts=rollouts,
              rollouts_format=rollouts_format, val_rollouts=val_rollouts or [], verifier=verifier, out=out,
              config=config, sets=set_, storage=storage, ratio=ratio, name=name)
 
@@ -191,7 +191,7 @@ def loop_cmd(
         if stages < 1:
             raise ConfigError(f"--stages: must be ≥ 1 (got {stages})")
         render_command(train_cmd, checkpoint="c", subset="s", out="o", stage="0")
-        cfg, job = build_job(checkpoint=checkpoint, gguf_file=gguf_file, behaviour=None, behaviour_gguf_file=None,
+        cfg, job = build_job(checkpoint=checkpoint, gguf_file=gguf_file, behavior=None, behavior_gguf_file=None,
                              pool=pool, val=val, rollouts=rollouts, rollouts_format=rollouts_format,
                              val_rollouts=val_rollouts or [], verifier=verifier, out=work / "stage-0" / "select",
                              write_subset=True, config=config, sets=set_, storage=storage, ratio=ratio, name=name)

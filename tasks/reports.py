@@ -1,5 +1,6 @@
 """Per-stage and per-run reports: matplotlib PNGs + markdown in the run folder, and the same as Prefect
-artifacts (keyed tables, markdown, images as data URLs).
+artifacts (keyed tables, markdown, images as data URLs). `stage_report` and `final_report` are the Prefect tasks
+the curriculum flows call; `flows.compare_report` draws and publishes with the same helpers.
 
 Plots: accuracy vs training step (targeted / untargeted), selected-set composition by domain, POPI score
 histogram, stage-to-stage selection overlap, offline vs online pass rate of the selected prompts (paper's
@@ -9,20 +10,59 @@ Figure 6), off-policy health (ESS, KL), and the lineage graph of the final check
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from cropi_core.config import RunConfig
-from flows.outputs import RunSummary, StageOutputs, artifact_view
-from storage import lineage, render_lineage_png, render_lineage_text
+from storage import ArtifactRef, lineage, render_lineage_png, render_lineage_text
 from tasks.artifacts import accuracy_and_se, meta_of, metric_label, pass_rates, read_scores, read_selection
 from tasks.common import LEDGER, get_store, run_dir
+
+
+class StageRecord(Protocol):
+    """What a report reads of one stage's outputs (`flows.outputs.StageOutputs`)."""
+
+    stage: int
+    selection: ArtifactRef
+    checkpoint: ArtifactRef
+    online: ArtifactRef
+    health: ArtifactRef
+    evals: dict[str, ArtifactRef]
+    scores: ArtifactRef | None
+
+    @property
+    def scoring(self) -> list[ArtifactRef]: ...
+
+
+class RunRecord(Protocol):
+    """What a report reads of a curriculum run's outputs (`flows.outputs.RunSummary`, a dataclass)."""
+
+    final_checkpoint: ArtifactRef
+    pool_rollouts: ArtifactRef
+    val_rollouts: dict[str, ArtifactRef]
+    tests: dict[str, ArtifactRef]
+    evals0: dict[str, ArtifactRef]
+    stages: list[StageRecord]
+
+
+def artifact_view(x: Any, skip: tuple[str, ...] = ()) -> Any:
+    """Plain JSON of a record: refs as their keys, dataclass records as dicts without the fields in `skip`."""
+    if isinstance(x, ArtifactRef):
+        return x.key
+    if dataclasses.is_dataclass(x) and not isinstance(x, type):
+        return {f.name: artifact_view(getattr(x, f.name), skip) for f in dataclasses.fields(x) if f.name not in skip}
+    if isinstance(x, dict):
+        return {str(k): artifact_view(v, skip) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [artifact_view(v, skip) for v in x]
+    return x if isinstance(x, (str, int, float, bool)) or x is None else str(x)
 
 
 def slug(cfg: RunConfig) -> str:
@@ -73,7 +113,7 @@ def md_table(rows: list[dict]) -> str:
 
 
 # ---------------------------------------------------------------- per stage
-def stage_rows(cfg: RunConfig, out: StageOutputs) -> dict[str, Any]:
+def stage_rows(cfg: RunConfig, out: StageRecord) -> dict[str, Any]:
     """Numbers of one stage, read back from the artifacts' manifests."""
     sel = read_selection(cfg, out.selection)
     sm, online, health, ck = (meta_of(cfg, r) for r in (out.selection, out.online, out.health, out.checkpoint))
@@ -87,7 +127,7 @@ def stage_rows(cfg: RunConfig, out: StageOutputs) -> dict[str, Any]:
 
 
 @task(name="report-stage", task_run_name="report-s{out.stage}", cache_policy=NO_CACHE)
-def stage_report(cfg: RunConfig, out: StageOutputs) -> str:
+def stage_report(cfg: RunConfig, out: StageRecord) -> str:
     """Markdown + keyed table for one stage; file `<run folder>/stage_<m>.md`. Returns the file path."""
     r = stage_rows(cfg, out)
     m = r["stage"]
@@ -145,7 +185,7 @@ def seconds_of(timings: dict[str, float], key: str) -> float | None:
     return float(sum(vals)) if vals else None
 
 
-def cost_rows(summary: RunSummary, timings: dict[str, float]) -> list[dict]:
+def cost_rows(summary: RunRecord, timings: dict[str, float]) -> list[dict]:
     """Seconds per stage: offline rollouts (one-time, then amortised over the stages), scoring (calibration,
     candidates, sketches, scores, selection), GRPO training and evaluation. "reused" = found in storage, computed by an earlier run."""
     def secs(keys: list[str]) -> float | None:
@@ -165,7 +205,7 @@ def cost_rows(summary: RunSummary, timings: dict[str, float]) -> list[dict]:
 
 
 # ---------------------------------------------------------------- per run
-def collect(cfg: RunConfig, summary: RunSummary) -> dict[str, Any]:
+def collect(cfg: RunConfig, summary: RunRecord) -> dict[str, Any]:
     """Everything the final report plots, as plain numbers."""
     store = get_store(cfg)
     E = cfg.train.steps_per_stage
@@ -322,7 +362,7 @@ def _plots(cfg: RunConfig, d: dict[str, Any], folder: Path) -> dict[str, Path]:
     return paths
 
 
-def report_stamp(cfg: RunConfig, summary: RunSummary) -> str:
+def report_stamp(cfg: RunConfig, summary: RunRecord) -> str:
     """Hash of every artifact key the report is drawn from (plus the plotted config fields)."""
     import hashlib
 
@@ -334,7 +374,7 @@ def report_stamp(cfg: RunConfig, summary: RunSummary) -> str:
 
 
 @task(name="report", cache_policy=NO_CACHE)
-def final_report(cfg: RunConfig, summary: RunSummary) -> Path:
+def final_report(cfg: RunConfig, summary: RunRecord) -> Path:
     """Write `<run folder>/report.md` with plots and the lineage graph; publish them as Prefect artifacts."""
     folder = run_dir(cfg)
     d = collect(cfg, summary)
