@@ -82,7 +82,7 @@ def text(rng: random.Random, n_words: int) -> str:
 def make_batch(tok, model, n: int, k: int, prompt_len: int, resp_len: int, seed: int, temperature: float
                ) -> list[PromptRollouts]:
     """n prompts (chat template, random words) x k responses (random words ending in a boxed number), lengths in
-    tokens drawn from [len/2, 3len/2]; behaviour log-probs by teacher forcing the model itself (so ρ ≈ 1)."""
+    tokens drawn from [len/2, 3len/2]; behavior log-probs by teacher forcing the model itself (so ρ ≈ 1)."""
     rng = random.Random(seed)
 
     def ids(s: str, want: int) -> torch.Tensor:

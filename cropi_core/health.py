@@ -1,4 +1,4 @@
-"""Off-policy health (PAPER.md §3, §8): how far π_θ has drifted from the behaviour policy β on β's stored responses.
+"""Off-policy health (PAPER.md §3, §8): how far π_θ has drifted from the behavior policy β on β's stored responses.
 
 Per prompt: the effective sample size of the sequence-level importance weights and token-level KL estimates,
 teacher-forcing θ on the same packed micro-batches as influence.py (no gradients).

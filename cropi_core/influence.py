@@ -256,7 +256,7 @@ def sketch_prompts(
 
     Row b = P ∇θ L_b(θ) (objective.py) at the model's current weights; rows of unscorable prompts (all K rewards
     equal, or K < 2) are NaN. `temperature` divides the logits before log π (1.0 = the model's own policy; use
-    the value the behaviour log-probs were computed with). `micro_batch_tokens` bounds padded tokens per
+    the value the behavior log-probs were computed with). `micro_batch_tokens` bounds padded tokens per
     forward pass; it changes speed and memory, never the values. `padding_side` ("right" default, or "left" with
     explicit position ids) is where each micro-batch row's padding goes; it does not change the values either
     (tested bit for bit on CPU).

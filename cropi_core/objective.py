@@ -1,6 +1,6 @@
 """The GRPO scoring objective of CROPI (PAPER.md §1, §3).
 
-For a prompt x with K stored responses τ_k sampled from the behaviour policy β:
+For a prompt x with K stored responses τ_k sampled from the behavior policy β:
 
     A_k   = (R_k − mean_j R_j) / (std_j R_j + ε)                    group advantage, unbiased std, ε = 1e-4
     ρ_k,t = exp(log π_θ(a_t|s_t) − log β(a_t|s_t))                 per-token importance ratio (carries gradient)

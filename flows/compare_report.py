@@ -17,7 +17,7 @@ Definitions (all on the seed-MEAN curves):
   candidates where configured, sketches, scores, selection; paid at the stage start) + the stage's training time pro rata to the steps done in it. Bootstrap
   (common to all methods), evaluation and diagnostics are excluded.
 - wall-clock speed-up = c_full(S·E) / c_method(t*); also reported without the offline rollouts (c with
-  offline = 0): they are computed once per (behaviour model, pool, sampling config) and shared by every later run
+  offline = 0): they are computed once per (behavior model, pool, sampling config) and shared by every later run
   on the same pool, so for a user who reruns on a pool this is the price that recurs.
 - if A* is not above full data's own step-0 accuracy, both speed-ups are undefined (reported as such, not ∞).
 The spread is the sample standard deviation over seeds (0 with one seed); plots shade min..max over seeds.

@@ -55,22 +55,22 @@ def curriculum(config: RunConfig) -> RunSummary:
     counts: dict[str, int] = {}
     runner = task_runner(cfg)
     fixed = None
-    behaviour_pool, behaviour_val = roll_pool_r, roll_val_r  # β's rollouts, until a refresh replaces them
+    behavior_pool, behavior_val = roll_pool_r, roll_val_r  # β's rollouts, until a refresh replaces them
     refreshes: list[dict[str, Any]] = []
     rescores: list[dict[str, Any]] = []
     schedule = rescore_schedule(cfg)
     for m in range(cfg.train.stages):
         if m > 0 and cfg.influence.refresh_ess > 0 and cfg.selection.method in SCORED and fixed is None:
-            behaviour_pool, behaviour_val, ref = maybe_refresh(tr, cfg, m, ckpt, pool_r, vals_r, behaviour_pool,
-                                                               behaviour_val)
+            behavior_pool, behavior_val, ref = maybe_refresh(tr, cfg, m, ckpt, pool_r, vals_r, behavior_pool,
+                                                               behavior_val)
             refreshes.append(ref)
         drift = None
         if m > 0 and schedule == "drift":
-            drift, rec = drift_check(tr, cfg, m, ckpt, behaviour_pool, stages[-1].selection)
+            drift, rec = drift_check(tr, cfg, m, ckpt, behavior_pool, stages[-1].selection)
             rescores.append(rec)
             fixed = None if rec["rescored"] else stages[-1].selection
         out = stage_flow.with_options(task_runner=runner)(
-            config=cfg, stage=m, ckpt=ckpt, pool=pool_r, pool_rollouts=behaviour_pool, val_rollouts=behaviour_val,
+            config=cfg, stage=m, ckpt=ckpt, pool=pool_r, pool_rollouts=behavior_pool, val_rollouts=behavior_val,
             tests=tests_r, fixed_selection=fixed, previous_selection=stages[-1].selection if stages else None,
             drift=drift)
         counts = add_counts(counts, out.counts)
@@ -99,7 +99,7 @@ def rescore_schedule(cfg: RunConfig) -> str:
     return cfg.selection.rescore if cfg.selection.method in SCORED else "every"
 
 
-def drift_check(tr: Tracker, cfg: RunConfig, m: int, ckpt, behaviour_pool, previous) -> tuple[Any, dict[str, Any]]:
+def drift_check(tr: Tracker, cfg: RunConfig, m: int, ckpt, behavior_pool, previous) -> tuple[Any, dict[str, Any]]:
     """Before stage m ≥ 1 with selection.rescore = drift: θ_m's mean ESS/K and token KL on the stored responses of
     the previous stage's selection (a `health` artifact); re-score when ESS/K < drift_ess or KL > drift_kl.
     The selected prompts are the ones θ moved on, so their weights degenerate first; and when the check keeps
@@ -108,7 +108,7 @@ def drift_check(tr: Tracker, cfg: RunConfig, m: int, ckpt, behaviour_pool, previ
     from cropi_core.selection import drifted
 
     s = cfg.selection
-    h = tr.submit(T_sel.health, cfg=cfg, ckpt=ckpt, pool_rollouts=behaviour_pool, sel=previous, stage=m).result()
+    h = tr.submit(T_sel.health, cfg=cfg, ckpt=ckpt, pool_rollouts=behavior_pool, sel=previous, stage=m).result()
     meta = A.meta_of(cfg, h)
     ess, kl = meta.get("ess_frac"), meta.get("kl")
     fire = drifted(ess, kl, s.drift_ess, s.drift_kl)
@@ -119,24 +119,25 @@ def drift_check(tr: Tracker, cfg: RunConfig, m: int, ckpt, behaviour_pool, previ
                "rescored": fire, "health": h.key}
 
 
-def maybe_refresh(tr: Tracker, cfg: RunConfig, m: int, ckpt, pool, vals: dict, behaviour_pool, behaviour_val):
-    """The behaviour refresh before stage `m` (`influence.refresh_ess`): mean ESS/K of θ_m on every pool prompt's
+def maybe_refresh(tr: Tracker, cfg: RunConfig, m: int, ckpt, pool, vals: dict, behavior_pool, behavior_val):
+    """The behavior refresh before stage `m` (`influence.refresh_ess`): mean ESS/K of θ_m on every pool prompt's
     stored responses; below the threshold, new offline rollouts of the pool and of each validation set sampled
     from θ_m (cached artifacts whose parent is θ_m). Returns (pool rollouts, val rollouts, a record of the
     decision for the summary)."""
-    h = tr.submit(T_sel.pool_health, cfg=cfg, ckpt=ckpt, pool_rollouts=behaviour_pool, stage=m).result()
+    h = tr.submit(T_sel.pool_health, cfg=cfg, ckpt=ckpt, pool_rollouts=behavior_pool, stage=m).result()
     ess = A.meta_of(cfg, h).get("ess_frac")
+    # ("behaviour_checkpoint": the summary.json key as first written, like the stored array behavior_logprobs)
     rec: dict[str, Any] = {"stage": m, "ess_frac": ess, "threshold": cfg.influence.refresh_ess,
                            "behaviour_checkpoint": ckpt.key, "refreshed": False, "health": h.key}
     if ess is None or ess >= cfg.influence.refresh_ess:
-        rec["pool_rollouts"] = behaviour_pool.key
-        return behaviour_pool, behaviour_val, rec
+        rec["pool_rollouts"] = behavior_pool.key
+        return behavior_pool, behavior_val, rec
     pool_f = tr.submit(T_roll.rollouts, cfg=cfg, ckpt=ckpt, data=pool, k=cfg.rollout.num_generations, label=f"pool-refresh-s{m}")
     val_f = {n: tr.submit(T_roll.rollouts, cfg=cfg, ckpt=ckpt, data=d, k=cfg.rollout.num_generations_val,
                           label=f"{n.replace('/', '-')}-refresh-s{m}") for n, d in vals.items()}
     new_pool, new_val = pool_f.result(), {n: f.result() for n, f in val_f.items()}
     rec.update(refreshed=True, pool_rollouts=new_pool.key, val_rollouts={n: r.key for n, r in new_val.items()})
-    log(f"stage {m}: behaviour refresh (pool ESS/K {ess:.3f} < {cfg.influence.refresh_ess}): offline rollouts "
+    log(f"stage {m}: behavior refresh (pool ESS/K {ess:.3f} < {cfg.influence.refresh_ess}): offline rollouts "
         f"resampled from checkpoint {ckpt.key[:12]}")
     return new_pool, new_val, rec
 

@@ -47,7 +47,7 @@ class RunSummary:
     tests: dict[str, ArtifactRef]
     evals0: dict[str, ArtifactRef]  # test set → evaluation of θ_0
     stages: list[StageOutputs]
-    refreshes: list[dict[str, Any]]  # behaviour-refresh decisions (influence.refresh_ess)
+    refreshes: list[dict[str, Any]]  # behavior-refresh decisions (influence.refresh_ess)
     rescores: list[dict[str, Any]] = field(default_factory=list)  # drift-check decisions (selection.rescore drift)
     report: str = ""
     counts: dict[str, int] = field(default_factory=dict)

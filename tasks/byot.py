@@ -1,7 +1,7 @@
 """Bring-your-own-trainer tasks: import a trainer's checkpoint, dataset files and rollout dumps as artifacts.
 
 Each is content-keyed like every other artifact: a checkpoint by the hash of its weight/config/tokenizer files
-(or of the GGUF file), a dataset by its normalised records, imported rollouts by the behaviour checkpoint, the
+(or of the GGUF file), a dataset by its normalised records, imported rollouts by the behavior checkpoint, the
 dataset and the hash of the rollout files. What comes after (gradient sketches, POPI scores, selection) is the
 unchanged `tasks.grads` / `tasks.selection` machinery `cropi run` uses, so the two share every artifact they
 have in common.
@@ -58,16 +58,16 @@ def import_checkpoint(cfg: RunConfig, path: str, gguf_file: str | None = None, l
                               lock="import", fault="import-checkpoint")
 
 
-def check_same_tokenizer(cfg: RunConfig, ckpt: ArtifactRef, behaviour: ArtifactRef) -> None:
+def check_same_tokenizer(cfg: RunConfig, ckpt: ArtifactRef, behavior: ArtifactRef) -> None:
     """ModelError unless the two checkpoints tokenize identically (the stored token ids would not match)."""
-    if ckpt.key == behaviour.key:
+    if ckpt.key == behavior.key:
         return
     from cropi_core.models.loading import load_tokenizer
 
-    a, b = load_tokenizer(checkpoint_path(cfg, ckpt)), load_tokenizer(checkpoint_path(cfg, behaviour))
+    a, b = load_tokenizer(checkpoint_path(cfg, ckpt)), load_tokenizer(checkpoint_path(cfg, behavior))
     if a.get_vocab() != b.get_vocab():
-        raise ModelError(f"checkpoint {ckpt.key[:12]}: its tokenizer differs from the behaviour checkpoint "
-                         f"{behaviour.key[:12]}'s ({len(a.get_vocab())} vs {len(b.get_vocab())} tokens): the rollouts' "
+        raise ModelError(f"checkpoint {ckpt.key[:12]}: its tokenizer differs from the behavior checkpoint "
+                         f"{behavior.key[:12]}'s ({len(a.get_vocab())} vs {len(b.get_vocab())} tokens): the rollouts' "
                          f"token ids would not match")
 
 
@@ -88,7 +88,7 @@ def import_dataset(cfg: RunConfig, path: str, name: str, verifier: str, role: st
 
 # ---------------------------------------------------------------- imported rollouts
 def render_for(tok, cfg: RunConfig):
-    """Problem -> the prompt text the behaviour policy was conditioned on (the run's template)."""
+    """Problem -> the prompt text the behavior policy was conditioned on (the run's template)."""
     from cropi_core.data import format_prompt
 
     return lambda p: format_prompt(p, tok, template=cfg.data.template, instruction=cfg.data.instruction)
@@ -97,7 +97,7 @@ def render_for(tok, cfg: RunConfig):
 def check_rollouts_file(cfg: RunConfig, path: str, fmt: str, problems: list, tokenizer=None) -> None:
     """Validate an imported rollouts file against the pool before anything is computed (DataError otherwise).
 
-    Without a tokenizer (a GGUF behaviour checkpoint) verl dumps are matched inside the task instead.
+    Without a tokenizer (a GGUF behavior checkpoint) verl dumps are matched inside the task instead.
     """
     from cropi_core.rollout.imported import read_responses, render_key, tokenize_responses
 

@@ -39,7 +39,7 @@ def ref_logprobs(model, prompt_ids, response_ids):
 
 
 def make_prompts(n: int, seed: int, model=None, k: int = 4) -> list[PromptRollouts]:
-    """Random prompts of varying lengths; behaviour log-probs from `model` (θ = β) or random."""
+    """Random prompts of varying lengths; behavior log-probs from `model` (θ = β) or random."""
     g = torch.Generator().manual_seed(seed)
     out = []
     for i in range(n):
@@ -85,7 +85,7 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
 @pytest.mark.parametrize("aggregation", ["seq_mean_token_mean", "token_mean"])
 def test_exact_equals_autograd_at_beta_and_off_policy(aggregation):
     model = tiny(0)
-    prompts = make_prompts(5, seed=1, model=model)  # θ = β: behaviour log-probs from this model
+    prompts = make_prompts(5, seed=1, model=model)  # θ = β: behavior log-probs from this model
     proj = make_projector("exact", model, 0, dtype=torch.float64)
     assert proj.dim == sum(p.numel() for p in model.parameters())
     rows = sketch_prompts(model, prompts, proj, aggregation=aggregation, micro_batch_tokens=64)

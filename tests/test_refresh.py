@@ -1,4 +1,4 @@
-"""Behaviour refresh (`influence.refresh_ess`): when the mean ESS/K of θ_m on the pool's stored responses falls
+"""Behavior refresh (`influence.refresh_ess`): when the mean ESS/K of θ_m on the pool's stored responses falls
 below the threshold, stage m's offline rollouts are resampled from θ_m as a new cached artifact whose parent is
 θ_m; a rerun recomputes nothing; off by default (no pool-health task, β's rollouts throughout)."""
 

@@ -376,7 +376,7 @@ def test_bad_types_and_mismatched_tokenizer(coin, tmp_path):
     pq.write_table(pa.Table.from_pylist(bad), p)
     msg = _bad(coin, tmp_path, "--pool", str(p), "--val", f"target={coin['val_pq']}")
     assert str(p) in msg and "row 1" in msg and "reward_model.ground_truth" in msg and "list" in msg
-    # a behaviour model whose tokenizer is not the checkpoint's: stored token ids would not match
+    # a behavior model whose tokenizer is not the checkpoint's: stored token ids would not match
     other = tmp_path / "other-model"
     shutil.copytree(coin["model"], other)
     for f in other.glob("tokenizer*"):

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 
 
 class RolloutBackend(ABC):
-    """Samples offline rollouts of a behaviour policy β. Implementations: `hf` (transformers), `vllm` (GPU)."""
+    """Samples offline rollouts of a behavior policy β. Implementations: `hf` (transformers), `vllm` (GPU)."""
 
     name: str = "base"
 

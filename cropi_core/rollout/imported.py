@@ -10,7 +10,7 @@ Two formats are read:
 - **plain** — one line per response: `id` (the pool row's id, with or without the `<set name>/` prefix),
   `response` (or `output` / `completion`), `reward` (or `score`).
 
-Sampler log-probabilities are never read: `build_rollouts` teacher-forces the behaviour checkpoint on the
+Sampler log-probabilities are never read: `build_rollouts` teacher-forces the behavior checkpoint on the
 tokenized responses (top-p / top-k truncation biases sampler numbers). Responses are tokenized without special
 tokens and EOS is appended (dumps are decoded with special tokens skipped, so the EOS the sampler emitted is
 gone); a response the tokenizer cannot round-trip means a tokenizer that does not match the rollouts and is an

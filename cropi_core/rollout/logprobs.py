@@ -1,4 +1,4 @@
-"""log β(a_t | s_t) per response token, recomputed by teacher forcing the behaviour model (as the paper does).
+"""log β(a_t | s_t) per response token, recomputed by teacher forcing the behavior model (as the paper does).
 
 Sequences `prompt ++ response` are right-padded into batches; position p of the logits predicts token p+1,
 so response token t (at absolute position P + t) is scored by the logits at position P + t − 1. Only those

@@ -9,7 +9,7 @@ import torch
 
 @dataclass
 class PromptRollouts:
-    """A prompt and K responses sampled from the behaviour policy β.
+    """A prompt and K responses sampled from the behavior policy β.
 
     prompt_ids:        LongTensor[P]      prompt token ids (chat template applied, no padding)
     response_ids:      list of K LongTensor[T_k]  response token ids (EOS included if generated)
