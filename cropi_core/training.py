@@ -60,11 +60,13 @@ _CKPT_RE = re.compile(r"^checkpoint-(\d+)$")
 @dataclass
 class TrainResult:
     """steps: optimizer steps taken in the stage; log_history: TRL's per-step logs (loss, reward, kl, ...);
-    final_dir: the trained model folder (safetensors + tokenizer)."""
+    final_dir: the trained model folder (safetensors + tokenizer); ran_on: what the policy's forward passes
+    computed in, observed on its output layer ({"dtype": "bfloat16", "device": "cpu", "weights": "float32"})."""
 
     steps: int
     log_history: list[dict[str, Any]] = field(default_factory=list)
     final_dir: Path = Path()
+    ran_on: dict[str, str] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------- loading
@@ -189,12 +191,14 @@ def _trainer_class():
 # ---------------------------------------------------------------- trainer
 
 
-def _grpo_args(cfg: TrainConfig, ckpt_dir: Path, progress: bool):
+def _grpo_args(cfg: TrainConfig, ckpt_dir: Path, progress: bool, device: str = "auto"):
     from trl import GRPOConfig
+
+    from cropi_core.models.loading import resolve_device
 
     return GRPOConfig(
         output_dir=str(ckpt_dir),
-        use_cpu=not torch.cuda.is_available(),
+        use_cpu=resolve_device(device).type == "cpu",
         bf16=cfg.mixed_precision == "bf16",
         fp16=False,
         activation_checkpointing=False,
@@ -241,8 +245,9 @@ def _vllm_args(cfg: TrainConfig) -> dict[str, Any]:
 
 
 def build_trainer(model_dir, problems, cfg: TrainConfig, ckpt_dir, *, template: str, instruction: str,
-                  fault_hook: Callable[[int], None] | None = None, progress: bool = True):
-    """The configured `GRPOTrainer` subclass for one stage (exposed for tests and benchmarks)."""
+                  fault_hook: Callable[[int], None] | None = None, progress: bool = True, device: str = "auto"):
+    """The configured `GRPOTrainer` subclass for one stage (exposed for tests and benchmarks); `device` as
+    `model.device` ("auto": CUDA when available; "cpu" keeps training on the CPU)."""
     from transformers import TrainerCallback
 
     if len(problems) == 0:
@@ -265,17 +270,25 @@ def build_trainer(model_dir, problems, cfg: TrainConfig, ckpt_dir, *, template: 
         trainer = cls(
             model=model,
             reward_funcs=[make_reward_func()],
-            args=_grpo_args(cfg, Path(ckpt_dir), progress),
+            args=_grpo_args(cfg, Path(ckpt_dir), progress, device),
             train_dataset=dataset,
             processing_class=tok,
             callbacks=callbacks,
         )
     trainer.dynamic_sampling = cfg.dynamic_sampling
+    # the dtype the policy's logits come out in: bfloat16 under train.mixed_precision "bf16" (autocast)
+    trainer.compute_dtypes = set()
+    model.get_output_embeddings().register_forward_hook(
+        lambda _m, _i, out: trainer.compute_dtypes.add(_dtype_name(out.dtype)))
     if not progress:  # with tqdm off, Trainer would print every log dict instead
         from transformers.trainer_callback import PrinterCallback
 
         trainer.remove_callback(PrinterCallback)
     return trainer
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
 
 
 def last_checkpoint(ckpt_dir: str | os.PathLike) -> Path | None:
@@ -298,6 +311,7 @@ def train_grpo(
     resume: bool = True,
     fault_hook: Callable[[int], None] | None = None,
     progress: bool = True,
+    device: str = "auto",
 ) -> TrainResult:
     """GRPO on `problems` (the stage's selected `Problem`s) for `cfg.steps_per_stage` steps.
 
@@ -305,13 +319,14 @@ def train_grpo(
     out_dir: working folder; checkpoints in out_dir/checkpoints, the trained model in out_dir/final.
     resume: continue from the newest complete checkpoint (and return at once if final/ is already there);
     False starts from scratch, deleting old checkpoints. fault_hook(step) runs after every optimizer step
-    (tests raise from it to simulate a crash).
+    (tests raise from it to simulate a crash). device: `model.device` (see `build_trainer`).
     """
     out = Path(out_dir)
     final_dir, ckpt_dir = out / "final", out / "checkpoints"
     if resume and (final_dir / RESULT_FILE).exists():
         saved = json.loads((final_dir / RESULT_FILE).read_text())
-        return TrainResult(steps=saved["steps"], log_history=saved["log_history"], final_dir=final_dir)
+        return TrainResult(steps=saved["steps"], log_history=saved["log_history"], final_dir=final_dir,
+                           ran_on=saved.get("ran_on", {}))
     if not resume:
         shutil.rmtree(ckpt_dir, ignore_errors=True)
         shutil.rmtree(final_dir, ignore_errors=True)
@@ -319,7 +334,7 @@ def train_grpo(
 
     with global_rng():  # TRL seeds and samples from torch's process-wide generator (cropi_core/rng.py)
         trainer = build_trainer(model_dir, problems, cfg, ckpt_dir, template=template, instruction=instruction,
-                                fault_hook=fault_hook, progress=progress)
+                                fault_hook=fault_hook, progress=progress, device=device)
         start = last_checkpoint(ckpt_dir) if resume else None
         trainer.train(resume_from_checkpoint=str(start) if start else None)
 
@@ -328,8 +343,11 @@ def train_grpo(
     trainer.model.save_pretrained(str(tmp), safe_serialization=True)
     trainer.processing_class.save_pretrained(str(tmp))
     history = [dict(h) for h in trainer.state.log_history]
-    (tmp / RESULT_FILE).write_text(json.dumps({"steps": trainer.state.global_step, "log_history": history}, default=float))
+    ran_on = {"dtype": "/".join(sorted(trainer.compute_dtypes)), "device": trainer.model.device.type,
+              "weights": _dtype_name(next(trainer.model.parameters()).dtype)}
+    (tmp / RESULT_FILE).write_text(json.dumps({"steps": trainer.state.global_step, "log_history": history,
+                                               "ran_on": ran_on}, default=float))
     shutil.rmtree(final_dir, ignore_errors=True)
     os.replace(tmp, final_dir)
     shutil.rmtree(ckpt_dir, ignore_errors=True)
-    return TrainResult(steps=trainer.state.global_step, log_history=history, final_dir=final_dir)
+    return TrainResult(steps=trainer.state.global_step, log_history=history, final_dir=final_dir, ran_on=ran_on)

@@ -140,13 +140,23 @@ def checkpoint_path(cfg: RunConfig, ref: ArtifactRef | str) -> Path:
 
 
 def load_checkpoint(cfg: RunConfig, ref: ArtifactRef):
-    """(model, tokenizer) of a checkpoint artifact, on CPU in the configured dtype."""
+    """(model, tokenizer) of a checkpoint artifact in the run's `model.dtype`, on `model.device`.
+
+    The tokenizer is the checkpoint's own: the base checkpoint stores `model.tokenizer_path`'s tokenizer when one
+    is set (tasks/bootstrap.py), and training saves the tokenizer it trained with."""
     from transformers.utils import logging as hf_logging
 
     from cropi_core.models import load_model
 
     hf_logging.disable_progress_bar()  # one "Loading weights" bar per chunk task is noise
-    return load_model(str(checkpoint_path(cfg, ref)))
+    folder = str(checkpoint_path(cfg, ref))
+    return load_model(cfg.model.model_copy(update={"name_or_path": folder, "gguf_file": None, "tokenizer_path": None}))
+
+
+def ran_on(model) -> dict[str, str]:
+    """What a task's model computed in, for its artifact's meta: {"dtype": "bfloat16", "device": "cpu"}."""
+    p = next(model.parameters())
+    return {"dtype": str(p.dtype).removeprefix("torch."), "device": p.device.type}
 
 
 # ---------------------------------------------------------------- rollouts

@@ -31,6 +31,21 @@ def copy_model_folder(src: Path, out: Path) -> None:
     save_model(model, tok, out)
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                   "vocab.json", "merges.txt", "tokenizer.model", "chat_template.jinja", "chat_template.json")
+
+
+def replace_tokenizer(out: Path, tokenizer_path: str) -> None:
+    """Store `model.tokenizer_path`'s tokenizer in the base checkpoint in place of the model folder's own, so every
+    later checkpoint (and every task loading one) uses the tokenizer the run asked for."""
+    from cropi_core.models.loading import load_tokenizer, local_folder
+
+    tok = load_tokenizer(local_folder(tokenizer_path))
+    for name in TOKENIZER_FILES:
+        (out / name).unlink(missing_ok=True)
+    tok.save_pretrained(str(out))
+
+
 def bootstrap_problems(cfg: RunConfig, exclude: list[str]):
     """Warm-up problems: a seeded synthetic mixture avoiding every pool/val/test prompt."""
     from cropi_core.data import DOMAINS, generate_mixture
@@ -75,13 +90,19 @@ def _bootstrap(cfg: RunConfig, key: str) -> ArtifactRef:
         save_model(model, tok, out)
         meta["bootstrap"] = {k: v for k, v in stats.items() if isinstance(v, (int, float, str))}
     else:
-        src = Path(cfg.model.name_or_path)
-        if cfg.model.gguf_file:
+        from cropi_core.config import resolve_alias
+        from cropi_core.models.loading import local_folder
+
+        name, gguf_file = resolve_alias(cfg.model.name_or_path, cfg.model.gguf_file)
+        src = local_folder(name)
+        if gguf_file:
             from cropi_core.models.gguf import convert_gguf
 
-            src = convert_gguf(src, cfg.model.gguf_file, out)
+            src = convert_gguf(src, gguf_file, out)
         else:
             copy_model_folder(src, out)
+        if cfg.model.tokenizer_path:
+            replace_tokenizer(out, cfg.model.tokenizer_path)
     # the config enters the checkpoint's own key (storage.registry): {"producer": key, **model} as ever
     return register_checkpoint(get_store(cfg), out, parents=[], config={"producer": key, **cfg.model.hashable()},
                                meta=meta, move=True)

@@ -45,13 +45,16 @@ class TransientFault(RuntimeError):
 
 # ---------------------------------------------------------------- store + result storage
 @functools.lru_cache(maxsize=16)
-def _store(root: str) -> Store:
-    return open_store(root)
+def _store(root: str, verify: str | None) -> Store:
+    return open_store(root, verify=verify)
 
 
 def get_store(cfg: RunConfig) -> Store:
-    """The (process-cached) store named by `cfg.storage.root`."""
-    return _store(cfg.storage.root)
+    """The (process-cached) store named by `cfg.storage.root`, checking payloads per `cfg.storage.verify`.
+
+    A verify mode the config leaves at its default yields to `$CROPI_STORAGE_VERIFY` (then "sampled")."""
+    st = cfg.storage
+    return _store(st.root, st.verify if "verify" in st.model_fields_set else None)
 
 
 def local_root(cfg: RunConfig) -> Path | None:

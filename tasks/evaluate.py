@@ -6,7 +6,7 @@ from prefect import task
 
 from cropi_core.config import RunConfig
 from storage import ArtifactRef
-from tasks.artifacts import load_checkpoint, load_problems
+from tasks.artifacts import load_checkpoint, load_problems, ran_on
 from tasks.common import GPU_TAG
 from tasks.recipes import RECIPES, produce
 
@@ -30,7 +30,8 @@ def evaluate(cfg: RunConfig, ckpt: ArtifactRef, data: ArtifactRef, name: str, st
         meta = {"set": name, "stage": stage, "n": len(problems), "accuracy": float(res.accuracy),
                 "accuracy_se": float(res.accuracy_se),
                 "mean_at_n": None if res.mean_at_n is None else float(res.mean_at_n),
-                "mean_at_n_se": None if res.mean_at_n_se is None else float(res.mean_at_n_se), "run": cfg.name}
+                "mean_at_n_se": None if res.mean_at_n_se is None else float(res.mean_at_n_se), "run": cfg.name,
+                "ran_on": ran_on(model)}
         w.put_json("result.json", {**meta, "correct": {k: float(v) for k, v in res.correct.items()},
                                    "sampled": None if res.sampled is None else
                                    {k: float(v) for k, v in res.sampled.items()}})

@@ -11,7 +11,7 @@ from prefect import task
 
 from cropi_core.config import RunConfig
 from storage import ArtifactRef
-from tasks.artifacts import GRADS, load_checkpoint, param_ratios, read_candidates, read_rollouts, sketch_dim
+from tasks.artifacts import GRADS, load_checkpoint, param_ratios, ran_on, read_candidates, read_rollouts, sketch_dim
 from tasks.common import GPU_TAG, LEDGER, NO_RETRY_TAG, Timer, computed, get_store, key_policy, log, maybe_fault, storage_hit
 from tasks.recipes import RECIPES, behavior_temperature, produce
 
@@ -45,7 +45,7 @@ def calibration(cfg: RunConfig, ckpt: ArtifactRef, pool_rollouts: ArtifactRef, s
         w.put_json("energy.json", gradient_energy(model, prompts, aggregation=inf.aggregation,
                                                   micro_batch_tokens=inf.micro_batch_tokens,
                                                   temperature=behavior_temperature(cfg)))
-        return {"stage": stage, "prompts": len(prompts), "run": cfg.name}
+        return {"stage": stage, "prompts": len(prompts), "run": cfg.name, "ran_on": ran_on(model)}
 
     return produce(CALIBRATION, "calibration", cfg, {"ckpt": ckpt, "pool_rollouts": pool_rollouts}, payload)
 
@@ -102,7 +102,7 @@ def grads_chunk(cfg: RunConfig, ckpt: ArtifactRef, rollouts: ArtifactRef, chunk:
     # the marker tests and the console progress watch for
     scored = "" if candidates is None else f", {len(rows)} candidates"
     log(f"grads {label} stage {stage}: chunk {chunk + 1}/{arr.num_chunks} done (rows {lo}-{hi}{scored}, {t.seconds:.1f}s)")
-    return {"chunk": chunk, "rows": [lo, hi], "computed": True}
+    return {"chunk": chunk, "rows": [lo, hi], "computed": True, **({"ran_on": ran_on(model)} if rows else {})}
 
 
 @task(name="grads", task_run_name="grads-{label}-s{stage}-finalize", tags=[NO_RETRY_TAG], cache_policy=R.policy())
@@ -116,7 +116,11 @@ def grads_finalize(cfg: RunConfig, ckpt: ArtifactRef, rollouts: ArtifactRef, chu
     if store.exists(key):
         return storage_hit("grads", store.ref(key))
     with Timer() as t:
-        ref = staging(cfg, ckpt, rollouts, n_rows, stage, calibration, candidates).finalize()
+        st = staging(cfg, ckpt, rollouts, n_rows, stage, calibration, candidates)
+        seen = [c["ran_on"] for c in chunks if c.get("ran_on")]
+        if seen:  # chunks computed by an earlier (killed) attempt left no record of theirs
+            st.meta["ran_on"] = seen[0] if all(s == seen[0] for s in seen) else seen
+        ref = st.finalize()
     return computed("grads", ref, R.parent_refs(params), store, t.seconds,
                     {"chunks_computed": sum(bool(c.get("computed")) for c in chunks)})
 

@@ -10,7 +10,7 @@ from prefect import task
 
 from cropi_core.config import RunConfig
 from storage import ArtifactRef
-from tasks.artifacts import load_checkpoint, load_problems, rollouts_meta, selected_indices, write_rollouts
+from tasks.artifacts import load_checkpoint, load_problems, ran_on, rollouts_meta, selected_indices, write_rollouts
 from tasks.common import GPU_TAG
 from tasks.recipes import RECIPES, produce
 
@@ -31,11 +31,12 @@ def rollouts(cfg: RunConfig, ckpt: ArtifactRef, data: ArtifactRef, k: int, subse
             problems = [problems[i] for i in selected_indices(cfg, subset)]
         model, tok = load_checkpoint(cfg, ckpt)
         r = cfg.rollout
-        recs = get_backend(r.backend, model, tok).sample(
+        kwargs = {"dtype": cfg.model.dtype} if r.backend == "vllm" else {}
+        recs = get_backend(r.backend, model, tok, **kwargs).sample(
             problems, k, temperature=r.temperature, top_p=r.top_p, max_new_tokens=r.max_new_tokens, seed=r.seed,
             template=cfg.data.template, instruction=cfg.data.instruction, batch_size=r.batch_size, progress=True)
         write_rollouts(w, recs)
-        return rollouts_meta(recs, k=k, label=label, run=cfg.name)
+        return rollouts_meta(recs, k=k, label=label, run=cfg.name, ran_on=ran_on(model))
 
     return produce(R, "rollouts", cfg, {"ckpt": ckpt, "data": data, "k": k, "subset": subset}, payload,
                    fault="rollouts")

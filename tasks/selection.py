@@ -9,7 +9,7 @@ from prefect import task
 
 from cropi_core.config import RunConfig
 from storage import ArtifactRef
-from tasks.artifacts import (count_by, load_checkpoint, load_problems, pass_rates, read_grads, read_rollouts,
+from tasks.artifacts import (count_by, load_checkpoint, load_problems, pass_rates, ran_on, read_grads, read_rollouts,
                              read_scores, selected_indices)
 from tasks.common import GPU_TAG
 from tasks.recipes import RANDOM_METHODS, RECIPES, behavior_temperature, mixes_random, produce
@@ -118,7 +118,7 @@ def _health(cfg: RunConfig, w, ckpt: ArtifactRef, pool_rollouts: ArtifactRef, se
     summary = h.summary()
     w.put_json("health.json", {k: [float(x) for x in getattr(h, k)] for k in summary})
     return {"stage": stage, "n": len(recs), "run": cfg.name, **({} if sel is not None else {"prompts": "all"}),
-            **summary}
+            **summary, "ran_on": ran_on(model)}
 
 
 @task(name="health", task_run_name="health-s{stage}", tags=[GPU_TAG], cache_policy=HEALTH.policy())

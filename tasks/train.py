@@ -49,12 +49,13 @@ def _train(cfg: RunConfig, stage: int, ckpt: ArtifactRef, pool: ArtifactRef, sel
             raise TransientFault(f"injected transient fault in train at step {step} (attempt {attempt()})")
 
     res = train_grpo(checkpoint_path(cfg, ckpt), chosen, cfg.train, out, template=cfg.data.template,
-                     instruction=cfg.data.instruction, resume=True, fault_hook=hook, progress=True)
+                     instruction=cfg.data.instruction, resume=True, fault_hook=hook, progress=True,
+                     device=cfg.model.device)
     last = res.log_history[-1] if res.log_history else {}
     rewards = [float(h["reward"]) for h in res.log_history if "reward" in h]
     meta = {"producer": key, "run": cfg.name, "stage": stage + 1, "steps": res.steps,
             "train_loss": float(last.get("train_loss", last.get("loss", float("nan")))),
-            "reward_mean": sum(rewards) / len(rewards) if rewards else None}
+            "reward_mean": sum(rewards) / len(rewards) if rewards else None, "ran_on": res.ran_on}
     # the config enters the checkpoint's own key (storage.registry): {"producer", "train"} as ever
     ref = register_checkpoint(get_store(cfg), res.final_dir, parents=[ckpt.key, sel.key],
                               config={"producer": key, "train": cfg.train.hashable()}, meta=meta, move=True)

@@ -27,7 +27,9 @@ def test_every_config_loads_and_builds_its_data(path, shared_dir):
     for spec in cfg.data.pool + cfg.data.targeted + cfg.data.untargeted:
         assert Path(spec.path).is_absolute() and Path(spec.path).is_file(), spec.path  # resolved next to the YAML
         assert Path(spec.path).is_relative_to(shared_dir / "data")
-    model_local = cfg.model.is_embedded or Path(cfg.model.name_or_path).exists()
+    from cropi_core.config import MODEL_ALIASES
+
+    model_local = cfg.model.is_embedded or cfg.model.name_or_path in MODEL_ALIASES or Path(cfg.model.name_or_path).exists()
     if model_local:
         load_config(path, check_files=True)  # everything it names exists here
     else:  # e.g. /models/Qwen2.5-1.5B-Instruct on a GPU machine: the one-line error names the field
@@ -74,9 +76,12 @@ def test_paper_config_matches_the_paper():
     assert cfg.runner.kind == "ray" and cfg.train.lr == 1e-6
 
 
-def test_smollm2_config_points_at_the_gguf_wheel():
+def test_smollm2_config_names_the_model_in_the_gguf_wheel():
+    from cropi_core.config import resolve_alias
+
     cfg = load_config(CONFIGS / "smollm2-gsm8k.yaml")
-    assert (Path(cfg.model.name_or_path) / cfg.model.gguf_file).is_file()
+    folder, gguf_file = resolve_alias(cfg.model.name_or_path, cfg.model.gguf_file)
+    assert (Path(folder) / gguf_file).is_file()
     splits = build_splits(cfg.data)
     assert splits.sizes() == {"pool": 64, "val/asdiv": 32, "test/asdiv": 32, "test/gsm8k": 32, "test/svamp": 32}
     assert cfg.rollout.num_generations == 4 and cfg.rollout.max_new_tokens == 96

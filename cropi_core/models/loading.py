@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
-from cropi_core.config import ModelConfig
+from cropi_core.config import MODEL_ALIASES, ModelConfig, resolve_alias
 from cropi_core.errors import ModelError
 from cropi_core.models.hf_io import LOAD_LOCK
 from cropi_core.models.tiny import build_tiny
@@ -78,7 +78,8 @@ def load_model(
     gguf_file: str | None = None,
     attn_implementation: str = "eager",
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """(model in eval mode on `device`, tokenizer) for a ModelConfig, "tiny", or a local folder / file:// URL.
+    """(model in eval mode on `device`, tokenizer) for a ModelConfig, "tiny", an alias of `MODEL_ALIASES`, or a
+    local folder / fsspec URL.
 
     - "tiny": a freshly initialised embedded model (`cfg.tiny` shape) with the char tokenizer;
     - a folder with config.json + safetensors (our checkpoints, converted GGUF, any HF causal LM);
@@ -90,6 +91,9 @@ def load_model(
         cfg = ModelConfig(name_or_path=str(cfg), gguf_file=gguf_file)
     elif gguf_file is not None:
         cfg = cfg.model_copy(update={"gguf_file": gguf_file})
+    if cfg.name_or_path in MODEL_ALIASES:
+        folder, gguf = resolve_alias(cfg.name_or_path, cfg.gguf_file)
+        cfg = cfg.model_copy(update={"name_or_path": folder, "gguf_file": gguf})
     torch_dtype = resolve_dtype(dtype, cfg.dtype)
     dev = resolve_device(device if device is not None else cfg.device)
 
@@ -98,13 +102,13 @@ def load_model(
         model = build_tiny(cfg.tiny, tokenizer)
         return model.to(device=dev, dtype=torch_dtype).eval(), tokenizer
 
-    folder = _local_folder(cfg.name_or_path)
+    folder = local_folder(cfg.name_or_path)
     if cfg.gguf_file:
         from cropi_core.models.gguf import load_gguf
 
         model, tokenizer = load_gguf(folder, cfg.gguf_file, dtype=torch_dtype, attn_implementation=attn_implementation)
         if cfg.tokenizer_path:
-            tokenizer = load_tokenizer(_local_folder(cfg.tokenizer_path))
+            tokenizer = load_tokenizer(local_folder(cfg.tokenizer_path))
         tokenizer.padding_side = "left"
         return model.to(dev).eval(), tokenizer
 
@@ -112,7 +116,7 @@ def load_model(
         raise ModelError(f"{folder}: not a model folder (no config.json)")
     if not any((folder / f).is_file() for f in _WEIGHT_FILES):
         raise ModelError(f"{folder}: no weights (expected model.safetensors); for a GGUF file set model.gguf_file")
-    tokenizer = load_tokenizer(_local_folder(cfg.tokenizer_path) if cfg.tokenizer_path else folder)
+    tokenizer = load_tokenizer(local_folder(cfg.tokenizer_path) if cfg.tokenizer_path else folder)
     try:
         with LOAD_LOCK:
             model = AutoModelForCausalLM.from_pretrained(
@@ -123,7 +127,7 @@ def load_model(
     return model.to(dev).eval(), tokenizer
 
 
-def _local_folder(name_or_path: str) -> Path:
+def local_folder(name_or_path: str) -> Path:
     """A local folder for a path or fsspec URL (remote folders are copied once into a local cache)."""
     if "://" in name_or_path and not name_or_path.startswith("file://"):
         return _fetch_remote(name_or_path)
