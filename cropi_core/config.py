@@ -6,14 +6,23 @@ Every section forbids unknown keys, and every validation failure is reported as 
 Fields are grouped by whether they change outputs. Each section lists its *hash-excluded* fields in
 `HASH_EXCLUDE` (batch sizes, devices, worker counts, progress): changing them must not invalidate cached
 artifacts. `RunConfig.hashable(section)` returns the output-determining fields of a section.
+
+Every field carries its documentation in `Field(description=...)` (meaning, range, where the value comes from);
+`explain(cfg, prefix)` lists the leaf fields with their type, default, value, description and whether they change
+artifact keys, and `render_explain` prints that as text. Descriptions never enter a key (`hashable` dumps values).
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
+import textwrap
+import types
+import typing
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -47,6 +56,8 @@ def resolve_alias(name_or_path: str, gguf_file: str | None = None) -> tuple[str,
 
 
 class Section(BaseModel):
+    """A config section: unknown keys rejected, assignments validated, `hashable()` for artifact keys."""
+
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
     HASH_EXCLUDE: ClassVar[frozenset[str]] = frozenset()
     # fields added after artifacts existed: they enter the key only when they differ from this value, so the
@@ -57,6 +68,9 @@ class Section(BaseModel):
     # renamed fields {old name: new name}. The old name still loads (one deprecation line, `ConfigDeprecation`)
     # and is still the name hashed, so a rename keeps every artifact key
     RENAMED: ClassVar[dict[str, str]] = {}
+    # HASH_EXCLUDE fields that another artifact's key holds instead, {field: that artifact's kind}: not part of this
+    # section's hash, yet they change keys (`explain` reports them as keyed)
+    HASH_ELSEWHERE: ClassVar[dict[str, str]] = {}
 
     @model_validator(mode="before")
     @classmethod
@@ -104,22 +118,46 @@ def deprecated(old: str, new: str, source: str = "") -> None:
 class TinyModelConfig(Section):
     """Shape of the embedded Qwen2-architecture model (≈1M parameters at the defaults)."""
 
-    hidden_size: int = Field(128, gt=0)
-    num_hidden_layers: int = Field(4, gt=0)
-    num_attention_heads: int = Field(4, gt=0)
-    num_key_value_heads: int = Field(2, gt=0)
-    intermediate_size: int = Field(256, gt=0)
-    max_position_embeddings: int = Field(512, gt=0)
-    seed: int = 0
+    hidden_size: int = Field(128, gt=0, description=(
+        "Width of the embedded model's hidden states (Qwen2 hidden_size); must divide by num_attention_heads. "
+        "Used only when model.name_or_path is \"tiny\"."))
+    num_hidden_layers: int = Field(4, gt=0, description="Decoder layers of the embedded model.")
+    num_attention_heads: int = Field(4, gt=0, description=(
+        "Query heads per layer of the embedded model; must divide by num_key_value_heads."))
+    num_key_value_heads: int = Field(2, gt=0, description=(
+        "Key/value heads per layer of the embedded model (grouped-query attention, as in Qwen2)."))
+    intermediate_size: int = Field(256, gt=0, description="Inner width of the embedded model's MLP.")
+    max_position_embeddings: int = Field(512, gt=0, description=(
+        "Longest sequence (prompt + response) the embedded model handles, in tokens: characters, since its "
+        "tokenizer is character-level."))
+    seed: int = Field(0, description=(
+        "Seeds the embedded model's random initialisation (and the global RNGs before the warm-up)."))
 
 
 class ModelConfig(Section):
-    name_or_path: str = Field(EMBEDDED_MODEL, min_length=1)  # "tiny" or a local HF folder / fsspec URL
-    gguf_file: str | None = None  # file name inside name_or_path, for GGUF checkpoints
-    tokenizer_path: str | None = None  # defaults to name_or_path
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    tiny: TinyModelConfig = TinyModelConfig()
-    device: str = "auto"
+    """The policy model (θ_0 = β): the embedded tiny model or a local checkpoint, its dtype and its device."""
+
+    name_or_path: str = Field(EMBEDDED_MODEL, min_length=1, description=(
+        "\"tiny\" (the embedded ≈1M-parameter Qwen2 with a character tokenizer, warmed up by `bootstrap`), a model "
+        "alias (e.g. \"smollm2-135m-instruct\", found in its installed package), or a local Hugging Face model "
+        "folder / fsspec URL (a remote folder is copied once into a local cache; cropi never downloads from the "
+        "Hub). A relative path in a YAML file is resolved against that file's folder. The stage-0 checkpoint is "
+        "built or copied from it, so it changes every key."))
+    gguf_file: str | None = Field(None, description=(
+        "File name of a GGUF checkpoint inside name_or_path (dequantised into a plain model); null = the folder's "
+        "safetensors weights. An alias fills it in."))
+    tokenizer_path: str | None = Field(None, description=(
+        "Folder or fsspec URL of the tokenizer to use instead of the one in name_or_path (it is stored with the "
+        "stage-0 checkpoint). null = name_or_path's own. The embedded model always uses its character tokenizer."))
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description=(
+        "dtype the checkpoints are loaded in for rollouts (the vLLM backend too), sketches, health and evaluation. "
+        "float32 for the embedded model and CPUs; bfloat16 for real models on GPUs (the paper config). GRPO "
+        "training keeps float32 weights (see train.mixed_precision)."))
+    tiny: TinyModelConfig = Field(TinyModelConfig(), description=(
+        "Shape and initialisation seed of the embedded model (name_or_path \"tiny\")."))
+    device: str = Field("auto", description=(
+        "Where models run: \"auto\" (CUDA when available, else the CPU), \"cpu\", \"cuda\", \"cuda:1\", ... "
+        "Not keyed: an artifact is the same wherever it was computed."))
     HASH_EXCLUDE = frozenset({"device"})
 
     @property
@@ -130,27 +168,42 @@ class ModelConfig(Section):
 class BootstrapConfig(Section):
     """Supervised warm-up of the embedded model on synthetic problems (ignored for real models)."""
 
-    enabled: bool = True
-    steps: int = Field(1000, ge=0)
-    lr: float = Field(3e-3, gt=0)
-    batch_size: int = Field(64, gt=0)
-    num_problems: int = Field(4000, gt=0)
-    # share of multi-step problems (two_step, word) taught with their worked solution ("2+3=5. 5+4=9. \\boxed{9}")
-    # instead of the direct answer: the policy starts with both habits, and RL can learn which one pays
-    worked_fraction: float = Field(0.5, ge=0, le=1)
-    # share of the multi-step problems taught with an UNBOXED answer ("Answer: 9", reward 0): a wrong-format habit
-    # on exactly the targeted domains, which RL unlearns domain-wide (it transfers to unseen test prompts, unlike
-    # the facts themselves). Taken from the problems not taught worked (worked_fraction + this ≤ 1).
-    # Default 0.3 (the embedded benchmark; measured in README "Evidence"): the starting policy answers the habit
-    # domains unboxed ~30% of the time, which GRPO can unlearn and which transfers to unseen test prompts.
-    unboxed_fraction: float = Field(0.3, ge=0, le=1)
-    # the domains that carry the unboxed habit. None = the multi-step domains (two_step, word), the behaviour before
-    # this field existed. A one-fact domain listed here gets "Answer: gold" for a seeded `unboxed_fraction` of its
-    # problems. The embedded default lists the two targeted domains AND one untargeted domain (`sub`): the skill RL
-    # learns on the targeted domains (box the answer) is shared by an unseen untargeted test domain, as math domains
-    # share reasoning in the paper, while add/mul/max share nothing with the targeted ones.
-    unboxed_domains: list[str] | None = ["two_step", "word", "sub"]
-    seed: int = 0
+    enabled: bool = Field(True, description=(
+        "Warm up the embedded model before RL. Without it the randomly initialised model emits noise and never "
+        "writes \\boxed{}, so every reward is 0 and nothing can be scored. Ignored for real models."))
+    steps: int = Field(1000, ge=0, description=(
+        "AdamW steps of the warm-up (0 = none). The default (1000 steps × 64 problems at lr 3e-3, ≈2.5 min on 2 "
+        "CPU cores) stops while every domain is partially solved (greedy pass@1 ≈ 0.2–0.5 per domain, about half "
+        "the pool prompts with 0 < sampled pass rate < 1): a prompt whose responses all get the same reward has a "
+        "zero gradient and cannot be scored."))
+    lr: float = Field(3e-3, gt=0, description=(
+        "Peak learning rate of the warm-up: a linear ramp over the first 5% of the steps, then a cosine decay to "
+        "10% of it."))
+    batch_size: int = Field(64, gt=0, description=(
+        "Problems per warm-up step (seeded epochs, batched by similar length)."))
+    num_problems: int = Field(4000, gt=0, description=(
+        "Synthetic problems in the warm-up set: a seeded mixture of data.synthetic.domains (every synthetic "
+        "domain when data.synthetic is null) that avoids every pool, validation and test prompt."))
+    worked_fraction: float = Field(0.5, ge=0, le=1, description=(
+        "Share of the multi-step problems (two_step, word) taught with their worked solution "
+        "(\"2+3=5. 5+4=9. \\boxed{9}\") instead of the direct answer: the policy starts with both habits, and RL can "
+        "learn which one pays."))
+    unboxed_fraction: float = Field(0.3, ge=0, le=1, description=(
+        "Share of the problems of unboxed_domains taught with an UNBOXED answer (\"Answer: 9\", reward 0): a "
+        "wrong-format habit on the habit domains (the targeted ones, plus sub by default), which RL unlearns "
+        "domain-wide (it transfers to unseen test prompts, unlike the facts themselves). In a multi-step domain it "
+        "is taken from the problems not taught worked (worked_fraction + unboxed_fraction ≤ 1). The default 0.3 "
+        "(the embedded benchmark) makes the starting policy answer the habit domains unboxed ~30% of the time, "
+        "which GRPO can unlearn. In a conflicting domain (data.synthetic.conflict_domains) the roles swap: this "
+        "share is taught the boxed answer. 0 = no habit."))
+    unboxed_domains: list[str] | None = Field(["two_step", "word", "sub"], description=(
+        "Synthetic domains that carry the unboxed habit; null = the multi-step domains (two_step, word). A "
+        "one-fact domain listed here gets \"Answer: <gold>\" for a seeded unboxed_fraction of its problems. The "
+        "default lists the two targeted domains AND one untargeted domain (sub): the skill RL learns on the "
+        "targeted domains (box the answer) is shared by an unseen untargeted test domain, as math domains share "
+        "reasoning in the paper, while add/mul/max share nothing with the targeted ones."))
+    seed: int = Field(0, description=(
+        "Seeds the warm-up: its problems, which of them are taught worked or unboxed, and the batch order."))
     HASH_OMIT_WHEN = {"unboxed_fraction": 0.0, "unboxed_domains": None}
 
     @model_validator(mode="after")
@@ -167,19 +220,43 @@ class BootstrapConfig(Section):
 class DatasetSpec(Section):
     """One dataset file (any fsspec URL) and how to read it into `Problem`s."""
 
-    name: str
-    path: str
-    format: Literal["auto", "jsonl", "json", "parquet"] = "auto"
-    prompt_field: str | list[str] = "question"  # a list is joined with " " (e.g. SVAMP Body + Question)
-    answer_field: str = "answer"
-    extractor: Literal["field", "gsm8k_hash", "boxed", "strip_parenthetical"] = "field"
-    id_field: str | None = None  # defaults to "<name>/<row>"
-    domain: str | None = None  # constant domain; defaults to `name`
-    domain_field: str | None = None  # per-row domain (e.g. MATH "type")
-    verifier: Literal["math", "exact", "last_number", "answer_line"] = "math"
-    meta_fields: list[str] = []  # row fields copied into Problem.meta (e.g. MATH "difficulty", DSR-sub "index")
-    limit: int | None = Field(None, gt=0)  # keep the first `limit` rows after de-duplication
-    val_size: int = Field(100, ge=0)  # targeted sets only: size of the validation part (rest = test)
+    name: str = Field(description=(
+        "Name of the set, unique across data.pool/targeted/untargeted: problem ids are \"<name>/<id>\", its sets "
+        "\"val/<name>\" and \"test/<name>\", and the domain defaults to it."))
+    path: str = Field(description=(
+        "The file: a local path (a relative one in a YAML file is resolved against that file's folder) or any "
+        "fsspec URL; .gz/.bz2/.xz/.zst compression of JSON/JSONL is read transparently. Keys depend on the "
+        "records read, not on the path."))
+    format: Literal["auto", "jsonl", "json", "parquet"] = Field("auto", description=(
+        "File format: \"jsonl\", \"json\" (a list of objects), \"parquet\"; \"auto\" = from the extension "
+        "(.jsonl/.ndjson, .json, .parquet/.pq)."))
+    prompt_field: str | list[str] = Field("question", description=(
+        "Row field holding the question; a list of fields is joined with \" \" (e.g. SVAMP [Body, Question])."))
+    answer_field: str = Field("answer", description=(
+        "Row field holding the answer, or the solution the extractor reads it from. Rows with an empty answer are "
+        "skipped (and counted)."))
+    extractor: Literal["field", "gsm8k_hash", "boxed", "strip_parenthetical"] = Field("field", description=(
+        "How the gold answer is read from answer_field: \"field\" (the value itself), \"gsm8k_hash\" (the text after "
+        "the last \"####\", commas removed), \"boxed\" (the last \\boxed{} of a worked solution), "
+        "\"strip_parenthetical\" (a trailing unit dropped: ASDiv \"9 (apples)\" → \"9\")."))
+    id_field: str | None = Field(None, description=(
+        "Row field holding a unique id; null = the 0-based row index. Ids are \"<name>/<value>\"; the "
+        "validation/test split hashes them, so stable ids keep the split when rows move."))
+    domain: str | None = Field(None, description=(
+        "Domain of every row (results are broken down by domain); null = name. domain_field overrides it."))
+    domain_field: str | None = Field(None, description="Row field holding a per-row domain (e.g. MATH \"type\").")
+    verifier: Literal["math", "exact", "last_number", "answer_line"] = Field("math", description=(
+        "Reward rule, 1 or 0 per response: \"math\" (math-verify equivalence of the last \\boxed{} with the gold), "
+        "\"exact\" (the last \\boxed{} as an integer; the gold must be one), \"last_number\" (the last \\boxed{}, "
+        "else the last number in the response: for small models that rarely box), \"answer_line\" (an unboxed "
+        "\"Answer: N\" line; a boxed answer scores 0)."))
+    meta_fields: list[str] = Field([], description=(
+        "Row fields copied into each problem's metadata (e.g. MATH \"difficulty\", DSR-sub \"index\")."))
+    limit: int | None = Field(None, gt=0, description=(
+        "Keep the first `limit` rows, counted after de-duplication (data.dedup); null = all."))
+    val_size: int = Field(100, ge=0, description=(
+        "Targeted sets only: problems in the validation part, whose gradients are the target (the paper: ≤ 100 "
+        "per benchmark); the rest is the test part. The split is a seeded hash of the ids (data.split_seed)."))
 
 
 # generators live in cropi_core.data.synthetic (its DOMAINS has exactly these keys)
@@ -189,37 +266,51 @@ SYNTHETIC_DOMAINS = ("add", "sub", "mul", "two_step", "word", "max")
 class SyntheticConfig(Section):
     """The embedded arithmetic suite: a mixed pool where the targeted domains are a minority."""
 
-    domains: list[str] = ["add", "sub", "mul", "two_step", "word", "max"]
-    # the domains whose validation sets drive selection (and whose test sets are "targeted"); the rest are
-    # untargeted test domains. With the default bootstrap the habit domains are two_step, word, sub: targeting
-    # two of them leaves one untargeted domain that shares the skill (sub here; `[sub, word]` leaves two_step).
-    targeted: list[str] = ["two_step", "word"]
-    pool_per_domain: dict[str, int] = {}  # overrides pool_size for a domain
-    pool_size: int = Field(120, gt=0)  # per domain
-    val_size: int = Field(32, gt=0)  # per targeted domain
-    # per domain. 160 prompts × mean@8 gives one evaluation a standard error ≈ 0.017 on the targeted mean (2 sets)
-    # and ≈ 0.015 on the untargeted mean (4 sets) at the default bootstrap (per-prompt SD 0.3–0.44); 64 gave ±0.03
-    test_size: int = Field(160, gt=0)
-    # test prompts per UNTARGETED domain (None = test_size). The SE of the targeted mean (2 sets) is the larger one:
-    # between-prompt spread dominates it (mean@16 instead of @8 would cut 0.0219 only to 0.0214), so moving prompts
-    # from the 4 untargeted sets to the 2 targeted ones (test_size 240, untargeted_test_size 120: the same 960
-    # evaluated prompts) brings both means under 0.02 (≈ 0.018 / 0.019, from the per-prompt scores of the default)
-    untargeted_test_size: int | None = Field(None, gt=0)
-    # Share of the pool held by the untargeted domains (the distractors and conflicting domains), in (0, 1): the
-    # pool keeps pool_size × len(domains) prompts, the targeted domains split (1 − share) of them evenly and the
-    # others split the share (pool_per_domain still overrides a domain). Real pools are mostly off-target: the
-    # paper's DeepScaleR pool against GSM8K/MATH targets, or a math target inside a general RLVR mixture.
-    # None = pool_size per domain (a share of 1 − len(targeted)/len(domains)).
-    distractor_share: float | None = Field(None, gt=0, lt=1)
-    # Untargeted domains whose verifier rewards ANOTHER answer convention than the targeted domains' `\boxed{}`:
-    # an unboxed `Answer: N` line (verifier `answer_line`; a boxed answer scores 0), as GSM8K-style sources
-    # (`#### 72`, "The answer is 72") sit next to MATH-style boxed ones in real pools. Rewarding that habit
-    # conflicts with the targeted domains, which must box their answers. [] = no conflicting domain.
-    conflict_domains: list[str] = []
-    # Share of each conflicting domain's prompts (pool, warm-up and test alike; a seeded draw per prompt id) whose
-    # verifier is `answer_line`; the rest keep the boxed `exact` verifier. 1 = the whole domain conflicts.
-    conflict_strength: float = Field(1.0, ge=0, le=1)
-    seed: int = 0
+    domains: list[str] = Field(["add", "sub", "mul", "two_step", "word", "max"], description=(
+        "Domains of the suite, each a seeded generator of integer problems with verifier \"exact\" (examples in "
+        "cropi_core/data/synthetic.py): add, sub, mul and max (which is larger) ask one fact; two_step chains two "
+        "(a+b+c, a*b+c); word is a short word problem. two_step and word carry worked solutions."))
+    targeted: list[str] = Field(["two_step", "word"], description=(
+        "Domains whose validation sets drive selection (their test sets are the targeted ones); the other domains "
+        "are untargeted test domains. With the default bootstrap the habit domains are two_step, word and sub: "
+        "targeting two of them leaves one untargeted domain that shares the skill (sub here; [sub, word] leaves "
+        "two_step)."))
+    pool_per_domain: dict[str, int] = Field({}, description=(
+        "Pool prompts of the named domains, {domain: count ≥ 0}; overrides pool_size and distractor_share for "
+        "them."))
+    pool_size: int = Field(120, gt=0, description=(
+        "Pool prompts per domain (6 × 120 = 720 at the defaults); with distractor_share, pool_size × "
+        "len(domains) is the pool's total."))
+    val_size: int = Field(32, gt=0, description=(
+        "Validation prompts per targeted domain: their mean gradient is the target."))
+    test_size: int = Field(160, gt=0, description=(
+        "Test prompts per domain (per targeted domain when untargeted_test_size is set). 160 prompts × mean@8 give "
+        "one evaluation a standard error ≈ 0.017 on the targeted mean (2 sets) and ≈ 0.015 on the untargeted mean "
+        "(4 sets) at the default bootstrap (per-prompt SD 0.3–0.44); 64 gave ±0.03."))
+    untargeted_test_size: int | None = Field(None, gt=0, description=(
+        "Test prompts per untargeted domain; null = test_size. The standard error of the targeted mean (2 sets) is "
+        "the larger one, and between-prompt spread dominates it (mean@16 instead of @8 would cut 0.0219 only to "
+        "0.0214): moving prompts from the 4 untargeted sets to the 2 targeted ones (test_size 240, "
+        "untargeted_test_size 120: the same 960 evaluated prompts) brings both means under 0.02 (≈ 0.018 / 0.019, "
+        "from the per-prompt scores of the default)."))
+    distractor_share: float | None = Field(None, gt=0, lt=1, description=(
+        "Share of the pool held by the untargeted domains (distractors and conflicting domains): the pool keeps "
+        "pool_size × len(domains) prompts, the targeted domains split (1 − share) of them evenly and the others "
+        "split the share (pool_per_domain still overrides a domain). Real pools are mostly off-target: the paper's "
+        "DeepScaleR pool against GSM8K/MATH targets, or a math target inside a general RLVR mixture. null = "
+        "pool_size per domain (a share of 1 − len(targeted)/len(domains))."))
+    conflict_domains: list[str] = Field([], description=(
+        "Untargeted domains whose verifier rewards another answer convention than the targeted domains' \\boxed{}: "
+        "an unboxed \"Answer: N\" line (verifier answer_line; a boxed answer scores 0), as GSM8K-style sources "
+        "(\"#### 72\", \"The answer is 72\") sit next to MATH-style boxed ones in real pools. Rewarding that habit "
+        "conflicts with the targeted domains, which must box their answers; the warm-up teaches these problems "
+        "their convention. [] = no conflicting domain."))
+    conflict_strength: float = Field(1.0, ge=0, le=1, description=(
+        "Share of each conflicting domain's prompts (pool, warm-up and test alike; a seeded draw per prompt id) "
+        "whose verifier is answer_line; the rest keep the boxed \"exact\" verifier. 1 = the whole domain "
+        "conflicts."))
+    seed: int = Field(0, description=(
+        "Seeds the problem generators, the pool order and which conflicting prompts use answer_line."))
     HASH_OMIT_WHEN = {"untargeted_test_size": None, "distractor_share": None, "conflict_domains": [],
                       "conflict_strength": 1.0}
 
@@ -271,17 +362,37 @@ class DataConfig(Section):
     With `synthetic` set, the pool and sets come from the embedded suite and the lists must be empty.
     """
 
-    synthetic: SyntheticConfig | None = SyntheticConfig()
-    pool: list[DatasetSpec] = []
-    targeted: list[DatasetSpec] = []
-    untargeted: list[DatasetSpec] = []
-    # The embedded default is the bare question ("Compute 4+5.\n"): the char-level model pays one token per
-    # character, and a 14-token prompt instead of a 50-token chat+instruction one halves the warm-up step time
-    # (the warm-up teaches the `\\boxed{}` format). Real-model configs set chat_boxed and the paper's instruction.
-    template: Literal["chat_boxed", "plain_boxed", "raw"] = "plain_boxed"
-    instruction: str = ""
-    split_seed: int = 0
-    dedup: bool = True
+    synthetic: SyntheticConfig | None = Field(SyntheticConfig(), description=(
+        "The embedded arithmetic suite; null = read the datasets of pool, targeted and untargeted (then pool and "
+        "targeted are required)."))
+    pool: list[DatasetSpec] = Field([], description=(
+        "Training-pool datasets, each a DatasetSpec (name, path, format, prompt_field, answer_field, extractor, "
+        "id_field, domain, domain_field, verifier, meta_fields, limit). Read in order: with dedup the first copy "
+        "of a prompt is kept (list MATH before DeepScaleR to keep MATH's). Only with synthetic: null."))
+    targeted: list[DatasetSpec] = Field([], description=(
+        "Target benchmarks (DatasetSpec), each split by id into a validation part (its val_size prompts: their "
+        "gradients drive selection) and a test part. Only with synthetic: null."))
+    untargeted: list[DatasetSpec] = Field([], description=(
+        "Test-only benchmarks (DatasetSpec), never used for selection: they measure transfer and forgetting. Only "
+        "with synthetic: null."))
+    template: Literal["chat_boxed", "plain_boxed", "raw"] = Field("plain_boxed", description=(
+        "How a question becomes the model's prompt: \"chat_boxed\" (the tokenizer's chat template on one user turn "
+        "\"<question> <instruction>\"), \"plain_boxed\" (\"<question> <instruction>\\n\", no tokenizer needed) or "
+        "\"raw\" (the question alone). The embedded default, plain_boxed with no instruction, is the bare question "
+        "(\"Compute 4+5.\\n\"): the char-level model pays one token per character, and a 14-token prompt instead of "
+        "a 50-token chat+instruction one halves the warm-up step time (the warm-up teaches the \\boxed{} format). "
+        "Real-model configs set chat_boxed and the paper's instruction. Part of the keys of the warm-up, rollouts, "
+        "training and evaluation."))
+    instruction: str = Field("", description=(
+        "Text appended to every question by chat_boxed and plain_boxed; \"\" = none. The paper's: \"Please reason "
+        "step by step, and put your final answer within \\boxed{}.\""))
+    split_seed: int = Field(0, description=(
+        "Seed of the validation/test split of the targeted datasets (the val_size ids with the smallest "
+        "sha256(\"<seed>:<id>\") are the validation part). Unused by the synthetic suite."))
+    dedup: bool = Field(True, description=(
+        "Drop repeated prompts (compared NFKC-normalised, case-folded, whitespace collapsed) within each dataset, "
+        "and from the pool every prompt that is in a validation/test set or earlier in the pool. Unused by the "
+        "synthetic suite, whose sets are disjoint by construction."))
 
     @model_validator(mode="after")
     def _one_source(self) -> "DataConfig":
@@ -297,76 +408,107 @@ class DataConfig(Section):
 
 
 class RolloutConfig(Section):
-    """Offline sampling of the behaviour policy β (PAPER.md §3). Responses per prompt — the paper's K — are called
+    """Offline sampling of the behavior policy β (PAPER.md §3). Responses per prompt — the paper's K — are called
     `num_generations` everywhere, TRL's name (`train.num_generations` is the same quantity for GRPO's online groups).
-    Renamed in #14: `k_train` → `num_generations`, `k_val` → `num_generations_val` (old names still load)."""
+    The old names `k_train` and `k_val` still load."""
 
-    backend: Literal["hf", "vllm"] = "hf"
-    num_generations: int = Field(8, ge=2)  # K: responses per pool prompt
-    num_generations_val: int = Field(16, ge=2)  # K per targeted-validation prompt (the paper: 32)
-    temperature: float = Field(0.5, gt=0)
-    top_p: float = Field(1.0, gt=0, le=1)
-    max_new_tokens: int = Field(32, gt=0)
-    seed: int = 0
-    # prompts per generate call. Part of the key: one sampling RNG stream serves a whole batch, so another
-    # batch size draws other responses (a cached artifact must be what this config would compute)
-    batch_size: int = Field(64, gt=0)
+    backend: Literal["hf", "vllm"] = Field("hf", description=(
+        "Sampler: \"hf\" (transformers generate, CPU or GPU) or \"vllm\" (needs a GPU and the [vllm] extra; runs in "
+        "model.dtype). Either way log β is recomputed by teacher forcing."))
+    num_generations: int = Field(8, ge=2, description=(
+        "K: responses sampled per pool prompt (the paper: 8). A prompt whose K rewards are all equal has a zero "
+        "off-policy gradient: influence cannot score it and never selects it. Old name k_train."))
+    num_generations_val: int = Field(16, ge=2, description=(
+        "K per targeted-validation prompt (the paper: 32). Old name k_val."))
+    temperature: float = Field(0.5, gt=0, description=(
+        "Sampling temperature of the offline rollouts (the paper: 0.5). θ's log-probabilities are taken at the same "
+        "temperature when sketches, calibration and health compare θ with β (ρ = 1 at θ = β), so it is part of "
+        "their keys too."))
+    top_p: float = Field(1.0, gt=0, le=1, description=(
+        "Nucleus-sampling threshold of the offline rollouts; 1 = sample from the whole distribution."))
+    max_new_tokens: int = Field(32, gt=0, description=(
+        "Longest response sampled, in tokens (characters for the embedded model). The paper: 2048."))
+    seed: int = Field(0, description="Seeds the offline sampling.")
+    batch_size: int = Field(64, gt=0, description=(
+        "Prompts per generate call. Keyed: one sampling RNG stream serves a whole batch, so another batch size "
+        "draws other responses (a cached artifact must be what this config would compute)."))
     RENAMED = {"k_train": "num_generations", "k_val": "num_generations_val"}
 
 
 class InfluenceConfig(Section):
     """Off-policy gradient sketches (PAPER.md §3–4; cropi_core/influence.py and cropi_core/projection/)."""
 
-    # exact | dense | sparse (the paper's coordinate subset) | grass (GraSS, arXiv 2505.18976: √ρ rows × √ρ columns
-    # of every matrix, formed only on that block, so the full per-sequence gradient never exists). The default since
-    # #12 is grass at ρ = 0.25 with `allocation: energy`: the only setting measured at ≥ 1.0× a plain fwd+bwd on a
-    # 21.7M Qwen2 with cos MAE ≤ 0.015 and P@10% ≥ 0.85 vs exact POPI on the tiny model (README "Sketch engine").
-    # (`factored` was removed in #12: it ranked worst everywhere; see `_removed`.)
-    projector: Literal["exact", "dense", "sparse", "grass"] = "grass"
-    # columns of a gradient sketch (the paper's k = 32768); renamed from `dim` in #14 (the old name still loads)
-    sketch_dim: int = Field(4096, gt=0)
-    # ρ: fraction of gradient coordinates kept before the transform (the paper's text: 0.1; its released script
-    # keeps ~0.01). 0.25 with the energy allocation: a uniform 0.1 mask loses a third of the top 10% on the tiny model
-    sparse_ratio: float = Field(0.25, gt=0, le=1)
-    # how the kept coordinates map to `sketch_dim`: "sjl" (sparse JL, `sjl_s` signed hashes per coordinate; cost ∝ kept
-    # coordinates) or a dense JL matrix, "gaussian" (the paper's / TRAK's) or "rademacher" (cost ∝ kept × dim)
-    transform: Literal["sjl", "gaussian", "rademacher"] = "sjl"
-    sjl_s: Literal[1, 2, 4] = 2  # sparse JL hashes per kept coordinate (more: less variance, more scatter work)
-    # how the budget sparse_ratio·(all coordinates) is spread over parameters: "uniform" (every parameter keeps ρ)
-    # or "energy" (kept coordinates ∝ each parameter's gradient energy, measured per stage on the first
-    # `calibration_prompts` scorable pool prompts — a `calibration` artifact both pool and val sketches use)
-    allocation: Literal["uniform", "energy"] = "energy"
-    calibration_prompts: int = Field(16, gt=0)
-    seed: int = 0
-    dtype: Literal["float16", "float32"] = "float16"
-    aggregation: Literal["seq_mean_token_mean", "token_mean"] = "seq_mean_token_mean"
-    micro_batch_tokens: int = Field(4096, gt=0)
-    chunk_rows: int = Field(256, gt=0)  # rows per gradient chunk task (layout, not values)
-    # Behaviour refresh (beyond the paper, which never refreshes β; PAPER.md §3, §8). Before scoring stage m ≥ 1,
-    # the mean ESS/K of the importance weights of θ_m on ALL the pool's stored responses is measured; below this
-    # threshold the offline rollouts (pool and validation sets) are resampled from θ_m, a new cached `rollouts`
-    # artifact whose parent is θ_m, and they are the behaviour data of this and later stages. 0 = off (the paper).
-    # Not a key field of the gradients themselves: a refreshed stage's gradients are keyed on the new rollouts.
-    refresh_ess: float = Field(0.0, ge=0, le=1)
-    # Less scoring per stage (beyond the paper, which re-scores the whole pool every stage; #12 item 5b): sketch only
-    # a seeded random draw of ⌈candidates × selection size⌉ scorable pool prompts, fresh each stage, plus the previous
-    # stage's selection; the rest of the pool is unscored (NaN) for that stage. Scoring cost ∝ the candidates' share
-    # of the pool; the top set found keeps about that share of the full re-scoring's (README "Sketch engine").
-    # null = score the whole pool (the paper). Keyed by the `candidates` artifact, a parent of the pool sketch.
-    candidates: float | None = Field(None, ge=1)
-    # How the candidates are drawn: "random" (a seeded uniform draw, above) or "learnability" — the CASCADE: the top
-    # ⌈candidates × selection size⌉ scorable prompts by p(1−p) of their offline pass rates; influence then ranks
-    # only those (beyond the paper: the free heuristic prunes, the gradient pass decides among what is left, and
-    # scoring costs that share of a full pass). Ignored when candidates is null.
-    candidates_by: Literal["random", "learnability"] = "random"
-    # Scoring rule of the `scores` artifact (cropi_core.scoring.influence_scores): "cosine" is the paper's POPI;
-    # "inner" the first-order influence ⟨g_i, ḡ_V⟩, which keeps the size of a prompt's gradient; "cosine_norm"
-    # cos · ‖g_i‖^norm_power, between the two. Beyond the paper except "cosine".
-    score: Literal["cosine", "inner", "cosine_norm"] = "cosine"
-    norm_power: float = Field(0.5, ge=0)  # α of "cosine_norm" (0 = cosine; 1 = the inner product's ranking)
-    # calibration_prompts is in the key of the calibration artifact (a parent of the sketches it shapes), candidates
-    # and candidates_by in the key of the candidates artifact (a parent of the pool sketch), score and norm_power in
-    # the key of the scores artifact (the sketches do not depend on them)
+    projector: Literal["exact", "dense", "sparse", "grass"] = Field("grass", description=(
+        "How a prompt's off-policy gradient becomes a sketch: \"exact\" (the whole gradient, no projection: the "
+        "reference, small models only), \"dense\" (every coordinate, JL transform to sketch_dim), \"sparse\" (the "
+        "paper's: a random ρ of every parameter's coordinates, then the transform) or \"grass\" (GraSS, arXiv "
+        "2505.18976: √ρ rows × √ρ columns of every matrix, formed only on that block, so the full per-sequence "
+        "gradient never exists). Default grass at ρ = 0.25 with allocation energy: the only setting measured at "
+        "≥ 1.0× the throughput of a plain forward+backward on a 21.7M Qwen2 with cosine MAE ≤ 0.015, and "
+        "precision@10% ≥ 0.85 against exact POPI on the tiny model. (\"factored\" was removed: its top 10% agreed "
+        "with exact POPI's only 37–43% of the time.)"))
+    sketch_dim: int = Field(4096, gt=0, description=(
+        "k: columns of a gradient sketch (the paper: 32768). Sketches take rows × k × 2 bytes in float16. Ignored "
+        "by exact (its width is the parameter count). Old name dim."))
+    sparse_ratio: float = Field(0.25, gt=0, le=1, description=(
+        "ρ: fraction of the gradient coordinates kept before the transform (sparse and grass; dense and exact keep "
+        "all). The paper's text: 0.1; its released script keeps ~0.01. 0.25 with the energy allocation: a uniform "
+        "0.1 mask loses a third of the top 10% on the tiny model."))
+    transform: Literal["sjl", "gaussian", "rademacher"] = Field("sjl", description=(
+        "How the kept coordinates map to sketch_dim: \"sjl\" (sparse JL, sjl_s signed hashes per coordinate; cost "
+        "∝ kept coordinates) or a dense JL matrix, \"gaussian\" (the paper's / TRAK's) or \"rademacher\" (cost ∝ "
+        "kept × sketch_dim). Ignored by exact."))
+    sjl_s: Literal[1, 2, 4] = Field(2, description=(
+        "Signed hashes per kept coordinate of the sparse JL transform: more = less variance, more scatter work. "
+        "Only with transform sjl."))
+    allocation: Literal["uniform", "energy"] = Field("energy", description=(
+        "How the budget sparse_ratio × (all coordinates) is spread over parameters: \"uniform\" (every parameter "
+        "keeps ρ) or \"energy\" (kept coordinates ∝ each parameter's gradient energy, measured per stage on the "
+        "first calibration_prompts scorable pool prompts: a calibration artifact that pool and validation "
+        "sketches share). Only for the masked projectors (sparse, grass)."))
+    calibration_prompts: int = Field(16, gt=0, description=(
+        "Pool prompts the energy calibration measures per stage (allocation energy only)."))
+    seed: int = Field(0, description=(
+        "Seeds the projection: coordinate masks and JL matrices/hashes, generated from it and never stored."))
+    dtype: Literal["float16", "float32"] = Field("float16", description=(
+        "dtype of the stored sketches (the paper: float16)."))
+    aggregation: Literal["seq_mean_token_mean", "token_mean"] = Field("seq_mean_token_mean", description=(
+        "How the scoring loss averages per-token terms: \"seq_mean_token_mean\" (each response's token mean, then "
+        "the mean over the K responses: the paper's, as TRL loss_type \"grpo\") or \"token_mean\" (one mean over "
+        "all tokens of the K responses, as TRL \"dapo\"/\"bnpo\")."))
+    micro_batch_tokens: int = Field(4096, gt=0, description=(
+        "Most padded tokens (sequences × length) per forward/backward pass when sketching and measuring health: a "
+        "memory bound that does not change the values."))
+    chunk_rows: int = Field(256, gt=0, description=(
+        "Rows per gradient-chunk task, the unit of parallel work and of resume while sketching (layout, not "
+        "values)."))
+    refresh_ess: float = Field(0.0, ge=0, le=1, description=(
+        "Behavior refresh (beyond the paper, which never refreshes β). Before scoring stage m ≥ 1, the mean ESS/K "
+        "of the importance weights of θ_m on ALL the pool's stored responses is measured; below this threshold the "
+        "offline rollouts (pool and validation sets) are resampled from θ_m, a new rollouts artifact whose parent "
+        "is θ_m, and they are the behavior data of this and later stages. 0 = off (the paper). Not keyed itself: "
+        "a refreshed stage's sketches are keyed on the new rollouts."))
+    candidates: float | None = Field(None, ge=1, description=(
+        "Less scoring per stage (beyond the paper, which re-scores the whole pool every stage): sketch only "
+        "⌈candidates × selection size⌉ scorable pool prompts, drawn per candidates_by and fresh each stage, plus "
+        "the previous stage's selection; the rest of the pool is unscored (NaN) for that stage. Scoring cost ∝ "
+        "the candidates' share of the pool; the top set found keeps about that share of the full re-scoring's. "
+        "null = score the whole pool (the paper). Keyed by the candidates artifact, a parent of the pool sketch."))
+    candidates_by: Literal["random", "learnability"] = Field("random", description=(
+        "How the candidates are drawn: \"random\" (uniform, seeded by selection.seed and the stage) or "
+        "\"learnability\", the cascade: the top ones by p(1−p) of their offline pass rates, which influence then "
+        "ranks (beyond the paper: the free heuristic prunes, the gradient pass decides among what is left). "
+        "Ignored when candidates is null. Keyed by the candidates artifact."))
+    score: Literal["cosine", "inner", "cosine_norm"] = Field("cosine", description=(
+        "Scoring rule of the scores artifact: \"cosine\" (the paper's POPI, cos(g_i, ḡ_V)), \"inner\" (first-order "
+        "influence ⟨g_i, ḡ_V⟩, which keeps the size of a prompt's gradient) or \"cosine_norm\" "
+        "(cos · ‖g_i‖^norm_power, between the two). Beyond the paper except cosine. Keyed by the scores artifact "
+        "(the sketches do not depend on it)."))
+    norm_power: float = Field(0.5, ge=0, description=(
+        "α of cosine_norm: 0 = cosine, 1 = the inner product's ranking. Only with score cosine_norm."))
+    # the fields in HASH_ELSEWHERE are in another artifact's key (the parent or child of the sketches they shape)
+    HASH_ELSEWHERE = {"calibration_prompts": "calibration", "candidates": "candidates",
+                      "candidates_by": "candidates", "score": "scores", "norm_power": "scores"}
     HASH_EXCLUDE = frozenset({"micro_batch_tokens", "chunk_rows", "refresh_ess", "calibration_prompts", "candidates",
                               "candidates_by", "score", "norm_power"})
     # added after gradient artifacts existed: a config that names the old dense transform keeps its keys
@@ -391,34 +533,53 @@ class InfluenceConfig(Section):
 
 
 class SelectionConfig(Section):
-    method: Literal["popi", "full", "random", "pass_rate", "learnability", "influence_once"] = "popi"
-    # share of the pool selected per stage. The paper uses 0.1 (its 55k pool: 5.5k prompts); on the embedded
-    # 720-prompt pool 0.1 (72 prompts) forgets the untargeted domains (−2.0 SE at step 40) while 0.25 keeps them
-    # (+2.2 SE) with the same targeted gain (README "Evidence", measured on two warm-up checkpoints)
-    ratio: float = 0.25
-    k_rrf: float = Field(0.0, ge=0)
-    seed: int = 0
-    # beyond the paper: share of each stage's selection replaced by prompts drawn uniformly from the rest of the
-    # pool (fresh each stage; the lowest-ranked picks make room), so every domain stays in the training set and
-    # untargeted skills are not forgotten. 0 = the paper's pure top-r selection. Ignored by method "full".
-    mix_random: float = Field(0.0, ge=0, lt=1)
-    # "learnability_rrf" (the default, beyond the paper) fuses the influence ranking with the learnability p(1−p)
-    # ranking by reciprocal-rank fusion over full rankings (constant k_fusion; Cormack et al. 2009 use 60): a prompt
-    # must be both aligned with the target and learnable. "none" = the paper's influence ranking alone. Chosen on
-    # both embedded benchmarks (docs/targeting.md): where a pool source conflicts with the target it keeps most of
-    # POPI's targeted gain and learnability's untargeted accuracy; where every source helps it matches learnability.
-    fusion: Literal["none", "learnability_rrf"] = "learnability_rrf"
-    k_fusion: float = Field(60.0, ge=0)
-    # When method popi re-scores the pool: "every" stage (the paper), "once" (stage 0's selection for every stage,
-    # as method influence_once), or "drift" (the default, beyond the paper): before stage m ≥ 1 measure θ_m's mean
-    # ESS/K and token KL(θ_m‖β) on the previous selection's stored responses (a `health` artifact, counted as
-    # scoring cost) and re-score only when ESS/K < drift_ess or KL > drift_kl (null: not checked); otherwise keep
-    # that selection. ESS/K is measured against β, the behaviour of the stored rollouts: once θ has moved far from
-    # β the check fires every stage (pair it with influence.refresh_ess to reset β).
-    # The paper's method in one line:  selection: {method: popi, fusion: none, rescore: every}
-    rescore: Literal["every", "once", "drift"] = "drift"
-    drift_ess: float = Field(0.5, ge=0, le=1)
-    drift_kl: float | None = Field(None, gt=0)
+    """Which pool prompts each curriculum stage trains on, and when the pool is re-scored."""
+
+    method: Literal["popi", "full", "random", "pass_rate", "learnability", "influence_once"] = Field(
+        "popi", description=(
+            "\"popi\" (CROPI: the influence ranking, re-scored as `rescore` says), \"influence_once\" (the same "
+            "ranking at stage 0, kept for every stage: the paper's one-shot Influence baseline), \"full\" (every "
+            "pool prompt: full-data GRPO), \"random\" (a seeded random subset, fresh each stage), \"pass_rate\" (a "
+            "random subset of the prompts with 0 < offline pass rate < 1, fresh each stage) or \"learnability\" "
+            "(top by p(1−p) of the offline pass rate p)."))
+    ratio: float = Field(0.25, description=(
+        "Share of the pool selected per stage, in (0, 1]: max(1, ⌊ratio × pool⌋) prompts. The paper: 0.1 (of its "
+        "~55k pool: 5.5k prompts). Default 0.25: on the embedded 720-prompt pool 0.1 (72 prompts) forgets the "
+        "untargeted domains (−2.0 SE at step 40) while 0.25 keeps them (+2.2 SE) with the same targeted gain "
+        "(measured on two warm-up checkpoints). Ignored by full."))
+    k_rrf: float = Field(0.0, ge=0, description=(
+        "Constant of the paper's reciprocal-rank fusion of the validation sets' rankings (fusion none): "
+        "score(x) = Σ_i 1/(k_rrf + rank_i(x)) over the sets whose top ratio·N holds x. The paper's code: 0."))
+    seed: int = Field(0, description=(
+        "Seeds the random methods (random and pass_rate draw with seed + stage), the mix_random draw and the "
+        "random candidates draw. `cropi compare` adds the seed index."))
+    mix_random: float = Field(0.0, ge=0, lt=1, description=(
+        "Beyond the paper: share of each stage's selection replaced by prompts drawn uniformly from the rest of "
+        "the pool (fresh each stage; the lowest-ranked picks make room), so every domain stays in the training set "
+        "and untargeted skills are not forgotten. 0 = the paper's pure top-r selection. Ignored by method full."))
+    fusion: Literal["none", "learnability_rrf"] = Field("learnability_rrf", description=(
+        "\"learnability_rrf\" (beyond the paper) fuses the influence ranking with the learnability p(1−p) ranking "
+        "by reciprocal-rank fusion over full rankings (constant k_fusion): a prompt must be both aligned with the "
+        "target and learnable. \"none\" = the paper's influence ranking alone. Chosen on both embedded benchmarks: "
+        "where a pool source conflicts with the target it keeps most of POPI's targeted gain and learnability's "
+        "untargeted accuracy; where every source helps it matches learnability. Only popi and influence_once use "
+        "it."))
+    k_fusion: float = Field(60.0, ge=0, description=(
+        "Constant k of the learnability_rrf fusion, Σ 1/(k + rank) (Cormack et al. 2009 use 60)."))
+    rescore: Literal["every", "once", "drift"] = Field("drift", description=(
+        "When method popi re-scores the pool: \"every\" stage (the paper), \"once\" (stage 0's selection for every "
+        "stage, as method influence_once), or \"drift\" (beyond the paper): before stage m ≥ 1 measure θ_m's mean "
+        "ESS/K and token KL(θ_m‖β) on the previous selection's stored responses (a health artifact, counted as "
+        "scoring cost) and re-score only when ESS/K < drift_ess or KL > drift_kl; otherwise keep that selection. "
+        "ESS/K is measured against β, the behavior of the stored rollouts: once θ has moved far from β the check "
+        "fires every stage (pair it with influence.refresh_ess to reset β). The paper's method in one line: "
+        "selection: {method: popi, fusion: none, rescore: every}. Not keyed: it decides whether a selection is "
+        "computed, not what it holds."))
+    drift_ess: float = Field(0.5, ge=0, le=1, description=(
+        "rescore drift: re-score when the mean ESS/K of the importance weights (1 = θ still equals β) is below "
+        "this."))
+    drift_kl: float | None = Field(None, gt=0, description=(
+        "rescore drift: re-score when the mean per-token KL(θ_m‖β), in nats, is above this; null = not checked."))
     # rescore and its thresholds decide whether a selection is computed, not what it holds: not hashed
     HASH_EXCLUDE = frozenset({"rescore", "drift_ess", "drift_kl"})
     HASH_OMIT_WHEN = {"mix_random": 0.0, "fusion": "none"}
@@ -435,30 +596,55 @@ class SelectionConfig(Section):
 class TrainConfig(Section):
     """GRPO per stage with TRL's GRPOTrainer."""
 
-    # Default 2 (× 20 steps) from measurements on the embedded benchmark (README "Evidence", one seed each): the
-    # targeted gain saturates by step 40 (mean@8 0.464 → 0.621 → 0.642 → 0.633) while untargeted accuracy falls in
-    # the third stage (0.655 → 0.676 → 0.640 → 0.620; ≈ −2 SE), for the default targeted pair, for targeted
-    # [sub, word] and with 25% random prompts mixed into each selection alike.
-    stages: int = Field(2, ge=1)
-    steps_per_stage: int = Field(20, ge=1)  # E
-    lr: float = Field(1e-4, gt=0)  # 1e-3 collapses the tiny policy (KL ≈ 1 after 40 steps, accuracy falls)
-    prompts_per_step: int = Field(16, ge=1)
-    num_generations: int = Field(8, ge=2)
-    loss_type: Literal["grpo", "dapo", "dr_grpo", "bnpo"] = "grpo"
-    beta: float = Field(0.001, ge=0)  # KL coefficient
-    epsilon: float = Field(0.2, gt=0)  # clip range
-    temperature: float = Field(0.5, gt=0)
-    max_new_tokens: int = Field(32, gt=0)
-    dynamic_sampling: bool = False  # DAPO: drop groups whose rewards are all equal
-    save_steps: int = Field(5, ge=1)  # checkpoint cadence inside a stage (resume granularity)
-    seed: int = 0
-    # TRL's vLLM generation during GRPO (needs a GPU and the [vllm] extra); "colocate" shares the training GPU.
-    # An execution backend like model.device: hash-excluded, so adding these kept existing artifact keys.
-    use_vllm: bool = False
-    vllm_mode: Literal["colocate", "server"] = "colocate"
-    vllm_gpu_memory_utilization: float = Field(0.3, gt=0, le=1)
-    # "bf16": autocast mixed precision in the GRPO step (fp32 master weights), for GPUs; "no" = plain fp32.
-    mixed_precision: Literal["no", "bf16"] = "no"
+    stages: int = Field(2, ge=1, description=(
+        "Curriculum stages: each selects prompts (per selection.rescore) and trains steps_per_stage GRPO steps on "
+        "them. The paper publishes neither the stage count nor E (its 1.5B budget: 1k steps; the paper config: "
+        "10 × 100). Default 2 × 20 on the embedded benchmark (one seed each): the targeted gain saturates by step "
+        "40 (mean@8 0.464 → 0.621 → 0.642 → 0.633) while untargeted accuracy falls in the third stage (0.655 → "
+        "0.676 → 0.640 → 0.620; ≈ −2 SE), for the default targeted pair, for targeted [sub, word] and with 25% "
+        "random prompts mixed into each selection alike."))
+    steps_per_stage: int = Field(20, ge=1, description=(
+        "E: GRPO optimizer steps per stage, one update per step."))
+    lr: float = Field(1e-4, gt=0, description=(
+        "GRPO learning rate, constant (no warm-up or decay, so a stage does not depend on how many follow). The "
+        "paper: 1e-6 (1.5B). 1e-3 collapses the tiny policy (KL ≈ 1 after 40 steps, accuracy falls)."))
+    prompts_per_step: int = Field(16, ge=1, description=(
+        "Prompts per optimizer step, each sampled num_generations times (the paper: 128)."))
+    num_generations: int = Field(8, ge=2, description=(
+        "G: completions per prompt, the group GRPO normalises advantages over (the paper: 8)."))
+    loss_type: Literal["grpo", "dapo", "dr_grpo", "bnpo"] = Field("grpo", description=(
+        "TRL's GRPO loss normalisation (GRPOConfig.loss_type): \"grpo\" (each completion's token mean, averaged; "
+        "the paper's), \"bnpo\" / \"dapo\" (one token mean over the local / global batch), \"dr_grpo\" (token sum "
+        "over a constant: completions × max_new_tokens)."))
+    beta: float = Field(0.001, ge=0, description=(
+        "KL coefficient of the penalty to the reference model, the one the stage starts from (the paper: 0.001). "
+        "0 = no KL term."))
+    epsilon: float = Field(0.2, gt=0, description=(
+        "Clip range ε of the importance ratio in GRPO's clipped surrogate (the paper: 0.2)."))
+    temperature: float = Field(0.5, gt=0, description="Sampling temperature of GRPO's completions (the paper: 0.5).")
+    max_new_tokens: int = Field(32, gt=0, description=(
+        "Longest completion sampled during training, in tokens (TRL max_completion_length; the paper: 2048)."))
+    dynamic_sampling: bool = Field(False, description=(
+        "DAPO dynamic sampling: drop the groups whose rewards are all equal before the loss (no replacement "
+        "prompts: the batch shrinks). Their advantages are 0 anyway, but they still count through the KL term and "
+        "the loss normaliser. The paper's \"Full data with DAPO\" baseline."))
+    save_steps: int = Field(5, ge=1, description=(
+        "Checkpoint cadence inside a stage, in steps (the two newest are kept): how much an interrupted stage "
+        "redoes on resume."))
+    seed: int = Field(0, description=(
+        "Seeds the order prompts are visited in (seeded permutations of the selection) and TRL's sampling. "
+        "`cropi compare` adds the seed index."))
+    use_vllm: bool = Field(False, description=(
+        "Generate GRPO's completions with vLLM inside TRL (needs a GPU and the [vllm] extra). An execution backend "
+        "like model.device: not keyed."))
+    vllm_mode: Literal["colocate", "server"] = Field("colocate", description=(
+        "With use_vllm: \"colocate\" (vLLM shares the training GPU) or \"server\" (a separate vLLM server, TRL's "
+        "vllm_mode)."))
+    vllm_gpu_memory_utilization: float = Field(0.3, gt=0, le=1, description=(
+        "With use_vllm: share of the GPU's memory vLLM may take."))
+    mixed_precision: Literal["no", "bf16"] = Field("no", description=(
+        "\"bf16\": autocast mixed precision in the GRPO step (float32 master weights), for GPUs; \"no\" = plain "
+        "float32."))
     HASH_EXCLUDE = frozenset({"save_steps", "use_vllm", "vllm_mode", "vllm_gpu_memory_utilization"})
 
     HASH_OMIT_WHEN = {"mixed_precision": "no"}
@@ -467,18 +653,32 @@ class TrainConfig(Section):
 class EvalConfig(Section):
     """How checkpoints are scored on the test sets. Default: mean@8 of sampled answers (T = 0.5), no greedy pass:
     greedy pass@1 on a few hundred prompts moved ±0.06 between evaluations of nearly the same policy, which hid
-    every effect (issue #13); a mean of 8 samples per prompt halves the per-prompt variance's sampling part."""
+    every effect; a mean of 8 samples per prompt halves the per-prompt variance's sampling part."""
 
-    greedy: bool = False  # also decode greedily; `accuracy` is then greedy pass@1 (reports use mean@n when n > 0)
-    n_samples: int = Field(8, ge=0)  # mean@n sampled (0 = off: greedy pass@1 only)
-    temperature: float = Field(0.5, gt=0)
-    max_new_tokens: int = Field(32, gt=0)
-    batch_size: int = Field(128, gt=0)  # part of the key, as for rollouts: mean@n samples depend on batching
+    greedy: bool = Field(False, description=(
+        "Also decode greedily; `accuracy` is then greedy pass@1 (reports use mean@n when n_samples > 0). The paper "
+        "config: greedy only (n_samples 0)."))
+    n_samples: int = Field(8, ge=0, description=(
+        "n of mean@n: responses sampled per test prompt, whose mean reward is the prompt's score. 0 = none: "
+        "greedy pass@1 only (with greedy false too, one sample)."))
+    temperature: float = Field(0.5, gt=0, description="Sampling temperature of the mean@n responses.")
+    max_new_tokens: int = Field(32, gt=0, description="Longest response generated per test prompt, in tokens.")
+    batch_size: int = Field(128, gt=0, description=(
+        "Test prompts per generate call. Keyed, as for rollouts: the mean@n samples depend on batching."))
 
 
 class StorageConfig(Section):
-    root: str = Field(default_factory=lambda: os.environ.get("CROPI_STORAGE", "./.cropi"))
-    verify: Literal["full", "sampled", "manifest"] = "sampled"
+    """Where artifacts are stored and how much of one is checked when it is read."""
+
+    root: str = Field(default_factory=lambda: os.environ.get("CROPI_STORAGE", "./.cropi"), description=(
+        "Root of the artifact store: a local folder or an fsspec URL (e.g. s3://bucket/cropi with the [s3] extra, "
+        "for a Ray cluster). Default: $CROPI_STORAGE, else ./.cropi. Not keyed: artifacts are found by key under "
+        "any root."))
+    verify: Literal["full", "sampled", "manifest"] = Field("sampled", description=(
+        "Payload checks when an artifact is read: \"full\" (hash every file and array chunk), \"sampled\" (sizes "
+        "of everything, hashes of files ≤ 1 MiB and of a few other items), \"manifest\" (the manifest's checksum "
+        "only). Manifests are always verified, and model weights always hashed in full before loading. Not "
+        "keyed."))
     HASH_EXCLUDE = frozenset({"root", "verify"})
 
     @field_validator("root")
@@ -490,28 +690,44 @@ class StorageConfig(Section):
 
 
 class RunnerConfig(Section):
-    kind: Literal["local", "ray"] = "local"
-    address: str | None = None  # Ray cluster address; None starts a local cluster
-    num_cpus: int | None = Field(None, gt=0)
-    gpus_per_task: float = Field(0.0, ge=0)
-    retries: int = Field(2, ge=0)
-    retry_delay_s: float = Field(1.0, ge=0)
+    """Where Prefect runs the tasks (threads here or a Ray cluster) and how failed tasks are retried."""
+
+    kind: Literal["local", "ray"] = Field("local", description=(
+        "\"local\": a thread pool in this process; \"ray\": prefect-ray's RayTaskRunner (needs the [ray] extra)."))
+    address: str | None = Field(None, description=(
+        "Ray cluster address (e.g. ray://head-node:10001); null starts a local Ray cluster. Only with kind ray."))
+    num_cpus: int | None = Field(None, gt=0, description=(
+        "local: worker threads (null = 1: torch already uses every core inside a task); ray: CPUs of the Ray "
+        "cluster it starts."))
+    gpus_per_task: float = Field(0.0, ge=0, description=(
+        "With kind ray: GPUs reserved for each task that runs a model (rollouts, sketches, health, training, "
+        "evaluation); 0 = none."))
+    retries: int = Field(2, ge=0, description=(
+        "Retries of a failed task. Config and data errors are not retried, nor are tasks marked never to retry."))
+    retry_delay_s: float = Field(1.0, ge=0, description="Seconds between a task's retries.")
     HASH_EXCLUDE = frozenset({"kind", "address", "num_cpus", "gpus_per_task", "retries", "retry_delay_s"})
 
 
 class RunConfig(Section):
-    name: str = "tiny"
-    seed: int = 0
-    model: ModelConfig = ModelConfig()
-    bootstrap: BootstrapConfig = BootstrapConfig()
-    data: DataConfig = DataConfig()
-    rollout: RolloutConfig = RolloutConfig()
-    influence: InfluenceConfig = InfluenceConfig()
-    selection: SelectionConfig = SelectionConfig()
-    train: TrainConfig = TrainConfig()
-    eval: EvalConfig = EvalConfig()
-    storage: StorageConfig = StorageConfig()
-    runner: RunnerConfig = RunnerConfig()
+    """A whole CROPI run: one section per step of the pipeline, plus where it stores and runs."""
+
+    name: str = Field("tiny", description=(
+        "Run name: the run's report folder (runs/<name>/) and Prefect flow-run names. A slug of letters, digits, "
+        "\".\", \"_\", \"+\" and \"-\" starting with a letter or digit, at most 100 characters. Not keyed."))
+    seed: int = Field(0, description=(
+        "Run-level seed, read by no step: each section has its own (model.tiny.seed, bootstrap.seed, "
+        "data.synthetic.seed, data.split_seed, rollout.seed, influence.seed, selection.seed, train.seed). Not "
+        "keyed."))
+    model: ModelConfig = Field(ModelConfig(), description="The policy model.")
+    bootstrap: BootstrapConfig = Field(BootstrapConfig(), description="Warm-up of the embedded model.")
+    data: DataConfig = Field(DataConfig(), description="Pool, targeted and untargeted sets.")
+    rollout: RolloutConfig = Field(RolloutConfig(), description="Offline rollouts of β.")
+    influence: InfluenceConfig = Field(InfluenceConfig(), description="Off-policy gradient sketches and scores.")
+    selection: SelectionConfig = Field(SelectionConfig(), description="Which prompts each stage trains on.")
+    train: TrainConfig = Field(TrainConfig(), description="GRPO per stage.")
+    eval: EvalConfig = Field(EvalConfig(), description="Scoring checkpoints on the test sets.")
+    storage: StorageConfig = Field(StorageConfig(), description="The artifact store.")
+    runner: RunnerConfig = Field(RunnerConfig(), description="Task execution and retries.")
     HASH_EXCLUDE = frozenset({"name", "storage", "runner"})
 
     @field_validator("name")
@@ -689,3 +905,186 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     if check_files:
         cfg.check_files(source=None if path is None else source)
     return cfg
+
+
+# ---------------------------------------------------------------- explain: the fields, documented
+@dataclass(frozen=True)
+class FieldDoc:
+    """One leaf field of a RunConfig, as `explain` lists it.
+
+    path: dotted ("selection.ratio"); type: short text ("float in (0, 1]", "popi | full | random"); default and
+    value: JSON-able (value: the config's; None where `active` is False); keyed: whether the field can change
+    artifact keys (False for a HASH_EXCLUDE field, True for one another artifact's key holds); key_note: when a keyed
+    field is hashed only under a condition ("only when ≠ 0.0", "by the scores artifact"); active: False under a
+    section that is null in the config (data.synthetic with real datasets)."""
+
+    path: str
+    type: str
+    default: Any
+    value: Any
+    description: str
+    keyed: bool
+    key_note: str = ""
+    active: bool = True
+
+    @property
+    def section(self) -> str:
+        """Dotted path of the section holding the field ("" for top-level fields such as `name`)."""
+        return self.path.rpartition(".")[0]
+
+    @property
+    def differs(self) -> bool:
+        """The config's value is not the default."""
+        return self.active and self.value != self.default
+
+
+def explain(cfg: RunConfig | None = None, prefix: str | None = None) -> list[FieldDoc]:
+    """Every leaf field of `cfg` (None: the defaults) in declaration order, sections depth-first; with `prefix`, only
+    those of that section ("selection", "model.tiny") or that one field ("selection.ratio"). Lists of datasets
+    (data.pool, ...) are leaves. ValueError (one line, naming the sections) for an unknown prefix."""
+    docs = list(_leaf_docs(RunConfig, RunConfig() if cfg is None else cfg, "", True, True))
+    want = (prefix or "").strip().strip(".")
+    if not want:
+        return docs
+    out = [d for d in docs if d.path == want or d.path.startswith(want + ".")]
+    if not out:
+        names = ", ".join(s for s in _section_classes() if s)
+        raise ValueError(f"unknown config section or field {want!r} (sections: {names})")
+    return out
+
+
+def render_explain(docs: list[FieldDoc], width: int = 100) -> str:
+    """`explain`'s fields as plain text: one block per section (its one-line summary first), each field as
+    `path: type = value [keys]` and its description wrapped at `width`; '*' marks a value that is not the default."""
+    sections = _section_classes()  # parents before their subsections: model, model.tiny, bootstrap, data, ...
+    summaries = {path: _first_sentence(cls.__doc__) for path, cls in sections.items()}
+    by_section: dict[str, list[FieldDoc]] = {}
+    for d in docs:
+        by_section.setdefault(d.section, []).append(d)
+    blocks = ["* = not the default; [keyed] = changes artifact keys; [not keyed] = cached artifacts stay valid"]
+    rank = {s: i for i, s in enumerate(sections)}
+    for section, items in sorted(by_section.items(), key=lambda kv: rank.get(kv[0], len(rank))):
+        summary = summaries.get(section, "")
+        lines = textwrap.wrap(f"{section or 'run (top level)'}{': ' + summary if summary else ''}", width,
+                              subsequent_indent="    ")
+        for d in items:
+            if not d.active:
+                value = f"(unused: {d.section} is null)"
+            else:
+                value = _show(d.value) + (f"  (default {_show(d.default)})" if d.differs else "")
+            key = f"keyed, {d.key_note}" if d.keyed and d.key_note else "keyed" if d.keyed else "not keyed"
+            mark = "* " if d.differs else "  "
+            lines += textwrap.wrap(f"{mark}{d.path}: {d.type} = {value}  [{key}]", width, subsequent_indent=" " * 8,
+                                   break_long_words=False, break_on_hyphens=False)
+            lines += textwrap.wrap(d.description, width, initial_indent=" " * 6, subsequent_indent=" " * 6,
+                                   break_long_words=False, break_on_hyphens=False)
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks) + "\n"
+
+
+def _first_sentence(doc: str | None) -> str:
+    text = " ".join((doc or "").split())
+    return text.split(". ")[0].rstrip(".")
+
+
+def _nested_section(annotation: Any) -> type[Section] | None:
+    """The Section class of a field that holds one (`X` or `X | None`); None for leaves, lists of sections included."""
+    if isinstance(annotation, type) and issubclass(annotation, Section):
+        return annotation
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        found = [t for t in typing.get_args(annotation) if isinstance(t, type) and issubclass(t, Section)]
+        return found[0] if len(found) == 1 else None
+    return None
+
+
+def _section_classes(cls: type[Section] | None = None, where: str = "") -> dict[str, type[Section]]:
+    """{dotted section path: class} of every section reachable by attributes, "" for RunConfig itself."""
+    cls = cls or RunConfig
+    out = {where: cls}
+    for name, info in cls.model_fields.items():
+        sub = _nested_section(info.annotation)
+        if sub is not None:
+            out.update(_section_classes(sub, f"{where}.{name}" if where else name))
+    return out
+
+
+def _leaf_docs(cls: type[Section], obj: Section | None, where: str, keyed: bool, active: bool):
+    for name, info in cls.model_fields.items():
+        path = f"{where}{name}"
+        field_keyed = keyed and (name not in cls.HASH_EXCLUDE or name in cls.HASH_ELSEWHERE)
+        sub = _nested_section(info.annotation)
+        value = getattr(obj, name) if obj is not None else None
+        if sub is not None:
+            yield from _leaf_docs(sub, value, path + ".", field_keyed, active and value is not None)
+            continue
+        if cls is RunConfig:  # RunConfig.hashable() hashes sections only
+            field_keyed = False
+        default = info.get_default(call_default_factory=True)
+        yield FieldDoc(path=path, type=_type_text(info), default=_plain(default),
+                       value=_plain(value) if active else None, description=info.description or "",
+                       keyed=field_keyed, key_note=_key_note(cls, name) if field_keyed else "", active=active)
+
+
+def _plain(value: Any) -> Any:
+    from pydantic_core import PydanticUndefined, to_jsonable_python
+
+    return None if value is PydanticUndefined else to_jsonable_python(value)
+
+
+def _key_note(cls: type[Section], name: str) -> str:
+    notes = []
+    if name in cls.HASH_ELSEWHERE:
+        notes.append(f"by the {cls.HASH_ELSEWHERE[name]} artifact")
+    if name in cls.HASH_OMIT_WHEN:
+        notes.append(f"only when ≠ {_show(_plain(cls.HASH_OMIT_WHEN[name]))}")
+    if name in cls.HASH_ONLY_WITH:
+        other, want = cls.HASH_ONLY_WITH[name]
+        shown = " or ".join(map(str, want)) if isinstance(want, tuple) else str(want)
+        notes.append(f"only when {other} is {shown}")
+    return "; ".join(notes)
+
+
+def _type_name(annotation: Any) -> str:
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is Literal:
+        return " | ".join(str(a) for a in args)
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in args)
+    if annotation is type(None):
+        return "null"
+    if origin is not None:
+        return f"{getattr(origin, '__name__', str(origin))}[{', '.join(_type_name(a) for a in args)}]"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def _type_text(info: Any) -> str:
+    """The field's type with its numeric range, e.g. "int ≥ 0", "float in (0, 1]", "float | null, ≥ 1"."""
+    text = _type_name(info.annotation)
+    bounds = {k: getattr(m, k) for m in info.metadata for k in ("gt", "ge", "lt", "le", "min_length")
+              if getattr(m, k, None) is not None}
+    lo = ("(", bounds["gt"]) if "gt" in bounds else ("[", bounds["ge"]) if "ge" in bounds else None
+    hi = (bounds["lt"], ")") if "lt" in bounds else (bounds["le"], "]") if "le" in bounds else None
+    if lo and hi:
+        rng = f"in {lo[0]}{lo[1]}, {hi[0]}{hi[1]}"
+    elif lo:
+        rng = f"{'>' if lo[0] == '(' else '≥'} {lo[1]}"
+    elif hi:
+        rng = f"{'<' if hi[1] == ')' else '≤'} {hi[0]}"
+    else:
+        rng = "non-empty" if bounds.get("min_length") == 1 else ""
+    if not rng:
+        return text
+    return f"{text}, {rng}" if "|" in text or rng == "non-empty" else f"{text} {rng}"
+
+
+def _show(value: Any) -> str:
+    """A value as a YAML config would spell it (null, true, bare strings unless empty or padded)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, str):
+        return value if value and value == value.strip() and "\n" not in value else json.dumps(value)
+    if isinstance(value, (list, dict)):
+        return json.dumps(value, ensure_ascii=False)
+    return str(value)
