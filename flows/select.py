@@ -31,6 +31,7 @@ from cropi_core.config import RunConfig
 from flows.outputs import SelectOutputs
 from flows.runtime import Tracker, for_run, run_counts
 from flows.stage import stage_sketches
+from storage import ArtifactRef
 from tasks import artifacts as A
 from tasks import byot as T_byot
 from tasks import rollouts as T_roll
@@ -147,6 +148,35 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def config_today(section) -> dict[str, Any]:
+    """A config section's output-determining fields (`hashable()`, what artifact keys hash) under today's field names:
+    `hashable()` keeps the names the keys were first computed with (rollout.k_train, influence.dim, ...)."""
+    return {type(section).RENAMED.get(k, k): v for k, v in section.hashable().items()}
+
+
+def _rollouts_input(spec: RolloutsInput) -> dict[str, str]:
+    """An imported rollouts file / folder as the manifest records it: absolute path, format, content hash."""
+    path = Path(spec.path)
+    return {"path": str(path.resolve()), "format": spec.format, "sha256": _sha256(path)}
+
+
+def unscorable(cfg: RunConfig, rollouts: ArtifactRef) -> dict[str, int]:
+    """Pool prompts POPI cannot score (all K rewards equal: no policy gradient), by why: every response right
+    ("all_right", reward ≥ 1), every one wrong ("all_wrong", reward ≤ 0), or another reward shared by all
+    ("all_equal"); plus "k", the most responses any prompt has."""
+    import numpy as np
+
+    out = {"all_right": 0, "all_wrong": 0, "all_equal": 0, "k": 0}
+    for r in get_store(cfg).read_ragged(rollouts.key, "rewards"):
+        r = np.asarray(r, dtype=np.float64)
+        out["k"] = max(out["k"], int(r.size))
+        if r.size and (r != r[0]).any():
+            continue
+        first = float(r[0]) if r.size else 0.0
+        out["all_right" if first >= 1.0 else "all_wrong" if first <= 0.0 else "all_equal"] += 1
+    return out
+
+
 def _ref_json(x: Any) -> dict:
     """A ref as {"key", "uri"}; a dict of refs (or of dicts of refs) likewise, entry by entry."""
     return {n: _ref_json(r) for n, r in x.items()} if isinstance(x, dict) else {"key": x.key, "uri": x.uri}
@@ -197,11 +227,11 @@ def export(cfg: RunConfig, job: SelectJob, refs: SelectOutputs) -> Path:
             "input": {"pool": {"path": str(Path(job.pool.path).resolve()), "container": pool_set.container,
                                "sha256": _sha256(Path(job.pool.path))},
                       "val": {v.name: {"path": str(Path(v.path).resolve()), "sha256": _sha256(Path(v.path))} for v in job.val},
-                      "rollouts": ({"pool": job.pool_rollouts.model_dump()} if job.pool_rollouts else {})
-                      | {n: r.model_dump() for n, r in job.val_rollouts.items()}},
+                      "rollouts": ({"pool": _rollouts_input(job.pool_rollouts)} if job.pool_rollouts else {})
+                      | {n: _rollouts_input(r) for n, r in job.val_rollouts.items()}},
             "lineage": lineage,
-            "config": {"rollout": cfg.rollout.hashable(), "influence": cfg.influence.hashable(),
-                       "selection": cfg.selection.hashable(), "template": cfg.data.template,
+            "config": {"rollout": config_today(cfg.rollout), "influence": config_today(cfg.influence),
+                       "selection": config_today(cfg.selection), "template": cfg.data.template,
                        "instruction": cfg.data.instruction},
             "files": {n: _sha256(tmp / n) for n in files},
         }
@@ -220,17 +250,26 @@ def export(cfg: RunConfig, job: SelectJob, refs: SelectOutputs) -> Path:
 
 
 def run_select(cfg: RunConfig, job: SelectJob) -> dict[str, Any]:
-    """Run the flow, export the outputs; returns a JSON-able summary (what was computed vs reused)."""
+    """Run the flow, export the outputs; returns a JSON-able summary (what was computed vs reused, and how many
+    prompts were asked for: ratio × pool, and could not be scored)."""
+    from cropi_core.scoring import top_count
+
     LEDGER.reset()
     t0 = time.perf_counter()
     refs = for_run(select_flow, cfg)(config=cfg, job=job)
     out = export(cfg, job, refs)
+    ids = A.read_selection(cfg, refs.selection)["ids"]
+    n_pool = A.num_rows(get_store(cfg), refs.pool_rollouts)
+    asked = top_count(cfg.selection.ratio, n_pool)
     return {
         "seconds": time.perf_counter() - t0, "out": str(out), "computed": LEDGER.computed(),
         "counts": run_counts(refs.counts),
-        "selection": refs.selection.key, "scores": refs.scores.key,
-        "selected_ids": A.read_selection(cfg, refs.selection)["ids"],
+        "selection": refs.selection.key, "scores": refs.scores.key, "selected_ids": ids,
+        "n_pool": n_pool, "asked": asked,
+        # why fewer than asked were selected (read only then)
+        "unscorable": unscorable(cfg, refs.pool_rollouts) if len(ids) < asked else None,
     }
 
 
-__all__ = ["SelectJob", "InputSet", "RolloutsInput", "select_flow", "run_select", "export", "scores_table"]
+__all__ = ["SelectJob", "InputSet", "RolloutsInput", "select_flow", "run_select", "export", "scores_table",
+           "unscorable", "config_today"]

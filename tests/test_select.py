@@ -258,7 +258,7 @@ def _bad(coin, tmp_path, *args: str) -> str:
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in res.output, res.output
     assert not out.exists()
-    assert not (storage / "artifacts").exists() or not any((storage / "artifacts").iterdir())
+    assert not storage.exists()  # not even an empty storage folder
     return lines[0]
 
 
@@ -300,6 +300,65 @@ def test_bad_inputs_one_line_nothing_written(coin, tmp_path):
                             + "\n" for i in range(48) for j in range(2)))
     msg = _bad(coin, tmp_path, "--pool", str(coin["pool_pq"]), "--val", f"target={coin['val_pq']}", "--rollouts", str(full))
     assert str(full) in msg and "line 7" in msg and "tokenizer" in msg
+
+
+def test_bad_input_leaves_no_folder_behind(coin, tmp_path):
+    """An input error found after the storage root was probed (rollouts that do not match the pool) leaves neither
+    the output folder nor the storage root, nor the folders above it the probe had to create."""
+    plain = tmp_path / "plain.jsonl"
+    plain.write_text(json.dumps({"id": 999, "response": "\\boxed{1}", "reward": 1.0}) + "\n")
+    storage, out = tmp_path / "new" / "store", tmp_path / "out"
+    res = cli("select", "--checkpoint", str(coin["model"]), "--verifier", "exact", "--pool", str(coin["pool_pq"]),
+              "--val", f"target={coin['val_pq']}", "--rollouts", str(plain), "--storage", str(storage),
+              "--out", str(out))
+    assert res.exit_code == 2, (res.output, res.exception)
+    assert res.stderr.startswith("error: ") and "999" in res.stderr, res.stderr
+    assert not out.exists() and not (tmp_path / "new").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plain.jsonl"]
+
+
+def test_select_says_why_fewer_prompts_were_selected(coin, tmp_path):
+    """Imported rollouts in which most prompts' responses are all right or all wrong: fewer than ratio × pool are
+    selected, and one line says how many prompts could not be scored and why, how the prompts were rendered (here
+    cropi select's default for a chat pool) and the option that changes it. The manifest names the config fields
+    as today's config does and records each imported rollouts file by its content hash."""
+    import hashlib
+
+    rewards = {i: (1.0, 0.0) if i < 6 else (1.0, 1.0) if i < 30 else (0.0, 0.0) for i in range(48)}
+    plain = tmp_path / "rollouts.jsonl"
+    plain.write_text("".join(json.dumps({"id": i, "response": f"\\boxed{{{1 + j}}}", "reward": r}) + "\n"
+                             for i, rs in rewards.items() for j, r in enumerate(rs)))
+    vdump = verl_dump(coin, tmp_path / "val_dump", coin["data"]["target"], coin["val_rows"])
+    out = tmp_path / "out"
+    res = ok(cli("select", "--checkpoint", str(coin["model"]), "--pool", str(coin["pool_pq"]),
+                 "--val", f"target={coin['val_pq']}", "--rollouts", str(plain), "--val-rollouts", f"target={vdump}",
+                 "--verifier", "exact", "--ratio", "0.5", "--storage", str(tmp_path / "store"), "--out", str(out),
+                 *FAST))
+    n = pq.read_table(out / "subset.parquet").num_rows
+    assert 0 < n <= 6  # only the 6 prompts with one right and one wrong response can be scored
+    notes = [ln for ln in res.output.splitlines() if ln.startswith("note: ")]
+    assert notes == [
+        f"note: selected {n} of the 24 prompts asked for (ratio 0.5 × 48 pool prompts): 42 pool prompts are "
+        "unscorable, all 2 responses right (24) or all wrong (18); prompts were rendered with the model's chat "
+        "template (data.template=chat_boxed, cropi select's default for a chat-prompt pool); to change it: "
+        "--set data.template=plain_boxed"], res.output
+
+    m = json.loads((out / "manifest.json").read_text())
+    assert {"num_generations", "num_generations_val"} <= set(m["config"]["rollout"])
+    assert "sketch_dim" in m["config"]["influence"]
+    assert not {"k_train", "k_val"} & set(m["config"]["rollout"]) and "dim" not in m["config"]["influence"]
+    pool_roll = m["input"]["rollouts"]["pool"]
+    assert pool_roll == {"path": str(plain.resolve()), "format": "plain",
+                         "sha256": hashlib.sha256(plain.read_bytes()).hexdigest()}
+    assert m["input"]["rollouts"]["target"]["format"] == "verl" and len(m["input"]["rollouts"]["target"]["sha256"]) == 64
+
+    # a selection that fills its quota says nothing more
+    res = ok(cli("select", "--checkpoint", str(coin["model"]), "--pool", str(coin["pool_pq"]),
+                 "--val", f"target={coin['val_pq']}", "--rollouts", str(plain), "--val-rollouts", f"target={vdump}",
+                 "--verifier", "exact", "--ratio", "0.1", "--storage", str(tmp_path / "store"), "--out", str(out),
+                 *FAST))
+    assert pq.read_table(out / "subset.parquet").num_rows == 4
+    assert "note: " not in res.output
 
 
 FAKE_TRAINER = '''

@@ -111,6 +111,33 @@ def _tokenizer(path: str, gguf_file: str | None):
     return load_tokenizer(path)
 
 
+RENDERED = {"chat_boxed": "with the model's chat template", "plain_boxed": "as plain text (no chat template)",
+            "raw": "as the bare question (no chat template)"}
+
+
+def shortfall_line(summary: dict, cfg, config: Path | None, sets: list[str] | None) -> str | None:
+    """When fewer prompts were selected than ratio × pool: one line with how many pool prompts were unscorable
+    and why, how the prompts were rendered (and whether that was cropi select's default), and the option that
+    changes it; None otherwise."""
+    n, asked, why = len(summary["selected_ids"]), summary["asked"], summary.get("unscorable")
+    if n >= asked or why is None:
+        return None
+    template = cfg.data.template
+    if "data.template" in parse_sets(sets):
+        origin = "given with --set"
+    elif config is not None:
+        origin = f"from {config}"
+    else:
+        origin = f"cropi select's default for a {'chat' if template == 'chat_boxed' else 'plain'}-prompt pool"
+    total = why["all_right"] + why["all_wrong"] + why["all_equal"]
+    other = f", {why['all_equal']} with one other reward shared by all" if why["all_equal"] else ""
+    return (f"note: selected {n} of the {asked} prompts asked for (ratio {cfg.selection.ratio} × {summary['n_pool']} "
+            f"pool prompts): {total} pool prompts are unscorable, all {why['k']} responses right ({why['all_right']}) "
+            f"or all wrong ({why['all_wrong']}){other}; prompts were rendered {RENDERED.get(template, template)} "
+            f"(data.template={template}, {origin}); to change it: --set data.template="
+            f"{'plain_boxed' if template == 'chat_boxed' else 'chat_boxed'}")
+
+
 def _run(write_subset: bool, **kw) -> None:
     with user_errors():
         cfg, job = build_job(write_subset=write_subset, **kw)
@@ -122,6 +149,9 @@ def _run(write_subset: bool, **kw) -> None:
                f"{summary['counts']['reused']} reused")
     if write_subset:
         typer.echo(f"selected {len(summary['selected_ids'])} prompts (selection {summary['selection'][:12]})")
+        note = shortfall_line(summary, cfg, kw.get("config"), kw.get("sets"))
+        if note is not None:
+            typer.echo(note)
     typer.echo(f"output: {summary['out']}")
 
 
