@@ -714,10 +714,6 @@ class RunConfig(Section):
     name: str = Field("tiny", description=(
         "Run name: the run's report folder (runs/<name>/) and Prefect flow-run names. A slug of letters, digits, "
         "\".\", \"_\", \"+\" and \"-\" starting with a letter or digit, at most 100 characters. Not keyed."))
-    seed: int = Field(0, description=(
-        "Run-level seed, read by no step: each section has its own (model.tiny.seed, bootstrap.seed, "
-        "data.synthetic.seed, data.split_seed, rollout.seed, influence.seed, selection.seed, train.seed). Not "
-        "keyed."))
     model: ModelConfig = Field(ModelConfig(), description="The policy model.")
     bootstrap: BootstrapConfig = Field(BootstrapConfig(), description="Warm-up of the embedded model.")
     data: DataConfig = Field(DataConfig(), description="Pool, targeted and untargeted sets.")
@@ -729,6 +725,17 @@ class RunConfig(Section):
     storage: StorageConfig = Field(StorageConfig(), description="The artifact store.")
     runner: RunnerConfig = Field(RunnerConfig(), description="Task execution and retries.")
     HASH_EXCLUDE = frozenset({"name", "storage", "runner"})
+
+    @model_validator(mode="before")
+    @classmethod
+    def _removed(cls, data: Any) -> Any:
+        # a top-level `seed` existed and no step ever read it: old configs still load, with one line saying so
+        if isinstance(data, dict) and "seed" in data:
+            data = {k: v for k, v in data.items() if k != "seed"}
+            warnings.warn("config key seed is ignored (no step ever read it): seed each step with train.seed, "
+                          "selection.seed, rollout.seed, influence.seed; `cropi compare --seeds` varies train.seed "
+                          "and selection.seed", ConfigDeprecation, stacklevel=2)
+        return data
 
     @field_validator("name")
     @classmethod

@@ -197,3 +197,19 @@ def test_allocation_only_matters_for_masked_projectors():
         u = load_config(overrides={"influence.projector": kind, "influence.allocation": "uniform"})
         assert e.hashable("influence") != u.hashable("influence") and e.influence.uses_energy
         assert not u.influence.uses_energy
+
+
+def test_the_removed_top_level_seed_still_loads_with_one_line(tmp_path):
+    import warnings
+
+    from cropi_core.errors import ConfigDeprecation
+
+    f = tmp_path / "old.yaml"
+    f.write_text("name: old\nseed: 3\ntrain: {seed: 1}\n")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cfg = load_config(f, check_files=False)
+    msgs = [str(w.message) for w in caught if issubclass(w.category, ConfigDeprecation)]
+    assert len(msgs) == 1 and "seed is ignored" in msgs[0] and "train.seed" in msgs[0] and "\n" not in msgs[0]
+    assert cfg.train.seed == 1 and "seed" not in type(cfg).model_fields
+    assert cfg.hashable() == load_config(None, {"name": "old", "train.seed": 1}).hashable()  # keys as before

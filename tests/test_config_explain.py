@@ -77,7 +77,7 @@ def test_explain_lists_exactly_the_leaf_fields_in_order():
 def test_keyed_follows_hash_exclude():
     by = {d.path: d for d in explain()}
     for path in ("storage.root", "model.device", "train.save_steps", "runner.retries", "selection.rescore",
-                 "influence.micro_batch_tokens", "name", "seed"):
+                 "influence.micro_batch_tokens", "name"):
         assert by[path].keyed is False, path
     for path in ("selection.ratio", "model.tiny.hidden_size", "data.synthetic.seed", "rollout.batch_size",
                  "eval.batch_size", "train.lr"):
