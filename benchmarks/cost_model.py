@@ -158,7 +158,7 @@ def main() -> None:
     ap.add_argument("--gpu-gen-tok-s", type=float, default=20_000.0, help="batched sampling tokens/s (vLLM, 1.5B)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    if a.sketch_time:  # time ratios given directly (e.g. the README's benchmarks/sketch.py medians): nothing measured
+    if a.sketch_time:  # time ratios given directly (e.g. docs/sketch-engine.md's benchmarks/sketch.py medians): nothing measured
         m = {"model": "given", "params": float("nan"), "fwdbwd_tok_s": 1.0, "gen_tok_s": float("nan")}
         for item in a.sketch_time:
             spec, _, r = item.partition("=")

@@ -119,7 +119,7 @@ def selection_config(cfg: RunConfig, stage: int, **_: Any) -> dict:
     conf = {"selection": cfg.selection.hashable()}
     if cfg.selection.method == "full":
         # every pool prompt whatever the ratio, seed, k_rrf or mix_random: full data keeps one key across a sweep of
-        # them (before #12 the ratio and seed were hashed too, so `cropi compare --set selection.ratio=…` retrained it)
+        # them (version 1 hashed the ratio and seed too, so `cropi compare --set selection.ratio=…` retrained it)
         conf["selection"] = {"method": "full"}
     elif cfg.selection.method not in INFLUENCE_METHODS:  # the fusion with learnability only shapes influence rankings
         conf["selection"] = {k: v for k, v in conf["selection"].items() if k not in ("fusion", "k_fusion")}

@@ -157,7 +157,7 @@ def test_bad_problem_record(tmp_path):
     ("selection:\n  ratio: 1.5\n", ["selection.ratio", "(0, 1]", "1.5"]),
     ("influence:\n  sketch_dim: 0\n", ["influence.sketch_dim", "greater than 0", "got 0"]),  # k ≤ 0
     ("influence:\n  dim: -8\n", ["influence.sketch_dim", "got -8"]),  # the old name, validated as the new one
-    ("influence:\n  projector: factored\n", ["influence.projector", "'factored' was removed", "use 'grass'"]),  # #12
+    ("influence:\n  projector: factored\n", ["influence.projector", "'factored' was removed", "use 'grass'"]),
     ("rollout:\n  num_generations: 1\n", ["rollout.num_generations", "greater than or equal to 2", "got 1"]),  # K < 2
     ("selection:\n  ratoi: 0.2\n", ["selection.ratoi", "unknown key"]),
     ("data:\n  pool: [{name: p, path: d.jsonl, question_field: q}]\n  targeted: [{name: t, path: d.jsonl}]\n"

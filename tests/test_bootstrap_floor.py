@@ -2,7 +2,7 @@
 model into a usable starting policy: greedy pass rates on every held-out test set rise from 0 to an
 intermediate level, and the pool has many prompts with 0 < sampled pass rate < 1 (what CROPI scores).
 
-It also holds the benchmark's shape (issue #13): the skill RL learns on the targeted domains (box the answer;
+It also holds the benchmark's shape: the skill RL learns on the targeted domains (box the answer;
 the warm-up taught `bootstrap.unboxed_domains` an unboxed "Answer: 9" 30% of the time) is carried by the
 untargeted `sub` domain too, and by none of the other untargeted domains.
 

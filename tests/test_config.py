@@ -66,7 +66,7 @@ def test_paper_config_matches_the_paper():
     assert (cfg.rollout.num_generations, cfg.rollout.num_generations_val, cfg.rollout.temperature) == (8, 32, 0.5)
     assert cfg.rollout.max_new_tokens == 2048
     assert (cfg.influence.sketch_dim, cfg.selection.ratio) == (32768, 0.1)
-    # the paper's sparse ratio 0.1 belongs to its own projector; the config ships cropi's default sketch (#12)
+    # the paper's sparse ratio 0.1 belongs to its own projector; the config ships cropi's default sketch
     assert (cfg.influence.projector, cfg.influence.allocation, cfg.influence.sparse_ratio) == ("grass", "energy", 0.25)
     assert cfg.influence.sparse_ratio == type(cfg.influence)().sparse_ratio
     assert [s.name for s in cfg.data.targeted] == ["gsm8k", "math500"]
@@ -126,7 +126,7 @@ def test_sketch_transform_fields_enter_keys_only_where_they_matter():
 
 
 OLD_NAMES = {"rollout.k_train": ("rollout.num_generations", 4), "rollout.k_val": ("rollout.num_generations_val", 6),
-             "influence.dim": ("influence.sketch_dim", 256)}  # renamed in #14: {old: (new, a value to set)}
+             "influence.dim": ("influence.sketch_dim", 256)}  # renamed fields: {old: (new, a value to set)}
 
 
 def _get(cfg: RunConfig, dotted: str):
@@ -136,7 +136,7 @@ def _get(cfg: RunConfig, dotted: str):
 
 @pytest.mark.parametrize("old", sorted(OLD_NAMES))
 def test_old_config_keys_load_with_one_deprecation_line_and_hash_the_same(old, tmp_path, recwarn):
-    """A YAML file or `--set` under a pre-#14 name loads as the new field, says so once (naming the file and both
+    """A YAML file or `--set` under an old name loads as the new field, says so once (naming the file and both
     names), and every artifact key stays: `hashable()` still names the field by its old key."""
     from cropi_core.errors import ConfigDeprecation
 

@@ -1,7 +1,7 @@
 """Corruption of every artifact kind: flip or truncate bytes in one file of a dataset, rollouts (a Zarr chunk),
 a gradient chunk, scores, a selection, checkpoints (safetensors and config.json), an evaluation and a manifest;
 the next run warns on one line naming each damaged artifact, recomputes it (to the same bytes) and never hands
-corrupt bytes to scoring, training or evaluation. Prints the corruption table (README "Reliability")."""
+corrupt bytes to scoring, training or evaluation. Prints the corruption table (docs/reliability.md)."""
 
 from __future__ import annotations
 

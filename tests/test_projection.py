@@ -138,7 +138,7 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="unknown projector kind"):
         make_projector("trak", model, 8)
     with pytest.raises(ValueError, match="unknown projector kind"):
-        make_projector("factored", model, 8)  # removed in #12
+        make_projector("factored", model, 8)  # removed (its top 10% disagreed with exact POPI)
     with pytest.raises(ValueError, match="sparse_ratio"):
         make_projector("sparse", model, 8, sparse_ratio=0.0)
     with pytest.raises(ValueError, match="unknown parameter"):

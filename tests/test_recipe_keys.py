@@ -1,4 +1,4 @@
-"""Artifact keys must not move when the wiring around them changes (#14): the keys of a cold run of the embedded
+"""Artifact keys must not move when the wiring around them changes: the keys of a cold run of the embedded
 default (and of the shipped configs and a few variants that take other branches of the key functions) are
 compared with a list recorded from main before the refactor (tests/data/recipe_keys.json).
 
@@ -33,10 +33,10 @@ CASES = [
     ("default-full", None, {"selection.method": "full", "selection.mix_random": 0.2}),
     ("default-mix", None, {"selection.mix_random": 0.2}),
     ("default-uniform", None, {"influence.allocation": "uniform", "influence.projector": "sparse",
-                              "influence.sparse_ratio": 0.1}),  # the default before #12 switched it
+                              "influence.sparse_ratio": 0.1}),  # the default before grass + 0.25
     ("default-exact", None, {"influence.projector": "exact", "influence.seed": 3}),
     ("default-ratio", None, {"selection.ratio": 0.3}),
-    ("default-candidates", None, {"influence.candidates": 3.0}),  # added with the candidates recipe (#12 item 5b)
+    ("default-candidates", None, {"influence.candidates": 3.0}),  # added with the candidates recipe
     # the paper's selection in one line: the keys the embedded default had before the fusion became the default
     ("default-paper", None, {"selection.fusion": "none", "selection.rescore": "every"}),
     ("tiny-conflict", "configs/tiny-conflict.yaml", {}),

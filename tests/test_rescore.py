@@ -1,4 +1,4 @@
-"""Scoring rules, the learnability cascade and drift-triggered re-scoring through the real flow (#32): a reduced
+"""Scoring rules, the learnability cascade and drift-triggered re-scoring through the real flow: a reduced
 run per setting on one storage root, so stage 0's shared artifacts (θ_0, offline rollouts, validation sketches)
 are computed once and reused by the next setting."""
 

@@ -115,7 +115,7 @@ def test_precision_at():
     assert np.isnan(precision_at(exact, np.full(20, nan)))
 
 
-# ---------------------------------------------------------------- scoring rules beyond the paper (#32)
+# ---------------------------------------------------------------- scoring rules beyond the paper
 def test_scoring_rules_hand_computed():
     """val rows (1,0) and (1,2) -> ḡ = (1, 1), ‖ḡ‖ = √2. Train rows:
     a = (3, 4): ‖a‖ = 5, ⟨a,ḡ⟩ = 7, cos = 7/(5√2) ≈ 0.98995, cos·‖a‖^0.5 = 7/(5√2)·√5 ≈ 2.21359, cos·‖a‖ = 7/√2

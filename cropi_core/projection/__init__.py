@@ -5,7 +5,7 @@ Kinds (settings of one class, jl.JLProjector: a coordinate mask, then a transfor
   dense     all coordinates, JL transform to dim
   sparse    the paper's: a random subset of ratio ρ of every parameter's coordinates, JL transform to dim
   grass     GraSS-style: a random √ρ of every matrix's rows × √ρ of its columns, formed only on that block, JL to dim
-(`factored`, per-layer LoGra-style Kronecker sketches, was removed in #12: its top 10% agreed with exact POPI's
+(`factored`, per-layer LoGra-style Kronecker sketches, was removed: its top 10% agreed with exact POPI's
 37–43% of the time at every ρ, against 68–90% for this family, and it was no faster than `grass`.)
 `transform` for dense/sparse/grass: "sjl" (sparse JL, s hashes per coordinate; the default), "gaussian" or
 "rademacher" (dense JL, the paper's).
