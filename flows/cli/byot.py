@@ -34,7 +34,7 @@ def build_job(*, checkpoint: str, gguf_file: str | None, behavior: str | None, b
               verifier: str, out: Path, write_subset: bool, config: Path | None, sets: list[str] | None,
               storage: str | None, ratio: float | None, name: str | None):
     """(RunConfig, SelectJob) from the command line, with every input checked (CropiError otherwise)."""
-    from cropi_core.config import load_config
+    from cropi_core.config import load_config, resolve_alias
     from cropi_core.verify import VERIFIERS
     from flows.select import InputSet, RolloutsInput, SelectJob
     from tasks.artifacts import checkpoint_content, prompt_set
@@ -42,6 +42,9 @@ def build_job(*, checkpoint: str, gguf_file: str | None, behavior: str | None, b
 
     if verifier not in VERIFIERS:
         raise ConfigError(f"--verifier: unknown verifier {verifier!r} (known: {', '.join(VERIFIERS)})")
+    checkpoint, gguf_file = resolve_alias(checkpoint, gguf_file)  # a model by name, e.g. smollm2-135m-instruct
+    if behavior is not None:
+        behavior, behavior_gguf_file = resolve_alias(behavior, behavior_gguf_file)
     if not val:
         raise ConfigError("--val: at least one validation set is required")
     pool_name, pool_path = _named(pool, "pool")
@@ -155,7 +158,8 @@ def _run(write_subset: bool, **kw) -> None:
     typer.echo(f"output: {summary['out']}")
 
 
-_CKPT = typer.Option(..., "--checkpoint", help="model to score at: an HF folder, or a folder with --gguf-file")
+_CKPT = typer.Option(..., "--checkpoint", help="model to score at: an HF folder, a folder with --gguf-file, or a "
+                                                "model by name (smollm2-135m-instruct)")
 _POOL = typer.Option(..., "--pool", help="[NAME=]PATH: verl parquet, JSONL, or a datasets.save_to_disk folder")
 _VAL = typer.Option(..., "--val", help="[NAME=]PATH of a validation set (repeatable; one POPI list each)")
 

@@ -15,14 +15,30 @@ from flows.inputs import default_config, parse_sets
 
 
 def show_config(
+    section: Optional[str] = typer.Argument(None, help="with --explain: only this section or field (e.g. selection, "
+                                                       "influence.sketch_dim)"),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML RunConfig (default: the embedded tiny setup)"),
     set_: Optional[list[str]] = typer.Option(None, "--set", "-s", help="override a field: section.key=value (repeatable)"),
+    explain: bool = typer.Option(False, "--explain", help="document every field: meaning, type and range, this "
+                                                          "config's value, and whether it changes artifact keys"),
 ) -> None:
-    """Validate a config and print it in full as YAML, under today's field names (an old file, migrated)."""
-    from cropi_core.config import load_config
+    """Validate a config and print it in full as YAML, under today's field names (an old file, migrated); with
+    --explain, every field's documentation next to its value."""
+    from cropi_core.config import explain as explain_fields
+    from cropi_core.config import load_config, render_explain
+    from cropi_core.errors import ConfigError
 
     with user_errors():
         cfg = load_config(default_config(config), parse_sets(set_), check_files=False)
+        if explain:
+            try:
+                docs = explain_fields(cfg, section)
+            except ValueError as err:
+                raise ConfigError(str(err)) from None
+            typer.echo(render_explain(docs))
+            return
+        if section is not None:
+            raise ConfigError(f"{section}: a section is only taken with --explain")
     typer.echo(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True), nl=False)
 
 
