@@ -3,8 +3,10 @@
 A chunked artifact (e.g. N×k projected gradients) is filled by independent chunk writers, possibly in other
 processes or machines. Chunk i holds rows [i·c, min((i+1)·c, N)). A writer owns whole chunks: it writes the
 rows (Zarr writes each chunk object atomically on local disk, one PUT on object stores), then a completion
-record `records/<i>.json` with the sha256 of the chunk's stored bytes. A chunk without a record, or whose bytes
-no longer match it, is missing. `finalize` writes the manifest with the chunk map once nothing is missing.
+record `records/<i>.json` with the sha256 of the chunk's stored bytes (and the writer's own `meta`, e.g. the
+seconds the chunk took, so a killed and resumed array still knows what its earlier chunks cost). A chunk without
+a record, or whose bytes no longer match it, is missing. `finalize` writes the manifest with the chunk map once
+nothing is missing.
 
 Layout under the artifact folder: `chunked/<name>/` (the Zarr array), `records/spec.json`, `records/<i>.json`.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import numpy as np
@@ -157,6 +160,7 @@ class ChunkedArray:
                       "dtype": self.dtype, "codec": codec, "format_version": format_version}
         self._zarr = self._open_or_create()
         self._mine: dict[int, ChunkInfo] = {}  # chunks this object wrote (already hashed from storage)
+        self._meta: dict[int, dict] = {}  # the writer's meta of each chunk record read or written
 
     def _open_or_create(self) -> zarr.Array:
         io = self.store.io
@@ -206,8 +210,9 @@ class ChunkedArray:
     def _chunk_path(self, i: int) -> str:
         return f"{self._path}/{chunk_key(self.shape, i)}"
 
-    def write_chunk(self, i: int, data: np.ndarray) -> ChunkInfo:
-        """Write rows `chunk_rows(i)` (cast to the array dtype), then the chunk's completion record."""
+    def write_chunk(self, i: int, data: np.ndarray, meta: dict | None = None) -> ChunkInfo:
+        """Write rows `chunk_rows(i)` (cast to the array dtype), then the chunk's completion record, which keeps
+        `meta` (JSON; `chunk_meta(i)` reads it back, in this process or any other)."""
         start, stop = self.chunk_rows(i)
         data = np.asarray(data)
         if data.shape != (stop - start, *self.shape[1:]):
@@ -219,9 +224,18 @@ class ChunkedArray:
             raise StorageError(f"chunk {i} of {self.kind} {self.key[:8]} vanished right after writing")
         info = ChunkInfo(nbytes=len(raw), sha256=sha256_bytes(raw))
         record = {"chunk": i, "rows": [start, stop], "object": chunk_key(self.shape, i), **info.model_dump()}
+        if meta:
+            record["meta"] = dict(meta)
         self.store.io.write_atomic(f"{self._records}/{i}.json", json.dumps(record).encode())
         self._mine[i] = info
+        self._meta[i] = dict(meta or {})
         return info
+
+    def chunk_meta(self, i: int) -> dict:
+        """The `meta` its writer gave chunk i's completion record ({} when none, or when the chunk is missing)."""
+        if i not in self._meta:
+            self._check(i, verify=False)
+        return dict(self._meta.get(i, {}))
 
     def chunk_complete(self, i: int, verify: bool = True) -> bool:
         """Is chunk i written (and, with verify, intact)? Reads only chunk i: use this in a chunk task instead of
@@ -235,14 +249,16 @@ class ChunkedArray:
         try:
             rec = json.loads(raw) if raw is not None else None
             info = ChunkInfo(nbytes=rec["nbytes"], sha256=rec["sha256"]) if rec and rec.get("chunk") == i else None
-        except (ValueError, KeyError, TypeError):
-            info = None
+            meta = rec.get("meta") if info is not None else None
+            self._meta[i] = dict(meta) if isinstance(meta, dict) else {}
+        except (ValueError, KeyError, TypeError, AttributeError):
+            info, self._meta[i] = None, {}
         if info is not None and verify:
             data = io.cat(self._chunk_path(i))
             if data is None or len(data) != info.nbytes or sha256_bytes(data) != info.sha256:
                 warnings.warn(f"chunk {i} of {self.kind} {self.key[:8]} array {self.name!r} is corrupt "
                               "(checksum mismatch); it will be rewritten", stacklevel=4)
-                info = None
+                info, self._meta[i] = None, {}
         return info
 
     def _scan(self, verify: bool, trust_mine: bool = False) -> tuple[list[int], dict[int, ChunkInfo]]:
@@ -260,11 +276,13 @@ class ChunkedArray:
         """Chunks not written or (with verify) whose stored bytes no longer match their record."""
         return self._scan(verify)[0]
 
-    def finalize(self) -> ArtifactRef:
+    def finalize(self, meta: Callable[[], dict] | None = None) -> ArtifactRef:
         """All chunks complete and intact → write the manifest (with the chunk map); else StorageError.
 
         Every chunk written by another writer is re-hashed from storage; chunks this object wrote itself (hashed
-        from storage right after writing, record unchanged since) are not hashed a second time.
+        from storage right after writing, record unchanged since) are not hashed a second time. `meta`, called
+        once every chunk is verified and just before the manifest is written, returns entries to add to the
+        manifest's meta (e.g. what the chunks cost, from `chunk_meta`).
         """
         missing, done = self._scan(verify=True, trust_mine=True)
         if missing:
@@ -276,6 +294,8 @@ class ChunkedArray:
             raise StorageError(f"cannot finalize {self.kind} {self.key[:8]}: Zarr metadata missing")
         info = ArrayInfo(path=self.name, shape=list(self.shape), dtype=self.dtype, chunk_rows=self.rows_per_chunk,
                          chunks=[done[i] for i in range(self.num_chunks)])
+        if meta is not None:
+            self.meta.update(meta())
         m = Manifest(kind=self.kind, key=self.key, parents=self.parents, config=self.config,
                      format_version=self.format_version, payload=CHUNKED_PAYLOAD,
                      files={f"{self.name}/zarr.json": FileInfo(size=len(meta_raw), sha256=sha256_bytes(meta_raw))},

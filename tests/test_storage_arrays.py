@@ -216,3 +216,23 @@ def test_ragged_csr_layout(tmp_path):
     offsets = store.read_array(key, "response_ids/offsets")
     assert flat.dtype == np.int32 and offsets.tolist() == [0, 5, 5, 8, 19]
     assert [s.tolist() for s in store.read_ragged(key, "response_ids")] == [s.tolist() for s in seqs]
+
+
+def test_chunk_records_keep_their_writers_meta_across_writers(tmp_path):
+    """A chunk's completion record keeps its writer's `meta` (e.g. the seconds it took): another writer — a resumed
+    run — reads it back, and finalize's `meta` callback adds what they sum to into the manifest; a chunk rewritten
+    after corruption carries its new writer's meta."""
+    store = open_store(str(tmp_path), verify="full")
+    a = open_array(store)
+    for i in range(a.num_chunks - 1):  # the last chunk is left for a later writer
+        a.write_chunk(i, rows(i, *a.chunk_rows(i)), meta={"compute": {"seconds": 1.0 + i}})
+    b = open_array(store)  # another process / a resumed run
+    assert b.chunk_meta(3) == {"compute": {"seconds": 4.0}} and b.chunk_meta(b.num_chunks - 1) == {}
+    last = b.num_chunks - 1
+    b.write_chunk(last, rows(last, *b.chunk_rows(last)))  # no meta: an older writer
+    total = lambda: {"total": sum(b.chunk_meta(i).get("compute", {}).get("seconds", 0.0)  # noqa: E731
+                                  for i in range(b.num_chunks))}
+    ref = b.finalize(meta=total)
+    m = store.manifest(ref.key)
+    assert m.meta == {"split": "train", "total": sum(1.0 + i for i in range(last))}
+    assert store.read_array(KEY, "grads").shape == (N, K)
