@@ -4,8 +4,8 @@ An ablation is a `cropi compare --methods cropi --name <name> --set <knob>=<valu
 stage length). Its `cropi` runs are relabelled `cropi[<label>]` and merged with every run of the base comparison,
 then `flows.compare_report.write_report` writes compare.md + PNGs + results.json into OUT. Speed-ups are measured
 against the base comparison's full-data runs (A* = their final targeted accuracy), so the ablation does not rerun
-them. Copy the base `timings.json` into the ablation folder before running it, so the artifacts the ablation
-shares with the base (offline rollouts, stage-0 sketches) are priced in its wall-clock cost.
+them. The artifacts the ablation shares with the base (offline rollouts, stage-0 sketches) are priced in its
+wall-clock cost from their manifests (compute seconds recorded by whichever run computed them).
 
     python -m benchmarks.compare_ablations OUT BASE_FOLDER ratio0.25=ABLATION_FOLDER [label=FOLDER ...] \
         [--config configs/tiny.yaml]

@@ -14,8 +14,10 @@ test sets, and every artifact two runs have in common (bootstrap, offline rollou
 scores, stage-0 evaluations, a selection shared by full/dapo, ...) has the same storage key and is computed once.
 Seed 0 of method "cropi" is exactly `cropi run` on the same config.
 
-Wall-clock costs are compute seconds per artifact (`tasks.common.LEDGER.seconds`, recorded where the artifact was
-computed in this process, persisted in `<compare folder>/timings.json` so a cached rerun still prices them).
+Wall-clock costs are compute seconds per artifact, read from its manifest (`meta["compute"]["seconds"]`,
+`tasks.reports.seconds_of`): whichever run or process computed an artifact recorded its cost with it, so a
+comparison prices everything it reuses — from an earlier `cropi run`, another comparison or a killed run of this
+one — exactly as what it computes itself.
 """
 
 from __future__ import annotations
@@ -31,8 +33,8 @@ from cropi_core.config import RunConfig
 from cropi_core.errors import ConfigError
 from flows.outputs import RunSummary
 from flows.runtime import for_run
-from tasks.common import LEDGER, local_root
-from tasks.reports import merged_timings, seconds_of
+from tasks.common import get_store, local_root
+from tasks.reports import pricer
 
 METHODS = ("cropi", "cropi-paper", "full", "random", "pass_rate", "learnability", "influence_once", "dapo",
            "cropi+dapo")
@@ -92,44 +94,37 @@ def compare_dir(cfg: RunConfig) -> Path:
     return p.resolve()
 
 
-# ---------------------------------------------------------------- timings
-def save_timings(folder: Path) -> dict[str, float]:
-    """Merge this process's compute seconds into `<folder>/timings.json`; returns the merged map."""
-    t = merged_timings(folder)
-    tmp = folder / "timings.json.tmp"
-    tmp.write_text(json.dumps(t, indent=0, sort_keys=True))
-    tmp.replace(folder / "timings.json")
-    return t
-
-
+# ---------------------------------------------------------------- one run → plain numbers
 def _sum(xs: list[float | None]) -> float | None:
     return None if any(x is None for x in xs) else float(sum(xs))  # type: ignore[arg-type]
 
 
-# ---------------------------------------------------------------- one run → plain numbers
-def run_record(cfg: RunConfig, method: str, seed: int, out: RunSummary, timings: dict[str, float]) -> dict[str, Any]:
+def run_record(cfg: RunConfig, method: str, seed: int, out: RunSummary) -> dict[str, Any]:
     """JSON-able numbers of one curriculum run: accuracy per set and step, per-stage selection/health/costs.
 
     Costs (seconds): `offline` = offline rollouts the method needs (see NEEDS_OFFLINE); per stage `scoring` =
     calibration and candidates (StageOutputs.shaping) + gradient sketches (chunks + finalize) + POPI scores +
     selection, `train` = the GRPO stage. Evaluation,
-    online-rollout diagnostics and health are not part of a method's cost. None = not timed in this folder.
+    online-rollout diagnostics and health are not part of a method's cost. Every cost is read from the
+    artifacts' manifests (`seconds_of`); None = an artifact stored before compute seconds were recorded.
+    `computed`: what this run of the curriculum computed itself (the rest it found in storage).
     """
     from tasks.reports import collect
     from tasks.artifacts import metric_label
 
     d = collect(cfg, out)
+    price = pricer(get_store(cfg))
     stages = []
     for s, row in zip(out.stages, d["stages"], strict=True):
-        scoring = _sum([seconds_of(timings, r.key) for r in s.scoring])
+        scoring = _sum([price(r.key) for r in s.scoring])
         if s.stage > 0 and s.selection.key == out.stages[s.stage - 1].selection.key:
             # kept the previous selection (influence_once, or a drift check that did not fire): only the check
-            scoring = _sum([seconds_of(timings, r.key) for r in s.shaping.values()]) or 0.0
+            scoring = _sum([price(r.key) for r in s.shaping.values()]) or 0.0
         stages.append({
             **{k: row[k] for k in ("stage", "selected", "pool", "domains", "offline_pass_rate")},
             "online_pass_rate": float(row["online"].mean()) if len(row["online"]) else None,
             **{k: row[k] for k in ("ess_frac", "kl", "train_reward")},
-            "scoring_s": scoring, "train_s": seconds_of(timings, s.checkpoint.key),
+            "scoring_s": scoring, "train_s": price(s.checkpoint.key),
             "checkpoint": s.checkpoint.key, "selection": s.selection.key,
         })
     # greedy pass@1, or mean@n of sampled answers when eval.n_samples > 0 (smoother on small test sets), and the
@@ -142,24 +137,23 @@ def run_record(cfg: RunConfig, method: str, seed: int, out: RunSummary, timings:
     return {
         "method": method, "seed": seed, "name": cfg.name, "steps_per_stage": cfg.train.steps_per_stage,
         "metric": metric_label(cfg), "acc": acc, "se": se, "roles": d["roles"],
-        "stages": stages, "offline_s": _sum([seconds_of(timings, k) for k in off_keys]),
-        "bootstrap_s": seconds_of(timings, out.base_checkpoint.key),
+        "stages": stages, "offline_s": _sum([price(k) for k in off_keys]),
+        "bootstrap_s": price(out.base_checkpoint.key),
         "base_checkpoint": out.base_checkpoint.key, "final_checkpoint": out.final_checkpoint.key,
-        "report": out.report,
+        "report": out.report, "computed": [list(c) for c in out.counts.computed],
     }
 
 
 # ---------------------------------------------------------------- the flow
-def job_record(config: RunConfig, method: str, seed: int, folder: Path, persist: bool = True) -> dict[str, Any]:
-    """Run one (method, seed) curriculum and return its record. `persist=False` (a parallel worker) leaves
-    `timings.json` to the parent: its compute seconds reach it through the shared `timings.jsonl`."""
+def job_record(config: RunConfig, method: str, seed: int) -> dict[str, Any]:
+    """Run one (method, seed) curriculum and return its record (priced from the manifests, in this process or a
+    parallel worker alike)."""
     from flows.curriculum import curriculum
 
     c = method_config(config, method, seed)
     t0 = time.perf_counter()
     out = for_run(curriculum, c)(config=c)
-    timings = save_timings(folder) if persist else merged_timings(folder)
-    rec = run_record(c, method, seed, out, timings)
+    rec = run_record(c, method, seed, out)
     rec["flow_seconds"] = time.perf_counter() - t0
     return rec
 
@@ -193,18 +187,13 @@ def compare(config: RunConfig, methods: list[str] | None = None, seeds: int = 3,
         # partial results survive an interrupted comparison
         (folder / "records.json").write_text(json.dumps(records, indent=1))
 
-    LEDGER.sink = folder / "timings.jsonl"
-    try:
-        if workers == 1:
-            for m, seed in jobs:
-                keep(job_record(config, m, seed, folder))
-        else:
-            keep(job_record(config, *jobs[0], folder))
-            for rec in run_parallel(config, jobs[1:], folder, workers):
-                keep(rec)
-            save_timings(folder)
-    finally:
-        LEDGER.sink = None
+    if workers == 1:
+        for m, seed in jobs:
+            keep(job_record(config, m, seed))
+    else:
+        keep(job_record(config, *jobs[0]))
+        for rec in run_parallel(config, jobs[1:], folder, workers):
+            keep(rec)
     report, results = write_report(config, records, folder, names, seeds)
     return {"records": records, "report": str(report), "results": results}
 

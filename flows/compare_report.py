@@ -179,8 +179,8 @@ def _curve(row: dict[str, Any], short: str) -> str:
 
 
 UNPRICED = ("unpriced: an artifact this cost needs (offline rollouts, a stage's scoring or training, here or in full "
-            "data's runs) was computed by another run on this storage root and is not timed in this folder's "
-            "timings.json — copy that comparison's timings.json here before running, or compare on a fresh root")
+            "data's runs) was stored before cropi recorded compute seconds in manifests (no `compute.seconds`) — "
+            "delete it from storage to have it recomputed and priced, or compare on a fresh root")
 
 
 def wall(row: dict[str, Any], sfx: str = "") -> str:

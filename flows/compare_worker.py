@@ -2,8 +2,8 @@
 
     python -m flows.compare_worker <compare folder> <method> <seed>
 
-Reads the comparison's config from `<folder>/config.json`, runs the curriculum (its artifacts go to the shared
-storage root; compute seconds are appended to `<folder>/timings.jsonl`) and writes its record atomically to
+Reads the comparison's config from `<folder>/config.json`, runs the curriculum (its artifacts, each with its
+compute seconds in its manifest, go to the shared storage root) and writes its record atomically to
 `<folder>/records/<method>-s<seed>.json`, which the parent collects. Exit code 2 with one line on a CropiError.
 """
 
@@ -16,15 +16,13 @@ from pathlib import Path
 from cropi_core.config import RunConfig
 from cropi_core.errors import CropiError
 from flows.compare import job_record
-from tasks.common import LEDGER
 
 
 def main(argv: list[str]) -> int:
     folder, method, seed = Path(argv[0]), argv[1], int(argv[2])
     config = RunConfig.model_validate_json((folder / "config.json").read_text())
-    LEDGER.sink = folder / "timings.jsonl"
     try:
-        rec = job_record(config, method, seed, folder, persist=False)
+        rec = job_record(config, method, seed)
     except CropiError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -15,8 +15,8 @@ from typing import Any
 from prefect import flow
 
 from cropi_core.config import RunConfig
-from flows.outputs import RunSummary, StageOutputs
-from flows.runtime import Tracker, add_counts, for_run, run_counts, task_runner
+from flows.outputs import RunSummary, StageOutputs, Tally
+from flows.runtime import Tracker, failed_attempts, for_run, task_runner
 from flows.stage import SCORED
 from flows.stage import stage as stage_flow
 from tasks import artifacts as A
@@ -25,7 +25,7 @@ from tasks import dataset as T_data
 from tasks import evaluate as T_eval
 from tasks import rollouts as T_roll
 from tasks import selection as T_sel
-from tasks.common import LEDGER, log, run_dir
+from tasks.common import get_store, log, run_dir
 
 
 @flow(name="cropi-curriculum", flow_run_name="curriculum-{config.name}")
@@ -52,7 +52,7 @@ def curriculum(config: RunConfig) -> RunSummary:
     vals_r = {n: f.result() for n, f in vals.items()}
     ckpt = base.result()
     stages: list[StageOutputs] = []
-    counts: dict[str, int] = {}
+    counts = Tally()
     runner = task_runner(cfg)
     fixed = None
     behavior_pool, behavior_val = roll_pool_r, roll_val_r  # β's rollouts, until a refresh replaces them
@@ -73,7 +73,7 @@ def curriculum(config: RunConfig) -> RunSummary:
             config=cfg, stage=m, ckpt=ckpt, pool=pool_r, pool_rollouts=behavior_pool, val_rollouts=behavior_val,
             tests=tests_r, fixed_selection=fixed, previous_selection=stages[-1].selection if stages else None,
             drift=drift)
-        counts = add_counts(counts, out.counts)
+        counts = counts + out.counts
         stages.append(out)
         ckpt = out.checkpoint
         if schedule == "once" and fixed is None:
@@ -86,7 +86,7 @@ def curriculum(config: RunConfig) -> RunSummary:
                          evals0={n: f.result() for n, f in evals0.items()}, stages=stages, refreshes=refreshes,
                          rescores=rescores)
     summary.report = str(final_report(cfg, summary))
-    summary.counts = add_counts(counts, tr.counts())
+    summary.counts = counts + tr.tally()
     summary.flow_seconds = time.perf_counter() - t0
     return summary
 
@@ -143,22 +143,15 @@ def maybe_refresh(tr: Tracker, cfg: RunConfig, m: int, ckpt, pool, vals: dict, b
 
 
 def run_curriculum(cfg: RunConfig) -> dict[str, Any]:
-    """Run the flow with the configured task runner; add the in-process ledger (computed vs reused from
-    storage) and wall time, and write `<run folder>/summary.json`. Returns the JSON-able summary."""
-    LEDGER.reset()
-    own_sink = LEDGER.sink is None  # `cropi compare` keeps its own timings file
-    if own_sink:  # compute seconds of this run's artifacts, kept for its cost table (a rerun reuses them)
-        LEDGER.sink = run_dir(cfg) / "timings.jsonl"
+    """Run the flow with the configured task runner and write `<run folder>/summary.json`: what its task runs
+    computed and reused (from their Prefect states, `Tracker.tally`), the attempts injected or transient faults
+    cost (from the computed artifacts' compute records), wall time. Returns the JSON-able summary."""
     t0 = time.perf_counter()
-    try:
-        out = for_run(curriculum, cfg)(config=cfg)
-    finally:
-        if own_sink:
-            LEDGER.sink = None
+    out = for_run(curriculum, cfg)(config=cfg)
     seconds = time.perf_counter() - t0
     summary = {
-        "name": cfg.name, "seconds": seconds, "flow_seconds": out.flow_seconds, "counts": run_counts(out.counts),
-        "faults": LEDGER.count("fault"), "computed": LEDGER.computed(),
+        "name": cfg.name, "seconds": seconds, "flow_seconds": out.flow_seconds, "counts": out.counts.counts(),
+        "faults": failed_attempts(get_store(cfg), out.counts.computed), "computed": out.counts.computed,
         "final_checkpoint": out.final_checkpoint.key, "base_checkpoint": out.base_checkpoint.key,
         "report": out.report,
         "stages": [{"stage": s.stage, "checkpoint": s.checkpoint.key, "selection": s.selection.key,

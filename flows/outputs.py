@@ -9,6 +9,27 @@ from storage import ArtifactRef
 
 
 @dataclass
+class Tally:
+    """What a flow's task runs did (`flows.runtime.Tracker.tally`), read from their final Prefect states: a run in
+    state "Cached" found its artifact in storage (`tasks.common.reused`), any other completed run computed the
+    artifact it returned — listed as (task name, key; `<grads key>:<chunk>` for a gradient chunk)."""
+
+    task_runs: int = 0
+    reused: int = 0
+    failed: int = 0
+    computed: list[tuple[str, str]] = field(default_factory=list)
+
+    def __add__(self, other: "Tally") -> "Tally":
+        return Tally(self.task_runs + other.task_runs, self.reused + other.reused, self.failed + other.failed,
+                     self.computed + other.computed)
+
+    def counts(self) -> dict[str, int]:
+        """The counts as summaries, the CLI and the scheduled run's table report them."""
+        return {"task_runs": self.task_runs, "computed": len(self.computed), "reused": self.reused,
+                "failed": self.failed}
+
+
+@dataclass
 class StageOutputs:
     """The artifacts of one curriculum stage m (`flows.stage.stage`)."""
 
@@ -24,7 +45,7 @@ class StageOutputs:
     # (influence.candidates), "drift" (selection.rescore = drift: the pool-health check before the stage)
     shaping: dict[str, ArtifactRef] = field(default_factory=dict)
     scores: ArtifactRef | None = None
-    counts: dict[str, int] = field(default_factory=dict)  # task runs / cached / failed in the stage subflow
+    counts: Tally = field(default_factory=Tally)  # what the stage subflow's task runs did
 
     @property
     def scoring(self) -> list[ArtifactRef]:
@@ -50,7 +71,7 @@ class RunSummary:
     refreshes: list[dict[str, Any]]  # behavior-refresh decisions (influence.refresh_ess)
     rescores: list[dict[str, Any]] = field(default_factory=list)  # drift-check decisions (selection.rescore drift)
     report: str = ""
-    counts: dict[str, int] = field(default_factory=dict)
+    counts: Tally = field(default_factory=Tally)  # every task run of the curriculum and its stages
     flow_seconds: float = 0.0
 
 
@@ -68,7 +89,7 @@ class SelectOutputs:
     grads: dict[str, ArtifactRef]  # "pool" and each "val/<name>": sketches at θ
     scores: ArtifactRef
     selection: ArtifactRef
-    counts: dict[str, int] = field(default_factory=dict)  # task runs / cached / failed in the flow
+    counts: Tally = field(default_factory=Tally)  # what the flow's task runs did
 
 
 @dataclass
@@ -89,3 +110,4 @@ class OutsideTrainerOutputs:
 
     stages: list[TrainedStage]
     final_checkpoint: str  # folder of the last stage's trained checkpoint
+    counts: Tally = field(default_factory=Tally)  # every stage's select flow and trainer registration

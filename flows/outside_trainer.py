@@ -25,11 +25,11 @@ from prefect import flow
 from cropi_core.config import RunConfig
 from cropi_core.data.formats import subset_name
 from cropi_core.errors import ConfigError, CropiError
-from flows.outputs import OutsideTrainerOutputs, TrainedStage
+from flows.outputs import OutsideTrainerOutputs, Tally, TrainedStage
 from flows.runtime import for_run
 from flows.select import SelectJob, export, select_flow
 from tasks.artifacts import checkpoint_path, prompt_set
-from tasks.common import LEDGER, bind, storage_hit
+from tasks.common import bind, log
 from tasks.external import external_train, register_trained, trained_before
 
 
@@ -55,31 +55,37 @@ def outside_trainer(config: RunConfig, job: SelectJob, train_command: str, stage
     behavior_gguf = job.behavior_gguf_file if job.behavior else job.gguf_file
     theta = job.checkpoint
     out: list[TrainedStage] = []
+    counts = Tally()
     for m in range(stages):
         sel_dir = work_dir / f"stage-{m}" / "select"
         j = job.model_copy(update={"checkpoint": theta, "gguf_file": job.gguf_file if m == 0 else None,
                                    "behavior": behavior, "behavior_gguf_file": behavior_gguf, "stage": m,
                                    "out": str(sel_dir), "write_subset": True})
         refs = select_flow(config=cfg, job=j)
+        counts = counts + refs.counts
         export(cfg, j, refs)
         ckpt_out = work_dir / f"stage-{m}" / "checkpoint"
         argv = render_command(train_command, checkpoint=str(checkpoint_path(cfg, refs.checkpoint)),
                               subset=str(sel_dir / subset_name_for(j)), out=str(ckpt_out), stage=str(m))
         new = trained_before(cfg, refs.checkpoint, refs.selection, train_command)
         if new is not None:  # resume: this stage was trained (and registered) by an earlier run of the loop
-            storage_hit("external-train", new)
+            log(f"stage {m}: reusing checkpoint {new.key[:12]} the trainer made for this selection before")
+            counts = counts + Tally(task_runs=1, reused=1)
             folder = str(checkpoint_path(cfg, new))
         else:
             train = external_train.with_options(retries=retries, retry_delay_seconds=cfg.runner.retry_delay_s)
             try:
-                folder = train(argv, str(ckpt_out), m, timeout_s)
+                ran = train(argv, str(ckpt_out), m, timeout_s)
             except (RuntimeError, OSError, subprocess.TimeoutExpired) as err:
                 raise CropiError(f"stage {m}: {err} (after {retries + 1} attempts)") from None
-            new = bind(register_trained, cfg)(cfg, folder, refs.checkpoint, refs.selection, m, train_command)
+            folder = ran["folder"]
+            new = bind(register_trained, cfg)(cfg, folder, refs.checkpoint, refs.selection, m, train_command,
+                                              ran["seconds"])
+            counts = counts + Tally(task_runs=1, computed=[("register-trained", new.key)])
         out.append(TrainedStage(stage=m, checkpoint=refs.checkpoint, selection=refs.selection, trained=new,
                                 select_dir=str(sel_dir), trained_dir=folder))
         theta = folder
-    return OutsideTrainerOutputs(stages=out, final_checkpoint=theta)
+    return OutsideTrainerOutputs(stages=out, final_checkpoint=theta, counts=counts)
 
 
 def subset_name_for(job: SelectJob) -> str:
@@ -91,11 +97,10 @@ def run_outside_trainer(cfg: RunConfig, job: SelectJob, train_command: str, stag
     """Run the loop with the configured task runner; returns a JSON-able summary."""
     if stages < 1:
         raise ConfigError(f"--stages: must be ≥ 1 (got {stages})")
-    LEDGER.reset()
     t0 = time.perf_counter()
     res = for_run(outside_trainer, cfg)(
         config=cfg, job=job, train_command=train_command, stages=stages, work=work, retries=retries)
-    return {"seconds": time.perf_counter() - t0, "computed": LEDGER.computed(), "final_checkpoint": res.final_checkpoint,
+    return {"seconds": time.perf_counter() - t0, "computed": res.counts.computed, "final_checkpoint": res.final_checkpoint,
             "stages": [{"stage": s.stage, "selection": s.selection.key, "checkpoint": s.checkpoint.key,
                         "trained": s.trained.key, "select_dir": s.select_dir, "trained_dir": s.trained_dir}
                        for s in res.stages]}

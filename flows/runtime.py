@@ -1,5 +1,5 @@
-"""What flows share: submitting bound tasks while keeping their futures (for executed-vs-cached counts), and
-the task runner chosen by `RunnerConfig`."""
+"""What flows share: submitting bound tasks while keeping their futures (what each task run computed or reused,
+read from its final Prefect state), and the task runner chosen by `RunnerConfig`."""
 
 from __future__ import annotations
 
@@ -12,15 +12,17 @@ from prefect.futures import PrefectFuture, wait
 
 from cropi_core.config import RunConfig
 from cropi_core.errors import ConfigError
-from tasks.common import GPU_TAG, LEDGER, bind, results_dir
+from flows.outputs import Tally
+from storage import ArtifactRef, StorageError, Store
+from tasks.common import GPU_TAG, bind
 
 
 class Tracker:
-    """Submits tasks with this run's result storage + retries and remembers every future."""
+    """Submits tasks with this run's retries (and GPU placement) and remembers every future, by task name."""
 
     def __init__(self, cfg: RunConfig) -> None:
         self.cfg = cfg
-        self.futures: list[PrefectFuture] = []
+        self.futures: list[tuple[str, PrefectFuture]] = []
 
     def _placement(self, task: Task):
         """Tasks that run a model carry GPU_TAG on their decorator; on Ray they get `runner.gpus_per_task` GPUs."""
@@ -34,7 +36,7 @@ class Tracker:
     def submit(self, task: Task, *, wait_for: list | None = None, **params: Any) -> PrefectFuture:
         with self._placement(task):
             fut = bind(task, self.cfg).submit(wait_for=wait_for, **params)
-        self.futures.append(fut)
+        self.futures.append((task.name, fut))
         return fut
 
     def map(self, task: Task, over: dict[str, list], **params: Any) -> list[PrefectFuture]:
@@ -43,31 +45,33 @@ class Tracker:
             return []
         with self._placement(task):
             futs = list(bind(task, self.cfg).map(**over, **{n: unmapped(v) for n, v in params.items()}))
-        self.futures += futs
+        self.futures += [(task.name, f) for f in futs]
         return futs
 
-    def counts(self) -> dict[str, int]:
-        """Task runs submitted by this flow, how many Prefect served from its cache, and how many failed."""
-        wait(self.futures)
-        states = [f.state for f in self.futures]
-        return {
-            "task_runs": len(states),
-            "cached": sum(1 for s in states if s.name == "Cached"),
-            "failed": sum(1 for s in states if s.is_failed() or s.is_crashed()),
-        }
+    def tally(self) -> Tally:
+        """What this flow's task runs did, from their final states: "Cached" = the body found its artifact in
+        storage; any other completed run computed the artifact (or gradient chunk) its result names. Per flow,
+        with no process-global state: on Ray the states come back from the workers with the results."""
+        wait([f for _, f in self.futures])
+        t = Tally(task_runs=len(self.futures))
+        for name, f in self.futures:
+            s = f.state
+            if s.is_failed() or s.is_crashed():
+                t.failed += 1
+            elif s.name == "Cached":
+                t.reused += 1
+            elif s.is_completed():
+                t.computed.append((name, result_key(f.result())))
+        return t
 
 
-def add_counts(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
-    return {k: a.get(k, 0) + b.get(k, 0) for k in set(a) | set(b)}
-
-
-def run_counts(flow_counts: dict[str, int]) -> dict[str, Any]:
-    """A run's counts from its flows' `Tracker.counts()` and this process's ledger: task runs, computed, failed and
-    `reused` = task runs that did not compute because their artifact already existed, whether Prefect's cache
-    answered (the body never ran) or the body found it in storage; the split is kept under `reused_via`."""
-    cached, hits = flow_counts.get("cached", 0), LEDGER.count("storage-hit")
-    return {"task_runs": flow_counts.get("task_runs", 0), "computed": LEDGER.count("computed"), "reused": cached + hits,
-            "failed": flow_counts.get("failed", 0), "reused_via": {"prefect_cache": cached, "storage": hits}}
+def result_key(x: Any) -> str:
+    """The artifact a task result names: a ref's key, or a chunk result's "key" (`<grads key>:<chunk>`)."""
+    if isinstance(x, ArtifactRef):
+        return x.key
+    if isinstance(x, dict) and "key" in x:
+        return str(x["key"])
+    return str(x)
 
 
 def counts_line(c: dict[str, Any]) -> str:
@@ -75,13 +79,29 @@ def counts_line(c: dict[str, Any]) -> str:
     return f"{c['task_runs']} task runs, {c['computed']} computed, {c['reused']} reused"
 
 
+def failed_attempts(store: Store, computed: list[tuple[str, str]]) -> int:
+    """Attempts that failed (and were retried) before the ones that computed these artifacts, from their compute
+    records (`attempt` − 1; a gradient chunk's is in its array's `compute.chunks`)."""
+    n = 0
+    for _, key in computed:
+        base, _, chunk = key.partition(":")
+        try:
+            c = store.manifest(base).meta.get("compute") or {}
+        except StorageError:
+            continue
+        if chunk:
+            chunks = c.get("chunks") or []
+            c = chunks[int(chunk)] if int(chunk) < len(chunks) and chunks[int(chunk)] else {}
+        n += max(0, int(c.get("attempt") or 1) - 1)
+    return n
+
+
 def for_run(flow: Flow, cfg: RunConfig) -> Flow:
-    """`flow` as this run executes it: the task runner of `cfg.runner`, and Prefect result persistence set once,
-    here, on the flow. Every task and subflow it runs inherits the result storage (`<root>/work/prefect-results`, `results_dir`)
-    and persistence from the flow run's context (on Ray too: Prefect ships the context's result store to the
-    worker); the tasks themselves carry only their cache policy, tags and the run's retry settings (`bind`)."""
-    # a pathlib.Path, not a LocalFileSystem block: a flow's storage must be a saved block or a path
-    return flow.with_options(task_runner=task_runner(cfg), persist_result=True, result_storage=results_dir(cfg))
+    """`flow` as this run executes it: the task runner of `cfg.runner`. Nothing is persisted on Prefect's side:
+    the artifact store is the only cache (tasks run with `cache_policy=NO_CACHE` and look their artifact up in
+    storage first), so task results travel in memory (through Ray on Ray) and no result records pile up or
+    outlive the artifacts they point at; the tasks carry only their tags and the run's retry settings (`bind`)."""
+    return flow.with_options(task_runner=task_runner(cfg), persist_result=False)
 
 
 def task_runner(cfg: RunConfig):

@@ -29,14 +29,14 @@ from pydantic import BaseModel
 
 from cropi_core.config import RunConfig
 from flows.outputs import SelectOutputs
-from flows.runtime import Tracker, for_run, run_counts
+from flows.runtime import Tracker, for_run
 from flows.stage import stage_sketches
 from storage import ArtifactRef
 from tasks import artifacts as A
 from tasks import byot as T_byot
 from tasks import rollouts as T_roll
 from tasks import selection as T_sel
-from tasks.common import LEDGER, get_store
+from tasks.common import get_store
 
 
 class InputSet(BaseModel):
@@ -105,7 +105,7 @@ def select_flow(config: RunConfig, job: SelectJob) -> SelectOutputs:
     sel = tr.submit(T_sel.selection, cfg=cfg, stage=stage, pool=pool, pool_rollouts=roll_pool, scores=scores).result()
     return SelectOutputs(checkpoint=ckpt, behavior=beh, pool=pool, val={n: f.result() for n, f in val_f.items()},
                          pool_rollouts=roll_pool, val_rollouts=roll_val, grads={"pool": g_pool, **g_val}, scores=scores,
-                         selection=sel, counts=tr.counts())
+                         selection=sel, counts=tr.tally())
 
 
 # ---------------------------------------------------------------- export
@@ -254,7 +254,6 @@ def run_select(cfg: RunConfig, job: SelectJob) -> dict[str, Any]:
     prompts were asked for: ratio × pool, and could not be scored)."""
     from cropi_core.scoring import top_count
 
-    LEDGER.reset()
     t0 = time.perf_counter()
     refs = for_run(select_flow, cfg)(config=cfg, job=job)
     out = export(cfg, job, refs)
@@ -262,8 +261,8 @@ def run_select(cfg: RunConfig, job: SelectJob) -> dict[str, Any]:
     n_pool = A.num_rows(get_store(cfg), refs.pool_rollouts)
     asked = top_count(cfg.selection.ratio, n_pool)
     return {
-        "seconds": time.perf_counter() - t0, "out": str(out), "computed": LEDGER.computed(),
-        "counts": run_counts(refs.counts),
+        "seconds": time.perf_counter() - t0, "out": str(out), "computed": refs.counts.computed,
+        "counts": refs.counts.counts(),
         "selection": refs.selection.key, "scores": refs.scores.key, "selected_ids": ids,
         "n_pool": n_pool, "asked": asked,
         # why fewer than asked were selected (read only then)

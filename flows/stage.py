@@ -53,26 +53,25 @@ def stage_sketches(tr: Tracker, cfg: RunConfig, stage: int, ckpt: ArtifactRef, p
 
 def grads_ref(tr: Tracker, cfg: RunConfig, stage: int, ckpt: ArtifactRef, rollouts: ArtifactRef, label: str,
               calibration: ArtifactRef | None = None, candidates: ArtifactRef | None = None) -> ArtifactRef:
-    """Finalized gradient artifact; chunks found corrupt at finalize time are recomputed once, bypassing the cache."""
+    """Finalized gradient artifact; chunks found corrupt at finalize time are recomputed once."""
     params = dict(cfg=cfg, ckpt=ckpt, rollouts=rollouts, n_rows=A.num_rows(get_store(cfg), rollouts), stage=stage,
                   label=label, calibration=calibration, candidates=candidates)
     try:
         return submit_grads(tr, params)
     except StorageError as err:
         log(f"stage {stage}: grads {label}: {err}; recomputing the missing chunks")
-        return submit_grads(tr, params, refresh=True)
+        return submit_grads(tr, params)
 
 
-def submit_grads(tr: Tracker, params: dict[str, Any], refresh: bool = False) -> ArtifactRef:
-    """One chunk task mapped over each row chunk still missing in storage (Prefect's cache must not answer for
-    those), then finalize (`refresh`: bypassing the cache too); the finalized ref."""
+def submit_grads(tr: Tracker, params: dict[str, Any]) -> ArtifactRef:
+    """One chunk task mapped over each row chunk still missing in storage, then finalize; the finalized ref."""
     missing = T_grads.missing_chunks(**params)
     stage, label = params["stage"], params["label"]
     if missing:
         log(f"stage {stage}: grads {label}: {len(missing)} of {A.num_chunks(params['cfg'], params['n_rows'])} chunks "
             "to compute")
-    chunks = tr.map(T_grads.grads_chunk.with_options(refresh_cache=True), {"chunk": missing}, **params)
-    fin = tr.submit(T_grads.grads_finalize.with_options(refresh_cache=refresh), chunks=chunks, **params)
+    chunks = tr.map(T_grads.grads_chunk, {"chunk": missing}, **params)
+    fin = tr.submit(T_grads.grads_finalize, chunks=chunks, **params)
     progress(chunks, f"grads {label} stage {stage}")
     return result_or_upstream_error(fin, chunks)
 
@@ -132,5 +131,5 @@ def stage(config: RunConfig, stage: int, ckpt: ArtifactRef, pool: ArtifactRef, p
     from tasks.reports import stage_report
 
     stage_report(cfg, out)
-    out.counts = tr.counts()
+    out.counts = tr.tally()
     return out

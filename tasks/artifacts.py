@@ -126,12 +126,6 @@ def find_produced(store: Store, kind: str, producer: str) -> ArtifactRef | None:
     return None
 
 
-def checkpoint_intact(store: Store, producer: str) -> bool:
-    """False only if checkpoints made by `producer` exist and every one is damaged (see key_policy)."""
-    found = store.find("checkpoint", meta={"producer": producer})
-    return not found or find_produced(store, "checkpoint", producer) is not None
-
-
 def checkpoint_path(cfg: RunConfig, ref: ArtifactRef | str) -> Path:
     """Local folder of a checkpoint artifact (loadable with `cropi_core.models.load_model`)."""
     from storage.registry import checkpoint_dir

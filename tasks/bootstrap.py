@@ -6,13 +6,14 @@ import shutil
 from pathlib import Path
 
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 
 from cropi_core.config import RunConfig
 from storage import ArtifactRef
 from storage.registry import register_checkpoint
-from tasks.artifacts import checkpoint_intact, held_out_prompts
-from tasks.common import GPU_TAG, get_store, key_policy, work_dir
-from tasks.recipes import base_key, base_recipe, produce_checkpoint
+from tasks.artifacts import held_out_prompts, ran_on
+from tasks.common import GPU_TAG, get_store, work_dir
+from tasks.recipes import base_recipe, produce_checkpoint
 
 
 def copy_model_folder(src: Path, out: Path) -> None:
@@ -59,18 +60,18 @@ def bootstrap_problems(cfg: RunConfig, exclude: list[str]):
     return problems
 
 
-@task(name="bootstrap", tags=[GPU_TAG], cache_policy=key_policy(base_key, intact=checkpoint_intact))
+@task(name="bootstrap", tags=[GPU_TAG], cache_policy=NO_CACHE)
 def base_model(cfg: RunConfig) -> ArtifactRef:
     """Register the stage-0 checkpoint θ_0 = β.
 
     Embedded model: build the ~1M-parameter Qwen2 with the character tokenizer and run the supervised
     warm-up on synthetic problems disjoint from every evaluation prompt. Real model: copy the local folder.
     """
-    return produce_checkpoint(base_recipe(cfg), "bootstrap", cfg, {}, lambda key: _bootstrap(cfg, key), lock="bootstrap",
-                              fault="bootstrap")
+    return produce_checkpoint(base_recipe(cfg), "bootstrap", cfg, {},
+                              lambda key, compute: _bootstrap(cfg, key, compute), lock="bootstrap", fault="bootstrap")
 
 
-def _bootstrap(cfg: RunConfig, key: str) -> ArtifactRef:
+def _bootstrap(cfg: RunConfig, key: str, compute) -> ArtifactRef:
     out = work_dir(cfg, "bootstrap", key[:16])
     shutil.rmtree(out, ignore_errors=True)
     meta = {"producer": key, "run": cfg.name, "stage": 0}
@@ -103,6 +104,7 @@ def _bootstrap(cfg: RunConfig, key: str) -> ArtifactRef:
             copy_model_folder(src, out)
         if cfg.model.tokenizer_path:
             replace_tokenizer(out, cfg.model.tokenizer_path)
+    meta["compute"] = compute(ran_on(model) if cfg.model.is_embedded else None)  # a copy ran on no device
     # the config enters the checkpoint's own key (storage.registry): {"producer": key, **model} as ever
     return register_checkpoint(get_store(cfg), out, parents=[], config={"producer": key, **cfg.model.hashable()},
                                meta=meta, move=True)

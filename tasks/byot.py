@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 
 from cropi_core.config import RunConfig
 from cropi_core.errors import ModelError
@@ -27,7 +28,7 @@ import_key, import_dataset_key, imported_rollouts_key = CKPT.key, DATASET.key, R
 
 
 # ---------------------------------------------------------------- checkpoints
-@task(name="import-checkpoint", task_run_name="import-checkpoint-{label}", cache_policy=CKPT.policy())
+@task(name="import-checkpoint", task_run_name="import-checkpoint-{label}", cache_policy=NO_CACHE)
 def import_checkpoint(cfg: RunConfig, path: str, gguf_file: str | None = None, label: str = "checkpoint") -> ArtifactRef:
     """Register an outside trainer's checkpoint (HF folder, or folder + GGUF file converted to safetensors);
     a folder whose content is already a checkpoint artifact is that artifact."""
@@ -39,7 +40,7 @@ def import_checkpoint(cfg: RunConfig, path: str, gguf_file: str | None = None, l
         if same and find_produced(store, "checkpoint", import_key(cfg, path=path)) is None:
             return storage_hit("import-checkpoint", store.ref(same[0].key))
 
-    def build(key: str) -> ArtifactRef:
+    def build(key: str, compute) -> ArtifactRef:
         from storage.registry import register_checkpoint
 
         out = work_dir(cfg, "import", key[:16])
@@ -51,7 +52,7 @@ def import_checkpoint(cfg: RunConfig, path: str, gguf_file: str | None = None, l
         else:
             shutil.copytree(path, out, dirs_exist_ok=True)
         meta = {"producer": key, "source": str(Path(path).resolve()), "gguf_file": gguf_file, "run": cfg.name,
-                "imported": True}
+                "imported": True, "compute": compute()}
         return register_checkpoint(get_store(cfg), out, parents=[], config={"producer": key}, meta=meta, move=True)
 
     return produce_checkpoint(CKPT, "import-checkpoint", cfg, {"path": path, "gguf_file": gguf_file}, build,
@@ -72,7 +73,7 @@ def check_same_tokenizer(cfg: RunConfig, ckpt: ArtifactRef, behavior: ArtifactRe
 
 
 # ---------------------------------------------------------------- datasets
-@task(name="dataset", task_run_name="dataset-{name}", tags=[NO_RETRY_TAG], cache_policy=DATASET.policy())
+@task(name="dataset", task_run_name="dataset-{name}", tags=[NO_RETRY_TAG], cache_policy=NO_CACHE)
 def import_dataset(cfg: RunConfig, path: str, name: str, verifier: str, role: str = "pool") -> ArtifactRef:
     """A trainer's pool / validation file as a `dataset` artifact (the same normalised JSONL `cropi run` writes)."""
     def payload(w) -> dict:
@@ -112,7 +113,7 @@ def check_rollouts_file(cfg: RunConfig, path: str, fmt: str, problems: list, tok
         tokenize_responses(tokenizer, responses, tokenizer.eos_token_id)
 
 
-@task(name="rollouts", task_run_name="import-rollouts-{label}", tags=[GPU_TAG], cache_policy=ROLLOUTS.policy())
+@task(name="rollouts", task_run_name="import-rollouts-{label}", tags=[GPU_TAG], cache_policy=NO_CACHE)
 def import_rollouts(cfg: RunConfig, ckpt: ArtifactRef, data: ArtifactRef, path: str, fmt: str,
                     label: str = "pool") -> ArtifactRef:
     """Offline rollouts of β read from a trainer's dump; log β recomputed by teacher forcing `ckpt` (= β)."""

@@ -1,29 +1,28 @@
-"""Plumbing shared by every cropi task: cache keys, result storage, retries, fault injection, assets, ledger.
+"""Plumbing shared by every cropi task: storage, retries, fault injection, compute records, assets.
 
-A cropi task is a thin `@task` around one artifact kind. Its Prefect cache key IS the storage artifact key
-(computed from parent keys + the config section's `.hashable()`), results are persisted under the storage
-root, and the task body checks storage first, so a fresh Prefect database (or lost result records) still
-recomputes nothing. Tasks take and return small `ArtifactRef`s, never tensors.
+A cropi task is a thin `@task` around one artifact kind, and the artifact store is its only cache: the body looks
+its artifact up in storage first and, when it is there and intact, returns it as a Prefect state named "Cached"
+(`storage_hit`) without computing anything; Prefect's own task cache is off (`cache_policy=NO_CACHE`, see
+docs/architecture.md). An artifact it computes carries its cost in its manifest (`meta["compute"]`: seconds,
+machine, task, attempt, flow run; `compute_record`), so reports price it whoever computed it. Tasks take and return
+small `ArtifactRef`s, never tensors.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
-import json
 import logging
 import os
+import platform
+import sys
 import threading
 import time
-import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from prefect import Task, get_run_logger
-from prefect.cache_policies import CacheKeyFnPolicy
 
 from cropi_core.config import RunConfig
 from cropi_core.errors import ConfigError, CropiError
@@ -43,7 +42,7 @@ class TransientFault(RuntimeError):
     """An injected, retryable failure (see `maybe_fault`)."""
 
 
-# ---------------------------------------------------------------- store + result storage
+# ---------------------------------------------------------------- store
 @functools.lru_cache(maxsize=16)
 def _store(root: str, verify: str | None) -> Store:
     return open_store(root, verify=verify)
@@ -84,7 +83,9 @@ def work_dir(cfg: RunConfig, *parts: str) -> Path:
 def work_lock(cfg: RunConfig, *parts: str) -> Iterator[None]:
     """Exclusive lock (flock) for the work folder `work_dir(cfg, *parts)`: two runs on one root (or two threads)
     computing the same artifact take turns instead of sharing — and deleting — each other's scratch files;
-    the second then finds the first's artifact in storage. A killed holder releases it (the kernel does)."""
+    the second then finds the first's artifact in storage. A killed holder releases it (the kernel does).
+    The one way cropi holds a concurrent writer off (docs/architecture.md); every other kind lets both compute
+    and the first manifest wins."""
     import fcntl
 
     lock = work_dir(cfg, *parts[:-1]) / f".{parts[-1]}.lock"
@@ -94,11 +95,6 @@ def work_lock(cfg: RunConfig, *parts: str) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def results_dir(cfg: RunConfig) -> Path:
-    """Where Prefect persists task results (a pathlib.Path: a bare string would be read as a block name)."""
-    return work_dir(cfg, "prefect-results")
 
 
 def run_dir(cfg: RunConfig) -> Path:
@@ -117,42 +113,7 @@ def run_dir(cfg: RunConfig) -> Path:
     return p.resolve()
 
 
-# ---------------------------------------------------------------- cache policy + binding
-def artifact_intact(store: Store, key: str) -> bool:
-    """Default check behind a Prefect cache hit: False only if artifact `key` is damaged in storage (corrupt
-    manifest, payload failing the store's verify mode, or a manifest moved aside by a reader; it warns, naming
-    the artifact). Never-written artifacts and keys that are not artifact keys (gradient chunks) pass."""
-    from storage.keys import KEY_RE
-
-    return not KEY_RE.match(key) or store.state(key) != "damaged"
-
-
-def key_policy(key_fn: Callable[..., str], intact: Callable[[Store, str], bool] | None = None) -> CacheKeyFnPolicy:
-    """Prefect cache policy whose key is `key_fn(**task_parameters)` (the storage artifact key).
-
-    A cached result is only a pointer to storage: if the artifact is gone or damaged (`intact(store, key)`
-    false; default `artifact_intact`) the key is made unique, Prefect misses, and the task body — which checks
-    storage first — recomputes it instead of handing downstream tasks a ref to corrupt bytes.
-    """
-    check = intact or artifact_intact
-
-    def cache_key(_ctx: Any, params: dict[str, Any]) -> str:
-        # namespaced by storage root: a cache hit must mean "this artifact is in THIS store" (two runs with
-        # different roots sharing one Prefect server would otherwise skip writing to the second root)
-        # and by the store's identity: a wiped and recreated root (e.g. an s3 bucket, whose Prefect records live
-        # in a local cache dir) must not serve stale hits for artifacts it no longer holds
-        cfg = params.get("cfg")
-        root = ""
-        if isinstance(cfg, RunConfig):
-            root = f"{local_root(cfg) or cfg.storage.root}|{get_store(cfg).identity()}"
-        key = key_fn(**params)
-        if isinstance(cfg, RunConfig) and not check(get_store(cfg), key):
-            return f"{key}-recompute-{uuid.uuid4().hex}"
-        return f"{key}-{hashlib.sha256(root.encode()).hexdigest()[:12]}"
-
-    return CacheKeyFnPolicy(cache_key_fn=cache_key)
-
-
+# ---------------------------------------------------------------- retries
 def retry_transient(_task: Any, _run: Any, state: Any) -> bool:
     """Retry anything except user errors (CropiError: bad data/config, retrying cannot help)."""
     try:
@@ -163,8 +124,8 @@ def retry_transient(_task: Any, _run: Any, state: Any) -> bool:
 
 
 def bind(task: Task, cfg: RunConfig) -> Task:
-    """The task with this run's retry settings (`cfg.runner`; none if NO_RETRY_TAG). Result storage and persistence
-    are not set here: the flow sets them once and its tasks inherit them (`flows.runtime.for_run`)."""
+    """The task with this run's retry settings (`cfg.runner`; none if NO_RETRY_TAG). Nothing else: the task runner
+    is the flow's (`flows.runtime.for_run`) and no task has a Prefect cache (storage is the only one)."""
     if NO_RETRY_TAG in task.tags:
         return task
     return task.with_options(retries=cfg.runner.retries, retry_delay_seconds=cfg.runner.retry_delay_s,
@@ -199,7 +160,6 @@ def maybe_fault(name: str) -> None:
     n = fault_budget(name)
     a = attempt()
     if a <= n:
-        LEDGER.add(name, f"attempt-{a}", "fault")
         raise TransientFault(f"injected transient fault in {name} (attempt {a} of {n} failing)")
 
 
@@ -229,51 +189,7 @@ def check_cancelled(where: str) -> None:
         raise RunCancelled(f"{where}: stopped, the flow run is being cancelled")
 
 
-# ---------------------------------------------------------------- ledger: what ran in this process
-@dataclass
-class Ledger:
-    """Counts task bodies that computed an artifact vs found it in storage (thread-safe, per process)."""
-
-    events: list[tuple[str, str, str]] = field(default_factory=list)  # (task, key, "computed"|"storage-hit")
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    # compute seconds per computed key, kept across reset() (flows.compare prices reused artifacts with them)
-    seconds: dict[str, float] = field(default_factory=dict)
-    # optional JSON-lines file that every timed computation is appended to as it happens, so the seconds of a
-    # killed comparison's finished artifacts survive it (flows.compare points it at its folder)
-    sink: Path | None = None
-
-    def add(self, task: str, key: str, outcome: str, seconds: float | None = None) -> None:
-        with self.lock:
-            self.events.append((task, key, outcome))
-            if seconds is not None:
-                self.seconds[key] = float(seconds)
-                if self.sink is not None:
-                    with open(self.sink, "a") as f:
-                        f.write(json.dumps({"key": key, "seconds": float(seconds)}) + "\n")
-
-    def reset(self) -> None:
-        with self.lock:
-            self.events.clear()
-
-    def count(self, outcome: str) -> int:
-        with self.lock:
-            return sum(1 for e in self.events if e[2] == outcome)
-
-    def computed(self) -> list[tuple[str, str]]:
-        with self.lock:
-            return [(t, k) for t, k, o in self.events if o == "computed"]
-
-    def __reduce__(self):  # Ray pickles task functions by value: a worker process uses its own ledger
-        return (_process_ledger, ())
-
-
-LEDGER = Ledger()
-
-
-def _process_ledger() -> Ledger:
-    return LEDGER
-
-
+# ---------------------------------------------------------------- reused or computed
 def log(msg: str) -> None:
     """Log to the Prefect run logger when inside a run, else to the module logger."""
     try:
@@ -282,19 +198,77 @@ def log(msg: str) -> None:
         logging.getLogger("cropi").info(msg)
 
 
-def storage_hit(task: str, ref: ArtifactRef) -> ArtifactRef:
-    LEDGER.add(task, ref.key, "storage-hit")
-    log(f"{task}: reusing {ref.kind} {ref.key[:12]} from storage")
-    return ref
+def reused(task: str, what: str, data: Any) -> Any:
+    """What a task body returns when storage already holds its output: `data` in a Completed state named "Cached"
+    (the Prefect UI shows the task run as Cached, with the message), so the flow's `Tracker` counts it as reused.
+    Called directly (`task.fn(...)`), the body returns this state; `.result()` is `data`."""
+    from prefect.states import Completed
+
+    log(f"{task}: reusing {what} from storage")
+    return Completed(name="Cached", message=f"reused from storage: {what}", data=data)
 
 
-def computed(task: str, ref: ArtifactRef, parents: list[ArtifactRef | str], store: Store, seconds: float,
+def storage_hit(task: str, ref: ArtifactRef) -> Any:
+    """`reused` for an artifact found in storage: the task's result is its ref."""
+    return reused(task, f"{ref.kind} {ref.key}", ref)
+
+
+def computed(task: str, ref: ArtifactRef, parents: list[ArtifactRef | str], store: Store,
              meta: dict | None = None) -> ArtifactRef:
-    """Record a freshly computed artifact and emit its Prefect asset materialisation."""
-    LEDGER.add(task, ref.key, "computed", seconds)
-    log(f"{task}: computed {ref.kind} {ref.key[:12]} in {seconds:.1f}s")
-    emit_asset(ref, parents, store, meta={"seconds": round(seconds, 3), **(meta or {})})
+    """Log a freshly computed artifact (its seconds from `meta["compute"]`, the manifest's) and emit its Prefect
+    asset materialisation."""
+    seconds = ((meta or {}).get("compute") or {}).get("seconds")
+    log(f"{task}: computed {ref.kind} {ref.key[:12]}" + (f" in {seconds:.1f}s" if seconds is not None else ""))
+    emit_asset(ref, parents, store, meta={"seconds": seconds, **{k: v for k, v in (meta or {}).items()
+                                                                 if k != "compute"}})
     return ref
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo on Linux, else what `platform` knows)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
+            if line.lower().startswith(("model name", "hardware", "cpu model")):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def machine(device: str | None = None) -> dict[str, Any]:
+    """The machine a computation ran on, for its compute record: CPU model, cores, torch threads (None when torch
+    was never imported: nothing used it) and the device ("cpu", or "cuda: <GPU name>" for `device` "cuda")."""
+    torch = sys.modules.get("torch")
+    dev = device or "cpu"
+    if dev.startswith("cuda") and torch is not None:
+        try:
+            dev = f"cuda: {torch.cuda.get_device_name()}"
+        except Exception:  # noqa: BLE001 - no CUDA runtime after all
+            pass
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads() if torch else None,
+            "device": dev}
+
+
+def flow_run_id() -> str | None:
+    """The Prefect flow run this code runs in (a task's own flow run), or None outside one."""
+    try:
+        from prefect.runtime import flow_run
+
+        return str(flow_run.id) if flow_run.id else None
+    except Exception:  # noqa: BLE001 - outside a run context
+        return None
+
+
+def compute_record(seconds: float, task: str, ran_on: dict | None = None, **extra: Any) -> dict[str, Any]:
+    """`meta["compute"]` of an artifact, written with it before its manifest is committed: the seconds of work that
+    computed it (`Timer`), the machine (device from the payload's `ran_on`), the task, the attempt that succeeded
+    (attempt − 1 earlier attempts failed and were retried) and the Prefect flow run; `extra` adds to it (e.g.
+    `partial: True` when earlier, killed work is in the artifact but not in the seconds)."""
+    rec: dict[str, Any] = {"seconds": round(float(seconds), 3), "task": task, "attempt": attempt(),
+                           "flow_run": flow_run_id(), "machine": machine((ran_on or {}).get("device"))}
+    rec.update(extra)
+    return rec
 
 
 # ---------------------------------------------------------------- assets
@@ -330,7 +304,8 @@ def emit_asset(ref: ArtifactRef, parents: list[ArtifactRef | str], store: Store,
 
 class Timer:
     """Seconds of a task's own work: wall time less the time its thread waited for torch's generator
-    (cropi_core.rng.global_rng), which another task of the same process was using."""
+    (cropi_core.rng.global_rng), which another task of the same process was using. `elapsed()` reads it while
+    the work is still going on (a checkpoint's record is written before its timer stops)."""
 
     def __enter__(self) -> "Timer":
         from cropi_core.rng import waited_seconds
@@ -338,8 +313,10 @@ class Timer:
         self.t0, self.w0 = time.perf_counter(), waited_seconds()
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def elapsed(self) -> float:
         from cropi_core.rng import waited_seconds
 
-        self.seconds = time.perf_counter() - self.t0 - (waited_seconds() - self.w0)
+        return time.perf_counter() - self.t0 - (waited_seconds() - self.w0)
 
+    def __exit__(self, *exc: Any) -> None:
+        self.seconds = self.elapsed()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 
 from cropi_core.config import RunConfig
 from cropi_core.data import problems_to_jsonl
@@ -15,7 +16,7 @@ R = RECIPES["dataset"]
 dataset_key = R.key
 
 
-@task(name="dataset", task_run_name="dataset-{name}", tags=[NO_RETRY_TAG], cache_policy=R.policy())
+@task(name="dataset", task_run_name="dataset-{name}", tags=[NO_RETRY_TAG], cache_policy=NO_CACHE)
 def dataset(cfg: RunConfig, role: str, name: str) -> ArtifactRef:
     """Write one set as `problems.jsonl` (one `Problem.to_record()` per line)."""
     def payload(w) -> dict:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 
 from cropi_core.config import RunConfig
 from storage import ArtifactRef
@@ -14,7 +15,7 @@ R = RECIPES["evaluation"]
 eval_key = R.key
 
 
-@task(name="evaluate", task_run_name="eval-{name}-s{stage}", tags=[GPU_TAG], cache_policy=R.policy())
+@task(name="evaluate", task_run_name="eval-{name}-s{stage}", tags=[GPU_TAG], cache_policy=NO_CACHE)
 def evaluate(cfg: RunConfig, ckpt: ArtifactRef, data: ArtifactRef, name: str, stage: int = 0) -> ArtifactRef:
     """Accuracy of checkpoint `ckpt` on test set `data` (per-item correctness stored for inspection)."""
     def payload(w) -> dict:

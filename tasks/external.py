@@ -13,15 +13,17 @@ import time
 from pathlib import Path
 
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 
 from cropi_core.config import RunConfig
 from storage import ArtifactRef
-from tasks.common import NO_RETRY_TAG, computed, get_store, log
+from tasks.common import NO_RETRY_TAG, compute_record, computed, get_store, log
 
 
-@task(name="external-train", task_run_name="external-train-s{stage}")
-def external_train(argv: list[str], out: str, stage: int, timeout_s: float | None = None) -> str:
-    """Run the trainer; succeed only if it exits 0 and leaves an HF checkpoint (config.json + weights) in `out`."""
+@task(name="external-train", task_run_name="external-train-s{stage}", cache_policy=NO_CACHE)
+def external_train(argv: list[str], out: str, stage: int, timeout_s: float | None = None) -> dict:
+    """Run the trainer; succeed only if it exits 0 and leaves an HF checkpoint (config.json + weights) in `out`.
+    Returns {"folder", "seconds"}: the seconds go into the registered checkpoint's compute record."""
     log(f"stage {stage}: running {shlex.join(argv)}")
     t0 = time.perf_counter()
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s)
@@ -31,21 +33,26 @@ def external_train(argv: list[str], out: str, stage: int, timeout_s: float | Non
     folder = Path(out)
     if not (folder / "config.json").is_file() or not any(folder.glob("*.safetensors")):
         raise RuntimeError(f"training command left no HF checkpoint (config.json + *.safetensors) in {folder}")
-    log(f"stage {stage}: trainer finished in {time.perf_counter() - t0:.1f}s")
-    return str(folder)
+    seconds = time.perf_counter() - t0
+    log(f"stage {stage}: trainer finished in {seconds:.1f}s")
+    return {"folder": str(folder), "seconds": seconds}
 
 
-@task(name="register-trained", task_run_name="register-trained-s{stage}", tags=[NO_RETRY_TAG])
+@task(name="register-trained", task_run_name="register-trained-s{stage}", tags=[NO_RETRY_TAG],
+      cache_policy=NO_CACHE)
 def register_trained(cfg: RunConfig, folder: str, parent: ArtifactRef, selection: ArtifactRef, stage: int,
-                     command: str) -> ArtifactRef:
-    """The trainer's output as a checkpoint artifact (parents: its input checkpoint and the selection)."""
+                     command: str, train_seconds: float | None = None) -> ArtifactRef:
+    """The trainer's output as a checkpoint artifact (parents: its input checkpoint and the selection); its compute
+    record holds the seconds the trainer's command ran (`external_train`, on this machine; unknown → 0 and
+    `partial`)."""
     from storage.registry import register_checkpoint
 
     store = get_store(cfg)
-    t0 = time.perf_counter()
-    meta = {"run": cfg.name, "stage": stage + 1, "external_command": command, "source": str(Path(folder).resolve())}
+    meta = {"run": cfg.name, "stage": stage + 1, "external_command": command, "source": str(Path(folder).resolve()),
+            "compute": compute_record(train_seconds or 0.0, "external-train",
+                                      **({"partial": True} if train_seconds is None else {}))}
     ref = register_checkpoint(store, folder, parents=[parent.key, selection.key], config={"external": command}, meta=meta)
-    computed("register-trained", ref, [parent, selection], store, time.perf_counter() - t0)
+    computed("register-trained", ref, [parent, selection], store, store.manifest(ref.key).meta)
     try:
         from prefect.artifacts import create_link_artifact
 

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import numpy as np
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 
 from cropi_core.config import RunConfig
 from storage import ArtifactRef
 from tasks.artifacts import GRADS, load_checkpoint, param_ratios, ran_on, read_candidates, read_rollouts, sketch_dim
-from tasks.common import GPU_TAG, LEDGER, NO_RETRY_TAG, Timer, computed, get_store, key_policy, log, maybe_fault, storage_hit
+from tasks.common import (GPU_TAG, NO_RETRY_TAG, Timer, compute_record, computed, get_store, log, machine, maybe_fault,
+                          reused, storage_hit)
 from tasks.recipes import RECIPES, behavior_temperature, produce
 
 R = RECIPES["grads"]
@@ -21,6 +23,8 @@ grads_key = R.key
 
 def chunk_key(cfg: RunConfig, ckpt: ArtifactRef, rollouts: ArtifactRef, chunk: int,
               calibration: ArtifactRef | None = None, candidates: ArtifactRef | None = None, **_: object) -> str:
+    """The name of one row chunk of a gradient artifact at `influence.chunk_rows` (pinned, with every key function,
+    by tests/test_recipe_keys.py); a chunk's task result names it `<grads key>:<chunk>`."""
     key = grads_key(cfg, ckpt=ckpt, rollouts=rollouts, calibration=calibration, candidates=candidates)
     return f"{key}-r{cfg.influence.chunk_rows}-c{chunk}"
 
@@ -30,7 +34,7 @@ CALIBRATION = RECIPES["calibration"]
 calibration_key = CALIBRATION.key
 
 
-@task(name="calibration", task_run_name="calibration-s{stage}", tags=[GPU_TAG], cache_policy=CALIBRATION.policy())
+@task(name="calibration", task_run_name="calibration-s{stage}", tags=[GPU_TAG], cache_policy=NO_CACHE)
 def calibration(cfg: RunConfig, ckpt: ArtifactRef, pool_rollouts: ArtifactRef, stage: int = 0) -> ArtifactRef:
     """Gradient energy per parameter at θ_m over the first `influence.calibration_prompts` scorable pool prompts
     (per-sequence ‖G‖², projection/jl.py:EnergyProbe). Pool and validation sketches of the stage read it, so both
@@ -62,22 +66,24 @@ def staging(cfg: RunConfig, ckpt: ArtifactRef, rollouts: ArtifactRef, n_rows: in
                                 format_version=R.version, meta={"run": cfg.name, "stage": stage, "n": n_rows, "dim": dim})
 
 
-@task(name="grads-chunk", task_run_name="grads-{label}-s{stage}-c{chunk}", tags=[GPU_TAG], cache_policy=key_policy(chunk_key))
+@task(name="grads-chunk", task_run_name="grads-{label}-s{stage}-c{chunk}", tags=[GPU_TAG], cache_policy=NO_CACHE)
 def grads_chunk(cfg: RunConfig, ckpt: ArtifactRef, rollouts: ArtifactRef, chunk: int, n_rows: int, stage: int = 0,
                 label: str = "pool", calibration: ArtifactRef | None = None,
                 candidates: ArtifactRef | None = None) -> dict:
     """Sketch rows [chunk·c, (chunk+1)·c) of the rollouts at checkpoint `ckpt` (with `candidates`: only the
-    candidate rows among them, the others NaN = unscored); returns {"chunk", "rows", "computed"}."""
+    candidate rows among them, the others NaN = unscored); returns {"chunk", "key", "rows", "computed"}. The chunk's
+    completion record keeps its compute record (seconds, machine, attempt), which `grads_finalize` sums."""
     store = get_store(cfg)
     key = grads_key(cfg, ckpt=ckpt, rollouts=rollouts, calibration=calibration, candidates=candidates)
+    name = f"{key}:{chunk}"
     if store.exists(key):
-        storage_hit("grads-chunk", store.ref(key))
-        return {"chunk": chunk, "computed": False}
+        return reused("grads-chunk", f"chunk {chunk} of sealed grads {key}", {"chunk": chunk, "key": name,
+                                                                               "computed": False})
     arr = staging(cfg, ckpt, rollouts, n_rows, stage, calibration, candidates)
     lo, hi = arr.chunk_rows(chunk)
     if arr.chunk_complete(chunk):
-        log(f"grads {label} stage {stage}: chunk {chunk} already in storage")
-        return {"chunk": chunk, "rows": [lo, hi], "computed": False}
+        return reused("grads-chunk", f"grads {label} stage {stage} chunk {chunk} ({key[:12]})",
+                      {"chunk": chunk, "key": name, "rows": [lo, hi], "computed": False})
     maybe_fault("grads")
     import torch
 
@@ -86,6 +92,7 @@ def grads_chunk(cfg: RunConfig, ckpt: ArtifactRef, rollouts: ArtifactRef, chunk:
 
     inf = cfg.influence
     rows = list(range(lo, hi)) if candidates is None else [i for i in read_candidates(store, candidates) if lo <= i < hi]
+    model = None
     with Timer() as t:
         out = np.full((hi - lo, arr.shape[1]), np.nan, dtype=np.float32)  # [rows of the chunk, k]
         if rows:
@@ -97,19 +104,36 @@ def grads_chunk(cfg: RunConfig, ckpt: ArtifactRef, rollouts: ArtifactRef, chunk:
             sk = sketch_prompts(model, [prompts[i - lo] for i in rows], proj, aggregation=inf.aggregation,
                                 micro_batch_tokens=inf.micro_batch_tokens, temperature=behavior_temperature(cfg))
             out[np.asarray(rows) - lo] = sk.float().numpy()  # [len(rows), k] into their rows
-        arr.write_chunk(chunk, out)
-    LEDGER.add("grads-chunk", f"{key}:{chunk}", "computed", t.seconds)
+    used = ran_on(model) if model is not None else None
+    arr.write_chunk(chunk, out, meta={"compute": compute_record(t.seconds, "grads-chunk", used)})
     # the marker tests and the console progress watch for
     scored = "" if candidates is None else f", {len(rows)} candidates"
     log(f"grads {label} stage {stage}: chunk {chunk + 1}/{arr.num_chunks} done (rows {lo}-{hi}{scored}, {t.seconds:.1f}s)")
-    return {"chunk": chunk, "rows": [lo, hi], "computed": True, **({"ran_on": ran_on(model)} if rows else {})}
+    return {"chunk": chunk, "key": name, "rows": [lo, hi], "computed": True, **({"ran_on": used} if used else {})}
 
 
-@task(name="grads", task_run_name="grads-{label}-s{stage}-finalize", tags=[NO_RETRY_TAG], cache_policy=R.policy())
+def chunks_compute(st, finalize_seconds: float) -> dict:
+    """The compute record of a sealed gradient array: the seconds of every chunk (from their completion records,
+    whichever process or earlier, killed run wrote them) plus finalizing's; `partial` when a chunk's record has
+    no seconds (written before they were recorded). `machine`: the one every chunk ran on, or all of them."""
+    per = [st.chunk_meta(i).get("compute") or {} for i in range(st.num_chunks)]
+    machines = [c["machine"] for c in per if c.get("machine")] or [machine()]
+    distinct = [m for i, m in enumerate(machines) if m not in machines[:i]]
+    rec = compute_record(finalize_seconds + sum(float(c.get("seconds") or 0.0) for c in per), "grads",
+                         finalize_seconds=round(finalize_seconds, 3),
+                         chunks=[{k: c.get(k) for k in ("seconds", "attempt", "flow_run")} for c in per])
+    rec["machine"] = distinct[0] if len(distinct) == 1 else distinct
+    if any(c.get("seconds") is None for c in per):
+        rec["partial"] = True
+    return rec
+
+
+@task(name="grads", task_run_name="grads-{label}-s{stage}-finalize", tags=[NO_RETRY_TAG], cache_policy=NO_CACHE)
 def grads_finalize(cfg: RunConfig, ckpt: ArtifactRef, rollouts: ArtifactRef, chunks: list[dict], n_rows: int,
                    stage: int = 0, label: str = "pool", calibration: ArtifactRef | None = None,
                    candidates: ArtifactRef | None = None) -> ArtifactRef:
-    """Seal the gradient array once every chunk is complete and intact (StorageError names missing chunks)."""
+    """Seal the gradient array once every chunk is complete and intact (StorageError names missing chunks); its
+    manifest's compute record sums the chunks' seconds (`chunks_compute`)."""
     store = get_store(cfg)
     params = {"ckpt": ckpt, "rollouts": rollouts, "calibration": calibration, "candidates": candidates}
     key = grads_key(cfg, **params)
@@ -120,9 +144,8 @@ def grads_finalize(cfg: RunConfig, ckpt: ArtifactRef, rollouts: ArtifactRef, chu
         seen = [c["ran_on"] for c in chunks if c.get("ran_on")]
         if seen:  # chunks computed by an earlier (killed) attempt left no record of theirs
             st.meta["ran_on"] = seen[0] if all(s == seen[0] for s in seen) else seen
-        ref = st.finalize()
-    return computed("grads", ref, R.parent_refs(params), store, t.seconds,
-                    {"chunks_computed": sum(bool(c.get("computed")) for c in chunks)})
+        ref = st.finalize(meta=lambda: {"compute": chunks_compute(st, t.elapsed())})
+    return computed("grads", ref, R.parent_refs(params), store, store.manifest(ref.key).meta)
 
 
 def missing_chunks(cfg: RunConfig, ckpt: ArtifactRef, rollouts: ArtifactRef, n_rows: int, stage: int,

@@ -1,9 +1,10 @@
 """One recipe per artifact kind: its parents, the config slice it hashes and its format version, in one table.
 
-From a `Recipe` derive the artifact key (`recipe.key`), the Prefect cache key (`recipe.policy()`), the manifest's
-parents and config (`produce` writes exactly what the key hashes) and the ledger entry. `produce` runs the steps
-every task shares — storage hit → return it; else time the payload inside a writer, commit, record — so a task
-body keeps only its payload. storage/README.md ("Artifact recipes") shows the same table.
+From a `Recipe` derive the artifact key (`recipe.key`) and the manifest's parents and config (`produce` writes
+exactly what the key hashes). `produce` runs the steps every task shares — storage hit → return it as a "Cached"
+state; else time the payload inside a writer, record the seconds and the machine in the manifest
+(`meta["compute"]`), commit, emit the asset event — so a task body keeps only its payload. storage/README.md
+("Artifact recipes") shows the same table.
 
 Parents are named by the task's parameters, in key order: `"a|b"` is a, or b when a is None; a dict-valued
 parameter contributes its refs sorted by name; None parents are left out. Content-keyed kinds (datasets, the
@@ -21,7 +22,8 @@ from typing import Any
 from cropi_core.config import RunConfig
 from storage import ArtifactRef, artifact_key, dataset_hash
 from tasks.artifacts import checkpoint_content, find_produced, held_out_prompts, prompt_set, set_problems
-from tasks.common import Timer, computed, get_store, key_policy, maybe_fault, maybe_kill, storage_hit, work_lock
+from tasks.common import (Timer, compute_record, computed, get_store, log, maybe_fault, maybe_kill, storage_hit,
+                          work_lock)
 
 
 @dataclass(frozen=True)
@@ -49,16 +51,13 @@ class Recipe:
         return artifact_key(self.key_kind or self.kind, parents=[r.key for r in self.parent_refs(params)],
                             config=self.config(cfg, **params), version=self.version)
 
-    def policy(self, intact: Callable | None = None):
-        """The Prefect cache policy: cache key = this artifact's key (see tasks.common.key_policy)."""
-        return key_policy(self.key, intact)
-
 
 def produce(recipe: Recipe, task: str, cfg: RunConfig, params: dict[str, Any],
-            payload: Callable[[Any], dict | None], fault: str | None = None) -> ArtifactRef:
-    """The artifact of `recipe` for these task parameters: from storage if there, else `payload(writer)` puts the
-    files (and returns the manifest meta) inside a writer recording the recipe's parents and config; timed,
-    committed, recorded in the ledger and as a Prefect asset. `fault`: the CROPI_FAULT name checked first."""
+            payload: Callable[[Any], dict | None], fault: str | None = None) -> Any:
+    """The artifact of `recipe` for these task parameters: from storage if there (a "Cached" state holding its
+    ref, `storage_hit`), else `payload(writer)` puts the files (and returns the manifest meta) inside a writer
+    recording the recipe's parents and config; timed, its compute record (`meta["compute"]`) written before the
+    manifest is committed, announced as a Prefect asset. `fault`: the CROPI_FAULT name checked first."""
     store = get_store(cfg)
     key = recipe.key(cfg, **params)
     if store.exists(key):
@@ -66,19 +65,26 @@ def produce(recipe: Recipe, task: str, cfg: RunConfig, params: dict[str, Any],
     if fault:
         maybe_fault(fault)
     parents = recipe.parent_refs(params)
-    with Timer() as t:
-        with store.writer(recipe.kind, key, parents=[p.key for p in parents], config=recipe.config(cfg, **params),
-                          format_version=recipe.version) as w:
-            w.meta.update(payload(w) or {})
-            maybe_kill(task)
-    return computed(task, w.ref, parents, store, t.seconds, w.meta)
+    with store.writer(recipe.kind, key, parents=[p.key for p in parents], config=recipe.config(cfg, **params),
+                      format_version=recipe.version) as w:
+        with Timer() as t:
+            meta = payload(w) or {}
+        w.meta.update(meta)
+        w.meta["compute"] = compute_record(t.seconds, task, meta.get("ran_on"))
+        maybe_kill(task)
+    if w.reused:
+        log(f"{task}: another writer stored {recipe.kind} {key[:12]} first; its manifest stands")
+    return computed(task, w.ref, parents, store, w.manifest.meta)
 
 
 def produce_checkpoint(recipe: Recipe, task: str, cfg: RunConfig, params: dict[str, Any],
-                       build: Callable[[str], ArtifactRef], lock: str, fault: str | None = None) -> ArtifactRef:
+                       build: Callable[[str, Callable[..., dict]], ArtifactRef], lock: str,
+                       fault: str | None = None) -> Any:
     """`produce` for checkpoints, whose key is the hash of their weights: found by the producer key
     (`recipe.key`) in their meta; else, holding the work-folder lock `lock` (another run on this root may be
-    making the same one), `build(producer key)` trains or copies and registers it."""
+    making the same one), `build(producer key, compute)` trains or copies and registers it, putting
+    `compute(ran_on, **extra)` (the compute record so far) in the meta it registers, so the seconds are in the
+    manifest from the moment it exists."""
     store = get_store(cfg)
     key = recipe.key(cfg, **params)
     found = find_produced(store, "checkpoint", key)
@@ -91,9 +97,9 @@ def produce_checkpoint(recipe: Recipe, task: str, cfg: RunConfig, params: dict[s
         if found is not None:  # registered while we waited for the lock
             return storage_hit(task, found)
         with Timer() as t:
-            ref = build(key)
+            ref = build(key, lambda ran_on=None, **extra: compute_record(t.elapsed(), task, ran_on, **extra))
     m = store.manifest(ref.key)  # the registered checkpoint's own parents (the asset event names the same)
-    return computed(task, ref, list(m.parents), store, t.seconds, m.meta)
+    return computed(task, ref, list(m.parents), store, m.meta)
 
 
 # ---------------------------------------------------------------- config slices (what each kind hashes)

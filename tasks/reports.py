@@ -10,7 +10,6 @@ Figure 6), off-policy health (ESS, KL), and the lineage graph of the final check
 from __future__ import annotations
 
 import base64
-import dataclasses
 import json
 import re
 from pathlib import Path
@@ -21,9 +20,9 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from cropi_core.config import RunConfig
-from storage import ArtifactRef, lineage, render_lineage_png, render_lineage_text
+from storage import ArtifactRef, StorageError, Store, lineage, render_lineage_png, render_lineage_text
 from tasks.artifacts import accuracy_and_se, meta_of, metric_label, pass_rates, read_scores, read_selection
-from tasks.common import LEDGER, get_store, run_dir
+from tasks.common import get_store, run_dir
 
 
 class StageRecord(Protocol):
@@ -50,19 +49,6 @@ class RunRecord(Protocol):
     tests: dict[str, ArtifactRef]
     evals0: dict[str, ArtifactRef]
     stages: list[StageRecord]
-
-
-def artifact_view(x: Any, skip: tuple[str, ...] = ()) -> Any:
-    """Plain JSON of a record: refs as their keys, dataclass records as dicts without the fields in `skip`."""
-    if isinstance(x, ArtifactRef):
-        return x.key
-    if dataclasses.is_dataclass(x) and not isinstance(x, type):
-        return {f.name: artifact_view(getattr(x, f.name), skip) for f in dataclasses.fields(x) if f.name not in skip}
-    if isinstance(x, dict):
-        return {str(k): artifact_view(v, skip) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [artifact_view(v, skip) for v in x]
-    return x if isinstance(x, (str, int, float, bool)) or x is None else str(x)
 
 
 def slug(cfg: RunConfig) -> str:
@@ -147,58 +133,45 @@ def stage_report(cfg: RunConfig, out: StageRecord) -> str:
 
 
 # ---------------------------------------------------------------- costs
-def load_timings(folder: Path) -> dict[str, float]:
-    """Compute seconds per key: `timings.json` plus the `timings.jsonl` lines appended as artifacts were computed
-    (those survive a killed run; a torn last line is skipped)."""
-    p = folder / "timings.json"
-    t = json.loads(p.read_text()) if p.exists() else {}
-    lines = folder / "timings.jsonl"
-    if lines.exists():
-        for line in lines.read_text().splitlines():
-            try:
-                row = json.loads(line)
-                t[row["key"]] = float(row["seconds"])
-            except (ValueError, KeyError, TypeError):
-                continue
-    return t
+def seconds_of(store: Store, key: str) -> float | None:
+    """Compute seconds of artifact `key` from its manifest (`meta["compute"]["seconds"]`, written by whichever run
+    computed it; a gradient array's sums its chunks), or None for an artifact stored before they were recorded
+    (or not in this store)."""
+    try:
+        c = store.manifest(key).meta.get("compute") or {}
+    except StorageError:
+        return None
+    s = c.get("seconds") if isinstance(c, dict) else None
+    return float(s) if s is not None else None
 
 
-def merged_timings(folder: Path) -> dict[str, float]:
-    """The folder's recorded compute seconds updated with this process's (not written back), and for artifacts
-    neither timed, the seconds recorded by any other run or comparison on the same root (its sibling folders under
-    runs/): an artifact reused from `cropi run` or another comparison is priced at what it cost whoever computed
-    it, instead of leaving the method's wall-clock unpriced."""
-    t: dict[str, float] = {}
-    if folder.parent.is_dir():
-        for other in sorted(folder.parent.iterdir()):
-            if other != folder and other.is_dir():
-                t.update(load_timings(other))
-    t.update(load_timings(folder))
-    with LEDGER.lock:
-        t.update(LEDGER.seconds)
-    return t
+def pricer(store: Store):
+    """`seconds_of` bound to `store`, memoised per key (a report or comparison reads each manifest once)."""
+    memo: dict[str, float | None] = {}
+
+    def price(key: str) -> float | None:
+        if key not in memo:
+            memo[key] = seconds_of(store, key)
+        return memo[key]
+
+    return price
 
 
-def seconds_of(timings: dict[str, float], key: str) -> float | None:
-    """Compute seconds of artifact `key`, including its gradient chunks (`key:i`); None if never timed here."""
-    vals = [v for k, v in timings.items() if k == key or k.startswith(key + ":")]
-    return float(sum(vals)) if vals else None
-
-
-def cost_rows(summary: RunRecord, timings: dict[str, float]) -> list[dict]:
+def cost_rows(summary: RunRecord, price) -> list[dict]:
     """Seconds per stage: offline rollouts (one-time, then amortised over the stages), scoring (calibration,
-    candidates, sketches, scores, selection), GRPO training and evaluation. "reused" = found in storage, computed by an earlier run."""
+    candidates, sketches, scores, selection), GRPO training and evaluation, each priced from its artifacts'
+    manifests (`price(key)`: `seconds_of`), whoever computed them. "–": an artifact with no recorded seconds."""
     def secs(keys: list[str]) -> float | None:
-        vals = [seconds_of(timings, k) for k in keys]
-        return None if all(v is None for v in vals) else float(sum(v or 0.0 for v in vals))
+        vals = [price(k) for k in keys]
+        return None if any(v is None for v in vals) else float(sum(vals))  # type: ignore[arg-type]
 
-    fmt = lambda v: "reused" if v is None else f"{v:.1f}"  # noqa: E731
+    fmt = lambda v: "–" if v is None else f"{v:.1f}"  # noqa: E731
     offline = secs([summary.pool_rollouts.key] + [r.key for r in summary.val_rollouts.values()])
     n = max(1, len(summary.stages))
     rows = [{"stage": "offline rollouts (one-time)", "offline (amortised)": fmt(offline), "scoring": "", "training": "",
              "evaluation": fmt(secs([r.key for r in summary.evals0.values()])) + " (step 0)"}]
     for s in summary.stages:
-        rows.append({"stage": str(s.stage), "offline (amortised)": "reused" if offline is None else f"{offline / n:.1f}",
+        rows.append({"stage": str(s.stage), "offline (amortised)": fmt(None if offline is None else offline / n),
                      "scoring": fmt(secs([r.key for r in s.scoring])), "training": fmt(secs([s.checkpoint.key])),
                      "evaluation": fmt(secs([r.key for r in s.evals.values()]))})
     return rows
@@ -362,38 +335,17 @@ def _plots(cfg: RunConfig, d: dict[str, Any], folder: Path) -> dict[str, Path]:
     return paths
 
 
-def report_stamp(cfg: RunConfig, summary: RunRecord) -> str:
-    """Hash of every artifact key the report is drawn from (plus the plotted config fields)."""
-    import hashlib
-
-    from storage import canonical_json
-
-    body = {"summary": artifact_view(summary, skip=("report", "counts", "flow_seconds")),
-            "steps": cfg.train.steps_per_stage, "version": 1}
-    return hashlib.sha256(canonical_json(body).encode()).hexdigest()
-
-
 @task(name="report", cache_policy=NO_CACHE)
 def final_report(cfg: RunConfig, summary: RunRecord) -> Path:
     """Write `<run folder>/report.md` with plots and the lineage graph; publish them as Prefect artifacts."""
     folder = run_dir(cfg)
     d = collect(cfg, summary)
-    stamp = report_stamp(cfg, summary)
-    names = ("accuracy", "composition", "popi_hist", "overlap", "offline_online", "health", "lineage")
-    stamp_file = folder / "report.stamp"
-    lineage_txt_file = folder / "lineage.txt"
-    if (stamp_file.exists() and stamp_file.read_text() == stamp and lineage_txt_file.exists()
-            and all((folder / f"{n}.png").exists() for n in names)):
-        # same artifacts as the last rendering: reuse the PNGs (a cached rerun costs no plotting)
-        paths = {n: folder / f"{n}.png" for n in names}
-        lineage_txt = lineage_txt_file.read_text().rstrip("\n")
-    else:
-        paths = _plots(cfg, d, folder)
-        graph = lineage(get_store(cfg), summary.final_checkpoint.key)
-        paths["lineage"] = render_lineage_png(graph, folder / "lineage.png")
-        lineage_txt = render_lineage_text(graph)
-        lineage_txt_file.write_text(lineage_txt + "\n")
-        stamp_file.write_text(stamp)
+    # drawn every time from the artifacts (a second copy of "is this done?" beside the store would go stale)
+    paths = _plots(cfg, d, folder)
+    graph = lineage(get_store(cfg), summary.final_checkpoint.key)
+    paths["lineage"] = render_lineage_png(graph, folder / "lineage.png")
+    lineage_txt = render_lineage_text(graph)
+    (folder / "lineage.txt").write_text(lineage_txt + "\n")
 
     acc_rows = []
     for n, pts in d["acc"].items():
@@ -417,8 +369,9 @@ def final_report(cfg: RunConfig, summary: RunRecord) -> Path:
           md_table(grp_tab), "## Stages\n", md_table(stage_tab), "## Accuracy per test set\n",
           md_table([{"set": r["set"], "group": r["group"], "step": r["step"],
                       "accuracy ± SE": pm_se(r["accuracy"], r["se"])} for r in acc_rows]),
-          "## Cost (seconds of compute per artifact)\n",
-          md_table(cost_rows(summary, merged_timings(folder)))]
+          "## Cost (seconds of compute per artifact)\n\nFrom each artifact's manifest (`compute.seconds`), whichever "
+          "run computed it; – = stored before compute seconds were recorded.\n",
+          md_table(cost_rows(summary, pricer(get_store(cfg))))]
     for name, p in paths.items():
         md.append(f"## {titles[name]}\n\n![{name}]({Path(p).name})\n")
     md.append("## Lineage (from storage manifests)\n\n```\n" + lineage_txt + "\n```\n")

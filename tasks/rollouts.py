@@ -7,6 +7,7 @@ every stage. The same task measures *online* pass rates: θ_m's rollouts on a st
 from __future__ import annotations
 
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 
 from cropi_core.config import RunConfig
 from storage import ArtifactRef
@@ -18,7 +19,7 @@ R = RECIPES["rollouts"]
 rollouts_key = R.key
 
 
-@task(name="rollouts", task_run_name="rollouts-{label}", tags=[GPU_TAG], cache_policy=R.policy())
+@task(name="rollouts", task_run_name="rollouts-{label}", tags=[GPU_TAG], cache_policy=NO_CACHE)
 def rollouts(cfg: RunConfig, ckpt: ArtifactRef, data: ArtifactRef, k: int, subset: ArtifactRef | None = None,
              label: str = "pool") -> ArtifactRef:
     """Sample `k` responses per prompt of `data` (only the selected rows when `subset` is a selection) from

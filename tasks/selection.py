@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 
 from cropi_core.config import RunConfig
 from storage import ArtifactRef
@@ -20,7 +21,7 @@ scores_key, selection_key, health_key, pool_health_key = SCORES.key, SELECTION.k
 
 
 # ---------------------------------------------------------------- candidates (influence.candidates)
-@task(name="candidates", task_run_name="candidates-s{stage}", cache_policy=CANDIDATES.policy())
+@task(name="candidates", task_run_name="candidates-s{stage}", cache_policy=NO_CACHE)
 def candidates(cfg: RunConfig, pool_rollouts: ArtifactRef, previous: ArtifactRef | None = None,
                stage: int = 0) -> ArtifactRef:
     """The pool rows the stage sketches: a seeded random draw of ⌈candidates × selection size⌉ scorable prompts
@@ -47,7 +48,7 @@ def candidates(cfg: RunConfig, pool_rollouts: ArtifactRef, previous: ArtifactRef
 
 
 # ---------------------------------------------------------------- scores
-@task(name="scores", task_run_name="scores-s{stage}", cache_policy=SCORES.policy())
+@task(name="scores", task_run_name="scores-s{stage}", cache_policy=NO_CACHE)
 def scores(cfg: RunConfig, pool_grads: ArtifactRef, val_grads: dict[str, ArtifactRef], stage: int = 0) -> ArtifactRef:
     """Influence of every pool sketch on each validation set's mean sketch under `influence.score` (the paper's POPI
     cosine by default): float32 [n_val_sets, N], stored as "popi" whatever the rule."""
@@ -70,7 +71,7 @@ def scores(cfg: RunConfig, pool_grads: ArtifactRef, val_grads: dict[str, Artifac
 
 
 # ---------------------------------------------------------------- selection
-@task(name="selection", task_run_name="selection-s{stage}", cache_policy=SELECTION.policy())
+@task(name="selection", task_run_name="selection-s{stage}", cache_policy=NO_CACHE)
 def selection(cfg: RunConfig, stage: int, pool: ArtifactRef, pool_rollouts: ArtifactRef,
               scores: ArtifactRef | None = None) -> ArtifactRef:
     """Pick the stage's training prompts (`cropi_core.selection.select`), stored as indices + ids + stats."""
@@ -121,14 +122,14 @@ def _health(cfg: RunConfig, w, ckpt: ArtifactRef, pool_rollouts: ArtifactRef, se
             **summary, "ran_on": ran_on(model)}
 
 
-@task(name="health", task_run_name="health-s{stage}", tags=[GPU_TAG], cache_policy=HEALTH.policy())
+@task(name="health", task_run_name="health-s{stage}", tags=[GPU_TAG], cache_policy=NO_CACHE)
 def health(cfg: RunConfig, ckpt: ArtifactRef, pool_rollouts: ArtifactRef, sel: ArtifactRef, stage: int = 0) -> ArtifactRef:
     """ESS of sequence-level importance weights and token KL(π_θ‖β) on the selected prompts' stored responses."""
     return produce(HEALTH, "health", cfg, {"ckpt": ckpt, "pool_rollouts": pool_rollouts, "sel": sel},
                    lambda w: _health(cfg, w, ckpt, pool_rollouts, sel, stage))
 
 
-@task(name="pool-health", task_run_name="pool-health-s{stage}", cache_policy=POOL_HEALTH.policy())
+@task(name="pool-health", task_run_name="pool-health-s{stage}", cache_policy=NO_CACHE)
 def pool_health(cfg: RunConfig, ckpt: ArtifactRef, pool_rollouts: ArtifactRef, stage: int = 0) -> ArtifactRef:
     """`health` on EVERY pool prompt's stored responses (not only a selection): the mean ESS/K that
     `influence.refresh_ess` compares against before a stage is scored."""

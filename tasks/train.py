@@ -6,20 +6,20 @@ from __future__ import annotations
 import shutil
 
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 
 from cropi_core.config import RunConfig
 from storage import ArtifactRef
 from storage.registry import register_checkpoint
-from tasks.artifacts import checkpoint_intact, checkpoint_path, load_problems, selected_indices
-from tasks.common import (GPU_TAG, LEDGER, TransientFault, attempt, check_cancelled, fault_budget, get_store, log,
-                          work_dir)
+from tasks.artifacts import checkpoint_path, load_problems, selected_indices
+from tasks.common import GPU_TAG, TransientFault, attempt, check_cancelled, fault_budget, get_store, log, work_dir
 from tasks.recipes import RECIPES, produce_checkpoint
 
 R = RECIPES["train"]
 train_key = R.key  # producer key: the trained checkpoint's own key is content-hashed, so the task is keyed on its inputs
 
 
-@task(name="train", task_run_name="train-s{stage}", tags=[GPU_TAG], cache_policy=R.policy(intact=checkpoint_intact))
+@task(name="train", task_run_name="train-s{stage}", tags=[GPU_TAG], cache_policy=NO_CACHE)
 def train(cfg: RunConfig, stage: int, ckpt: ArtifactRef, pool: ArtifactRef, sel: ArtifactRef) -> ArtifactRef:
     """E = train.steps_per_stage GRPO steps from `ckpt` on the selected prompts → checkpoint θ_{m+1}.
 
@@ -28,10 +28,12 @@ def train(cfg: RunConfig, stage: int, ckpt: ArtifactRef, pool: ArtifactRef, sel:
     the first optimizer step past a saved checkpoint.
     """
     return produce_checkpoint(R, "train", cfg, {"stage": stage, "ckpt": ckpt, "pool": pool, "sel": sel},
-                              lambda key: _train(cfg, stage, ckpt, pool, sel, key), lock="train")
+                              lambda key, compute: _train(cfg, stage, ckpt, pool, sel, key, compute),
+                              lock="train")
 
 
-def _train(cfg: RunConfig, stage: int, ckpt: ArtifactRef, pool: ArtifactRef, sel: ArtifactRef, key: str) -> ArtifactRef:
+def _train(cfg: RunConfig, stage: int, ckpt: ArtifactRef, pool: ArtifactRef, sel: ArtifactRef, key: str,
+           compute) -> ArtifactRef:
     from cropi_core.training import train_grpo
 
     problems = load_problems(cfg, pool)
@@ -45,9 +47,9 @@ def _train(cfg: RunConfig, stage: int, ckpt: ArtifactRef, pool: ArtifactRef, sel
         log(f"train stage {stage}: step {step}/{steps}")  # progress marker (tests watch it)
         check_cancelled(f"train stage {stage} at step {step}/{steps} (mid-stage checkpoints kept)")
         if fail and step == fault_step:
-            LEDGER.add("train", f"attempt-{attempt()}", "fault")
             raise TransientFault(f"injected transient fault in train at step {step} (attempt {attempt()})")
 
+    resumed = any(out.glob("checkpoints/checkpoint-*"))  # an earlier attempt's steps: not in this one's seconds
     res = train_grpo(checkpoint_path(cfg, ckpt), chosen, cfg.train, out, template=cfg.data.template,
                      instruction=cfg.data.instruction, resume=True, fault_hook=hook, progress=True,
                      device=cfg.model.device)
@@ -55,7 +57,8 @@ def _train(cfg: RunConfig, stage: int, ckpt: ArtifactRef, pool: ArtifactRef, sel
     rewards = [float(h["reward"]) for h in res.log_history if "reward" in h]
     meta = {"producer": key, "run": cfg.name, "stage": stage + 1, "steps": res.steps,
             "train_loss": float(last.get("train_loss", last.get("loss", float("nan")))),
-            "reward_mean": sum(rewards) / len(rewards) if rewards else None, "ran_on": res.ran_on}
+            "reward_mean": sum(rewards) / len(rewards) if rewards else None, "ran_on": res.ran_on,
+            "compute": compute(res.ran_on, **({"partial": True} if resumed else {}))}
     # the config enters the checkpoint's own key (storage.registry): {"producer", "train"} as ever
     ref = register_checkpoint(get_store(cfg), res.final_dir, parents=[ckpt.key, sel.key],
                               config={"producer": key, "train": cfg.train.hashable()}, meta=meta, move=True)

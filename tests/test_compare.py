@@ -1,6 +1,8 @@
-"""`cropi compare` end to end on the coin task (2 methods, 1 seed, 2 stages × 4 steps): every run starts from the
-same base checkpoint and offline rollouts, shared artifacts are computed once, and the report files exist with
-numbers that follow from the per-run evaluations. Plus the speed-up arithmetic on hand-made curves."""
+"""`cropi run`, then `cropi compare` on the same root, end to end on the coin task (3 methods, 1 seed, 2 stages × 4
+steps): every run starts from the same base checkpoint and offline rollouts, shared artifacts are computed once,
+every method is priced from the artifacts' manifests (also what the first `cropi run` computed), and the report
+files exist with numbers that follow from the per-run evaluations. Plus the speed-up arithmetic on hand-made
+curves."""
 
 from __future__ import annotations
 
@@ -32,17 +34,21 @@ def compared(tmp_path_factory, prefect_api):
     model = H.train_coin_model(root / "model", data)
     cfg = H.write_config(root / "coin.yaml", H.coin_config(data, model))
     storage = root / "store"
+    # `cropi run` first: the comparison's cropi seed 0 is this very run, so it reuses every one of its artifacts
+    # (and full / learnability its stage-0 ones) and has to price what another run computed
+    ran = CliRunner().invoke(app, ["run", "--config", str(cfg), "--storage", str(storage)])
+    assert ran.exit_code == 0, ran.output
     res = CliRunner().invoke(app, ["compare", "--config", str(cfg), "--storage", str(storage),
-                                   "--methods", "cropi,full", "--seeds", "1"])
+                                   "--methods", "cropi,full,learnability", "--seeds", "1"])
     torch.set_num_threads(threads)
     assert res.exit_code == 0, res.output
     return {"storage": storage, "output": res.output, "folder": storage / "runs" / "coin-compare", "config": cfg,
-            "api": prefect_api}
+            "api": prefect_api, "run": json.loads((storage / "runs" / "coin" / "summary.json").read_text())}
 
 
 def test_compare_writes_report_files(compared):
     f = compared["folder"]
-    for name in ("compare.md", "results.json", "records.json", "timings.json", "compare_accuracy.png",
+    for name in ("compare.md", "results.json", "records.json", "compare_accuracy.png",
                  "compare_composition.png", "compare_offline_online.png"):
         assert (f / name).stat().st_size > 0, name
     assert f"report: {f / 'compare.md'}" in compared["output"]
@@ -50,20 +56,22 @@ def test_compare_writes_report_files(compared):
     assert "| cropi |" in md and "| full |" in md and "Figure 6" in md
     assert "wall excl. offline" in md and "without the one-time offline rollouts" in md
     # every method's own curriculum report exists too
-    for m in ("cropi", "full"):
+    for m in ("cropi", "full", "learnability"):
         assert (compared["storage"] / "runs" / f"coin-{m}-s0" / "report.md").exists()
+    # no second record of costs beside the manifests
+    assert not list(compared["storage"].joinpath("runs").rglob("timings.json*"))
 
 
 def test_compare_runs_share_base_and_rollouts(compared):
     recs = json.loads((compared["folder"] / "records.json").read_text())
-    assert [(r["method"], r["seed"]) for r in recs] == [("cropi", 0), ("full", 0)]
-    assert recs[0]["base_checkpoint"] == recs[1]["base_checkpoint"]
-    # both runs evaluated the base on the same test sets at step 0 → identical step-0 accuracies
+    assert [(r["method"], r["seed"]) for r in recs] == [("cropi", 0), ("full", 0), ("learnability", 0)]
+    assert recs[0]["base_checkpoint"] == recs[1]["base_checkpoint"] == recs[2]["base_checkpoint"]
+    # every run evaluated the base on the same test sets at step 0 → identical step-0 accuracies
     assert {n: a[0] for n, a in recs[0]["acc"].items()} == {n: a[0] for n, a in recs[1]["acc"].items()}
-    cropi, full = recs
+    cropi, full, _ = recs
     assert [s["selected"] for s in full["stages"]] == [48, 48]  # full = whole pool
     assert all(s["selected"] == 12 for s in cropi["stages"])  # ratio 0.25 of 48
-    # costs were timed in-process: cropi pays offline rollouts + scoring, full pays neither
+    # costs come from the manifests: cropi pays offline rollouts + scoring, full pays neither
     assert cropi["offline_s"] > 0 and full["offline_s"] == 0
     assert all(s["scoring_s"] > 0 and s["train_s"] > 0 for s in cropi["stages"])
     assert sum(s["scoring_s"] for s in full["stages"]) < sum(s["scoring_s"] for s in cropi["stages"])  # selection only
@@ -181,34 +189,61 @@ def test_stage_scoring_cost_includes_calibration_and_candidates():
     summary = RunSummary(name="x", base_checkpoint=st.input_checkpoint, final_checkpoint=st.checkpoint,
                          pool=ref("dataset", "pool"), pool_rollouts=ref("rollouts", "rp"), val_rollouts={},
                          tests={}, evals0={}, stages=[st], refreshes=[])
-    timings = {"cal": 3.0, "cand": 0.25, "gp:0": 10.0, "gp:1": 5.0, "gp": 0.5, "gv:0": 2.0, "sc": 0.125,
-               "sel": 0.125, "t1": 100.0, "ev": 50.0, "rp": 40.0}
-    # 3 + 0.25 + (10 + 5 + 0.5) + 2 + 0.125 + 0.125 = 21.0; training 100 and evaluation 50 apart
-    row = cost_rows(summary, timings)[1]
-    assert (row["scoring"], row["training"], row["evaluation"]) == ("21.0", "100.0", "50.0")
+    # what each manifest's compute.seconds says (a gradient array's already sums its chunks and finalizing)
+    seconds = {"cal": 3.0, "cand": 0.25, "gp": 15.5, "gv": 2.0, "sc": 0.125, "sel": 0.125, "t1": 100.0, "ev": 50.0,
+               "rp": 40.0}
+    # 3 + 0.25 + 15.5 + 2 + 0.125 + 0.125 = 21.0; training 100 and evaluation 50 apart
+    rows = cost_rows(summary, seconds.get)
+    assert (rows[1]["scoring"], rows[1]["training"], rows[1]["evaluation"]) == ("21.0", "100.0", "50.0")
+    assert rows[0]["offline (amortised)"] == "40.0" and rows[1]["offline (amortised)"] == "40.0"
+    del seconds["gv"]  # an artifact stored before compute seconds were recorded: the stage's scoring is unpriced
+    assert cost_rows(summary, seconds.get)[1]["scoring"] == "–"
 
 
-def test_timings_of_a_killed_comparison_survive_in_the_jsonl(tmp_path):
-    from tasks.reports import load_timings
-    from tasks.common import Ledger
+def test_seconds_of_reads_the_manifest(tmp_path):
+    """`seconds_of(store, key)`: the compute record written with the artifact; None without one (an artifact
+    stored before they were recorded) or for a key the store does not hold."""
+    from storage import artifact_key, open_store
+    from tasks.reports import seconds_of
 
-    led = Ledger(sink=tmp_path / "timings.jsonl")
-    led.add("grads", "k1", "computed", 2.5)
-    led.add("grads", "k2", "storage-hit")  # not timed
-    led.add("train", "k3", "computed", 7.0)
-    # the process dies here: save_timings never ran, timings.json does not exist; a torn last line is skipped
-    with open(tmp_path / "timings.jsonl", "a") as f:
-        f.write('{"key": "k4", "sec')
-    assert load_timings(tmp_path) == {"k1": 2.5, "k3": 7.0}
+    store = open_store(tmp_path / "s")
+    keys = [artifact_key("scores", parents=[], config={"i": i}) for i in range(3)]
+    for key, meta in zip(keys, [{"compute": {"seconds": 2.5}}, {}]):
+        with store.writer("scores", key, parents=[], config={}, meta=meta) as w:
+            w.put_json("x.json", 1)
+    assert seconds_of(store, keys[0]) == 2.5
+    assert seconds_of(store, keys[1]) is None and seconds_of(store, keys[2]) is None
 
 
-def test_compare_appends_timings_as_it_goes(compared):
-    from tasks.reports import load_timings
+def test_compare_after_run_prices_every_method_from_manifests(compared):
+    """`cropi run`, then `cropi compare --methods cropi,full,learnability --seeds 1` on the same root: the cropi run
+    of the comparison IS the earlier run (it computed nothing), and full and learnability reuse its stage-0
+    artifacts; yet every method's wall-clock speed-up is priced (never "unpriced"), each cost being what the
+    manifests of the artifacts it needs say, whoever computed them."""
+    from storage import open_store
+    from tasks.reports import seconds_of
 
-    lines = (compared["folder"] / "timings.jsonl").read_text().splitlines()
-    assert lines and all(json.loads(x)["seconds"] >= 0 for x in lines)
-    saved = json.loads((compared["folder"] / "timings.json").read_text())
-    assert load_timings(compared["folder"]) == saved  # the end-of-run merge holds the same numbers
+    res = json.loads((compared["folder"] / "results.json").read_text())
+    recs = {r["method"]: r for r in json.loads((compared["folder"] / "records.json").read_text())}
+    assert recs["cropi"]["computed"] == []  # everything was the first `cropi run`'s
+    first = {k for _, k in compared["run"]["computed"]}
+    assert recs["cropi"]["final_checkpoint"] == compared["run"]["final_checkpoint"]
+    assert not {k for _, k in recs["full"]["computed"] + recs["learnability"]["computed"]} & first
+    for m in ("cropi", "full", "learnability"):
+        row = res["methods"][m]
+        assert not row.get("wall_unpriced") and not row.get("wall_unpriced_excl_offline"), (m, row)
+        assert recs[m]["offline_s"] is not None and all(s["scoring_s"] is not None and s["train_s"] is not None
+                                                        for s in recs[m]["stages"]), m
+    md = (compared["folder"] / "compare.md").read_text()
+    assert "unpriced" not in md and "unpriced" not in compared["output"]
+    # cropi's costs are exactly the first run's artifacts' recorded seconds
+    store = open_store(str(compared["storage"]))
+    stage0 = compared["run"]["stages"][0]
+    assert recs["cropi"]["stages"][0]["train_s"] == seconds_of(store, stage0["checkpoint"]) > 0
+    assert {k for k in stage0["grads"].values()} <= first  # sketched by `cropi run`, priced in the comparison
+    assert recs["cropi"]["stages"][0]["scoring_s"] >= sum(seconds_of(store, k) for k in stage0["grads"].values()) > 0
+    # learnability pays the pool's offline rollouts, computed by `cropi run`
+    assert recs["learnability"]["offline_s"] == seconds_of(store, compared["run"]["pool_rollouts"]) > 0
 
 
 def test_cropi_plus_dapo_is_popi_selection_with_dynamic_sampling():
@@ -271,15 +306,14 @@ def test_killed_compare_resumes_without_recomputing(compared):
     assert [r["method"] for r in json.loads((folder / "records.json").read_text())] == ["full"]
     before = {m.parent.name for m in storage.rglob("manifest.json")}
 
-    from tasks.common import LEDGER
-
-    LEDGER.reset()  # the resumed compare runs in this process: its ledger says what it computed
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
     recs = json.loads((folder / "records.json").read_text())
     assert [(r["method"], r["seed"]) for r in recs] == [("full", 0), ("random", 0)]
-    recomputed = [(t, k) for t, k in LEDGER.computed() if k in before]
-    assert recomputed == [], recomputed  # (reuse shows as Prefect cache hits: those task bodies never ran)
+    # each record lists what the resumed process computed for that run (the rest it found in storage)
+    recomputed = [(t, k) for r in recs for t, k in r["computed"] if k.partition(":")[0] in before]
+    assert recomputed == [], recomputed
+    assert recs[0]["computed"] == []  # full was finished before the kill: reused whole
 
 
 def test_parallel_compare_gives_the_same_records(compared, tmp_path, monkeypatch):
@@ -306,26 +340,5 @@ def test_parallel_compare_gives_the_same_records(compared, tmp_path, monkeypatch
         assert r["acc"] == seq[r["method"]]["acc"], r["method"]
         assert r["final_checkpoint"] == seq[r["method"]]["final_checkpoint"]
     assert (folder / "logs" / "full-s0.log").exists() and (folder / "records" / "random-s0.json").exists()
-    assert recs[1]["offline_s"] == 0 and all(s["train_s"] for r in recs for s in r["stages"])  # priced from the workers
+    assert recs[1]["offline_s"] == 0 and all(s["train_s"] for r in recs for s in r["stages"])  # priced from manifests
     assert "--workers: must be ≥ 1" in CliRunner().invoke(app, ["compare", "--workers", "0"]).output
-
-
-def test_timings_of_artifacts_reused_from_another_run_on_the_root_are_priced(tmp_path):
-    """`cropi run` then `cropi compare` on one root: the comparison reuses the run's stage-0 artifacts, so its own
-    folder never timed them. merged_timings prices them from the sibling folders' records (the run's timings.jsonl,
-    another comparison's timings.json); the folder's own record wins where both timed a key."""
-    import json
-
-    from tasks.reports import merged_timings
-
-    runs = tmp_path / "runs"
-    (runs / "tiny").mkdir(parents=True)
-    (runs / "tiny" / "timings.jsonl").write_text(json.dumps({"key": "grads-a", "seconds": 12.5}) + "\n" +
-                                                 json.dumps({"key": "shared", "seconds": 1.0}) + "\n")
-    (runs / "other-compare").mkdir()
-    (runs / "other-compare" / "timings.json").write_text(json.dumps({"sel-b": 0.25}))
-    mine = runs / "tiny-compare"
-    mine.mkdir()
-    (mine / "timings.json").write_text(json.dumps({"shared": 3.0}))
-    t = merged_timings(mine)
-    assert t["grads-a"] == 12.5 and t["sel-b"] == 0.25 and t["shared"] == 3.0

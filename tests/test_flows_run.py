@@ -1,6 +1,7 @@
-"""`cropi run` end to end on a reduced budget: completes, reruns compute nothing (also without Prefect's cache
-records: storage-first), a selection.ratio change reuses rollouts and gradients, injected transient faults in
-the grads and train tasks are retried to the same final artifacts."""
+"""`cropi run` end to end on a reduced budget: completes with every artifact's compute seconds in its manifest,
+reruns compute nothing (storage is the only cache: every task run finds its artifact and shows as Cached, with no
+Prefect result records at all), a selection.ratio change reuses rollouts and gradients, injected transient faults
+in the grads and train tasks are retried to the same final artifacts."""
 
 from __future__ import annotations
 
@@ -65,7 +66,8 @@ def test_run_completes_with_report(clean):
         assert (report.parent / f"{png}.png").stat().st_size > 1000
     # cost per stage: every artifact of this cold run was computed (and timed) by it
     cost = text.split("## Cost")[1].split("##")[0]
-    assert "reused" not in cost and cost.count("\n| ") >= 3  # offline row + 2 stages
+    cells = [c.strip() for line in cost.splitlines() if line.startswith("| ") for c in line.split("|")]
+    assert "–" not in cells and cost.count("\n| ") >= 3  # offline row + 2 stages, every one priced
     assert len(s["stages"]) == 2
     k = kinds(s)
     # datasets: pool, val, 2 tests; 1 base model; offline rollouts pool + val; 2 stages × (online rollouts,
@@ -73,10 +75,32 @@ def test_run_completes_with_report(clean):
     assert k.count("train") == 2 and k.count("scores") == 2 and k.count("selection") == 2
     assert k.count("grads") == 4 and k.count("grads-chunk") == 2 * (3 + 1)
     assert k.count("rollouts") == 2 + 2 and k.count("evaluate") == 6 and k.count("bootstrap") == 1
-    assert s["counts"]["failed"] == 0 and s["counts"]["reused_via"]["prefect_cache"] == 0
+    assert s["counts"]["failed"] == 0 and s["counts"]["computed"] == len(s["computed"])
     for st in s["stages"]:
         assert len(st["selected_ids"]) == 12  # ratio 0.25 of 48
     assert s["stages"][0]["checkpoint"] != s["stages"][1]["checkpoint"] == s["final_checkpoint"]
+
+
+def test_every_artifact_records_what_computed_it(clean):
+    """Each manifest carries `compute`: the seconds of work that computed it (a gradient array's = its chunks' +
+    finalizing), the machine, the task and the attempt; the cost table is priced from them."""
+    from storage import open_store
+
+    store = open_store(str(clean["storage"]))
+    computed = {k for _, k in clean["summary"]["computed"]}
+    ms = store.find()
+    assert ms and {m.key for m in ms} <= computed | {k.partition(":")[0] for k in computed}
+    for m in ms:
+        c = m.meta["compute"]
+        assert c["seconds"] >= 0 and c["attempt"] == 1 and c["flow_run"], (m.kind, c)
+        assert {"cpu", "cores", "torch_threads", "device"} <= set(c["machine"]) and c["machine"]["device"] == "cpu"
+        if m.kind == "grads":
+            chunks = c["chunks"]
+            assert len(chunks) == len(m.arrays["grads"].chunks) and not c.get("partial")
+            assert c["seconds"] == pytest.approx(c["finalize_seconds"] + sum(x["seconds"] for x in chunks), abs=1e-2)
+    trained = [m for m in ms if m.kind == "checkpoint" and m.meta.get("steps")]
+    assert len(trained) == 2 and all(m.meta["compute"]["seconds"] > 0 and m.meta["compute"]["task"] == "train"
+                                     for m in trained)
 
 
 def test_second_run_computes_nothing(coin, clean):
@@ -85,22 +109,24 @@ def test_second_run_computes_nothing(coin, clean):
     assert res.exit_code == 0, res.output
     s = summary_of(storage)
     c = s["counts"]
-    assert c["computed"] == 0 and c["task_runs"] > 0
-    # every task served from Prefect's cache (keyed by artifact key), and reported as reused
-    assert c["reused_via"] == {"prefect_cache": c["task_runs"], "storage": 0} and c["reused"] == c["task_runs"]
+    assert c["computed"] == 0 and c["task_runs"] > 0 and s["computed"] == []
+    # every task found its artifact in storage and ended in a Prefect state named Cached (reported as reused)
+    assert c["reused"] == c["task_runs"] and c["failed"] == 0
     assert f"{c['task_runs']} task runs, 0 computed, {c['task_runs']} reused" in res.output
     assert s["final_checkpoint"] == clean["summary"]["final_checkpoint"]
     cost = Path(s["report"]).read_text().split("## Cost")[1].split("##")[0]
-    assert "reused" not in cost  # priced from the compute seconds the first run recorded
+    cells = [c.strip() for line in cost.splitlines() if line.startswith("| ") for c in line.split("|")]
+    assert "–" not in cells  # priced from the manifests: the first run recorded the seconds with each artifact
 
-    # without Prefect's cache records (a wiped PREFECT_HOME + result store): each task finds its artifact
-    shutil.rmtree(storage / "work" / "prefect-results")
+    # Prefect's side holds no cache: no result records were written, and with the result folder (and any
+    # leftover of an older cropi) gone, the run is the same: each task finds its artifact in storage
+    assert not (storage / "work" / "prefect-results").exists()
+    shutil.rmtree(storage / "work" / "prefect-results", ignore_errors=True)
     res = cli("run", "--config", str(coin["config"]), "--storage", str(storage))
     assert res.exit_code == 0, res.output
     s = summary_of(storage)
     c = s["counts"]
-    assert c["computed"] == 0 and c["reused_via"] == {"prefect_cache": 0, "storage": c["task_runs"]}
-    assert c["reused"] == c["task_runs"] > 0
+    assert c["computed"] == 0 and c["reused"] == c["task_runs"] > 0
     assert s["final_checkpoint"] == clean["summary"]["final_checkpoint"]
 
 
@@ -196,6 +222,14 @@ def test_transient_faults_are_retried_to_identical_artifacts(coin, clean, tmp_pa
     assert res.exit_code == 0, res.output
     s = summary_of(storage)
     assert s["faults"] == 2 * (3 + 1) + 2  # every grads chunk once, each stage's training once
+    from storage import open_store
+
+    store = open_store(str(storage))
+    for m in store.find("checkpoint"):
+        if m.meta.get("steps"):  # the retry resumed from attempt 1's mid-stage save: its seconds are not all here
+            assert m.meta["compute"]["attempt"] == 2 and m.meta["compute"]["partial"] is True
+    for m in store.find("grads"):
+        assert [c["attempt"] for c in m.meta["compute"]["chunks"]] == [2] * len(m.meta["compute"]["chunks"])
     assert s["counts"]["failed"] == 0
     assert s["final_checkpoint"] == clean["summary"]["final_checkpoint"]
     assert [st["selected_ids"] for st in s["stages"]] == [st["selected_ids"] for st in clean["summary"]["stages"]]
