@@ -309,10 +309,16 @@ class SyntheticConfig(Section):
         "Share of each conflicting domain's prompts (pool, warm-up and test alike; a seeded draw per prompt id) "
         "whose verifier is answer_line; the rest keep the boxed \"exact\" verifier. 1 = the whole domain "
         "conflicts."))
+    verifiers: dict[str, Literal["math", "exact", "last_number", "answer_line"]] = Field({}, description=(
+        "Verifier of the named domains' problems (pool, validation and test alike), {domain: verifier}; a domain "
+        "not named keeps \"exact\" (a boxed integer; conflict_domains still override a drawn share with "
+        "answer_line). For real models that rarely box: e.g. the targeted domains and the one sharing their skill "
+        "keep \"exact\" and the unrelated ones take \"last_number\" (configs/smollm2-synthetic.yaml). {} = every "
+        "domain \"exact\"."))
     seed: int = Field(0, description=(
         "Seeds the problem generators, the pool order and which conflicting prompts use answer_line."))
     HASH_OMIT_WHEN = {"untargeted_test_size": None, "distractor_share": None, "conflict_domains": [],
-                      "conflict_strength": 1.0}
+                      "conflict_strength": 1.0, "verifiers": {}}
 
     def test_size_of(self, domain: str) -> int:
         """Test prompts of one domain."""
@@ -348,6 +354,9 @@ class SyntheticConfig(Section):
             raise ValueError(f"targeted domains {unknown} are not in domains {self.domains}")
         if not self.targeted:
             raise ValueError("at least one targeted domain is required")
+        extra = [d for d in self.verifiers if d not in self.domains]
+        if extra:
+            raise ValueError(f"verifiers names domains {extra} that are not in domains {self.domains}")
         bad = [d for d in self.conflict_domains if d not in self.domains or d in self.targeted]
         if bad:
             raise ValueError(f"conflict_domains {bad} must be untargeted domains of {self.domains}")

@@ -69,6 +69,7 @@ FIELDS: dict[str, tuple[Role, str]] = {
     "data.synthetic.distractor_share": ("values", "synthetic"),
     "data.synthetic.conflict_domains": ("values", "synthetic"),
     "data.synthetic.conflict_strength": ("values", "synthetic"),
+    "data.synthetic.verifiers": ("values", "synthetic"),
     "data.synthetic.seed": ("values", "synthetic"),
     "data.pool": ("values", "files"),
     "data.targeted": ("values", "files"),

@@ -426,6 +426,28 @@ def test_conflicting_domains_carry_the_other_convention_in_pool_tests_and_warm_u
         SyntheticConfig(conflict_domains=["two_step"])  # a targeted domain cannot conflict with itself
 
 
+def test_synthetic_verifiers_set_a_domains_verifier_everywhere_and_leave_keys_alone_when_empty():
+    """data.synthetic.verifiers: the named domains' pool, validation and test problems take that verifier (the same
+    prompts); unnamed domains keep "exact"; {} is omitted from the keyed config; unknown domains are rejected."""
+    from cropi_core.config import SyntheticConfig
+    from cropi_core.data.synthetic import generate_suite
+
+    plain = generate_suite(SyntheticConfig())
+    cfg = SyntheticConfig(verifiers={"add": "last_number", "two_step": "last_number"})
+    s = generate_suite(cfg)
+    assert [p.id for p in s.pool] == [p.id for p in plain.pool]
+    assert {p.verifier for p in s.pool if p.domain in ("add", "two_step")} == {"last_number"}
+    assert {p.verifier for p in s.pool if p.domain not in ("add", "two_step")} == {"exact"}
+    assert {p.verifier for p in s.val["val/two_step"]} == {"last_number"}
+    assert {p.verifier for p in s.test_untargeted["test/add"]} == {"last_number"}
+    assert {p.verifier for p in s.test_targeted["test/word"]} == {"exact"}
+    assert "verifiers" not in SyntheticConfig().hashable() and "verifiers" in cfg.hashable()
+    with pytest.raises(ValueError, match="verifiers"):
+        SyntheticConfig(verifiers={"nope": "exact"})
+    with pytest.raises(ValueError):
+        SyntheticConfig(verifiers={"add": "fuzzy"})
+
+
 def test_distractor_share_splits_the_pool_between_targeted_and_other_domains():
     """720 prompts (6 × 120): share 0.8 gives the 4 untargeted domains 576 (144 each) and the 2 targeted 144 (72 each);
     pool_per_domain still overrides a domain; null keeps pool_size per domain."""

@@ -243,8 +243,10 @@ def generate_suite(cfg: "SyntheticConfig") -> DataSplits:
         n_val = cfg.val_size if d in cfg.targeted else 0
         n_pool = cfg.pool_size_of(d)
         n_test = cfg.test_size_of(d)
-        probs = with_conventions(generate_problems(d, n_val + n_test + n_pool, cfg.seed), cfg.conflict_domains,
-                                 cfg.conflict_strength, cfg.seed)
+        probs = generate_problems(d, n_val + n_test + n_pool, cfg.seed)
+        if d in cfg.verifiers:
+            probs = [replace(p, verifier=cfg.verifiers[d]) for p in probs]
+        probs = with_conventions(probs, cfg.conflict_domains, cfg.conflict_strength, cfg.seed)
         if n_val:
             val[f"val/{d}"] = probs[:n_val]
         (test_t if d in cfg.targeted else test_u)[f"test/{d}"] = probs[n_val : n_val + n_test]
