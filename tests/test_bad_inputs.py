@@ -246,7 +246,7 @@ def _cli_cases(d: Path) -> list[tuple[str, list[str], str]]:
         ("--set empty key", ["run", "--set", "=3"], "empty key"),
         ("--set into a non-section", ["run", "--set", "selection.ratio.x=3"], "not a section"),
         ("--set unknown key", ["run", "--set", "selection.ratoi=0.2"], "unknown key"),
-        ("--set not an integer", ["run", "--set", "seed=abc"], "valid integer"),
+        ("--set not an integer", ["run", "--set", "train.seed=abc"], "valid integer"),
         ("--set learning rate inf", ["run", "--set", "train.lr=.inf"], "finite"),
         ("--set temperature nan", ["run", "--set", "rollout.temperature=.nan"], "rollout.temperature"),
         ("--set ratio 1.5", ["run", "--set", "selection.ratio=1.5"], "(0, 1]"),
