@@ -7,6 +7,7 @@ One module per group of commands; this one only puts them on the typer app:
 
 - `flows.cli.run`: run, compare
 - `flows.cli.show`: config, lineage, inspect
+- `flows.cli.plan`: plan (predicted cost and pre-run checks of a config)
 - `flows.cli.deploy`: deploy, ui (the Prefect server and scheduled deployments)
 - `flows.cli.byot`: select, score, loop (an outside trainer's pool, rollouts and checkpoints)
 - `flows.cli.common`: one-line errors and deprecation warnings
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import typer
 
-from flows.cli import byot, deploy, run, show
+from flows.cli import byot, deploy, plan, run, show
 
 
 def build_app() -> typer.Typer:
@@ -25,6 +26,7 @@ def build_app() -> typer.Typer:
                       help="CROPI: curriculum RL with off-policy influence guidance.")
     app.command()(run.run)
     app.command("config")(show.show_config)
+    app.command("plan")(plan.plan)
     app.command()(run.compare)
     app.command()(show.lineage)
     app.command()(show.inspect)
