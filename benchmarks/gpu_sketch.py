@@ -28,6 +28,7 @@ import json
 import os
 import platform
 import random
+import signal
 import sys
 import threading
 import time
@@ -191,6 +192,10 @@ def plain_fwd_bwd(model, prompts, micro_batch_tokens: int, device: torch.device,
         p.requires_grad_(False)
 
 
+def _interrupt(signum, frame) -> None:  # noqa: ANN001
+    raise KeyboardInterrupt
+
+
 def parse_kind(spec: str, default_ratio: float) -> tuple[str, str, float, bool]:
     """"kind[:transform][@ratio][+energy]" -> (kind, transform, sparse ratio, energy allocation?)."""
     body, plus, alloc = spec.partition("+")
@@ -300,63 +305,70 @@ def main() -> None:
         print(f"  {name}: {dt:.2f}s for {len(ps)} prompts", flush=True)
         return row
 
-    plain = timed("(a) plain fwd+bwd", lambda ps: plain_fwd_bwd(model, ps, mbt, device), prompts)
-    timed("(a′) fwd+bwd, input gradients only (the ceiling of any hook-based sketch)",
-          lambda ps: plain_fwd_bwd(model, ps, mbt, device, backbone=True), prompts)
-    for spec in [s.strip() for s in a.kinds.split(",") if s.strip()]:
-        kind, transform, ratio, energy = parse_kind(spec, a.sparse_ratio)
-        dense_jl = kind == "sparse" and transform != "sjl"  # the slow one: run on a parameter subset, extrapolate
-        params = sparse_subset(model, sparse_spec) if dense_jl else None
-        t = time.perf_counter()
-        ratios = None
-        if energy:  # the stage's calibration artifact, measured here: per-parameter keep ratios
-            e = gradient_energy(model, prompts[: a.calibration_prompts], micro_batch_tokens=mbt)
-            ratios = energy_ratios(e, {n: p.numel() for n, p in model.named_parameters()}, ratio)
-        proj = make_projector(kind, model, dim, sparse_ratio=ratio, transform=transform, seed=a.seed,
-                              dtype=torch.float16, params=params, param_ratios=ratios)
-        sync(device)
-        setup = time.perf_counter() - t
-        ps = prompts[:n_sparse] if dense_jl else prompts
-        finish_s = [0.0]
-        if dense_jl:  # time the projection step itself (what grows with kept coordinates)
-            orig_finish = proj.finish
+    stopped = None
+    try:  # a time limit (scripts/gpu_check.sh: timeout -s INT) keeps the rows measured so far
+        signal.signal(signal.SIGTERM, _interrupt)
+        plain = timed("(a) plain fwd+bwd", lambda ps: plain_fwd_bwd(model, ps, mbt, device), prompts)
+        timed("(a′) fwd+bwd, input gradients only (the ceiling of any hook-based sketch)",
+              lambda ps: plain_fwd_bwd(model, ps, mbt, device, backbone=True), prompts)
+        for spec in [s.strip() for s in a.kinds.split(",") if s.strip()]:
+            kind, transform, ratio, energy = parse_kind(spec, a.sparse_ratio)
+            dense_jl = kind == "sparse" and transform != "sjl"  # the slow one: run on a parameter subset, extrapolate
+            params = sparse_subset(model, sparse_spec) if dense_jl else None
+            t = time.perf_counter()
+            ratios = None
+            if energy:  # the stage's calibration artifact, measured here: per-parameter keep ratios
+                e = gradient_energy(model, prompts[: a.calibration_prompts], micro_batch_tokens=mbt)
+                ratios = energy_ratios(e, {n: p.numel() for n, p in model.named_parameters()}, ratio)
+            proj = make_projector(kind, model, dim, sparse_ratio=ratio, transform=transform, seed=a.seed,
+                                  dtype=torch.float16, params=params, param_ratios=ratios)
+            sync(device)
+            setup = time.perf_counter() - t
+            ps = prompts[:n_sparse] if dense_jl else prompts
+            finish_s = [0.0]
+            if dense_jl:  # time the projection step itself (what grows with kept coordinates)
+                orig_finish = proj.finish
 
-            def finish(orig=orig_finish):
-                sync(device)
-                t = time.perf_counter()
-                r = orig()
-                sync(device)
-                finish_s[0] += time.perf_counter() - t
-                return r
-            proj.finish = finish
-        label = f"(b) {kind} ρ={ratio:g} {transform}" + (" + energy" if energy else "") + (
-            "" if params is None else f" [{len(params)} params subset]")
+                def finish(orig=orig_finish):
+                    sync(device)
+                    t = time.perf_counter()
+                    r = orig()
+                    sync(device)
+                    finish_s[0] += time.perf_counter() - t
+                    return r
+                proj.finish = finish
+            label = f"(b) {kind} ρ={ratio:g} {transform}" + (" + energy" if energy else "") + (
+                "" if params is None else f" [{len(params)} params subset]")
 
-        def run(b, proj=proj):
-            finish_s[0] = 0.0  # only the timed call counts
-            return sketch_prompts(model, b, proj, micro_batch_tokens=mbt)
-        row = timed(label, run, ps, setup_s=setup, bytes_per_prompt=proj.bytes_per_prompt())
-        if dense_jl and params is not None:
-            # everything but the projection scales like a forward+backward; the projection like kept coordinates
-            # the projection runs once per group of prompts (sketch_prompts groups by GROUP_BYTES of buffers), and
-            # its cost per group grows with kept coordinates; all parameters => far fewer prompts per group
-            whole = make_projector("sparse", model, dim, sparse_ratio=ratio, transform=transform, seed=a.seed,
-                                   param_ratios=ratios)
-            full = whole.kept
-            groups_subset = -(-row["prompts"] // max(1, GROUP_BYTES // proj.slot_bytes()))
-            per_group_full = max(1, GROUP_BYTES // whole.slot_bytes())
-            proj_per_prompt = finish_s[0] / groups_subset * full / proj.kept / per_group_full
-            del whole
-            per_prompt = plain["seconds"] / plain["prompts"] + proj_per_prompt
-            tok_per_prompt = row["tokens_per_s"] * row["seconds"] / row["prompts"]
-            row.update(projection_s=finish_s[0], kept_subset=proj.kept)
-            rows.append(dict(method=f"(b) sparse ρ={ratio:g} {transform} all params (extrapolated)", prompts=None,
-                             seconds=None, prompts_per_s=1 / per_prompt, tokens_per_s=tok_per_prompt / per_prompt,
-                             peak_mem_gb=None, kept_all=full, projection_s_per_prompt=proj_per_prompt,
-                             flat_buffer_gb_per_prompt=4 * n_params / 2**30))
-    base = plain["tokens_per_s"]
+            def run(b, proj=proj):
+                finish_s[0] = 0.0  # only the timed call counts
+                return sketch_prompts(model, b, proj, micro_batch_tokens=mbt)
+            row = timed(label, run, ps, setup_s=setup, bytes_per_prompt=proj.bytes_per_prompt())
+            if dense_jl and params is not None:
+                # everything but the projection scales like a forward+backward; the projection like kept coordinates
+                # the projection runs once per group of prompts (sketch_prompts groups by GROUP_BYTES of buffers), and
+                # its cost per group grows with kept coordinates; all parameters => far fewer prompts per group
+                whole = make_projector("sparse", model, dim, sparse_ratio=ratio, transform=transform, seed=a.seed,
+                                       param_ratios=ratios)
+                full = whole.kept
+                groups_subset = -(-row["prompts"] // max(1, GROUP_BYTES // proj.slot_bytes()))
+                per_group_full = max(1, GROUP_BYTES // whole.slot_bytes())
+                proj_per_prompt = finish_s[0] / groups_subset * full / proj.kept / per_group_full
+                del whole
+                per_prompt = plain["seconds"] / plain["prompts"] + proj_per_prompt
+                tok_per_prompt = row["tokens_per_s"] * row["seconds"] / row["prompts"]
+                row.update(projection_s=finish_s[0], kept_subset=proj.kept)
+                rows.append(dict(method=f"(b) sparse ρ={ratio:g} {transform} all params (extrapolated)", prompts=None,
+                                 seconds=None, prompts_per_s=1 / per_prompt, tokens_per_s=tok_per_prompt / per_prompt,
+                                 peak_mem_gb=None, kept_all=full, projection_s_per_prompt=proj_per_prompt,
+                                 flat_buffer_gb_per_prompt=4 * n_params / 2**30))
+    except KeyboardInterrupt:
+        stopped = f"stopped by a signal after {len(rows)} row(s)"
+        print(f"\ngpu_sketch: {stopped}; the table and JSON hold what was measured", flush=True)
+    plain = next((r for r in rows if r["method"].startswith("(a) plain")), None)
+    base = plain["tokens_per_s"] if plain else None
     for r in rows:
-        r["vs_plain"] = r["tokens_per_s"] / base
+        r["vs_plain"] = r["tokens_per_s"] / base if base else None
 
     mem_name = "peak GPU GB" if device.type == "cuda" else "peak RSS +GB"
     print(f"\n| method | prompts | s | prompts/s | tokens/s | × plain | {mem_name} | setup s |")
@@ -364,15 +376,18 @@ def main() -> None:
     for r in rows:
         f = lambda v, fmt: "" if v is None else format(v, fmt)  # noqa: E731
         print(f"| {r['method']} | {f(r['prompts'], 'd')} | {f(r['seconds'], '.2f')} | {r['prompts_per_s']:.3f} | "
-              f"{r['tokens_per_s']:.0f} | {r['vs_plain']:.3f} | {f(r['peak_mem_gb'], '.2f')} | "
+              f"{r['tokens_per_s']:.0f} | {f(r['vs_plain'], '.3f')} | {f(r['peak_mem_gb'], '.2f')} | "
               f"{f(r.get('setup_s'), '.1f')} |")
     meta = dict(small=small, device=str(device), gpu=torch.cuda.get_device_name(device) if device.type == "cuda" else None,
                 dtype=a.dtype, dim=dim, sparse_ratio=a.sparse_ratio, prompts=n, k=k, prompt_len=plen, resp_len=rlen,
                 micro_batch_tokens=mbt, tokens=tokens, n_params=n_params, sparse_params=sparse_spec,
-                torch=torch.__version__, host=platform.node(), time=time.strftime("%Y-%m-%dT%H:%M:%S"))
+                torch=torch.__version__, host=platform.node(), time=time.strftime("%Y-%m-%dT%H:%M:%S"),
+                complete=stopped is None, **({"stopped": stopped} if stopped else {}))
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     print(f"wrote {out_path}")
+    if stopped:
+        sys.exit(124)
 
 
 if __name__ == "__main__":
