@@ -539,6 +539,75 @@ def with_gpu_sketch_measurement(rates: Rates, device: str, result: Mapping[str, 
     return replace(rates, devices={**rates.devices, device: replace(dev, mfu=new_mfu)}, sketch=tuple(sketch))
 
 
+GPU_RATE_OPS = ("forward", "fwdbwd", "generate_hf")  # what benchmarks/gpu_curriculum.py times
+
+
+def with_gpu_rates_measurement(rates: Rates, device: str, result: Mapping[str, Any], source: str) -> Rates:
+    """Rates with what `benchmarks/gpu_curriculum.py` measured (benchmarks/out/gpu_rates.json): on a GPU device, the
+    achieved MFU of forward, fwdbwd and generate_hf (its achieved FLOP/s over this device's bf16 peak), marked
+    measured; on the CPU device, a measured model of the benchmark's size (tokens/s per op), which a plan for a
+    model of that size uses as measured and one for another size as extrapolated."""
+    meta, ops = result["meta"], result["ops"]
+    dev = rates.devices[device]
+
+    def src(op: str) -> str:
+        return f"{ops[op]['source']} ({source})"
+
+    if dev.is_gpu:
+        mfu = dict(dev.mfu)
+        for op in GPU_RATE_OPS:
+            if op in ops:
+                fl = float(ops[op]["flops_per_s"])
+                mfu[op] = Rate(fl / dev.peak_flops.value, "measured",
+                               f"{fl / 1e12:.4g} TFLOP/s achieved / {dev.peak_flops.value / 1e12:.0f} peak: {src(op)}")
+        return replace(rates, devices={**rates.devices, device: replace(dev, mfu=mfu)})
+    name = f"gpu_curriculum {meta['shape_name']}"
+    tok = {op: Rate(float(ops[op]["tokens_per_s"]), "measured", src(op)) for op in GPU_RATE_OPS if op in ops}
+    measured = tuple(m for m in dev.measured if m.name != name) + (MeasuredModel(name, int(meta["n_params"]), tok),)
+    return replace(rates, devices={**rates.devices, device: replace(dev, measured=measured)})
+
+
+def apply_measurements(rates: Rates, device: str, results: Sequence[tuple[str, Any]]) -> tuple[Rates, list[str]]:
+    """(rates with every applicable measurement, one note per result): `results` = (source, parsed JSON) of
+    `scripts/gpu_check.sh` outputs — benchmarks/gpu_curriculum.py's ("ops": forward / fwdbwd / generate_hf rates)
+    and benchmarks/gpu_sketch.py's ("rows": fwd+bwd and sketch ratios at Qwen2.5-1.5B's exact shape). A GPU result
+    applies to the device whose key its GPU's name contains (h100 in "NVIDIA H100 80GB HBM3") unless it is a
+    --small run; a CPU result of gpu_curriculum.py applies to the cpu device. gpu_sketch.py's results go last, so
+    its fwd+bwd MFU (the base of its sketch ratios) wins over gpu_curriculum.py's."""
+    notes: list[str] = []
+    ordered = sorted(results, key=lambda sr: isinstance(sr[1], Mapping) and "rows" in sr[1])
+    for source, result in ordered:
+        try:
+            meta = result["meta"]
+            kind = "sketch" if "rows" in result else "rates" if "ops" in result else None
+            if kind is None:
+                raise KeyError("rows/ops")
+            gpu = str(meta.get("gpu") or "")
+            on_cpu = not gpu and str(meta.get("device", "")).startswith("cpu")
+            if device == "cpu":
+                applies = kind == "rates" and on_cpu
+            else:
+                applies = bool(gpu) and device.upper() in gpu.upper() and not meta.get("small")
+            if not applies:
+                where = gpu or "a CPU"
+                notes.append(f"{source}: measured on {where}{' (--small)' if meta.get('small') else ''}, "
+                             f"not applied to {device}")
+                continue
+            if kind == "sketch":
+                rates = with_gpu_sketch_measurement(rates, device, result, source)
+                notes.append(f"measured rates from {source} ({gpu}) replace the assumed fwd+bwd MFU and sketch ratios")
+            else:
+                rates = with_gpu_rates_measurement(rates, device, result, source)
+                what = ", ".join(op for op in GPU_RATE_OPS if op in result["ops"])
+                notes.append(f"measured rates from {source} ({gpu}, {meta.get('time')}) replace the assumed {what} MFU"
+                             if device != "cpu" else
+                             f"measured rates from {source} (this CPU, {meta.get('time')}): {what} tokens/s of a "
+                             f"{int(meta['n_params']):,}-parameter model, used for models of about that size")
+        except (KeyError, TypeError, ValueError, StopIteration, AttributeError, IndexError):
+            notes.append(f"{source} is not a gpu_check.sh result: ignored")
+    return rates, notes
+
+
 # ---------------------------------------------------------------------------------------------- cost records
 @dataclass
 class Memory:

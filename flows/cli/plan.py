@@ -19,7 +19,8 @@ from flows.inputs import default_config, parse_sets
 
 REPO = Path(__file__).resolve().parents[2]
 RATES = REPO / "benchmarks" / "rates.json"
-GPU_CHECK = REPO / "benchmarks" / "out" / "gpu_sketch.json"  # what scripts/gpu_check.sh writes
+GPU_CHECK = REPO / "benchmarks" / "out" / "gpu_sketch.json"  # what scripts/gpu_check.sh writes: sketch throughput
+GPU_RATES = REPO / "benchmarks" / "out" / "gpu_rates.json"  # and benchmarks/gpu_curriculum.py's forward/fwdbwd/generate
 DEVICES = ("h100", "h200", "a100", "cpu")
 
 
@@ -85,6 +86,10 @@ def plan(
     response_fill: Optional[float] = typer.Option(None, "--response-fill", help="mean response length as a share of "
                                                   "max_new_tokens (default: rates.json's, 0.25)"),
     rates: Optional[Path] = typer.Option(None, "--rates", help=f"device rates JSON (default {RATES.relative_to(REPO)})"),
+    measured: Optional[list[Path]] = typer.Option(None, "--measured", help="a scripts/gpu_check.sh result to apply "
+                                                  "(benchmarks/gpu_curriculum.py's or gpu_sketch.py's JSON; repeatable; "
+                                                  f"default: {GPU_RATES.relative_to(REPO)} and "
+                                                  f"{GPU_CHECK.relative_to(REPO)} where they exist)"),
     as_json: bool = typer.Option(False, "--json", help="print the plan as JSON"),
 ) -> None:
     """Predict a run's cost before anything runs: per task kind (base, rollouts, calibration, grads, scores, train,
@@ -94,7 +99,7 @@ def plan(
     per problem, exit code 2 if any."""
     from cropi_core.config import load_config
     from cropi_core.errors import ConfigError, CropiError
-    from cropi_core.plan import data_sizes, estimate, load_rates, model_shape, with_gpu_sketch_measurement
+    from cropi_core.plan import apply_measurements, data_sizes, estimate, load_rates, model_shape
 
     with user_errors():
         cfg = load_config(default_config(config), parse_sets(set_, storage), check_files=False)
@@ -112,16 +117,18 @@ def plan(
         table = load_rates(rate_data, str(rates_path))
     device, why_device = (gpu, f"--gpu {gpu}") if gpu else default_device(cfg)
     notes = [why_device]
-    if device != "cpu" and GPU_CHECK.is_file():
+    found = []
+    for path in measured or [p for p in (GPU_RATES, GPU_CHECK) if p.is_file()]:
+        name = str(path.resolve().relative_to(REPO)) if path.resolve().is_relative_to(REPO) else str(path)
         try:
-            result = json.loads(GPU_CHECK.read_text(encoding="utf-8"))
-            gpu_name = str(result.get("meta", {}).get("gpu") or "")
-            if device.upper() in gpu_name.upper() and not result["meta"].get("small"):
-                table = with_gpu_sketch_measurement(table, device, result, str(GPU_CHECK.relative_to(REPO)))
-                notes.append(f"measured rates from {GPU_CHECK.relative_to(REPO)} ({gpu_name}) replace the assumed "
-                             "fwd+bwd MFU and sketch ratios")
-        except (OSError, ValueError, KeyError, StopIteration, TypeError):
-            notes.append(f"{GPU_CHECK.relative_to(REPO)} is not a gpu_check.sh result: ignored")
+            found.append((name, json.loads(Path(path).read_text(encoding="utf-8"))))
+        except (OSError, ValueError) as err:
+            if measured:  # named on the command line: a problem; a stale default file is only a note
+                with user_errors():
+                    raise ConfigError(f"--measured {path}: cannot read it ({type(err).__name__})") from None
+            notes.append(f"{name} is not a gpu_check.sh result: ignored")
+    table, measured_notes = apply_measurements(table, device, found)
+    notes += measured_notes
 
     problems: list[str] = []
     shape, p = model_shape(cfg)
