@@ -245,9 +245,11 @@ def _vllm_args(cfg: TrainConfig) -> dict[str, Any]:
 
 
 def build_trainer(model_dir, problems, cfg: TrainConfig, ckpt_dir, *, template: str, instruction: str,
-                  fault_hook: Callable[[int], None] | None = None, progress: bool = True, device: str = "auto"):
+                  fault_hook: Callable[[int], None] | None = None, progress: bool = True, device: str = "auto",
+                  log: Callable[[str], None] | None = None):
     """The configured `GRPOTrainer` subclass for one stage (exposed for tests and benchmarks); `device` as
-    `model.device` ("auto": CUDA when available; "cpu" keeps training on the CPU)."""
+    `model.device` ("auto": CUDA when available; "cpu" keeps training on the CPU). With `progress` off, Trainer's
+    per-step log dicts go to `log` (as Trainer would print them), or nowhere without one."""
     from transformers import TrainerCallback
 
     if len(problems) == 0:
@@ -263,6 +265,15 @@ def build_trainer(model_dir, problems, cfg: TrainConfig, ckpt_dir, *, template: 
                 fault_hook(state.global_step)
 
         callbacks.append(_FaultHook())
+    if not progress and log is not None:
+
+        class _LogDicts(TrainerCallback):
+            def on_log(self, args, state, control, logs=None, **kwargs):  # PrinterCallback's format, to `log`
+                if state.is_local_process_zero and logs:
+                    log(str({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in logs.items()
+                             if k != "total_flos"}))
+
+        callbacks.append(_LogDicts())
     from cropi_core.models.hf_io import LOAD_LOCK
 
     cls = _trainer_class()
@@ -280,7 +291,7 @@ def build_trainer(model_dir, problems, cfg: TrainConfig, ckpt_dir, *, template: 
     trainer.compute_dtypes = set()
     model.get_output_embeddings().register_forward_hook(
         lambda _m, _i, out: trainer.compute_dtypes.add(_dtype_name(out.dtype)))
-    if not progress:  # with tqdm off, Trainer would print every log dict instead
+    if not progress:  # with tqdm off, Trainer would print every log dict on stdout instead
         from transformers.trainer_callback import PrinterCallback
 
         trainer.remove_callback(PrinterCallback)
@@ -312,6 +323,7 @@ def train_grpo(
     fault_hook: Callable[[int], None] | None = None,
     progress: bool = True,
     device: str = "auto",
+    log: Callable[[str], None] | None = None,
 ) -> TrainResult:
     """GRPO on `problems` (the stage's selected `Problem`s) for `cfg.steps_per_stage` steps.
 
@@ -319,7 +331,8 @@ def train_grpo(
     out_dir: working folder; checkpoints in out_dir/checkpoints, the trained model in out_dir/final.
     resume: continue from the newest complete checkpoint (and return at once if final/ is already there);
     False starts from scratch, deleting old checkpoints. fault_hook(step) runs after every optimizer step
-    (tests raise from it to simulate a crash). device: `model.device` (see `build_trainer`).
+    (tests raise from it to simulate a crash). device: `model.device` (see `build_trainer`). progress: tqdm bar and
+    per-step dicts on the console; off, the dicts go to `log` (e.g. the run's logger) if given.
     """
     out = Path(out_dir)
     final_dir, ckpt_dir = out / "final", out / "checkpoints"
@@ -334,7 +347,7 @@ def train_grpo(
 
     with global_rng():  # TRL seeds and samples from torch's process-wide generator (cropi_core/rng.py)
         trainer = build_trainer(model_dir, problems, cfg, ckpt_dir, template=template, instruction=instruction,
-                                fault_hook=fault_hook, progress=progress, device=device)
+                                fault_hook=fault_hook, progress=progress, device=device, log=log)
         start = last_checkpoint(ckpt_dir) if resume else None
         trainer.train(resume_from_checkpoint=str(start) if start else None)
 

@@ -16,7 +16,7 @@ from prefect import flow
 
 from cropi_core.config import RunConfig
 from flows.outputs import RunSummary, StageOutputs, Tally
-from flows.runtime import Tracker, failed_attempts, for_run, task_runner
+from flows.runtime import Tracker, computed_seconds, failed_attempts, for_run, task_runner
 from flows.stage import SCORED
 from flows.stage import stage as stage_flow
 from tasks import artifacts as A
@@ -145,13 +145,20 @@ def maybe_refresh(tr: Tracker, cfg: RunConfig, m: int, ckpt, pool, vals: dict, b
 def run_curriculum(cfg: RunConfig) -> dict[str, Any]:
     """Run the flow with the configured task runner and write `<run folder>/summary.json`: what its task runs
     computed and reused (from their Prefect states, `Tracker.tally`), the attempts injected or transient faults
-    cost (from the computed artifacts' compute records), wall time. Returns the JSON-able summary."""
+    cost (from the computed artifacts' compute records), wall time, and the targeted / untargeted accuracy per
+    evaluation step (the report's first table). Returns the JSON-able summary."""
+    from tasks.artifacts import metric_label
+    from tasks.reports import accuracies, group_rows
+
     t0 = time.perf_counter()
     out = for_run(curriculum, cfg)(config=cfg)
     seconds = time.perf_counter() - t0
+    store = get_store(cfg)
     summary = {
         "name": cfg.name, "seconds": seconds, "flow_seconds": out.flow_seconds, "counts": out.counts.counts(),
-        "faults": failed_attempts(get_store(cfg), out.counts.computed), "computed": out.counts.computed,
+        "faults": failed_attempts(store, out.counts.computed), "computed": out.counts.computed,
+        "compute_seconds": computed_seconds(store, out.counts.computed),
+        "metric": metric_label(cfg), "accuracy": group_rows(accuracies(cfg, out)),
         "final_checkpoint": out.final_checkpoint.key, "base_checkpoint": out.base_checkpoint.key,
         "report": out.report,
         "stages": [{"stage": s.stage, "checkpoint": s.checkpoint.key, "selection": s.selection.key,

@@ -14,7 +14,7 @@ from cropi_core.config import RunConfig
 from cropi_core.errors import ConfigError
 from flows.outputs import Tally
 from storage import ArtifactRef, StorageError, Store
-from tasks.common import GPU_TAG, bind
+from tasks.common import GPU_TAG, bind, show_progress
 
 
 class Tracker:
@@ -96,6 +96,15 @@ def failed_attempts(store: Store, computed: list[tuple[str, str]]) -> int:
     return n
 
 
+def computed_seconds(store: Store, computed: list[tuple[str, str]]) -> float | None:
+    """Compute seconds of the artifacts these task runs computed, from their manifests (a gradient array's seconds
+    already sum its chunks', so a chunk counts through its array); None when one has no recorded seconds."""
+    from tasks.reports import seconds_of
+
+    secs = [seconds_of(store, k) for k in dict.fromkeys(key.partition(":")[0] for _, key in computed)]
+    return None if any(s is None for s in secs) else float(sum(secs))  # type: ignore[arg-type]
+
+
 def for_run(flow: Flow, cfg: RunConfig) -> Flow:
     """`flow` as this run executes it: the task runner of `cfg.runner`. Nothing is persisted on Prefect's side:
     the artifact store is the only cache (tasks run with `cache_policy=NO_CACHE` and look their artifact up in
@@ -114,6 +123,8 @@ def task_runner(cfg: RunConfig):
         except ImportError:
             raise ConfigError("runner.kind: ray needs the [ray] extra (pip install 'cropi[ray]')") from None
         init = {"include_dashboard": False}
+        if not show_progress():  # the quiet console: workers' output stays in Ray's session logs
+            init["log_to_driver"] = False
         if r.num_cpus:
             init["num_cpus"] = r.num_cpus
         return RayTaskRunner(address=r.address, init_kwargs=init) if r.address else RayTaskRunner(init_kwargs=init)

@@ -12,7 +12,7 @@ from cropi_core.config import RunConfig
 from storage import ArtifactRef
 from storage.registry import register_checkpoint
 from tasks.artifacts import held_out_prompts, ran_on
-from tasks.common import GPU_TAG, get_store, work_dir
+from tasks.common import GPU_TAG, get_store, show_progress, work_dir
 from tasks.recipes import base_recipe, produce_checkpoint
 
 
@@ -87,7 +87,8 @@ def _bootstrap(cfg: RunConfig, key: str, compute) -> ArtifactRef:
         stats = {}
         if cfg.bootstrap.enabled and cfg.bootstrap.steps > 0:
             stats = bootstrap(model, tok, bootstrap_problems(cfg, held), cfg.bootstrap,
-                              template=cfg.data.template, instruction=cfg.data.instruction, progress=True) or {}
+                              template=cfg.data.template, instruction=cfg.data.instruction,
+                              progress=show_progress()) or {}
         save_model(model, tok, out)
         meta["bootstrap"] = {k: v for k, v in stats.items() if isinstance(v, (int, float, str))}
     else:

@@ -36,6 +36,9 @@ GPU_TAG = "gpu"
 # Prefect tag on tasks that retrying cannot help (reading the user's data; sealing a chunked array, whose missing
 # chunks the flow recomputes instead): `bind` gives every other task `runner.retries`
 NO_RETRY_TAG = "no-retry"
+# "0": tasks draw no progress bars and training sends its per-step dicts to the run log (the quiet `cropi` console,
+# flows/cli/console.py, sets it; processes started after it inherit it)
+PROGRESS_ENV = "CROPI_PROGRESS"
 
 
 class TransientFault(RuntimeError):
@@ -190,12 +193,20 @@ def check_cancelled(where: str) -> None:
 
 
 # ---------------------------------------------------------------- reused or computed
-def log(msg: str) -> None:
-    """Log to the Prefect run logger when inside a run, else to the module logger."""
+def log(msg: str, event: dict[str, Any] | None = None) -> None:
+    """Log to the Prefect run logger when inside a run, else to the module logger. `event`: the same news as data
+    for the console's progress view (the record's `cropi_event` attribute)."""
+    extra = {"cropi_event": event} if event else None
     try:
-        get_run_logger().info(msg)
+        get_run_logger().info(msg, extra=extra)
     except Exception:  # noqa: BLE001 - outside a run context
-        logging.getLogger("cropi").info(msg)
+        logging.getLogger("cropi").info(msg, extra=extra)
+
+
+def show_progress() -> bool:
+    """Whether tasks draw tqdm progress bars (and Trainer prints its per-step dicts on stdout): unless
+    `CROPI_PROGRESS=0`. Read at call time, so it holds in every task thread and in processes started later."""
+    return os.environ.get(PROGRESS_ENV, "1") != "0"
 
 
 def reused(task: str, what: str, data: Any) -> Any:

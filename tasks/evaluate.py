@@ -8,7 +8,7 @@ from prefect.cache_policies import NO_CACHE
 from cropi_core.config import RunConfig
 from storage import ArtifactRef
 from tasks.artifacts import load_checkpoint, load_problems, ran_on
-from tasks.common import GPU_TAG
+from tasks.common import GPU_TAG, show_progress
 from tasks.recipes import RECIPES, produce
 
 R = RECIPES["evaluation"]
@@ -26,7 +26,7 @@ def evaluate(cfg: RunConfig, ckpt: ArtifactRef, data: ArtifactRef, name: str, st
         problems = load_problems(cfg, data)
         res = run_eval(model, tok, problems, greedy=e.greedy, n_samples=e.n_samples, temperature=e.temperature,
                        max_new_tokens=e.max_new_tokens, template=cfg.data.template, instruction=cfg.data.instruction,
-                       batch_size=e.batch_size, seed=0)
+                       batch_size=e.batch_size, seed=0, progress=show_progress())
         # *_se: standard error over the test prompts (cropi_core.evaluation.standard_error)
         meta = {"set": name, "stage": stage, "n": len(problems), "accuracy": float(res.accuracy),
                 "accuracy_se": float(res.accuracy_se),

@@ -178,9 +178,8 @@ def cost_rows(summary: RunRecord, price) -> list[dict]:
 
 
 # ---------------------------------------------------------------- per run
-def collect(cfg: RunConfig, summary: RunRecord) -> dict[str, Any]:
-    """Everything the final report plots, as plain numbers."""
-    store = get_store(cfg)
+def accuracies(cfg: RunConfig, summary: RunRecord) -> dict[str, Any]:
+    """Accuracy and its SE per test set and evaluation step, and each set's role: {"acc", "se", "roles"}."""
     E = cfg.train.steps_per_stage
     roles = {n: meta_of(cfg, d).get("role", "test") for n, d in summary.tests.items()}
     acc: dict[str, list[tuple[int, float]]] = {}
@@ -190,6 +189,12 @@ def collect(cfg: RunConfig, summary: RunRecord) -> dict[str, Any]:
             a, e = accuracy_and_se(cfg, r)
             acc.setdefault(n, []).append((step, a))
             se.setdefault(n, []).append((step, e))
+    return {"acc": acc, "se": se, "roles": roles}
+
+
+def collect(cfg: RunConfig, summary: RunRecord) -> dict[str, Any]:
+    """Everything the final report plots, as plain numbers."""
+    store = get_store(cfg)
     stages = []
     for s in summary.stages:
         sel = read_selection(cfg, s.selection)
@@ -197,7 +202,7 @@ def collect(cfg: RunConfig, summary: RunRecord) -> dict[str, Any]:
         online = pass_rates(store, s.online.key)
         stages.append({**stage_rows(cfg, s), "ids": sel["ids"], "offline": np.asarray(sel["offline_pass_rate"]),
                        "online": online, "scores": scores})
-    return {"acc": acc, "se": se, "roles": roles, "stages": stages}
+    return {**accuracies(cfg, summary), "stages": stages}
 
 
 def group_rows(d: dict[str, Any]) -> list[dict[str, Any]]:

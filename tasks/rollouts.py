@@ -12,7 +12,7 @@ from prefect.cache_policies import NO_CACHE
 from cropi_core.config import RunConfig
 from storage import ArtifactRef
 from tasks.artifacts import load_checkpoint, load_problems, ran_on, rollouts_meta, selected_indices, write_rollouts
-from tasks.common import GPU_TAG
+from tasks.common import GPU_TAG, show_progress
 from tasks.recipes import RECIPES, produce
 
 R = RECIPES["rollouts"]
@@ -35,7 +35,8 @@ def rollouts(cfg: RunConfig, ckpt: ArtifactRef, data: ArtifactRef, k: int, subse
         kwargs = {"dtype": cfg.model.dtype} if r.backend == "vllm" else {}
         recs = get_backend(r.backend, model, tok, **kwargs).sample(
             problems, k, temperature=r.temperature, top_p=r.top_p, max_new_tokens=r.max_new_tokens, seed=r.seed,
-            template=cfg.data.template, instruction=cfg.data.instruction, batch_size=r.batch_size, progress=True)
+            template=cfg.data.template, instruction=cfg.data.instruction, batch_size=r.batch_size,
+            progress=show_progress())
         write_rollouts(w, recs)
         return rollouts_meta(recs, k=k, label=label, run=cfg.name, ran_on=ran_on(model))
 

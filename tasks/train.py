@@ -12,7 +12,8 @@ from cropi_core.config import RunConfig
 from storage import ArtifactRef
 from storage.registry import register_checkpoint
 from tasks.artifacts import checkpoint_path, load_problems, selected_indices
-from tasks.common import GPU_TAG, TransientFault, attempt, check_cancelled, fault_budget, get_store, log, work_dir
+from tasks.common import (GPU_TAG, TransientFault, attempt, check_cancelled, fault_budget, get_store, log,
+                          show_progress, work_dir)
 from tasks.recipes import RECIPES, produce_checkpoint
 
 R = RECIPES["train"]
@@ -51,8 +52,8 @@ def _train(cfg: RunConfig, stage: int, ckpt: ArtifactRef, pool: ArtifactRef, sel
 
     resumed = any(out.glob("checkpoints/checkpoint-*"))  # an earlier attempt's steps: not in this one's seconds
     res = train_grpo(checkpoint_path(cfg, ckpt), chosen, cfg.train, out, template=cfg.data.template,
-                     instruction=cfg.data.instruction, resume=True, fault_hook=hook, progress=True,
-                     device=cfg.model.device)
+                     instruction=cfg.data.instruction, resume=True, fault_hook=hook,
+                     progress=show_progress(), log=log, device=cfg.model.device)
     last = res.log_history[-1] if res.log_history else {}
     rewards = [float(h["reward"]) for h in res.log_history if "reward" in h]
     meta = {"producer": key, "run": cfg.name, "stage": stage + 1, "steps": res.steps,
