@@ -32,8 +32,8 @@ from prefect import flow
 from cropi_core.config import RunConfig
 from cropi_core.errors import ConfigError
 from flows.outputs import RunSummary
-from flows.runtime import for_run
-from tasks.common import get_store, local_root
+from flows.runtime import computed_seconds, for_run
+from tasks.common import get_store, local_root, log
 from tasks.reports import pricer
 
 METHODS = ("cropi", "cropi-paper", "full", "random", "pass_rate", "learnability", "influence_once", "dapo",
@@ -107,7 +107,8 @@ def run_record(cfg: RunConfig, method: str, seed: int, out: RunSummary) -> dict[
     selection, `train` = the GRPO stage. Evaluation,
     online-rollout diagnostics and health are not part of a method's cost. Every cost is read from the
     artifacts' manifests (`seconds_of`); None = an artifact stored before compute seconds were recorded.
-    `computed`: what this run of the curriculum computed itself (the rest it found in storage).
+    `computed`: what this run of the curriculum computed itself (the rest it found in storage), `counts` its task
+    runs computed / reused / failed, `compute_seconds` what the artifacts it computed cost.
     """
     from tasks.reports import collect
     from tasks.artifacts import metric_label
@@ -140,7 +141,8 @@ def run_record(cfg: RunConfig, method: str, seed: int, out: RunSummary) -> dict[
         "stages": stages, "offline_s": _sum([price(k) for k in off_keys]),
         "bootstrap_s": price(out.base_checkpoint.key),
         "base_checkpoint": out.base_checkpoint.key, "final_checkpoint": out.final_checkpoint.key,
-        "report": out.report, "computed": [list(c) for c in out.counts.computed],
+        "report": out.report, "computed": [list(c) for c in out.counts.computed], "counts": out.counts.counts(),
+        "compute_seconds": computed_seconds(get_store(cfg), out.counts.computed),
     }
 
 
@@ -186,6 +188,8 @@ def compare(config: RunConfig, methods: list[str] | None = None, seeds: int = 3,
         records.sort(key=lambda r: order[(r["method"], r["seed"])])
         # partial results survive an interrupted comparison
         (folder / "records.json").write_text(json.dumps(records, indent=1))
+        log(f"run {rec['name']} finished ({len(records)} of {len(jobs)})",
+            event={"run_done": rec["name"], "done": len(records), "total": len(jobs)})
 
     if workers == 1:
         for m, seed in jobs:

@@ -18,7 +18,7 @@ from tasks import grads as T_grads
 from tasks import rollouts as T_roll
 from tasks import selection as T_sel
 from tasks import train as T_train
-from tasks.common import get_store, log
+from tasks.common import get_store, log, show_progress
 
 SCORED = ("popi", "influence_once")
 
@@ -77,8 +77,8 @@ def submit_grads(tr: Tracker, params: dict[str, Any]) -> ArtifactRef:
 
 
 def progress(futures: list, desc: str) -> None:
-    """Console progress bar over task futures (none when there are none)."""
-    if not futures:
+    """Console progress bar over task futures (none when there are none, or with progress bars off)."""
+    if not futures or not show_progress():
         return
     from prefect.futures import as_completed
     from tqdm.auto import tqdm
