@@ -55,7 +55,8 @@ def task_kind(run_name: str) -> str:
 
 
 def cropi_cmd(root: str, name: str, extra: list[str]) -> list[str]:
-    cmd = [sys.executable, "-m", "flows.cli", "run", "--storage", root, "--name", name]
+    # --verbose: the kill points and finishing order are read from Prefect's log lines on the console
+    cmd = [sys.executable, "-m", "flows.cli", "run", "--verbose", "--storage", root, "--name", name]
     for s in REDUCED + extra:
         cmd += ["--set", s]
     return cmd

@@ -1,7 +1,8 @@
 """`cropi run` end to end on a reduced budget: completes with every artifact's compute seconds in its manifest,
 reruns compute nothing (storage is the only cache: every task run finds its artifact and shows as Cached, with no
 Prefect result records at all), a selection.ratio change reuses rollouts and gradients, injected transient faults
-in the grads and train tasks are retried to the same final artifacts."""
+in the grads and train tasks are retried to the same final artifacts, and the console shows progress lines and a
+summary while the libraries' output goes to runs/<name>/train.log."""
 
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ def clean(coin, tmp_path_factory):
     storage = tmp_path_factory.mktemp("store-clean")
     res = cli("run", "--config", str(coin["config"]), "--storage", str(storage))
     assert res.exit_code == 0, res.output
-    return {"storage": storage, "summary": summary_of(storage), "output": res.output}
+    return {"storage": storage, "summary": summary_of(storage), "output": res.output, "stdout": res.stdout}
 
 
 def kinds(summary: dict) -> list[str]:
@@ -79,6 +80,41 @@ def test_run_completes_with_report(clean):
     for st in s["stages"]:
         assert len(st["selected_ids"]) == 12  # ratio 0.25 of 48
     assert s["stages"][0]["checkpoint"] != s["stages"][1]["checkpoint"] == s["final_checkpoint"]
+
+
+def test_console_shows_progress_and_ends_with_the_summary(coin, clean, tmp_path):
+    """A cold `cropi run` whose stdout is not a terminal prints one plain line per task finished and per stage
+    (no redraw, no ANSI codes), no TRL dict and no warning, and ends with the summary: accuracy per step,
+    computed / reused, cost, report path. What the libraries printed is in runs/<name>/train.log; `--verbose`
+    puts it back on the console (a copy of the store without the final checkpoint: stage 1 trains again)."""
+    out, s = clean["stdout"], clean["summary"]
+    lines = out.splitlines()
+    assert "{'loss'" not in out and "\x1b" not in out and "\r" not in out
+    assert not [ln for ln in lines if "warning" in ln.lower()], out
+    assert "stage 0 (1 of 2) begins" in out and any(ln.endswith("stage 1 · train-s1: computed") for ln in lines)
+    last = max(i for i, ln in enumerate(lines) if ln.startswith("["))  # the last progress line
+    summary = lines[last + 1:]
+    assert summary[0].startswith("accuracy (") and summary[1].split() == ["step", "targeted", "untargeted"]
+    rows = [ln.split() for ln in summary[3:-4]]
+    assert [r[0] for r in rows] == ["0", "4", "8"] and all(len(r) == 7 and r[2] == r[5] == "±" for r in rows)
+    c = s["counts"]
+    assert summary[-4].startswith("done in ") and summary[-4].endswith(
+        f"{c['task_runs']} task runs, {c['computed']} computed, 0 reused")
+    assert summary[-3] == (f"cost: {s['seconds']:.1f}s wall, {s['compute_seconds']:.1f}s of compute "
+                           "(what it computed now; reused artifacts cost nothing again)")
+    assert summary[-2] == f"final checkpoint: {s['final_checkpoint']}" and summary[-1] == f"report: {s['report']}"
+    log = (clean["storage"] / "runs" / "coin" / "train.log").read_text()
+    assert log.count("{'loss'") == 2 * 4 and "Task run 'train-s1' - Finished in state Completed()" in log
+
+    from storage import open_store
+
+    storage = tmp_path / "store"
+    shutil.copytree(clean["storage"], storage)
+    shutil.rmtree(open_store(str(storage)).artifact_dir(s["final_checkpoint"]))
+    res = cli("run", "--verbose", "--config", str(coin["config"]), "--storage", str(storage))
+    assert res.exit_code == 0, res.output
+    assert res.stdout.count("{'loss'") == 4 and "full log" not in res.output and "[0:" not in res.stdout
+    assert res.stdout.splitlines()[-1] == f"report: {summary_of(storage)['report']}"
 
 
 def test_every_artifact_records_what_computed_it(clean):
@@ -284,7 +320,8 @@ def test_resume_after_sigkill_in_grads_and_training(coin, clean, prefect_api, tm
 
     storage = tmp_path / "store"
     exe = Path(sys.executable).with_name("cropi")
-    cmd = [str(exe), "run", "--config", str(coin["config"]), "--storage", str(storage)]
+    # --verbose: the kill points are Prefect's log lines, which the quiet console keeps in train.log
+    cmd = [str(exe), "run", "--verbose", "--config", str(coin["config"]), "--storage", str(storage)]
     env = {**os.environ, "PREFECT_API_URL": prefect_api, "PREFECT_HOME": str(tmp_path / "prefect-home"),
            "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     env.pop("CROPI_FAULT", None)

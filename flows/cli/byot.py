@@ -13,6 +13,7 @@ from typing import Optional
 import typer
 
 from cropi_core.errors import ConfigError, ModelError
+from flows.cli import console
 from flows.cli.common import user_errors
 from flows.inputs import parse_sets, probe_storage
 
@@ -141,21 +142,30 @@ def shortfall_line(summary: dict, cfg, config: Path | None, sets: list[str] | No
             f"{'plain_boxed' if template == 'chat_boxed' else 'chat_boxed'}")
 
 
-def _run(write_subset: bool, **kw) -> None:
+def _run(write_subset: bool, verbose: bool = False, **kw) -> None:
     with user_errors():
         cfg, job = build_job(write_subset=write_subset, **kw)
+        from flows.runtime import computed_seconds
         from flows.select import run_select
+        from tasks.common import get_store, run_dir
 
-        summary = run_select(cfg, job)
+        what = "select" if write_subset else "score"
+        with console.session(run_dir(cfg) / console.LOG_NAME, f"cropi {what} → {job.out}",
+                             verbose=verbose) as view:
+            summary = run_select(cfg, job)
+        compute = computed_seconds(get_store(cfg), summary["computed"])
     kinds = sorted({t for t, _ in summary["computed"]})
-    typer.echo(f"done in {summary['seconds']:.1f}s: {len(summary['computed'])} computed ({', '.join(kinds) or 'nothing'}), "
-               f"{summary['counts']['reused']} reused")
+    say = lambda line: view.console.print(line, soft_wrap=True, markup=False)  # noqa: E731
+    say(f"done in {summary['seconds']:.1f}s: {len(summary['computed'])} computed ({', '.join(kinds) or 'nothing'}), "
+        f"{summary['counts']['reused']} reused")
     if write_subset:
-        typer.echo(f"selected {len(summary['selected_ids'])} prompts (selection {summary['selection'][:12]})")
+        say(f"selected {len(summary['selected_ids'])} of {summary['n_pool']} pool prompts "
+            f"(selection {summary['selection'][:12]})")
         note = shortfall_line(summary, cfg, kw.get("config"), kw.get("sets"))
         if note is not None:
-            typer.echo(note)
-    typer.echo(f"output: {summary['out']}")
+            say(note)
+    say(console.cost_line(summary["seconds"], compute))
+    say(f"output: {summary['out']}")
 
 
 _CKPT = typer.Option(..., "--checkpoint", help="model to score at: an HF folder, a folder with --gguf-file, or a "
@@ -182,9 +192,12 @@ def _select_command(write_subset: bool, ratio_help: str):
         config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML RunConfig (rollout / influence / selection settings)"),
         set_: Optional[list[str]] = typer.Option(None, "--set", "-s", help="override a field: section.key=value (repeatable)"),
         storage: Optional[str] = typer.Option(None, "--storage", help="storage root URL (default $CROPI_STORAGE or ./.cropi)"),
-        name: Optional[str] = typer.Option(None, "--name", help="run name recorded in artifact metadata"),
+        name: Optional[str] = typer.Option(None, "--name", help="run name recorded in artifact metadata (full log: "
+                                           "runs/<name>/train.log under the storage root)"),
+        verbose: bool = typer.Option(False, "--verbose", "-v", help="print everything the libraries print instead "
+                                     "of the progress view and train.log"),
     ) -> None:
-        _run(write_subset, checkpoint=checkpoint, gguf_file=gguf_file, behavior=behavior,
+        _run(write_subset, verbose=verbose, checkpoint=checkpoint, gguf_file=gguf_file, behavior=behavior,
              behavior_gguf_file=behavior_gguf_file, pool=pool, val=val, rollouts=rollouts,
              rollouts_format=rollouts_format, val_rollouts=val_rollouts or [], verifier=verifier, out=out,
              config=config, sets=set_, storage=storage, ratio=ratio, name=name)

@@ -8,8 +8,12 @@ from typing import Optional
 import typer
 
 from cropi_core.errors import ConfigError
+from flows.cli import console
 from flows.cli.common import user_errors
 from flows.inputs import prepare
+
+VERBOSE = typer.Option(False, "--verbose", "-v", help="print everything the libraries print (Prefect's log, TRL's "
+                       "per-step dicts, warnings, progress bars) instead of the progress view and train.log")
 
 
 def run(
@@ -17,19 +21,20 @@ def run(
     set_: Optional[list[str]] = typer.Option(None, "--set", "-s", help="override a field: section.key=value (repeatable)"),
     storage: Optional[str] = typer.Option(None, "--storage", help="storage root URL (default $CROPI_STORAGE or ./.cropi)"),
     name: Optional[str] = typer.Option(None, "--name", help="run name (report folder runs/<name>)"),
+    verbose: bool = VERBOSE,
 ) -> None:
-    """Run the CROPI curriculum (cached: a rerun recomputes nothing) and print where the report is."""
+    """Run the CROPI curriculum (cached: a rerun recomputes nothing); show its progress, then the accuracy per
+    step, what it computed and reused, its cost and where the report is (the full log: runs/<name>/train.log)."""
     with user_errors():
         cfg = prepare(config, set_, storage, name)
         from flows.curriculum import run_curriculum
+        from tasks.common import run_dir
 
-        summary = run_curriculum(cfg)
-    from flows.runtime import counts_line
-
-    typer.echo(f"done in {summary['seconds']:.1f}s (flow {summary['flow_seconds']:.1f}s): "
-               f"{counts_line(summary['counts'])}")
-    typer.echo(f"final checkpoint: {summary['final_checkpoint']}")
-    typer.echo(f"report: {summary['report']}")
+        t = cfg.train
+        with console.session(run_dir(cfg) / console.LOG_NAME, f"cropi run {cfg.name}: {t.stages} stages × "
+                             f"{t.steps_per_stage} GRPO steps", verbose=verbose, stages=t.stages) as view:
+            summary = run_curriculum(cfg)
+    console.run_summary(view, summary)
 
 
 def compare(
@@ -43,9 +48,11 @@ def compare(
     name: Optional[str] = typer.Option(None, "--name", help="base run name (report folder runs/<name>-compare)"),
     workers: int = typer.Option(1, "--workers", "-w", help="runs at a time, each in its own process with "
                                 "cores/workers torch threads (the first run goes alone: it computes what all share)"),
+    verbose: bool = VERBOSE,
 ) -> None:
-    """CROPI vs baselines from the same bootstrap at an equal budget, several seeds; prints the report path."""
-    from flows.compare import parse_methods, run_compare
+    """CROPI vs baselines from the same bootstrap at an equal budget, several seeds; shows their progress, then
+    each method's final accuracy and speed-ups, the cost and the report path (full log: runs/<name>-compare/)."""
+    from flows.compare import compare_dir, parse_methods, run_compare
     from flows.compare_report import times, wall
 
     with user_errors():
@@ -57,14 +64,10 @@ def compare(
         cfg = prepare(config, set_, storage, name)
         if len(cfg.name) > 80:  # runs are named <name>-<method>-s<seed> (at most 100 characters)
             raise ConfigError(f"name: at most 80 characters for cropi compare (got {len(cfg.name)})")
-        out = run_compare(cfg, names, seeds, workers)
-    res = out["results"]
-    typer.echo(f"compared {len(out['records'])} runs in {out['seconds']:.1f}s")
-    for m, row in res["methods"].items():
-        tgt, unt = row.get("tgt_final", [float("nan")] * 2), row.get("unt_final", [float("nan")] * 2)
-        extra = ""
-        if "step_speedup" in row:
-            extra = f", step speed-up {times(row['step_speedup'])}, wall speed-up {wall(row)}"
-        typer.echo(f"  {m}: targeted {tgt[0]:.3f}±{tgt[1]:.3f}, untargeted {unt[0]:.3f}±{unt[1]:.3f}{extra}")
-    typer.echo(f"report: {out['report']}")
+        title = (f"cropi compare {cfg.name}: {len(names)} methods × {seeds} seeds, {cfg.train.stages} stages each"
+                 + (f", {workers} at a time" if workers > 1 else ""))
+        with console.session(compare_dir(cfg) / console.LOG_NAME, title, verbose=verbose, stages=cfg.train.stages,
+                             runs=len(names) * seeds) as view:
+            out = run_compare(cfg, names, seeds, workers)
+    console.compare_summary(view, out, times, wall)
 
