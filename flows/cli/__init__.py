@@ -11,6 +11,7 @@ One module per group of commands; this one only puts them on the typer app:
 - `flows.cli.deploy`: deploy, ui (the Prefect server and scheduled deployments)
 - `flows.cli.byot`: select, score, loop (an outside trainer's pool, rollouts and checkpoints)
 - `flows.cli.common`: one-line errors and deprecation warnings
+- `flows.cli.console`: the progress view, runs/<name>/train.log, the summaries (quiet by default, --verbose)
 """
 
 from __future__ import annotations
