@@ -35,15 +35,18 @@ import json
 import os
 import platform
 import shutil
+import signal
 import sys
 import tempfile
 import time
 import traceback
 from pathlib import Path
 
+T0 = time.perf_counter()
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # the device machine runs from a checkout, cropi not installed
-    sys.path.insert(0, str(ROOT))
+# The device machine runs from a checkout with cropi not installed: the repository root goes first, and this
+# script's own folder (sys.path[0] when run as a file) goes, or benchmarks/storage.py would shadow the storage package.
+sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() not in (ROOT, ROOT / "benchmarks")]
 for _k, _v in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
                "HF_HUB_DISABLE_TELEMETRY": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1",
                "TOKENIZERS_PARALLELISM": "false"}.items():
@@ -93,7 +96,8 @@ def curriculum_config(data: dict[str, Path], shape: dict, dtype: str, device: st
         "influence": {"projector": "grass", "allocation": "energy", "sketch_dim": 256, "chunk_rows": 256,
                       "calibration_prompts": 8},
         "selection": {"ratio": 0.25, "fusion": "none", "rescore": "every"},  # both stages sketch and score
-        "train": {"stages": 2, "steps_per_stage": 2, "save_steps": 2, "prompts_per_step": 2, "num_generations": 4,
+        # save_steps past the stage's steps: no mid-stage trainer checkpoint (weights + AdamW: 15 GB at 1.5B)
+        "train": {"stages": 2, "steps_per_stage": 2, "save_steps": 100, "prompts_per_step": 2, "num_generations": 4,
                   "max_new_tokens": 12, "temperature": 1.0,
                   "mixed_precision": "bf16" if dtype == "bfloat16" else "no"},
         "eval": {"max_new_tokens": 12, "n_samples": 4},
@@ -157,9 +161,13 @@ def run_curriculum_check(a, shape_name: str, work: Path, storage: Path) -> dict:
 
         summary = run_curriculum(cfg)
         print(f"curriculum done in {summary['seconds']:.1f}s: report {summary['report']}", flush=True)
+    except KeyboardInterrupt:  # scripts/gpu_check.sh's time limit (SIGINT; SIGTERM is turned into the same)
+        error = (f"violation: the curriculum was stopped by a signal (a time limit) after "
+                 f"{time.perf_counter() - t0:.0f}s; what it had stored is checked below")
     except Exception as err:  # noqa: BLE001 -- reported as a violation line, with its traceback above it
         traceback.print_exc()
         error = f"violation: the curriculum failed: {type(err).__name__}: {' '.join(str(err).split())[:300]}"
+    if error:
         from cropi_core.config import load_config
 
         cfg = load_config(cfg_path, {"storage.root": str(storage)}, check_files=False)
@@ -330,7 +338,11 @@ def main() -> int:
     ap.add_argument("--gen-len", type=int, default=None, help="generated tokens (default 128; --small 16)")
     ap.add_argument("--micro-batch-tokens", type=int, default=None, help="forward+backward micro-batch (default 8192: eager attention at 1.5B stays ~40 GB; --small 512)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--time-limit", type=float, default=None,
+                    help="seconds from start: then the ran_on check runs on what is stored, the JSON is written and "
+                         "the script exits 124 (scripts/gpu_check.sh sets it inside its own limit)")
     a = ap.parse_args()
+    signal.signal(signal.SIGTERM, _interrupt)
     if "PREFECT_HOME" not in os.environ:  # before prefect is imported: nothing of this run outlives it
         os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="cropi-gpu-prefect-")
     import torch
@@ -370,6 +382,8 @@ def main() -> int:
         return 0
     tmp = Path(tempfile.mkdtemp(prefix="cropi-gpu-curriculum-"))
     storage = a.storage or tmp / "store"
+    if a.time_limit:
+        start_watchdog(a, storage, result, out_path, a.time_limit - (time.perf_counter() - T0))
     try:
         os.environ.setdefault("CROPI_CACHE", str(tmp / "cache"))
         c = run_curriculum_check(a, shape_name, a.work or tmp, storage)
@@ -379,7 +393,46 @@ def main() -> int:
     if result:
         result["curriculum"] = c
         out_path.write_text(json.dumps(result, indent=2))
+    if "stopped by a signal" in " ".join(c["violations"]):  # task threads may still run: do not wait for them
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(124)
     return 0 if c["ok"] else 1
+
+
+def _interrupt(signum, frame) -> None:  # noqa: ANN001
+    raise KeyboardInterrupt
+
+
+def start_watchdog(a, storage: Path, result: dict, out_path: Path, seconds: float) -> None:  # noqa: ANN001
+    """At the deadline, whatever the flow is doing (a signal does not reach code waiting inside Prefect): check what
+    is stored, print it, write the JSON and exit 124 without waiting for the task threads."""
+    import threading
+
+    def deadline() -> None:
+        from cropi_core.config import RunConfig
+
+        cfg = RunConfig(model={"dtype": a.dtype, "device": a.device}, storage={"root": str(storage)},
+                        train={"mixed_precision": "bf16" if a.dtype == "bfloat16" else "no"})
+        try:
+            bad, rows = check_store(cfg)
+        except Exception as err:  # noqa: BLE001 -- the storage may be mid-write; say so and still exit
+            bad, rows = [f"violation: the stored artifacts could not be read: {type(err).__name__}: {err}"], []
+        bad.insert(0, f"violation: the curriculum was stopped at its time limit ({a.time_limit:.0f}s from start); "
+                      "what it had stored is checked below")
+        c = {"config": None, "storage": str(storage), "seconds": time.perf_counter() - T0, "violations": bad,
+             "kinds": [{"kind": k, "artifacts": n, "ran_on": r} for k, n, r in rows], "ok": False}
+        print_curriculum(c)
+        if result:
+            result["curriculum"] = c
+            out_path.write_text(json.dumps(result, indent=2))
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(124)
+
+    t = threading.Timer(max(1.0, seconds), deadline)
+    t.daemon = True
+    t.start()
 
 
 if __name__ == "__main__":
