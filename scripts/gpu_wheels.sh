@@ -17,7 +17,8 @@
 # own versions of the packages the docs give versions for), under `python -S` (no site-packages of its own); then
 # benchmarks/gpu_curriculum.py --small --device cpu runs there. A missing wheel or a version clash shows up here,
 # before the device is asked (this found greenlet missing, benchmarks/storage.py shadowing the storage package, and
-# the image's transformers 5.17 lacking TrainingArguments(activation_checkpointing=)).
+# the image's transformers 5.17 lacking TrainingArguments(activation_checkpointing=)). GPU_EMU_KEEP=1 keeps the
+# emulated environment (its folder is printed); GPU_EMU_ONLY=1 builds it without running the curriculum.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
