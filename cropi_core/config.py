@@ -515,11 +515,19 @@ class InfluenceConfig(Section):
         "(the sketches do not depend on it)."))
     norm_power: float = Field(0.5, ge=0, description=(
         "α of cosine_norm: 0 = cosine, 1 = the inner product's ranking. Only with score cosine_norm."))
+    ess_power: float = Field(0.0, ge=0, le=8, description=(
+        "ESS-aware influence (beyond the paper; 0 = off, the paper). At a stage m ≥ 1 that scores, each pool "
+        "prompt's score is multiplied by (ESS/K)^ess_power, the effective sample size of its K sequence-level "
+        "importance weights under θ_m (1 = θ_m samples the stored responses as β did, 1/K = degenerate), read from "
+        "a pool-health artifact (a forward pass over the pool's stored responses, counted as scoring cost). Shrinks "
+        "the scores of prompts whose off-policy gradient rests on one or two responses toward 0. Stage 0 is "
+        "unchanged (θ_0 = β). Keyed by the scores artifact (and its pool-health parent) only when > 0."))
     # the fields in HASH_ELSEWHERE are in another artifact's key (the parent or child of the sketches they shape)
     HASH_ELSEWHERE = {"calibration_prompts": "calibration", "candidates": "candidates",
-                      "candidates_by": "candidates", "score": "scores", "norm_power": "scores"}
+                      "candidates_by": "candidates", "score": "scores", "norm_power": "scores",
+                      "ess_power": "scores"}
     HASH_EXCLUDE = frozenset({"micro_batch_tokens", "chunk_rows", "refresh_ess", "calibration_prompts", "candidates",
-                              "candidates_by", "score", "norm_power"})
+                              "candidates_by", "score", "norm_power", "ess_power"})
     # added after gradient artifacts existed: a config that names the old dense transform keeps its keys
     HASH_OMIT_WHEN = {"transform": "gaussian", "allocation": "uniform"}
     # the projectors that keep a subset of coordinates: only they are shaped by `allocation`

@@ -103,6 +103,7 @@ FIELDS: dict[str, tuple[Role, str]] = {
     "influence.candidates_by": ("values", "candidates"),
     "influence.score": ("values", "scored"),
     "influence.norm_power": ("values", "scored"),
+    "influence.ess_power": ("values", "scored"),
     "selection.method": ("values", "always"),
     "selection.ratio": ("values", "always"),
     "selection.k_rrf": ("values", "always"),

@@ -7,6 +7,9 @@
     "inner"        ⟨P ĝ(x), ḡ_V⟩: first-order influence, which also counts how large x's gradient is (the GRPO
                    gradient grows with the reward variance p(1−p), what learnability measures)
     "cosine_norm"  cos · ‖P ĝ(x)‖^α: between the two (α = 0: cosine; α = 1: the inner product's order)
+`ess_weighted(scores, ess_frac, γ)` shrinks a score toward 0 by (ESS_x/K)^γ, the effective sample size of x's K
+sequence-level importance weights under θ_m: a prompt whose weights are degenerate (one response carries them all)
+has an off-policy gradient estimated from about one response, so its score is trusted less (beyond the paper).
 
 Conventions shared by every function here:
 - Scores are computed in float64 whatever the sketch dtype (fp16 sketches overflow a dot product).
@@ -112,6 +115,26 @@ def influence_scores(train: np.ndarray, val: np.ndarray, rule: str = "cosine", a
     else:  # cos · ‖t‖^α = ⟨t, g⟩ · ‖t‖^(α−1) / ‖g‖
         out[ok] = inner * t_norm[ok] ** (alpha - 1.0) / np.linalg.norm(g)
     return out
+
+
+def ess_weighted(scores: np.ndarray, ess_frac: np.ndarray, power: float) -> np.ndarray:
+    """ESS-aware scores: scores · clip(ess_frac, 0, 1)^power -> float64 of the shape of `scores`.
+
+    scores: [..., N] influence scores (NaN = unscorable, kept NaN); ess_frac: [N] ESS/K of each prompt's K
+    sequence-level importance weights exp(Σ_t log π_θ − log β) (cropi_core.health), 1 = θ still samples the
+    stored responses as β did, 1/K = one response holds all the weight. power 0 returns the scores unchanged.
+    A non-finite ESS/K makes the score NaN (the prompt cannot be weighed).
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    e = np.asarray(ess_frac, dtype=np.float64)
+    if e.shape != s.shape[-1:]:
+        raise ValueError(f"ess_weighted: expected ess_frac [{s.shape[-1]}], got {list(e.shape)}")
+    if power < 0 or not math.isfinite(power):
+        raise ValueError(f"ess_weighted: power must be finite and >= 0, got {power}")
+    if power == 0:
+        return s.copy()
+    w = np.where(np.isfinite(e), np.clip(e, 0.0, 1.0), np.nan) ** power
+    return s * w
 
 
 def rrf(score_lists: list[np.ndarray], k: float = 60.0) -> np.ndarray:

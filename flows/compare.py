@@ -55,6 +55,7 @@ def paper_selection(cfg: RunConfig) -> None:
     cfg.influence.score = "cosine"
     cfg.influence.candidates = None
     cfg.influence.candidates_by = "random"
+    cfg.influence.ess_power = 0.0
 
 
 def parse_methods(spec: str | list[str] | tuple[str, ...] | None) -> list[str]:

@@ -163,7 +163,9 @@ def run_curriculum(cfg: RunConfig) -> dict[str, Any]:
         "report": out.report,
         "stages": [{"stage": s.stage, "checkpoint": s.checkpoint.key, "selection": s.selection.key,
                     "selected_ids": A.read_selection(cfg, s.selection)["ids"],
-                    "grads": {n: g.key for n, g in s.grads.items()}} for s in out.stages],
+                    "grads": {n: g.key for n, g in s.grads.items()},
+                    "scores": s.scores.key if s.scores is not None else None,
+                    "shaping": {n: r.key for n, r in s.shaping.items()}} for s in out.stages],
         "pool_rollouts": out.pool_rollouts.key, "val_rollouts": {n: r.key for n, r in out.val_rollouts.items()},
         "refreshes": out.refreshes, "rescores": out.rescores,
     }

@@ -113,7 +113,12 @@ def stage(config: RunConfig, stage: int, ckpt: ArtifactRef, pool: ArtifactRef, p
                                                    previous_selection)
             shaping.update(shaped)
             grads = {"pool": g_pool, **g_val}
-            scores = tr.submit(T_sel.scores, cfg=cfg, pool_grads=g_pool, val_grads=g_val, stage=stage)
+            ess = None
+            if cfg.influence.ess_power > 0 and stage > 0:  # θ_0 = β: every ESS/K is 1 at stage 0
+                ess = tr.submit(T_sel.pool_health, cfg=cfg, ckpt=ckpt, pool_rollouts=pool_rollouts,
+                                stage=stage).result()
+                shaping["ess"] = ess
+            scores = tr.submit(T_sel.scores, cfg=cfg, pool_grads=g_pool, val_grads=g_val, stage=stage, ess=ess)
         sel = tr.submit(T_sel.selection, cfg=cfg, stage=stage, pool=pool, pool_rollouts=pool_rollouts, scores=scores)
         scores = scores.result() if scores is not None else None
         sel = sel.result()

@@ -189,12 +189,15 @@ def candidates_config(cfg: RunConfig, stage: int, **_: Any) -> dict:
     return conf
 
 
-def scores_config(cfg: RunConfig, **_: Any) -> dict:
-    """{} for the paper's cosine (every key from before the other rules stays), else the rule and its power."""
+def scores_config(cfg: RunConfig, ess: ArtifactRef | None = None, **_: Any) -> dict:
+    """{} for the paper's cosine (every key from before the other rules stays), else the rule and its power; the
+    ESS weighting's power when a pool-health artifact weighs the scores (influence.ess_power > 0, stage ≥ 1)."""
     rule = cfg.influence.score
-    if rule == "cosine":
-        return {}
-    return {"score": rule, **({"norm_power": cfg.influence.norm_power} if rule == "cosine_norm" else {})}
+    conf = {} if rule == "cosine" else {
+        "score": rule, **({"norm_power": cfg.influence.norm_power} if rule == "cosine_norm" else {})}
+    if ess is not None:
+        conf["ess_power"] = cfg.influence.ess_power
+    return conf
 
 
 def base_key(cfg: RunConfig, **_: Any) -> str:
@@ -234,7 +237,7 @@ RECIPES: dict[str, Recipe] = {
         **_temperature(cfg)}),
     "candidates": Recipe("candidates", ("pool_rollouts", "previous"), candidates_config),
     "grads": Recipe("grads", ("ckpt", "rollouts", "calibration", "candidates"), grads_config),
-    "scores": Recipe("scores", ("pool_grads", "val_grads"), scores_config),
+    "scores": Recipe("scores", ("pool_grads", "val_grads", "ess"), scores_config),
     "selection": Recipe("selection", ("pool", "scores|pool_rollouts"), selection_config),
     "health": Recipe("health", ("ckpt", "pool_rollouts", "sel"), _temperature),
     "pool_health": Recipe("health", ("ckpt", "pool_rollouts"), lambda cfg, **_: {**_temperature(cfg), "prompts": "all"}),

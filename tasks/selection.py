@@ -49,25 +49,32 @@ def candidates(cfg: RunConfig, pool_rollouts: ArtifactRef, previous: ArtifactRef
 
 # ---------------------------------------------------------------- scores
 @task(name="scores", task_run_name="scores-s{stage}", cache_policy=NO_CACHE)
-def scores(cfg: RunConfig, pool_grads: ArtifactRef, val_grads: dict[str, ArtifactRef], stage: int = 0) -> ArtifactRef:
+def scores(cfg: RunConfig, pool_grads: ArtifactRef, val_grads: dict[str, ArtifactRef], stage: int = 0,
+           ess: ArtifactRef | None = None) -> ArtifactRef:
     """Influence of every pool sketch on each validation set's mean sketch under `influence.score` (the paper's POPI
-    cosine by default): float32 [n_val_sets, N], stored as "popi" whatever the rule."""
+    cosine by default): float32 [n_val_sets, N], stored as "popi" whatever the rule. `ess`: a pool-health artifact
+    of θ_m; each prompt's scores are multiplied by its (ESS/K)^influence.ess_power."""
     def payload(w) -> dict:
-        from cropi_core.scoring import influence_scores
+        from cropi_core.scoring import ess_weighted, influence_scores
 
         names = sorted(val_grads)
         g = read_grads(cfg, pool_grads)
-        rule, alpha = cfg.influence.score, cfg.influence.norm_power
+        rule, alpha, gamma = cfg.influence.score, cfg.influence.norm_power, cfg.influence.ess_power
         s = np.stack([influence_scores(g, read_grads(cfg, val_grads[n]), rule, alpha) for n in names])
+        extra = {}
+        if ess is not None:
+            ess_frac = np.asarray(w.store.read_json(ess.key, "health.json")["ess_frac"], dtype=np.float64)
+            s = ess_weighted(s, ess_frac, gamma)
+            extra = {"ess_power": gamma, "mean_ess_frac": float(np.nanmean(ess_frac))}
         if rule != "cosine" and np.isfinite(s).any():  # inner products of fp16 sketches can pass float32's range
             s = s / np.nanmax(np.abs(s))  # one positive scale for every list: ranks unchanged
         s = s.astype(np.float32)
         w.put_array("popi", s)
         w.put_json("sets.json", names)
         return {"sets": names, "n": int(g.shape[0]), "scorable": int(np.isfinite(s[0]).sum()), "run": cfg.name,
-                "stage": stage, **({"score": rule} if rule != "cosine" else {})}
+                "stage": stage, **({"score": rule} if rule != "cosine" else {}), **extra}
 
-    return produce(SCORES, "scores", cfg, {"pool_grads": pool_grads, "val_grads": val_grads}, payload)
+    return produce(SCORES, "scores", cfg, {"pool_grads": pool_grads, "val_grads": val_grads, "ess": ess}, payload)
 
 
 # ---------------------------------------------------------------- selection

@@ -114,3 +114,28 @@ def test_learnability_rrf_fusion_keys_and_ranks(coin, paper):
     f = fused_influence(popi, pass_rates(store, s["pool_rollouts"]), k=60.0)
     order = [int(i) for i in np.argsort(-np.nan_to_num(f, nan=-np.inf), kind="stable")[:12]]
     assert store.read_json(s["stages"][0]["selection"], "selection.json")["indices"] == order
+
+
+def test_ess_aware_scores_weigh_the_paper_scores_by_each_prompts_ess(coin, paper):
+    """influence.ess_power 2: stage 0 is the paper run's (θ_0 = β, no weighting, same keys); stage 1 reuses the
+    paper run's stage-1 sketches, computes a pool-health artifact of θ_1 (ESS/K of every pool prompt) and a new
+    scores artifact whose lists are the paper's stage-1 POPI × (ESS/K)^2, keyed by the power and the health parent."""
+    s = _run(coin, "ess", "influence.ess_power=2.0")
+    store = open_store(str(coin["storage"]))
+    assert s["stages"][0]["selection"] == paper["stages"][0]["selection"]
+    assert s["stages"][1]["grads"] == paper["stages"][1]["grads"]  # the sketches do not depend on the power
+    sc1, sc1_paper = s["stages"][1]["scores"], paper["stages"][1]["scores"]
+    assert sc1 != sc1_paper
+    m = store.manifest(sc1)
+    assert m.config == {"ess_power": 2.0}
+    (health_key,) = [k for k in m.parents if k not in store.manifest(sc1_paper).parents]
+    assert store.manifest(health_key).kind == "health" and store.manifest(health_key).config["prompts"] == "all"
+    ess_frac = np.asarray(store.read_json(health_key, "health.json")["ess_frac"])  # [48]
+    assert ess_frac.shape == (48,) and np.all((ess_frac > 0) & (ess_frac <= 1 + 1e-9)) and ess_frac.min() < 1.0
+    # expected: each finite paper score times its prompt's ESS/K squared; NaN (unscorable) rows stay NaN
+    expected = store.read_array(sc1_paper, "popi").astype(np.float64) * np.clip(ess_frac, 0, 1) ** 2
+    got = store.read_array(sc1, "popi").astype(np.float64)
+    assert np.array_equal(np.isnan(got), np.isnan(expected))
+    np.testing.assert_allclose(got[~np.isnan(got)], expected[~np.isnan(expected)], rtol=1e-6, atol=1e-7)
+    kinds = _kinds(s)
+    assert "grads" not in kinds and "health" in kinds and "scores" in kinds

@@ -173,3 +173,23 @@ def test_rrf_full_rankings_hand_computed():
     assert rank_order(f)[:3].tolist() == [1, 0, 2]
     with pytest.raises(ValueError):
         rrf([a, b[:3]])
+
+
+def test_ess_weighted_hand_computed():
+    """scores [2 sets, 4 prompts] · (ESS/K)^γ per prompt. With ess_frac = [1, 0.5, 0.25, 0.8] and γ = 2 the weights
+    are [1, 0.25, 0.0625, 0.64]: 0.4·1 = 0.4, −0.2·0.25 = −0.05, 0.8·0.0625 = 0.05, NaN stays NaN; second list
+    0.1, 0.1·0.25 = 0.025, −0.4·0.0625 = −0.025, 0.5·0.64 = 0.32. A prompt with a high score but degenerate
+    weights (index 2) falls below one with a lower score and healthy weights (index 0)."""
+    from cropi_core.scoring import ess_weighted
+
+    s = np.array([[0.4, -0.2, 0.8, np.nan], [0.1, 0.1, -0.4, 0.5]])
+    got = ess_weighted(s, np.array([1.0, 0.5, 0.25, 0.8]), 2.0)
+    np.testing.assert_allclose(got, [[0.4, -0.05, 0.05, np.nan], [0.1, 0.025, -0.025, 0.32]], rtol=1e-12)
+    assert got[0, 2] < got[0, 0] and s[0, 2] > s[0, 0]
+    np.testing.assert_array_equal(ess_weighted(s, np.array([1.0, 0.5, 0.25, 0.8]), 0.0), s)  # power 0: the paper
+    # ESS/K above 1 (rounding) is clipped to 1; a NaN ESS makes the score NaN
+    np.testing.assert_allclose(ess_weighted(np.array([0.3, 0.3]), np.array([1.0 + 1e-12, np.nan]), 1.0), [0.3, np.nan])
+    with pytest.raises(ValueError, match="expected ess_frac"):
+        ess_weighted(s, np.ones(3), 1.0)
+    with pytest.raises(ValueError, match="power"):
+        ess_weighted(s, np.ones(4), -1.0)
