@@ -413,6 +413,10 @@ def test_loop_with_outside_trainer_reuses_rollouts(coin, tmp_path):
     for m in (0, 1):
         assert pq.read_table(work / f"stage-{m}" / "select" / "subset.parquet").num_rows == 12
     assert "final checkpoint:" in res.output
+    # the console: Prefect's log goes to train.log, not to the terminal
+    logs = list((storage / "runs").rglob("train.log"))
+    assert logs and "Finished in state" in logs[0].read_text()
+    assert "Finished in state" not in res.output and "full log:" in res.output
     # a rerun resumes from storage: no training command, no new artifact
     before = {m.key for m in store.find()}
     ok(cli("loop", "--config", str(coin["config"]), "--checkpoint", str(coin["model"]), "--verifier", "exact",

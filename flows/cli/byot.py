@@ -229,6 +229,8 @@ def loop_cmd(
     set_: Optional[list[str]] = typer.Option(None, "--set", "-s"),
     storage: Optional[str] = typer.Option(None, "--storage"),
     name: Optional[str] = typer.Option(None, "--name"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="print everything the libraries and the training "
+                                 "command print instead of the progress view and train.log"),
 ) -> None:
     """CROPI with an outside trainer: per stage, `select` at the current checkpoint, then run --train-cmd on the
     subset (a Prefect task with retries) and register its output checkpoint; rollouts of the stage-0 model reused."""
@@ -242,8 +244,13 @@ def loop_cmd(
                              pool=pool, val=val, rollouts=rollouts, rollouts_format=rollouts_format,
                              val_rollouts=val_rollouts or [], verifier=verifier, out=work / "stage-0" / "select",
                              write_subset=True, config=config, sets=set_, storage=storage, ratio=ratio, name=name)
-        summary = run_outside_trainer(cfg, job, train_cmd, stages, str(work), retries=train_retries)
+        from tasks.common import run_dir
+
+        with console.session(run_dir(cfg) / console.LOG_NAME, f"cropi loop → {work}", verbose=verbose,
+                             stages=stages) as view:
+            summary = run_outside_trainer(cfg, job, train_cmd, stages, str(work), retries=train_retries)
+    say = lambda line: view.console.print(line, soft_wrap=True, markup=False)  # noqa: E731
     for s in summary["stages"]:
-        typer.echo(f"stage {s['stage']}: selection {s['selection'][:12]} -> trained checkpoint {s['trained'][:12]} "
-                   f"({s['trained_dir']})")
-    typer.echo(f"final checkpoint: {summary['final_checkpoint']}")
+        say(f"stage {s['stage']}: selection {s['selection'][:12]} -> trained checkpoint {s['trained'][:12]} "
+            f"({s['trained_dir']})")
+    say(f"final checkpoint: {summary['final_checkpoint']}")
