@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from cropi_core.errors import ConfigDeprecation, ConfigError
 
@@ -662,9 +662,48 @@ class TrainConfig(Section):
     mixed_precision: Literal["no", "bf16"] = Field("no", description=(
         "\"bf16\": autocast mixed precision in the GRPO step (float32 master weights), for GPUs; \"no\" = plain "
         "float32."))
-    HASH_EXCLUDE = frozenset({"save_steps", "use_vllm", "vllm_mode", "vllm_gpu_memory_utilization"})
+    micro_batch_size: int | None = Field(None, gt=0, description=(
+        "Completions per forward/backward on one device (TRL per_device_train_batch_size), with gradient "
+        "accumulation over prompts_per_step × num_generations / micro_batch_size micro-batches, which it must "
+        "divide; completions are still generated once per optimizer step for all prompts_per_step prompts, so a "
+        "step takes the same update (equal to float rounding). null = the whole step in one pass. Bounds the "
+        "memory of the loss pass (the paper config's 1024 × 2152-token pass does not fit one 80 GB GPU). Not with "
+        "loss_type bnpo (it normalises over the micro-batch) or dynamic_sampling (micro-batches of a filtered "
+        "batch are uneven). Not keyed."))
+    HASH_EXCLUDE = frozenset({"save_steps", "use_vllm", "vllm_mode", "vllm_gpu_memory_utilization", "micro_batch_size"})
+
+    @field_validator("micro_batch_size")
+    @classmethod
+    def _micro_batch(cls, v: int | None, info: ValidationInfo) -> int | None:
+        d = info.data  # the fields declared above, already validated
+        if v is not None and {"prompts_per_step", "num_generations", "loss_type", "dynamic_sampling"} <= set(d):
+            problem = micro_batch_problem(v, d["prompts_per_step"], d["num_generations"], d["loss_type"],
+                                          d["dynamic_sampling"])
+            if problem:
+                raise ValueError(problem)
+        return v
 
     HASH_OMIT_WHEN = {"mixed_precision": "no"}
+
+
+def micro_batch_problem(mb: int | None, prompts_per_step: int, num_generations: int, loss_type: str,
+                        dynamic_sampling: bool) -> str:
+    """Why train.micro_batch_size `mb` cannot be used with these train fields ("" when it can): it must divide the
+    step's completions, prompts_per_step × num_generations, and be the whole step with loss_type bnpo or
+    dynamic_sampling."""
+    if mb is None:
+        return ""
+    total = prompts_per_step * num_generations
+    if total % mb:
+        return (f"must divide train.prompts_per_step × train.num_generations = "
+                f"{prompts_per_step} × {num_generations} = {total}")
+    if mb < total and loss_type == "bnpo":
+        return (f"{mb} < {total} completions with train.loss_type bnpo would change the loss "
+                "(bnpo averages over each micro-batch's tokens): use null, or loss_type grpo/dapo/dr_grpo")
+    if mb < total and dynamic_sampling:
+        return (f"{mb} < {total} completions with train.dynamic_sampling true: the filtered "
+                "batch splits into uneven micro-batches, which changes the loss; use null")
+    return ""
 
 
 class EvalConfig(Section):

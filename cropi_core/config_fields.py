@@ -131,6 +131,7 @@ FIELDS: dict[str, tuple[Role, str]] = {
     "train.vllm_mode": ("execution", "vllm"),
     "train.vllm_gpu_memory_utilization": ("execution", "vllm"),
     "train.mixed_precision": ("values", "always"),
+    "train.micro_batch_size": ("execution", "always"),
     "eval.greedy": ("values", "always"),
     "eval.n_samples": ("values", "always"),
     "eval.temperature": ("values", "always"),

@@ -4,11 +4,18 @@ One call trains the model in `model_dir` for `cfg.steps_per_stage` optimizer ste
 and writes the result to `out_dir/final` (safetensors + tokenizer + `train_result.json`, written last via an
 atomic rename, so a `final/` folder that exists is complete).
 
-Batching (TRL 1.16 semantics): `per_device_train_batch_size` counts *completions*, so it is
-`prompts_per_step · num_generations`; with `gradient_accumulation_steps = 1` TRL's `steps_per_generation`
-defaults to 1 and `generation_batch_size` to the same number, i.e. every optimizer step samples
-`num_generations` completions for each of `prompts_per_step` fresh prompts and takes exactly one update
-(the reference run's "one optimizer update per step").
+Batching (TRL 1.16 semantics): `per_device_train_batch_size` counts *completions*. With `cfg.micro_batch_size`
+null it is the whole step, B = `prompts_per_step · num_generations`, and `gradient_accumulation_steps = 1`.
+With `micro_batch_size = m` (m divides B) it is m and `gradient_accumulation_steps = B / m`. Either way TRL's
+`steps_per_generation` defaults to `gradient_accumulation_steps` and `generation_batch_size` to
+`per_device_train_batch_size · steps_per_generation = B` (one process), so every optimizer step samples
+`num_generations` completions for each of `prompts_per_step` fresh prompts *once* (reference log-probs in
+passes of m), shuffles the B rows with one `torch.randperm(B)` (as without micro-batches) and splits them into
+B/m micro-batches whose losses, each divided by B/m, accumulate into exactly one update (the reference run's
+"one optimizer update per step"). For loss_type grpo / dr_grpo (a mean over completions of equal-size
+micro-batches) and dapo (normalised by the generation batch's token count) the accumulated gradient is the
+one-pass gradient up to float rounding; bnpo (a token mean per micro-batch) and dynamic sampling (uneven
+micro-batches) would change it and are refused (`cropi_core.config.micro_batch_problem`).
 
 Prompt order: instead of TRL's sampler shuffling (a `torch.Generator` that is *not* restored when a run
 resumes in a later epoch, so a resumed run would see a different order), the dataset handed to TRL is
@@ -51,7 +58,8 @@ from cropi_core.config import TrainConfig
 from cropi_core.errors import CropiError, ModelError
 from cropi_core.rng import global_rng
 
-__all__ = ["TrainResult", "train_grpo", "load_policy", "build_trainer", "drop_equal_reward_groups", "training_order"]
+__all__ = ["TrainResult", "train_grpo", "load_policy", "build_trainer", "drop_equal_reward_groups", "training_order",
+           "micro_batching"]
 
 RESULT_FILE = "train_result.json"
 _CKPT_RE = re.compile(r"^checkpoint-(\d+)$")
@@ -191,11 +199,27 @@ def _trainer_class():
 # ---------------------------------------------------------------- trainer
 
 
+def micro_batching(cfg: TrainConfig) -> tuple[int, int]:
+    """(per_device_train_batch_size, gradient_accumulation_steps) in completions for `cfg`: (B, 1) with
+    micro_batch_size null, else (m, B / m), B = prompts_per_step · num_generations. ConfigError (one line) when m
+    does not divide B or cannot be used with the loss (see `cropi_core.config.micro_batch_problem`)."""
+    from cropi_core.config import micro_batch_problem
+    from cropi_core.errors import ConfigError
+
+    total = cfg.prompts_per_step * cfg.num_generations
+    mb = cfg.micro_batch_size
+    problem = micro_batch_problem(mb, cfg.prompts_per_step, cfg.num_generations, cfg.loss_type, cfg.dynamic_sampling)
+    if problem:
+        raise ConfigError(f"train.micro_batch_size: {problem} (got {mb})")
+    return (total, 1) if mb is None else (mb, total // mb)
+
+
 def _grpo_args(cfg: TrainConfig, ckpt_dir: Path, progress: bool, device: str = "auto"):
     from trl import GRPOConfig
 
     from cropi_core.models.loading import resolve_device
 
+    per_device, accumulation = micro_batching(cfg)
     return GRPOConfig(
         output_dir=str(ckpt_dir),
         use_cpu=resolve_device(device).type == "cpu",
@@ -204,8 +228,8 @@ def _grpo_args(cfg: TrainConfig, ckpt_dir: Path, progress: bool, device: str = "
         activation_checkpointing=False,
         report_to="none",
         max_steps=cfg.steps_per_stage,
-        per_device_train_batch_size=cfg.prompts_per_step * cfg.num_generations,
-        gradient_accumulation_steps=1,
+        per_device_train_batch_size=per_device,  # completions per forward/backward
+        gradient_accumulation_steps=accumulation,  # steps_per_generation defaults to it: one generation per step
         num_generations=cfg.num_generations,
         shuffle_dataset=False,  # the dataset already is the seeded visiting order (see module docstring)
         learning_rate=cfg.lr,

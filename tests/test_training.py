@@ -202,3 +202,89 @@ def test_bad_inputs(tiny_dir, tmp_path):
         train_grpo(tmp_path / "nope", _problems(2), _cfg(), tmp_path, template=TEMPLATE, instruction=INSTRUCTION,
                    progress=False)
     assert not (tmp_path / "final").exists()
+
+
+def _counted_train(tiny_dir, problems, cfg, out):
+    """train_grpo with TRL's generation and loss calls counted: (TrainResult, generations, loss passes, rows per pass)."""
+    from cropi_core import training
+
+    calls = {"gen": 0, "loss": 0, "rows": []}
+    cls = training._trainer_class()
+
+    class Counted(cls):
+        def _generate_and_score_completions(self, inputs):
+            calls["gen"] += 1
+            return super()._generate_and_score_completions(inputs)
+
+        def _compute_loss(self, model, inputs):
+            calls["loss"] += 1
+            calls["rows"].append(int(inputs["completion_ids"].shape[0]))
+            return super()._compute_loss(model, inputs)
+
+    orig = training._trainer_class
+    training._trainer_class = lambda: Counted
+    try:
+        res = train_grpo(tiny_dir, problems, cfg, out, template=TEMPLATE, instruction=INSTRUCTION, progress=False)
+    finally:
+        training._trainer_class = orig
+    return res, calls
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "dapo"])
+def test_micro_batches_take_the_same_step(tiny_dir, tmp_path, loss_type):
+    """train.micro_batch_size 8 and 4 (of 16 completions: 4 prompts × 4) = one pass of 16, to float rounding,
+    over 2 optimizer steps.
+
+    Same generation: TRL generates the 16 completions once per optimizer step in every case (one randperm of 16
+    rows before the split), so rewards and advantages are identical; only the loss is summed over 2 or 4
+    micro-batches instead of one pass, which reorders float32 sums (~1e-7 relative in the gradient).
+    Tolerance: |Δw| ≤ 1e-6, against a step of ~lr = 3e-3 per weight (measured: ≤ 3e-7). Exception: the
+    attention key biases, whose gradient is exactly 0 in exact arithmetic (a bias added to every key shifts a
+    query's scores by one constant, which softmax ignores), so theirs is pure rounding noise, which Adam's
+    g/(√v + 1e-8) turns into a step of up to lr in a random direction (measured: 9e-6 apart after step 2);
+    they get lr/100 = 3e-5. A real difference (other completions, a loss normalised per micro-batch) moves
+    weights by ~lr."""
+    problems = _problems(8)
+    runs = {}
+    for mb in (None, 8, 4):
+        cfg = _cfg(steps_per_stage=2, save_steps=10, micro_batch_size=mb, loss_type=loss_type)
+        runs[mb] = _counted_train(tiny_dir, problems, cfg, tmp_path / f"mb{mb}")
+    full, calls_full = runs[None]
+    assert calls_full == {"gen": 2, "loss": 2, "rows": [16, 16]}
+    w0 = load_file(tiny_dir / "model.safetensors")
+    w_full = load_file(full.final_dir / "model.safetensors")
+    moved = max((w_full[k] - w0[k]).abs().max().item() for k in w0)
+    assert moved > 1e-3  # the step did something
+    reward = lambda r: [h["reward"] for h in r.log_history if "reward" in h]  # noqa: E731
+    for mb, n in ((8, 2), (4, 4)):
+        res, calls = runs[mb]
+        assert res.steps == 2
+        assert calls == {"gen": 2, "loss": 2 * n, "rows": [mb] * (2 * n)}  # generated once per step, n passes of mb
+        assert reward(res) == reward(full)  # the same completions were sampled
+        w = load_file(res.final_dir / "model.safetensors")
+        for k in w_full:
+            tol = 3e-5 if k.endswith("k_proj.bias") else 1e-6
+            diff = (w[k] - w_full[k]).abs().max().item()
+            assert diff <= tol, (mb, k, diff)
+
+
+def test_micro_batch_size_must_divide_the_step(tiny_dir, tmp_path):
+    from cropi_core.errors import ConfigError
+    from cropi_core.training import micro_batching
+
+    assert micro_batching(_cfg()) == (16, 1) and micro_batching(_cfg(micro_batch_size=4)) == (4, 4)
+    with pytest.raises(ValueError) as e:
+        _cfg(micro_batch_size=6)
+    line = str(e.value)
+    assert "micro_batch_size" in line and "must divide" in line and "4 × 4 = 16" in line
+    cfg = _cfg(micro_batch_size=8)
+    cfg.prompts_per_step = 3  # assignment validates only the assigned field: training checks again
+    with pytest.raises(ConfigError) as e:
+        train_grpo(tiny_dir, _problems(4), cfg, tmp_path, template=TEMPLATE, instruction=INSTRUCTION, progress=False)
+    msg = str(e.value)
+    assert "\n" not in msg and msg == ("train.micro_batch_size: must divide train.prompts_per_step × "
+                                       "train.num_generations = 3 × 4 = 12 (got 8)")
+    for bad in ({"loss_type": "bnpo"}, {"dynamic_sampling": True}):
+        with pytest.raises(ValueError, match="micro_batch_size"):
+            _cfg(micro_batch_size=4, **bad)
+    assert _cfg(micro_batch_size=16, loss_type="bnpo").micro_batch_size == 16  # the whole step: nothing changes
