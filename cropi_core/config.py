@@ -441,6 +441,14 @@ class RolloutConfig(Section):
     batch_size: int = Field(64, gt=0, description=(
         "Prompts per generate call. Keyed: one sampling RNG stream serves a whole batch, so another batch size "
         "draws other responses (a cached artifact must be what this config would compute)."))
+    logprob_micro_batch_tokens: int | None = Field(None, gt=0, description=(
+        "Most padded tokens (sequences × longest sequence) per teacher-forcing pass when log β is recomputed, so "
+        "its peak memory (logits over the vocabulary at every response token, plus activations) is bounded: "
+        "passes hold as many length-sorted (prompt, response) pairs as fit, at least one. null = 64 pairs per "
+        "pass whatever their length (the earlier behaviour: 64 responses of 2048 tokens on a 152k vocabulary is "
+        "185 GiB of logits). A memory bound that does not change the values (equal to float rounding): not "
+        "keyed."))
+    HASH_EXCLUDE = frozenset({"logprob_micro_batch_tokens"})
     RENAMED = {"k_train": "num_generations", "k_val": "num_generations_val"}
 
 

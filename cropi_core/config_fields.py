@@ -86,6 +86,7 @@ FIELDS: dict[str, tuple[Role, str]] = {
     "rollout.max_new_tokens": ("values", "always"),
     "rollout.seed": ("values", "always"),
     "rollout.batch_size": ("values", "always"),
+    "rollout.logprob_micro_batch_tokens": ("execution", "always"),
     "influence.projector": ("values", "scored"),
     "influence.sketch_dim": ("values", "scored"),
     "influence.sparse_ratio": ("values", "scored"),

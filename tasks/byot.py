@@ -125,7 +125,8 @@ def import_rollouts(cfg: RunConfig, ckpt: ArtifactRef, data: ArtifactRef, path: 
         render = render_for(tok, cfg)
         responses = read_responses(path, fmt, problems, lambda p: render_key(tok, render(p)))
         recs = build_rollouts(model, tok, problems, responses, [render(p) for p in problems],
-                              temperature=behavior_temperature(cfg), batch_size=cfg.rollout.batch_size)
+                              temperature=behavior_temperature(cfg), batch_size=cfg.rollout.batch_size,
+                              max_tokens=cfg.rollout.logprob_micro_batch_tokens)
         write_rollouts(w, recs)
         return rollouts_meta(recs, k=max(x.k for x in recs), label=label, imported=fmt,
                              source=str(Path(path).resolve()), run=cfg.name)

@@ -33,6 +33,7 @@ def rollouts(cfg: RunConfig, ckpt: ArtifactRef, data: ArtifactRef, k: int, subse
         model, tok = load_checkpoint(cfg, ckpt)
         r = cfg.rollout
         kwargs = {"dtype": cfg.model.dtype} if r.backend == "vllm" else {}
+        kwargs["logprob_micro_batch_tokens"] = r.logprob_micro_batch_tokens  # log β's passes: a memory bound only
         recs = get_backend(r.backend, model, tok, **kwargs).sample(
             problems, k, temperature=r.temperature, top_p=r.top_p, max_new_tokens=r.max_new_tokens, seed=r.seed,
             template=cfg.data.template, instruction=cfg.data.instruction, batch_size=r.batch_size,

@@ -93,6 +93,35 @@ def test_teacher_forcing_exact_against_float64_single_sequences(model, tok):
         teacher_force_pairs(model, pairs, temperature=0.0)
 
 
+def test_teacher_forcing_token_budget_bounds_passes_not_values(model, tok):
+    """rollout.logprob_micro_batch_tokens: passes of ≤ max_tokens padded tokens; log β identical to ≤ 1e-6
+    (float32) between a budget of one short pair per pass and one that holds every pair (not bitwise: another
+    batch shape reorders float sums), and to the default 64-pair passes."""
+    from cropi_core.rollout.logprobs import pass_groups
+
+    prompts = [torch.tensor(tok.encode(format_prompt(p, tok, instruction=INSTRUCTION))) for p in PROBLEMS]
+    g = torch.Generator().manual_seed(1)
+    pairs = [(p, torch.randint(3, len(tok), (n,), generator=g)) for p in prompts for n in (1, 7, 30, 64)]
+    lengths = [p.numel() + r.numel() for p, r in pairs]
+    for budget in (1, 100, 200, 10**6):
+        groups = pass_groups(lengths, max_tokens=budget)
+        assert sorted(i for grp in groups for i in grp) == list(range(len(pairs)))
+        for grp in groups:  # within budget, or a single pair longer than it
+            assert len(grp) == 1 or len(grp) * max(lengths[i] for i in grp) <= budget
+    assert len(pass_groups(lengths, max_tokens=10**6)) == 1 and len(pass_groups(lengths, max_tokens=1)) == len(pairs)
+    assert len(pass_groups(lengths, max_tokens=200)) > 2  # the middle budgets really split
+    default = teacher_force_pairs(model, pairs, temperature=0.5)
+    small = teacher_force_pairs(model, pairs, temperature=0.5, max_tokens=100)
+    large = teacher_force_pairs(model, pairs, temperature=0.5, max_tokens=10**6)
+    worst = 0.0
+    for a, b, c, (_, r) in zip(small, large, default, pairs):
+        assert a.dtype == b.dtype == torch.float32 and a.shape == b.shape == r.shape
+        worst = max(worst, (a - b).abs().max().item(), (a - c).abs().max().item())
+    assert worst <= 1e-6, worst
+    with pytest.raises(ValueError, match="max_tokens"):
+        teacher_force_pairs(model, pairs, max_tokens=0)
+
+
 def test_hf_backend_contract(model, tok):
     backend = get_backend("hf", model, tok)
     rng = torch.get_rng_state()

@@ -107,9 +107,13 @@ class HFBackend(RolloutBackend):
 
     name = "hf"
 
-    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, *, logprob_batch_size: int = 64):
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, *, logprob_batch_size: int = 64,
+                 logprob_micro_batch_tokens: int | None = None):
+        """logprob_batch_size: pairs per teacher-forcing pass of log β; logprob_micro_batch_tokens: instead, most
+        padded tokens per pass (rollout.logprob_micro_batch_tokens, a memory bound; see `teacher_force_pairs`)."""
         self.model, self.tokenizer = model, tokenizer
         self.logprob_batch_size = logprob_batch_size
+        self.logprob_micro_batch_tokens = logprob_micro_batch_tokens
         self.last_stats: dict[str, float] = {}
 
     def sample(
@@ -142,7 +146,8 @@ class HFBackend(RolloutBackend):
                                max_new_tokens=max_new_tokens, seed=derive_seed(seed, *(p.id for p in batch)))
                 gen_s += time.perf_counter() - t0
                 pairs = [(pids, r) for pids, rs in zip(gen.prompt_ids, gen.responses) for r in rs]
-                logps = teacher_force_pairs(self.model, pairs, temperature=temperature, batch_size=self.logprob_batch_size)
+                logps = teacher_force_pairs(self.model, pairs, temperature=temperature, batch_size=self.logprob_batch_size,
+                                            max_tokens=self.logprob_micro_batch_tokens)
                 for b, problem in enumerate(batch):
                     rs = gen.responses[b]
                     decoded = self.tokenizer.batch_decode(rs, skip_special_tokens=True)

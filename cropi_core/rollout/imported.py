@@ -177,7 +177,8 @@ def tokenize_responses(tokenizer: Any, responses: list[list[Response]], eos_id: 
 
 
 def build_rollouts(model: Any, tokenizer: Any, problems: list[Problem], responses: list[list[Response]],
-                   prompt_texts: list[str], *, temperature: float, batch_size: int = 64):
+                   prompt_texts: list[str], *, temperature: float, batch_size: int = 64,
+                   max_tokens: int | None = None):
     """`PromptRollouts` per problem from imported responses; log β by teacher forcing `model` at `temperature`.
 
     prompt_texts[i]: problem i's prompt as the sampler saw it (template applied). Returns list[PromptRollouts]
@@ -191,7 +192,7 @@ def build_rollouts(model: Any, tokenizer: Any, problems: list[Problem], response
     ids = tokenize_responses(tokenizer, responses, tokenizer.eos_token_id)
     prompts = [torch.tensor(tokenizer(t, add_special_tokens=False)["input_ids"], dtype=torch.long) for t in prompt_texts]
     pairs = [(prompts[i], torch.tensor(r, dtype=torch.long)) for i, group in enumerate(ids) for r in group]
-    logps = teacher_force_pairs(model, pairs, temperature=temperature, batch_size=batch_size)
+    logps = teacher_force_pairs(model, pairs, temperature=temperature, batch_size=batch_size, max_tokens=max_tokens)
     out, off = [], 0
     for i, group in enumerate(ids):
         k = len(group)

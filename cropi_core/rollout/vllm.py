@@ -111,7 +111,8 @@ class VLLMBackend(RolloutBackend):
     name = "vllm"
 
     def __init__(self, model: PreTrainedModel | str, tokenizer: PreTrainedTokenizerBase, *, gpu_memory_utilization: float = 0.5,
-                 dtype: str = "float32", logprob_batch_size: int = 64, **llm_kwargs: Any):
+                 dtype: str = "float32", logprob_batch_size: int = 64, logprob_micro_batch_tokens: int | None = None,
+                 **llm_kwargs: Any):
         vllm = import_vllm()
         self.hf_model = None if isinstance(model, str) else model
         path = model if isinstance(model, str) else model.config.name_or_path
@@ -119,6 +120,7 @@ class VLLMBackend(RolloutBackend):
             raise ModelError("vllm backend needs a checkpoint folder (save the model first)")
         self.tokenizer = tokenizer
         self.logprob_batch_size = logprob_batch_size
+        self.logprob_micro_batch_tokens = logprob_micro_batch_tokens  # padded tokens per teacher-forcing pass
         self.llm = vllm.LLM(model=str(path), tokenizer=str(path), dtype=dtype, gpu_memory_utilization=gpu_memory_utilization,
                             logprobs_mode="processed_logprobs", **llm_kwargs)
         self.eos_ids = _eos_ids(path, tokenizer)
@@ -143,7 +145,8 @@ class VLLMBackend(RolloutBackend):
             model = self.hf_model
 
             def fn(pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> list[torch.Tensor]:
-                return teacher_force_pairs(model, pairs, temperature=temperature, batch_size=self.logprob_batch_size)
+                return teacher_force_pairs(model, pairs, temperature=temperature, batch_size=self.logprob_batch_size,
+                                           max_tokens=self.logprob_micro_batch_tokens)
 
         decode = lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
         result = rollouts_from_vllm(outputs, problems, eos_ids=eos, decode=decode, logprob_fn=fn)
