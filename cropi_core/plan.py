@@ -45,7 +45,8 @@ KINDS = ("base", "rollouts", "calibration", "grads", "scores", "train", "evaluat
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 GROUP_BYTES = 1 << 30  # = cropi_core.influence.GROUP_BYTES (projector working memory per prompt group); a test pins it
 GIB = 1 << 30
-TEACHER_FORCE_PAIRS = 64  # the rollout backends' logprob_batch_size (cropi_core/rollout: hf.py, vllm.py), not configurable
+TEACHER_FORCE_PAIRS = 64  # the rollout backends' logprob_batch_size (cropi_core/rollout: hf.py, vllm.py): log β's pairs
+# per pass when rollout.logprob_micro_batch_tokens is null
 TIGHT = 0.9  # a peak above this share of the device's memory gets a note (the activation count is an estimate)
 
 
@@ -730,6 +731,17 @@ def activation_bytes_per_token(shape: ModelShape, act_bytes: int, length: float)
     return shape.layers * (per_layer * act_bytes + eager * 4)
 
 
+LOG_BETA_LOGITS = "logits (log β)"  # the memory part of log β's teacher-forcing pass
+
+
+def log_beta_rows(rollout: Any, length: float) -> int:
+    """Responses in log β's worst teacher-forcing pass (`cropi_core.rollout.logprobs.pass_groups`), all of
+    `length` tokens (prompt + longest response): ⌊rollout.logprob_micro_batch_tokens / length⌋, at least 1, or the
+    backends' 64 pairs per pass when that field is null."""
+    budget = rollout.logprob_micro_batch_tokens
+    return TEACHER_FORCE_PAIRS if budget is None else max(1, int(budget // max(1.0, length)))
+
+
 def logits_bytes(shape: ModelShape, tokens: float) -> float:
     """fp32 logits and their log-softmax over `tokens` positions (what a log-prob pass keeps)."""
     return 2 * 4 * shape.vocab * tokens
@@ -835,6 +847,13 @@ def estimate(cfg: RunConfig, shape: ModelShape, data: DataSizes, rates: Rates, d
     tasks: list[TaskCost] = []
     weights = N * model_bytes
 
+    def fits(total: float) -> str:
+        """" — fits one <device> (NN%)" / " — does NOT fit one <device>" (nothing when its memory is unknown)."""
+        if not mem_dev:
+            return ""
+        share = f"{total / mem_dev:.0%} of {fmt_bytes(mem_dev)}"
+        return f" — fits one {dev.name} ({share})" if total <= mem_dev else f" — does NOT fit one {dev.name} ({share})"
+
     def forward_peak(tokens: float, act: int) -> float:  # a no-grad pass: logits + one layer's transients
         return logits_bytes(shape, tokens) + tokens * (4 * shape.hidden + 2 * shape.intermediate) * act
 
@@ -875,21 +894,33 @@ def estimate(cfg: RunConfig, shape: ModelShape, data: DataSizes, rates: Rates, d
         g = forward_flops(shape, seqs, p + r_gen)
         tf = forward_flops(shape, seqs, p + mean["rollout"])
         s = gen_secs("rollouts", seqs, p, r_gen, op_roll, model_fp32) + secs("rollouts", tf, "forward", model_fp32)
-        # log β: teacher_force_pairs, 64 (prompt, response) pairs per pass sorted by length, so one pass holds the 64
-        # longest responses (max_new_tokens each, padding_fill); logits at response positions only, model dtype +
-        # a float32 copy + its float32 log_softmax
-        tf_tokens = TEACHER_FORCE_PAIRS * r_pad_roll
+        # log β: teacher_force_pairs sorts pairs by length, so its worst pass holds the longest responses
+        # (max_new_tokens each, padding_fill): tf_rows of them (see `log_beta_rows`); logits at response positions
+        # only, model dtype + a float32 copy + its float32 log_softmax
+        tf_rows = log_beta_rows(ro, p + r_pad_roll)
+        tf_tokens = tf_rows * r_pad_roll
         tf_logits = tf_tokens * shape.vocab * (model_bytes + 8)
-        tf_act = TEACHER_FORCE_PAIRS * (p + r_pad_roll) * (4 * shape.hidden + 2 * shape.intermediate) * model_bytes
+        tf_act = tf_rows * (p + r_pad_roll) * (4 * shape.hidden + 2 * shape.intermediate) * model_bytes
         if hf_roll:
             kv = kv_bytes(shape, ro.batch_size * k, p + r_roll, model_bytes)
             mem = Memory({"weights": weights} | ({"kv_cache (generate)": kv} if kv >= tf_logits + tf_act else
-                                                  {"logits (log β, 64 responses)": tf_logits, "activations": tf_act}))
+                                                  {LOG_BETA_LOGITS: tf_logits, "activations": tf_act}))
         else:
             mem = Memory({"vLLM (gpu_memory_utilization 0.5)": 0.5 * (mem_dev or 0), "weights (teacher forcing)": weights,
-                          "logits (log β, 64 responses)": tf_logits, "activations": tf_act})
+                          LOG_BETA_LOGITS: tf_logits, "activations": tf_act})
         store = (n_prompts * p * 8 + seqs * mean["rollout"] * (8 + 4 + data.chars_per_token.value) + seqs * 4)
         return g + tf, s, mem, store
+
+    def log_beta_note(m: Memory, p: float) -> str:
+        """What one log β pass holds, and whether the task's peak fits the device."""
+        rows = log_beta_rows(ro, p + r_pad_roll)
+        how = (f"rollout.logprob_micro_batch_tokens {ro.logprob_micro_batch_tokens:,}" if ro.logprob_micro_batch_tokens
+               else "rollout.logprob_micro_batch_tokens null: 64 per pass")
+        part = m.parts.get(LOG_BETA_LOGITS, 0.0) + (m.parts.get("activations", 0.0) if LOG_BETA_LOGITS in m.parts else 0.0)
+        tf = (f"log β: {rows} response(s) of ≤ {p + r_pad_roll:,.0f} tokens per teacher-forcing pass ({how}): "
+              f"{fmt_bytes(part)} of logits + activations" if part else
+              f"log β: {rows} response(s) per teacher-forcing pass ({how}), under the generate KV cache")
+        return f"{tf}; task peak {fmt_bytes(m.total)}{fits(m.total)}"
 
     offline = []
     for st, k, lab in [(data.pool, ro.num_generations, "pool")] + [(v, ro.num_generations_val, v.name) for v in data.val]:
@@ -903,7 +934,8 @@ def estimate(cfg: RunConfig, shape: ModelShape, data: DataSizes, rates: Rates, d
         1, fl, sum(s_list), makespan(s_list, slots), max((o[5] for o in offline), key=lambda m: m.total),
         sum(o[6] for o in offline), worst(*statuses["rollouts"]), tasks_per_run=len(offline),
         notes=[f"generation {'padded to max_new_tokens per batch (HF generate)' if hf_roll else 'mean length (vLLM)'}"
-               f" + teacher-forced log β; one task per set (the pool's is one task on one device)"]))
+               f" + teacher-forced log β; one task per set (the pool's is one task on one device)",
+               log_beta_note(max((o[5] for o in offline), key=lambda m: m.total), data.pool.prompt_tokens)]))
 
     # ---- sketches, scores, selection
     inf, sel = cfg.influence, cfg.selection
@@ -1010,27 +1042,37 @@ def estimate(cfg: RunConfig, shape: ModelShape, data: DataSizes, rates: Rates, d
                     {"generation": fl_gen, "reference forward (KL)": fl_ref, "policy fwd+bwd": fl_pol}, step_s)
     E = tr.steps_per_stage
     act_b = 2 if bf16 else 4
-    toks = seqs * (p_train + r_train)
-    train_mem = {"weights (fp32 master)": 4 * N, "gradients (fp32)": 4 * N, "AdamW m+v (fp32)": 8 * N}
+    micro = tr.micro_batch_size or seqs  # completions per forward/backward (TRL per_device_train_batch_size)
+    toks = micro * (p_train + r_train)
+    # two phases: generation of the whole step's seqs completions (HF generate's KV cache; gradients were freed by
+    # the previous step's zero_grad), then the loss passes of `micro` completions each (the reference forward in
+    # passes of `micro` too, no grad: below the loss pass)
+    fixed = {"weights (fp32 master)": 4 * N, "AdamW m+v (fp32)": 8 * N}
     if tr.beta > 0:
-        train_mem["reference model (fp32)"] = 4 * N
-    gen_peak = kv_bytes(shape, seqs, p_train + r_train, act_b) if op_train == "generate_hf" else 0.0
-    fb_peak = activation_bytes_per_token(shape, act_b, p_train + r_train) * toks + logits_bytes(shape, toks)
-    if fb_peak >= gen_peak:
-        train_mem["activations"] = activation_bytes_per_token(shape, act_b, p_train + r_train) * toks
-        train_mem["logits"] = logits_bytes(shape, toks)
-    else:
-        train_mem["kv_cache (generation)"] = gen_peak
+        fixed["reference model (fp32)"] = 4 * N
     if tr.use_vllm and tr.vllm_mode == "colocate":
-        train_mem["vLLM (colocate)"] = tr.vllm_gpu_memory_utilization * (mem_dev or 0)
+        fixed["vLLM (colocate)"] = tr.vllm_gpu_memory_utilization * (mem_dev or 0)
+    gen_mem = Memory(fixed | ({"kv_cache (generation)": kv_bytes(shape, seqs, p_train + r_train, act_b)}
+                              if op_train == "generate_hf" else {}))
+    loss_mem = Memory(fixed | {"gradients (fp32)": 4 * N,
+                               "activations": activation_bytes_per_token(shape, act_b, p_train + r_train) * toks,
+                               "logits": logits_bytes(shape, toks)})
+    train_mem = (loss_mem if loss_mem.total >= gen_mem.total else gen_mem).parts
+    batching = (f"train.micro_batch_size {micro}: {micro} of {seqs} completions per forward/backward, "
+                f"{seqs // micro} accumulation steps" if micro < seqs else
+                f"train.micro_batch_size {'null' if tr.micro_batch_size is None else micro}: all {seqs} completions "
+                "in one forward/backward")
+    gen_what = (f"HF generate of all {seqs} sequences at once, KV cache {fmt_bytes(gen_mem.parts['kv_cache (generation)'])}"
+                if op_train == "generate_hf" else f"vLLM ({tr.vllm_mode})")
     tasks.append(TaskCost(
         "train", f"GRPO: {M} stages × {E} steps of {tr.prompts_per_step} prompts × {tr.num_generations}", M,
         M * E * step.total_flops, M * E * step.total_s, M * E * step.total_s, Memory(train_mem), M * 4 * N,
         worst(*statuses["train"]), scratch_bytes=2 * 12 * N, cropi_only=False,
-        notes=[f"one task per stage on one device: {seqs} sequences per step in one forward/backward "
-               "(per_device_train_batch_size = prompts_per_step × num_generations, no gradient accumulation, "
-               "no activation checkpointing)",
-               f"TRL pads to the batch's longest completion: {seqs} × ({p_train:.0f} + {r_pad:.0f}) tokens per pass, "
+        notes=[f"one task per stage on one device: {seqs} completions generated once per step, then the loss in "
+               f"passes of {micro} (no activation checkpointing)",
+               f"loss pass ({batching}): peak {fmt_bytes(loss_mem.total)}{fits(loss_mem.total)}",
+               f"generation ({gen_what}): peak {fmt_bytes(gen_mem.total)}{fits(gen_mem.total)}",
+               f"TRL pads to the batch's longest completion: {seqs} × ({p_train:.0f} + {r_pad:.0f}) tokens per step, "
                f"{(p_train + r_pad) / (p_train + mean['train']):.2f}× the real {seqs} × ({p_train:.0f} + {mean['train']:.0f})",
                "scratch: the two newest mid-stage trainer checkpoints (weights + AdamW state, 12 bytes/param each)"]))
 
@@ -1073,13 +1115,18 @@ def estimate(cfg: RunConfig, shape: ModelShape, data: DataSizes, rates: Rates, d
 
     # ---- memory checks: one problem per task kind whose peak exceeds its device; the hint follows the largest part
     hints = {"kv_cache (generate)": "lower rollout.batch_size (prompts per generate call, × K sequences each)",
-             "logits (log β, 64 responses)": "log β is teacher-forced 64 responses at a time (the rollout backends' "
-                                             "fixed logprob_batch_size), logits over the whole vocabulary: lower "
-                                             "rollout.max_new_tokens",
+             LOG_BETA_LOGITS: "log β's teacher forcing keeps logits over the whole vocabulary at every response token "
+                              "of a pass: set (or lower) rollout.logprob_micro_batch_tokens, the padded tokens per "
+                              "pass (null = 64 responses per pass)",
+             "kv_cache (generation)": "TRL's HF generate holds the KV cache of all train.prompts_per_step × "
+                                      "train.num_generations sequences at once (train.micro_batch_size does not "
+                                      "split generation): set train.use_vllm true, or lower train.prompts_per_step "
+                                      "or train.max_new_tokens",
              "sketch accumulator": "lower influence.sparse_ratio", "projector state": "lower influence.sparse_ratio",
              "sketch rows": "lower influence.sketch_dim or influence.chunk_rows"}
-    kind_hints = {"train": "the GRPO batch is train.prompts_per_step × train.num_generations sequences of prompt + "
-                           "train.max_new_tokens tokens in one pass: lower them",
+    kind_hints = {"train": "each forward/backward holds train.micro_batch_size sequences of prompt + "
+                           "train.max_new_tokens tokens (null: all train.prompts_per_step × train.num_generations): "
+                           "set or lower train.micro_batch_size",
                   "grads": "lower influence.micro_batch_tokens", "calibration": "lower influence.micro_batch_tokens",
                   "health": "lower influence.micro_batch_tokens", "evaluation": "lower eval.batch_size",
                   "scores": "lower influence.sketch_dim", "base": "lower bootstrap.batch_size"}

@@ -205,7 +205,7 @@ def text_lines(p) -> list[str]:  # noqa: ANN001
         lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1])
     st = p.step
     lines += ["", f"one GRPO step (identical for CROPI and full data): {st.sequences} sequences, "
-                  f"{fmt_count(st.padded_tokens)} tokens per pass (padded; {fmt_count(st.real_tokens)} real): "
+                  f"{fmt_count(st.padded_tokens)} tokens per step (padded; {fmt_count(st.real_tokens)} real): "
               + "; ".join(f"{k} {fmt_flops(st.flops[k])} FLOPs, {fmt_seconds(st.seconds[k])}" for k in st.flops if st.flops[k])
               + f" — {fmt_flops(st.total_flops)} FLOPs, {fmt_seconds(st.total_s)} per step", ""]
     head = ["totals", "steps", "FLOPs", "device-hours", f"wall on {p.gpus}", "storage"]
