@@ -422,8 +422,16 @@ class RolloutConfig(Section):
     The old names `k_train` and `k_val` still load."""
 
     backend: Literal["hf", "vllm"] = Field("hf", description=(
-        "Sampler: \"hf\" (transformers generate, CPU or GPU) or \"vllm\" (needs a GPU and the [vllm] extra; runs in "
-        "model.dtype). Either way log β is recomputed by teacher forcing."))
+        "Sampler: \"hf\" (transformers generate, CPU or GPU) or \"vllm\" (a vLLM engine, CPU or GPU, in "
+        "model.dtype; where it runs: rollout.vllm_server). Either way log β is recomputed by teacher forcing the HF "
+        "model on the sampled token ids. Keyed: the two samplers draw different responses."))
+    vllm_server: str = Field("serve", description=(
+        "With backend vllm, where the engine runs: \"serve\" (cropi starts `vllm serve <checkpoint folder>` from "
+        "the vLLM venv — $CROPI_VLLM_VENV, else .vllm-venv built by scripts/vllm_env.sh — on 127.0.0.1, once per "
+        "checkpoint, and stops it at exit), \"inprocess\" (vllm.LLM in this process: vLLM importable here, the "
+        "[vllm] extra on a GPU machine) or the http(s):// URL of a running OpenAI-compatible vLLM server, which "
+        "must serve the checkpoint's own folder (checked against its /v1/models root). Not keyed: any of them "
+        "samples the same distribution."))
     num_generations: int = Field(8, ge=2, description=(
         "K: responses sampled per pool prompt (the paper: 8). A prompt whose K rewards are all equal has a zero "
         "off-policy gradient: influence cannot score it and never selects it. Old name k_train."))
@@ -448,8 +456,15 @@ class RolloutConfig(Section):
         "pass whatever their length (the earlier behaviour: 64 responses of 2048 tokens on a 152k vocabulary is "
         "185 GiB of logits). A memory bound that does not change the values (equal to float rounding): not "
         "keyed."))
-    HASH_EXCLUDE = frozenset({"logprob_micro_batch_tokens"})
     RENAMED = {"k_train": "num_generations", "k_val": "num_generations_val"}
+    HASH_EXCLUDE = frozenset({"vllm_server", "logprob_micro_batch_tokens"})
+
+    @field_validator("vllm_server")
+    @classmethod
+    def _server(cls, v: str) -> str:
+        if v in ("serve", "inprocess") or v.startswith(("http://", "https://")):
+            return v.rstrip("/")
+        raise ValueError(f"rollout.vllm_server must be \"serve\", \"inprocess\" or an http(s):// URL (got {v!r})")
 
 
 class InfluenceConfig(Section):

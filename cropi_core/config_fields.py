@@ -33,6 +33,7 @@ WHEN: dict[str, tuple[Callable[[Any], bool], str]] = {
     "candidates": (lambda c: c.influence.candidates is not None, "tasks/selection.py"),
     "verify_set": (lambda c: "verify" in c.storage.model_fields_set, "tasks/common.py"),
     "vllm": (lambda c: c.train.use_vllm, "cropi_core/training.py"),
+    "vllm_rollout": (lambda c: c.rollout.backend == "vllm", "tasks/rollouts.py"),
     "ray": (lambda c: c.runner.kind == "ray", "flows/runtime.py"),
 }
 
@@ -79,6 +80,7 @@ FIELDS: dict[str, tuple[Role, str]] = {
     "data.split_seed": ("values", "files"),
     "data.dedup": ("values", "files"),
     "rollout.backend": ("values", "always"),
+    "rollout.vllm_server": ("execution", "vllm_rollout"),
     "rollout.num_generations": ("values", "always"),
     "rollout.num_generations_val": ("values", "always"),
     "rollout.temperature": ("values", "always"),

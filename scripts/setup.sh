@@ -4,6 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
+# the vLLM venv (.vllm-venv/: vLLM for CPU, for rollout.backend vllm and tests/test_vllm.py); 0.3 s once built.
+# A failure does not stop the set-up: tests/test_vllm.py then fails with the reason.
+bash scripts/vllm_env.sh || echo "setup: the vLLM venv was not built (scripts/vllm_env.sh); tests/test_vllm.py will fail" >&2
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi

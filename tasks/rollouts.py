@@ -16,6 +16,22 @@ from tasks.common import GPU_TAG, show_progress
 from tasks.recipes import RECIPES, produce
 
 R = RECIPES["rollouts"]
+
+
+def vllm_kwargs(cfg: RunConfig, model) -> dict:
+    """Backend arguments for `rollout.backend: vllm`, per `rollout.vllm_server`: "serve" starts (or reuses) a
+    `vllm serve` of the checkpoint's folder from the vLLM venv (tasks/vllm_server.py) and samples over HTTP; a URL
+    samples from that server (which must serve the folder); "inprocess" runs vllm.LLM here."""
+    server = cfg.rollout.vllm_server
+    if server == "inprocess":
+        return {"dtype": cfg.model.dtype}
+    if server == "serve":
+        from tasks.vllm_server import served
+
+        return {"url": served(model.config.name_or_path, dtype=cfg.model.dtype).url}
+    return {"url": server}
+
+
 rollouts_key = R.key
 
 
@@ -32,7 +48,7 @@ def rollouts(cfg: RunConfig, ckpt: ArtifactRef, data: ArtifactRef, k: int, subse
             problems = [problems[i] for i in selected_indices(cfg, subset)]
         model, tok = load_checkpoint(cfg, ckpt)
         r = cfg.rollout
-        kwargs = {"dtype": cfg.model.dtype} if r.backend == "vllm" else {}
+        kwargs = vllm_kwargs(cfg, model) if r.backend == "vllm" else {}
         kwargs["logprob_micro_batch_tokens"] = r.logprob_micro_batch_tokens  # log β's passes: a memory bound only
         recs = get_backend(r.backend, model, tok, **kwargs).sample(
             problems, k, temperature=r.temperature, top_p=r.top_p, max_new_tokens=r.max_new_tokens, seed=r.seed,

@@ -15,12 +15,18 @@ BACKENDS = ("hf", "vllm")
 
 
 def get_backend(name: str, model: "PreTrainedModel | str", tokenizer: "PreTrainedTokenizerBase", **kwargs: Any) -> RolloutBackend:
-    """The backend called `name`: "hf" (transformers generate) or "vllm" (imported only when asked for)."""
+    """The backend called `name`: "hf" (transformers generate) or "vllm": with `url=` a vLLM server over HTTP
+    (cropi_core/rollout/vllm_http.py), else vLLM in this process (imported only when asked for)."""
     if name == "hf":
         from cropi_core.rollout.hf import HFBackend
 
         return HFBackend(model, tokenizer, **kwargs)
+    if name == "vllm" and kwargs.get("url"):
+        from cropi_core.rollout.vllm_http import VLLMServerBackend
+
+        return VLLMServerBackend(model, tokenizer, **kwargs)
     if name == "vllm":
+        kwargs.pop("url", None)
         from cropi_core.rollout.vllm import VLLMBackend
 
         return VLLMBackend(model, tokenizer, **kwargs)
