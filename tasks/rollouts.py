@@ -28,7 +28,8 @@ def vllm_kwargs(cfg: RunConfig, model) -> dict:
     if server == "serve":
         from tasks.vllm_server import served
 
-        return {"url": served(model.config.name_or_path, dtype=cfg.model.dtype).url}
+        server = served(model.config.name_or_path, dtype=cfg.model.dtype)  # holds this checkpoint's weights
+        return {"url": server.url, "model_name": server.folder}
     return {"url": server}
 
 

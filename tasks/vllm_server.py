@@ -22,6 +22,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,9 +96,9 @@ class VLLMServer:
 
 def start_vllm_server(folder: str | Path, *, dtype: str = "float32", max_model_len: int = 2048, seed: int = 0,
                       threads: int | None = None, kv_cache_gib: int = 1, max_batched_tokens: int = 16384,
-                      timeout: float = 600.0) -> VLLMServer:
+                      dev_mode: bool = False, timeout: float = 600.0) -> VLLMServer:
     """Start `vllm serve folder` from the vLLM venv on 127.0.0.1 (a free port) and return once it answers
-    `/v1/models`. RuntimeError with the log's tail when it exits or is not up within `timeout` seconds."""
+    `/v1/models`. `dev_mode` turns on vLLM's development endpoints (`/collective_rpc`: `reload_weights_from`). RuntimeError with the log's tail when it exits or is not up within `timeout` seconds."""
     exe = vllm_python()
     folder = str(Path(folder).resolve())
     if not (Path(folder) / "config.json").is_file():
@@ -125,6 +126,8 @@ def start_vllm_server(folder: str | Path, *, dtype: str = "float32", max_model_l
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": str(kv_cache_gib), "OMP_NUM_THREADS": str(n),
            "VLLM_CPU_OMP_THREADS_BIND": "nobind", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1",
            "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "VLLM_LOGGING_LEVEL": "INFO"}
+    if dev_mode:  # /collective_rpc (reload_weights), /sleep, /wake_up, /reset_prefix_cache: loopback only
+        env["VLLM_SERVER_DEV_MODE"] = "1"
     env.pop("PYTHONPATH", None)  # the project's packages must not shadow the vLLM venv's
     t0 = time.monotonic()
     with open(log_path, "wb") as log:
@@ -152,23 +155,62 @@ def start_vllm_server(folder: str | Path, *, dtype: str = "float32", max_model_l
     return server
 
 
+def reload_weights_from(server: VLLMServer, folder: str | Path, timeout: float = 600.0) -> float:
+    """Load the weights of checkpoint `folder` (same architecture) into the running engine in place, through the
+    dev-mode `/collective_rpc` → worker `reload_weights(weights_path=folder)`; seconds taken. The server keeps
+    answering under its first folder's name (`server.folder` is not changed)."""
+    t0 = time.monotonic()
+    body = json.dumps({"method": "reload_weights", "kwargs": {"weights_path": str(Path(folder).resolve())},
+                       "timeout": timeout}).encode()
+    req = urllib.request.Request(f"{server.url}/collective_rpc", data=body, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            resp.read()
+        req = urllib.request.Request(f"{server.url}/reset_prefix_cache", data=b"", method="POST")
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            resp.read()
+    except urllib.error.HTTPError as err:
+        raise ModelError(f"vLLM reload_weights from {folder}: HTTP {err.code}: "
+                         f"{err.read().decode(errors='replace')[:300]} (dev_mode on?)") from None
+    return time.monotonic() - t0
+
+
 _LOCK = threading.Lock()
 _CURRENT: list[VLLMServer] = []  # at most one
 
 
+def same_architecture(a: str | Path, b: str | Path) -> bool:
+    """Checkpoint folders whose config.json agree but for names and versions: weights of one load into the other's
+    engine in place (the next stage's θ_m into the server of θ_{m-1})."""
+    skip = {"_name_or_path", "transformers_version", "torch_dtype", "dtype"}
+    try:
+        ca, cb = (json.loads((Path(x) / "config.json").read_text()) for x in (a, b))
+    except (OSError, ValueError):
+        return False
+    return {k: v for k, v in ca.items() if k not in skip} == {k: v for k, v in cb.items() if k not in skip}
+
+
 def served(folder: str | Path, *, dtype: str = "float32", max_model_len: int = 2048) -> VLLMServer:
-    """The process's server for `folder`, started on first use; a server of another folder (or dtype) is stopped
-    first (one engine's memory at a time)."""
+    """The process's server holding the weights of checkpoint `folder`, started on first use (in dev mode, on
+    loopback). Asked for another checkpoint of the same architecture and dtype (the next stage's), it loads that
+    folder's weights into the running engine in place (`reload_weights_from`, well under a second for small models,
+    instead of a ~30-60 s restart); otherwise the old server is stopped and a new one started (one engine's memory
+    at a time). `server.loaded` names the folder whose weights it holds; it answers under `server.folder`."""
     folder = str(Path(folder).resolve())
     with _LOCK:
         if _CURRENT:
             cur = _CURRENT[0]
-            if cur.folder == folder and cur.alive() and getattr(cur, "dtype", dtype) == dtype:
+            ok = cur.alive() and getattr(cur, "dtype", None) == dtype
+            if ok and getattr(cur, "loaded", None) == folder:
+                return cur
+            if ok and same_architecture(cur.loaded, folder):  # type: ignore[attr-defined]
+                reload_weights_from(cur, folder)
+                cur.loaded = folder  # type: ignore[attr-defined]
                 return cur
             cur.stop()
             _CURRENT.clear()
-        server = start_vllm_server(folder, dtype=dtype, max_model_len=max_model_len)
-        server.dtype = dtype  # type: ignore[attr-defined]
+        server = start_vllm_server(folder, dtype=dtype, max_model_len=max_model_len, dev_mode=True)
+        server.dtype, server.loaded = dtype, folder  # type: ignore[attr-defined]
         _CURRENT.append(server)
         return server
 

@@ -70,16 +70,18 @@ class VLLMServerBackend(RolloutBackend):
     name = "vllm"
 
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, *, url: str,
-                 logprob_batch_size: int = 64, logprob_micro_batch_tokens: int | None = None, concurrency: int = 64,
-                 timeout: float = 1800.0):
-        """url: the server's base URL; logprob_batch_size / logprob_micro_batch_tokens: teacher-forcing passes of
+                 model_name: str | None = None, logprob_batch_size: int = 64,
+                 logprob_micro_batch_tokens: int | None = None, concurrency: int = 64, timeout: float = 1800.0):
+        """url: the server's base URL; model_name: the name it serves the checkpoint under when the caller knows
+        the server holds this checkpoint's weights (a server cropi started and reloaded, tasks/vllm_server.py);
+        None = check that the server serves the checkpoint's own folder (`served_model`); logprob_batch_size / logprob_micro_batch_tokens: teacher-forcing passes of
         log β, as for the hf backend; concurrency: requests in flight at once; timeout: seconds per request."""
         folder = getattr(model.config, "name_or_path", "") or ""
         if not folder or not (Path(folder) / "config.json").is_file():
             raise ModelError("vllm backend needs the checkpoint's local folder (model.config.name_or_path)")
         self.model, self.tokenizer, self.url = model, tokenizer, url.rstrip("/")
         self.folder = str(Path(folder).resolve())
-        self.model_name = served_model(self.url, self.folder)
+        self.model_name = model_name or served_model(self.url, self.folder)
         self.eos_ids = set(eos_token_ids(model, tokenizer))
         self.logprob_batch_size, self.concurrency, self.timeout = logprob_batch_size, concurrency, timeout
         self.logprob_micro_batch_tokens = logprob_micro_batch_tokens
