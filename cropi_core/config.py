@@ -675,11 +675,12 @@ class TrainConfig(Section):
         "Seeds the order prompts are visited in (seeded permutations of the selection) and TRL's sampling. "
         "`cropi compare` adds the seed index."))
     use_vllm: bool = Field(False, description=(
-        "Generate GRPO's completions with vLLM inside TRL (needs a GPU and the [vllm] extra). An execution backend "
-        "like model.device: not keyed."))
-    vllm_mode: Literal["colocate", "server"] = Field("colocate", description=(
-        "With use_vllm: \"colocate\" (vLLM shares the training GPU) or \"server\" (a separate vLLM server, TRL's "
-        "vllm_mode)."))
+        "Generate GRPO's completions with vLLM (see vllm_mode). An execution backend like model.device: not keyed."))
+    vllm_mode: Literal["colocate", "server", "serve"] = Field("colocate", description=(
+        "With use_vllm: TRL's own vLLM (needs a GPU and the [vllm] extra), \"colocate\" (vLLM shares the training "
+        "GPU) or \"server\" (a `trl vllm-serve` process, NCCL weight sync); or \"serve\" (CPU or GPU): cropi's `vllm "
+        "serve` from the vLLM venv (as rollout.vllm_server serve) generates through TRL's rollout_func, and the "
+        "policy's weights are saved and loaded into it in place before each step's generation (docs/vllm.md)."))
     vllm_gpu_memory_utilization: float = Field(0.3, gt=0, le=1, description=(
         "With use_vllm: share of the GPU's memory vLLM may take."))
     mixed_precision: Literal["no", "bf16"] = Field("no", description=(

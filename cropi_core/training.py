@@ -55,7 +55,7 @@ import numpy as np
 import torch
 
 from cropi_core.config import TrainConfig
-from cropi_core.errors import CropiError, ModelError
+from cropi_core.errors import ConfigError, CropiError, ModelError
 from cropi_core.rng import global_rng
 
 __all__ = ["TrainResult", "train_grpo", "load_policy", "build_trainer", "drop_equal_reward_groups", "training_order",
@@ -74,7 +74,7 @@ class TrainResult:
     steps: int
     log_history: list[dict[str, Any]] = field(default_factory=list)
     final_dir: Path = Path()
-    ran_on: dict[str, str] = field(default_factory=dict)
+    ran_on: dict[str, Any] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------- loading
@@ -256,8 +256,9 @@ def _grpo_args(cfg: TrainConfig, ckpt_dir: Path, progress: bool, device: str = "
 
 
 def _vllm_args(cfg: TrainConfig) -> dict[str, Any]:
-    """GRPOConfig options for `train.use_vllm` (TRL generates with vLLM); ConfigError if vLLM is missing."""
-    if not cfg.use_vllm:
+    """GRPOConfig options for `train.use_vllm` (TRL generates with vLLM); ConfigError if vLLM is missing. With
+    vllm_mode "serve", TRL's own vLLM stays off: cropi's server generates through `rollout_func` (`VLLMServeRollouts`)."""
+    if not cfg.use_vllm or cfg.vllm_mode == "serve":
         return {}
     import importlib.util
 
@@ -268,12 +269,72 @@ def _vllm_args(cfg: TrainConfig) -> dict[str, Any]:
     return {"use_vllm": True, "vllm_mode": cfg.vllm_mode, "vllm_gpu_memory_utilization": cfg.vllm_gpu_memory_utilization}
 
 
+class VLLMServeRollouts:
+    """TRL `rollout_func` for `train.use_vllm` with vllm_mode "serve": GRPO's completions come from a `vllm serve`
+    at `url` (a server in dev mode, tasks/vllm_server.py). Before the first generation of every optimizer step the
+    policy's weights are saved to `sync_dir` and loaded into the engine in place (`reload_weights`), so each step
+    samples from the current policy (on-policy, as TRL's own generation). Prompts are TRL's own token ids
+    (`_tokenize_prompts`); each row (TRL repeats a prompt num_generations times) gets one sample with a seed from
+    (train.seed, step, row); completions are vLLM's token ids, cut after the first EOS (kept)."""
+
+    def __init__(self, url: str, model_name: str, cfg: TrainConfig, sync_dir: str | os.PathLike):
+        self.url, self.model_name, self.cfg, self.sync_dir = url.rstrip("/"), model_name, cfg, Path(sync_dir)
+        self.synced_step: int | None = None
+        self.syncs, self.sync_s, self.generate_s, self.tokens = 0, 0.0, 0.0, 0
+
+    def sync(self, trainer: Any) -> None:
+        """Save the policy and load it into the engine (only when the optimizer step changed)."""
+        import time
+
+        from cropi_core.rollout.vllm_http import reload_weights
+
+        step = int(trainer.state.global_step)
+        if self.synced_step == step:
+            return
+        t0 = time.perf_counter()
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        model.save_pretrained(str(self.sync_dir), safe_serialization=True)
+        trainer.processing_class.save_pretrained(str(self.sync_dir))
+        reload_weights(self.url, self.sync_dir)
+        self.synced_step, self.syncs, self.sync_s = step, self.syncs + 1, self.sync_s + time.perf_counter() - t0
+
+    def __call__(self, prompts: list, trainer: Any) -> dict[str, Any]:
+        import time
+
+        from cropi_core.rollout.base import derive_seed, truncate_at_eos
+        from cropi_core.rollout.vllm_http import completions
+
+        self.sync(trainer)
+        prompt_ids, _, _ = trainer._tokenize_prompts(prompts)
+        tok = trainer.processing_class
+        eos = sorted(set(getattr(trainer, "eos_token_ids", None) or [tok.eos_token_id]))
+        step = self.synced_step
+        bodies = [{"model": self.model_name, "prompt": list(ids), "n": 1, "temperature": self.cfg.temperature,
+                   "top_p": 1.0, "top_k": -1, "min_p": 0.0, "max_tokens": self.cfg.max_new_tokens, "min_tokens": 0,
+                   "repetition_penalty": 1.0, "seed": derive_seed(self.cfg.seed, "grpo", step, row) % (2**31),
+                   "stop_token_ids": eos, "skip_special_tokens": True, "return_token_ids": True}
+                  for row, ids in enumerate(prompt_ids)]
+        t0 = time.perf_counter()
+        answers = completions(self.url, bodies)
+        self.generate_s += time.perf_counter() - t0
+        comp = [truncate_at_eos(list(a["choices"][0]["token_ids"]), set(eos)) for a in answers]
+        self.tokens += sum(len(c) for c in comp)
+        return {"prompt_ids": [list(p) for p in prompt_ids], "completion_ids": comp, "logprobs": None}
+
+    def record(self) -> dict[str, Any]:
+        """What generation ran on, for the checkpoint's meta (`ran_on["generate"]`)."""
+        return {"engine": "vllm serve", "weight_syncs": self.syncs, "sync_s": round(self.sync_s, 3),
+                "generate_s": round(self.generate_s, 3), "tokens": self.tokens}
+
+
 def build_trainer(model_dir, problems, cfg: TrainConfig, ckpt_dir, *, template: str, instruction: str,
                   fault_hook: Callable[[int], None] | None = None, progress: bool = True, device: str = "auto",
-                  log: Callable[[str], None] | None = None):
+                  log: Callable[[str], None] | None = None, vllm_url: str | None = None,
+                  vllm_model: str | None = None):
     """The configured `GRPOTrainer` subclass for one stage (exposed for tests and benchmarks); `device` as
     `model.device` ("auto": CUDA when available; "cpu" keeps training on the CPU). With `progress` off, Trainer's
-    per-step log dicts go to `log` (as Trainer would print them), or nowhere without one."""
+    per-step log dicts go to `log` (as Trainer would print them), or nowhere without one. `vllm_url` /
+    `vllm_model`: the server (and its model name) that generates when train.use_vllm with vllm_mode "serve"."""
     from transformers import TrainerCallback
 
     if len(problems) == 0:
@@ -311,6 +372,13 @@ def build_trainer(model_dir, problems, cfg: TrainConfig, ckpt_dir, *, template: 
             callbacks=callbacks,
         )
     trainer.dynamic_sampling = cfg.dynamic_sampling
+    trainer.vllm_rollouts = None
+    if cfg.use_vllm and cfg.vllm_mode == "serve":
+        if not vllm_url:
+            raise ConfigError("train.vllm_mode serve needs a vllm serve URL (tasks/train.py starts one)")
+        trainer.vllm_rollouts = VLLMServeRollouts(vllm_url, vllm_model or str(model_dir), cfg,
+                                                  Path(ckpt_dir).parent / "vllm-sync")
+        trainer.rollout_func = trainer.vllm_rollouts  # TRL's (experimental) generation hook
     # the dtype the policy's logits come out in: bfloat16 under train.mixed_precision "bf16" (autocast)
     trainer.compute_dtypes = set()
     model.get_output_embeddings().register_forward_hook(
@@ -348,6 +416,8 @@ def train_grpo(
     progress: bool = True,
     device: str = "auto",
     log: Callable[[str], None] | None = None,
+    vllm_url: str | None = None,
+    vllm_model: str | None = None,
 ) -> TrainResult:
     """GRPO on `problems` (the stage's selected `Problem`s) for `cfg.steps_per_stage` steps.
 
@@ -356,7 +426,9 @@ def train_grpo(
     resume: continue from the newest complete checkpoint (and return at once if final/ is already there);
     False starts from scratch, deleting old checkpoints. fault_hook(step) runs after every optimizer step
     (tests raise from it to simulate a crash). device: `model.device` (see `build_trainer`). progress: tqdm bar and
-    per-step dicts on the console; off, the dicts go to `log` (e.g. the run's logger) if given.
+    per-step dicts on the console; off, the dicts go to `log` (e.g. the run's logger) if given. vllm_url /
+    vllm_model: the `vllm serve` that generates with train.use_vllm and vllm_mode "serve" (`VLLMServeRollouts`);
+    what it did lands in `ran_on["generate"]`.
     """
     out = Path(out_dir)
     final_dir, ckpt_dir = out / "final", out / "checkpoints"
@@ -371,7 +443,8 @@ def train_grpo(
 
     with global_rng():  # TRL seeds and samples from torch's process-wide generator (cropi_core/rng.py)
         trainer = build_trainer(model_dir, problems, cfg, ckpt_dir, template=template, instruction=instruction,
-                                fault_hook=fault_hook, progress=progress, device=device, log=log)
+                                fault_hook=fault_hook, progress=progress, device=device, log=log,
+                                vllm_url=vllm_url, vllm_model=vllm_model)
         start = last_checkpoint(ckpt_dir) if resume else None
         trainer.train(resume_from_checkpoint=str(start) if start else None)
 
@@ -382,6 +455,9 @@ def train_grpo(
     history = [dict(h) for h in trainer.state.log_history]
     ran_on = {"dtype": "/".join(sorted(trainer.compute_dtypes)), "device": trainer.model.device.type,
               "weights": _dtype_name(next(trainer.model.parameters()).dtype)}
+    if trainer.vllm_rollouts is not None:
+        ran_on["generate"] = trainer.vllm_rollouts.record()
+        shutil.rmtree(trainer.vllm_rollouts.sync_dir, ignore_errors=True)
     (tmp / RESULT_FILE).write_text(json.dumps({"steps": trainer.state.global_step, "log_history": history,
                                                "ran_on": ran_on}, default=float))
     shutil.rmtree(final_dir, ignore_errors=True)

@@ -51,9 +51,21 @@ def _train(cfg: RunConfig, stage: int, ckpt: ArtifactRef, pool: ArtifactRef, sel
             raise TransientFault(f"injected transient fault in train at step {step} (attempt {attempt()})")
 
     resumed = any(out.glob("checkpoints/checkpoint-*"))  # an earlier attempt's steps: not in this one's seconds
-    res = train_grpo(checkpoint_path(cfg, ckpt), chosen, cfg.train, out, template=cfg.data.template,
-                     instruction=cfg.data.instruction, resume=True, fault_hook=hook,
-                     progress=show_progress(), log=log, device=cfg.model.device)
+    server = {}
+    if cfg.train.use_vllm and cfg.train.vllm_mode == "serve":  # cropi's vllm serve generates (docs/vllm.md)
+        from tasks.vllm_server import served
+
+        srv = served(checkpoint_path(cfg, ckpt), dtype=cfg.model.dtype)
+        server = {"vllm_url": srv.url, "vllm_model": srv.folder}
+    try:
+        res = train_grpo(checkpoint_path(cfg, ckpt), chosen, cfg.train, out, template=cfg.data.template,
+                         instruction=cfg.data.instruction, resume=True, fault_hook=hook,
+                         progress=show_progress(), log=log, device=cfg.model.device, **server)
+    finally:
+        if server:  # the engine now holds a synced policy, no checkpoint's weights
+            from tasks.vllm_server import forget_loaded
+
+            forget_loaded()
     last = res.log_history[-1] if res.log_history else {}
     rewards = [float(h["reward"]) for h in res.log_history if "reward" in h]
     meta = {"producer": key, "run": cfg.name, "stage": stage + 1, "steps": res.steps,

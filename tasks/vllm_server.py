@@ -156,23 +156,22 @@ def start_vllm_server(folder: str | Path, *, dtype: str = "float32", max_model_l
 
 
 def reload_weights_from(server: VLLMServer, folder: str | Path, timeout: float = 600.0) -> float:
-    """Load the weights of checkpoint `folder` (same architecture) into the running engine in place, through the
-    dev-mode `/collective_rpc` → worker `reload_weights(weights_path=folder)`; seconds taken. The server keeps
+    """Load the weights of checkpoint `folder` (same architecture) into the running engine in place
+    (`cropi_core.rollout.vllm_http.reload_weights`; the server runs in dev mode); seconds taken. The server keeps
     answering under its first folder's name (`server.folder` is not changed)."""
+    from cropi_core.rollout.vllm_http import reload_weights
+
     t0 = time.monotonic()
-    body = json.dumps({"method": "reload_weights", "kwargs": {"weights_path": str(Path(folder).resolve())},
-                       "timeout": timeout}).encode()
-    req = urllib.request.Request(f"{server.url}/collective_rpc", data=body, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            resp.read()
-        req = urllib.request.Request(f"{server.url}/reset_prefix_cache", data=b"", method="POST")
-        with urllib.request.urlopen(req, timeout=60) as resp:
-            resp.read()
-    except urllib.error.HTTPError as err:
-        raise ModelError(f"vLLM reload_weights from {folder}: HTTP {err.code}: "
-                         f"{err.read().decode(errors='replace')[:300]} (dev_mode on?)") from None
+    reload_weights(server.url, folder, timeout=timeout)
     return time.monotonic() - t0
+
+
+def forget_loaded() -> None:
+    """The kept server's weights are no longer any checkpoint's (GRPO synced the policy into it): the next
+    `served` call reloads whatever folder it is asked for."""
+    with _LOCK:
+        for s in _CURRENT:
+            s.loaded = None  # type: ignore[attr-defined]
 
 
 _LOCK = threading.Lock()
@@ -203,7 +202,7 @@ def served(folder: str | Path, *, dtype: str = "float32", max_model_len: int = 2
             ok = cur.alive() and getattr(cur, "dtype", None) == dtype
             if ok and getattr(cur, "loaded", None) == folder:
                 return cur
-            if ok and same_architecture(cur.loaded, folder):  # type: ignore[attr-defined]
+            if ok and same_architecture(cur.folder, folder):  # the engine's architecture is its first folder's
                 reload_weights_from(cur, folder)
                 cur.loaded = folder  # type: ignore[attr-defined]
                 return cur

@@ -13,6 +13,8 @@ the hf backend and once by vLLM:
   backends sample the same distribution);
 - the next checkpoint (θ_0 with a perturbed LM head) is loaded into the running server in place (dev-mode
   `/collective_rpc` reload_weights, no restart), after which the server's greedy tokens are HF's on the new weights;
+- `train.use_vllm` with vllm_mode serve: two GRPO steps whose completions come from the same server through TRL's
+  rollout_func, the policy's weights saved and loaded into it before each step's generation (2 syncs);
 - the server is stopped afterwards; a server serving another checkpoint, and a bad `rollout.vllm_server`, are
   refused with one line.
 If the vLLM venv cannot be built the tests fail with the reason (never skip).
@@ -93,6 +95,7 @@ def sampled(vllm_venv, tmp_path_factory, prefect_api):
         with pytest.raises(ModelError, match="not the checkpoint"):
             served_model(server.url, str(root))  # a server of another checkpoint is refused
         out["reload"] = _reload_check(cfg, base, server, tmp_path_factory.mktemp("theta1"))
+        out["grpo"] = _grpo_check(cfg, base, server, tmp_path_factory.mktemp("grpo"))
     finally:
         vllm_server.stop_all()
     t0 = time.perf_counter()
@@ -143,6 +146,28 @@ def _reload_check(cfg, base, server, folder: Path) -> dict:
             "vllm_before": served_before, "vllm_after": _greedy(server, server.folder, prompt)}
 
 
+def _grpo_check(cfg, base, server, folder: Path) -> dict:
+    """Two GRPO steps with train.use_vllm, vllm_mode serve: TRL's completions come from the running server, the
+    policy synced into it before each step's generation."""
+    from cropi_core.data.splits import build_splits
+    from cropi_core.training import train_grpo
+    from tasks import vllm_server
+    from tasks.artifacts import checkpoint_path
+
+    tcfg = cfg.train.model_copy(update={"use_vllm": True, "vllm_mode": "serve", "steps_per_stage": 2,
+                                        "prompts_per_step": 2, "num_generations": 4, "save_steps": 100})
+    try:
+        res = train_grpo(checkpoint_path(cfg, base), build_splits(cfg.data).pool[:8], tcfg, folder,
+                         template=cfg.data.template, instruction=cfg.data.instruction, resume=False, progress=False,
+                         device="cpu", vllm_url=server.url, vllm_model=server.folder)
+    finally:
+        vllm_server.forget_loaded()
+    again = vllm_server.served(checkpoint_path(cfg, base), dtype=cfg.model.dtype)  # θ_0 back in, in place
+    return {"steps": res.steps, "generate": res.ran_on.get("generate"), "rewards": [
+        h["reward"] for h in res.log_history if "reward" in h], "same_process": again is server,
+        "loaded": again.loaded == str(Path(checkpoint_path(cfg, base)).resolve())}
+
+
 def _records(sampled, name):
     from tasks.artifacts import read_rollouts
 
@@ -168,6 +193,14 @@ def test_the_next_checkpoint_is_reloaded_in_place(sampled):
     assert common(r["hf_before"], r["hf_after"]) < AGREE, r
     assert common(r["vllm_before"], r["hf_before"]) >= AGREE and common(r["vllm_after"], r["hf_after"]) >= AGREE, r
     assert r["reload_s"] < 30, r
+
+
+def test_grpo_generates_with_the_server_and_syncs_every_step(sampled):
+    g = sampled["grpo"]
+    assert g["steps"] == 2 and len(g["rewards"]) == 2, g
+    gen = g["generate"]
+    assert gen["engine"] == "vllm serve" and gen["weight_syncs"] == 2 and gen["tokens"] > 0, g
+    assert g["same_process"] and g["loaded"], g  # afterwards the checkpoint is reloaded, not assumed
 
 
 def test_keys_and_manifests_name_the_backend(sampled):

@@ -50,6 +50,27 @@ def http_json(url: str, body: dict | None = None, *, timeout: float = 600.0) -> 
         raise ModelError(f"vLLM server {url} unreachable: {getattr(err, 'reason', err)}") from None
 
 
+def reload_weights(url: str, folder: str | Path, *, timeout: float = 600.0) -> None:
+    """Load checkpoint `folder`'s weights (same architecture) into the engine at `url` in place: vLLM's dev-mode
+    `/collective_rpc` → every worker's `reload_weights(weights_path=folder)`, then `/reset_prefix_cache` (cached
+    KV blocks were computed with the old weights). The server must run with VLLM_SERVER_DEV_MODE=1."""
+    http_json(f"{url}/collective_rpc", {"method": "reload_weights",
+                                        "kwargs": {"weights_path": str(Path(folder).resolve())}, "timeout": timeout},
+              timeout=timeout)
+    req = urllib.request.Request(f"{url}/reset_prefix_cache", data=b"", method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            resp.read()
+    except urllib.error.HTTPError as err:
+        raise ModelError(f"vLLM server {url}/reset_prefix_cache: HTTP {err.code}") from None
+
+
+def completions(url: str, bodies: list[dict], *, concurrency: int = 64, timeout: float = 1800.0) -> list[dict]:
+    """POST every body to `url`/v1/completions, all in flight together (the engine batches them); answers in order."""
+    with ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(bodies)))) as pool:
+        return list(pool.map(lambda b: http_json(f"{url}/v1/completions", b, timeout=timeout), bodies))
+
+
 def served_model(url: str, folder: str) -> str:
     """The model name under which the server at `url` serves checkpoint `folder`; ModelError when it serves
     another model (its rollouts would not be this checkpoint's)."""
@@ -106,9 +127,7 @@ class VLLMServerBackend(RolloutBackend):
         bodies = [self.request(ids, k, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
                                seed=derive_seed(seed, "vllm", p.id) % (2**31)) for p, ids in zip(problems, prompt_ids)]
         start = time.perf_counter()
-        # all requests in flight together: the server batches them (continuous batching)
-        with ThreadPoolExecutor(max_workers=max(1, min(self.concurrency, len(bodies)))) as pool:
-            answers = list(pool.map(lambda b: http_json(f"{self.url}/v1/completions", b, timeout=self.timeout), bodies))
+        answers = completions(self.url, bodies, concurrency=self.concurrency, timeout=self.timeout)
         gen_s = time.perf_counter() - start
         outputs = [self._output(p, ids, a, k) for p, ids, a in zip(problems, prompt_ids, answers)]
         was_training = self.model.training
