@@ -266,7 +266,11 @@ def _vllm_args(cfg: TrainConfig) -> dict[str, Any]:
 
     if importlib.util.find_spec("vllm") is None:
         raise ConfigError("train.use_vllm: true needs vLLM and a GPU: pip install 'cropi[vllm]'")
-    return {"use_vllm": True, "vllm_mode": cfg.vllm_mode, "vllm_gpu_memory_utilization": cfg.vllm_gpu_memory_utilization}
+    # TRL's vLLM importance-sampling correction (on by default) reweights the loss by π_trainer / π_vLLM per token:
+    # a different objective under an unkeyed execution field. Off, the loss is the paper's GRPO loss whichever
+    # engine sampled (as verl's default), and train.use_vllm stays a pure choice of sampler.
+    return {"use_vllm": True, "vllm_mode": cfg.vllm_mode, "vllm_gpu_memory_utilization": cfg.vllm_gpu_memory_utilization,
+            "vllm_importance_sampling_correction": False}
 
 
 class VLLMServeRollouts:
