@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -112,6 +115,21 @@ def test_lineage_and_inspect_unknown_key(tmp_path):
 def test_parse_sets_values_are_yaml():
     assert parse_sets(["selection.ratio=0.2", "name=x", "data.synthetic.domains=[add, mul]", "train.dynamic_sampling=true"]) == {
         "selection.ratio": 0.2, "name": "x", "data.synthetic.domains": ["add", "mul"], "train.dynamic_sampling": True}
+
+
+@pytest.mark.parametrize("env_value, expected", [(None, 120.0), ("7", 7.0)])
+def test_prefect_server_startup_timeout_reaches_prefect(env_value, expected):
+    """The CLI's 120 s startup timeout must be in the environment before Prefect is first imported (Prefect reads
+    its settings once, at import): set later, Prefect kept its 20 s and a loaded 2-core machine failed to start
+    its temporary server. A value the user exported still wins."""
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"}
+    if env_value is not None:
+        env["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = env_value
+    code = ("import flows.cli\n"  # what `cropi` imports first
+            "from prefect.settings import get_current_settings\n"
+            "print(get_current_settings().server.ephemeral.startup_timeout_seconds)")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert float(out.stdout.strip().splitlines()[-1]) == expected
 
 
 def test_help_lists_commands():

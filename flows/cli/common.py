@@ -1,13 +1,12 @@
 """What every `cropi` command shares: one-line user errors (exit code 2) and one-line config deprecations.
 
 Importing this module sets them up for the process: an old config key prints `warning: ...` (one line, no
-source location), and Prefect's temporary API server gets a startup timeout a loaded 2-core machine can meet.
+source location). (Prefect's server startup timeout is set in `flows/__init__.py`, before Prefect is imported.)
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import warnings
 from collections.abc import Iterator
 
@@ -16,8 +15,6 @@ import typer
 from cropi_core.errors import ConfigDeprecation, CropiError
 
 EXIT_USER_ERROR = 2
-# a loaded 2-core machine can take > 20 s (Prefect's default) to start the temporary API server
-os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 _show_warning = warnings.showwarning
 
