@@ -132,6 +132,20 @@ def test_prefect_server_startup_timeout_reaches_prefect(env_value, expected):
     assert float(out.stdout.strip().splitlines()[-1]) == expected
 
 
+def test_prefect_server_not_starting_is_one_line(tmp_path):
+    """A real temporary server given no time to start (a limit of 0 s): `cropi run` says so in one line and what to
+    set (exit 2), instead of Prefect's traceback."""
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}  # the test harness's server: not used
+    env.update(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="0", PREFECT_HOME=str(tmp_path / "prefect"))
+    out = subprocess.run([sys.executable, "-m", "flows.cli", "run", "--config", "configs/tiny.yaml",
+                          "--storage", str(tmp_path / "store")], env=env, capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parents[1], timeout=300)
+    assert out.returncode == 2, out.stderr[-2000:]
+    errors = [ln for ln in out.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "did not start within 0 s" in errors[0], out.stderr[-2000:]
+    assert "Traceback" not in out.stderr
+
+
 def test_help_lists_commands():
     res = run_cli("--help")
     assert res.exit_code == 0

@@ -7,6 +7,7 @@ source location). (Prefect's server startup timeout is set in `flows/__init__.py
 from __future__ import annotations
 
 import contextlib
+import os
 import warnings
 from collections.abc import Iterator
 
@@ -39,9 +40,17 @@ def fail(err: BaseException) -> None:
 
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
-    """A CropiError raised inside the block is the user's: `fail` prints it as one line and exits 2."""
+    """A CropiError raised inside the block is the user's: `fail` prints it as one line and exits 2. So is
+    Prefect's temporary API server not starting in time (a busy machine, not a bug): one line saying what to set."""
     try:
         yield
     except CropiError as err:
         fail(err)
+    except RuntimeError as err:
+        if "ephemeral Prefect API server" not in str(err):
+            raise
+        limit = os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "20")
+        fail(CropiError(f"Prefect's temporary API server did not start within {limit} s on this machine: "
+                        "raise PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, or start one with `cropi ui` "
+                        "and export PREFECT_API_URL=http://127.0.0.1:4200/api"))
 
