@@ -745,6 +745,19 @@ class EvalConfig(Section):
     max_new_tokens: int = Field(32, gt=0, description="Longest response generated per test prompt, in tokens.")
     batch_size: int = Field(128, gt=0, description=(
         "Test prompts per generate call. Keyed, as for rollouts: the mean@n samples depend on batching."))
+    every_steps: int | None = Field(None, ge=1, description=(
+        "Also evaluate inside each stage, every this many GRPO steps (null = at stage boundaries only). Training "
+        "saves the policy at those steps as checkpoints of their own (parents: the stage's start and selection), "
+        "each evaluated on every test set like a stage's end: the learning curve, and so the steps to a target "
+        "accuracy, is then read at that resolution instead of interpolated linearly across a whole stage (which "
+        "reads a concave curve's crossing late). Costs one evaluation and one stored checkpoint per point. Not "
+        "keyed: no artifact's content depends on it (a stage trained without it is retrained once to save them, "
+        "and on the same machine reproduces the same final checkpoint)."))
+    HASH_EXCLUDE = frozenset({"every_steps"})
+
+    def mid_steps(self, steps_per_stage: int) -> list[int]:
+        """Steps inside a stage (0 < k < steps_per_stage) at which the policy is saved and evaluated."""
+        return list(range(self.every_steps, steps_per_stage, self.every_steps)) if self.every_steps else []
 
 
 class StorageConfig(Section):

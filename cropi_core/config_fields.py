@@ -140,6 +140,7 @@ FIELDS: dict[str, tuple[Role, str]] = {
     "eval.temperature": ("values", "always"),
     "eval.max_new_tokens": ("values", "always"),
     "eval.batch_size": ("values", "always"),
+    "eval.every_steps": ("schedule", "always"),
     "storage.root": ("execution", "always"),
     "storage.verify": ("execution", "verify_set"),
     "runner.kind": ("execution", "always"),

@@ -62,6 +62,7 @@ __all__ = ["TrainResult", "train_grpo", "load_policy", "build_trainer", "drop_eq
            "micro_batching"]
 
 RESULT_FILE = "train_result.json"
+STEPS_DIR = "steps"  # out_dir/steps/step-<k>: the policy after step k (keep_steps), saved before any checkpoint at k
 _CKPT_RE = re.compile(r"^checkpoint-(\d+)$")
 
 
@@ -75,6 +76,7 @@ class TrainResult:
     log_history: list[dict[str, Any]] = field(default_factory=list)
     final_dir: Path = Path()
     ran_on: dict[str, Any] = field(default_factory=dict)
+    step_dirs: dict[int, Path] = field(default_factory=dict)  # step k in the stage → the policy saved after it
 
 
 # ---------------------------------------------------------------- loading
@@ -334,11 +336,12 @@ class VLLMServeRollouts:
 def build_trainer(model_dir, problems, cfg: TrainConfig, ckpt_dir, *, template: str, instruction: str,
                   fault_hook: Callable[[int], None] | None = None, progress: bool = True, device: str = "auto",
                   log: Callable[[str], None] | None = None, vllm_url: str | None = None,
-                  vllm_model: str | None = None):
+                  vllm_model: str | None = None, keep_steps: Sequence[int] = (), steps_dir: Path | None = None):
     """The configured `GRPOTrainer` subclass for one stage (exposed for tests and benchmarks); `device` as
     `model.device` ("auto": CUDA when available; "cpu" keeps training on the CPU). With `progress` off, Trainer's
     per-step log dicts go to `log` (as Trainer would print them), or nowhere without one. `vllm_url` /
-    `vllm_model`: the server (and its model name) that generates when train.use_vllm with vllm_mode "serve"."""
+    `vllm_model`: the server (and its model name) that generates when train.use_vllm with vllm_mode "serve".
+    keep_steps: save the policy (weights + tokenizer) after these optimizer steps to `steps_dir/step-<k>`."""
     from transformers import TrainerCallback
 
     if len(problems) == 0:
@@ -354,6 +357,17 @@ def build_trainer(model_dir, problems, cfg: TrainConfig, ckpt_dir, *, template: 
                 fault_hook(state.global_step)
 
         callbacks.append(_FaultHook())
+    if keep_steps:
+        keep, folder = frozenset(keep_steps), Path(steps_dir or Path(ckpt_dir).parent / STEPS_DIR)
+
+        class _KeepSteps(TrainerCallback):
+            # on_step_end runs before Trainer saves its own checkpoint of the same step, so a resumed run never
+            # starts past a kept step whose folder is missing
+            def on_step_end(self, args, state, control, model=None, processing_class=None, **kwargs):
+                if state.global_step in keep:
+                    save_policy(model, processing_class, folder / f"step-{state.global_step}")
+
+        callbacks.insert(0, _KeepSteps())
     if not progress and log is not None:
 
         class _LogDicts(TrainerCallback):
@@ -422,6 +436,7 @@ def train_grpo(
     log: Callable[[str], None] | None = None,
     vllm_url: str | None = None,
     vllm_model: str | None = None,
+    keep_steps: Sequence[int] = (),
 ) -> TrainResult:
     """GRPO on `problems` (the stage's selected `Problem`s) for `cfg.steps_per_stage` steps.
 
@@ -432,23 +447,27 @@ def train_grpo(
     (tests raise from it to simulate a crash). device: `model.device` (see `build_trainer`). progress: tqdm bar and
     per-step dicts on the console; off, the dicts go to `log` (e.g. the run's logger) if given. vllm_url /
     vllm_model: the `vllm serve` that generates with train.use_vllm and vllm_mode "serve" (`VLLMServeRollouts`);
-    what it did lands in `ran_on["generate"]`.
+    what it did lands in `ran_on["generate"]`. keep_steps: optimizer steps after which the policy is also saved,
+    to `out_dir/steps/step-<k>` (`TrainResult.step_dirs`; eval.every_steps).
     """
     out = Path(out_dir)
-    final_dir, ckpt_dir = out / "final", out / "checkpoints"
-    if resume and (final_dir / RESULT_FILE).exists():
+    final_dir, ckpt_dir, steps_dir = out / "final", out / "checkpoints", out / STEPS_DIR
+    kept = lambda: {k: steps_dir / f"step-{k}" for k in keep_steps if (steps_dir / f"step-{k}").is_dir()}  # noqa: E731
+    if resume and (final_dir / RESULT_FILE).exists() and len(kept()) == len(set(keep_steps)):
         saved = json.loads((final_dir / RESULT_FILE).read_text())
         return TrainResult(steps=saved["steps"], log_history=saved["log_history"], final_dir=final_dir,
-                           ran_on=saved.get("ran_on", {}))
-    if not resume:
+                           ran_on=saved.get("ran_on", {}), step_dirs=kept())
+    if not resume or (final_dir / RESULT_FILE).exists():  # (a final without the kept steps asked for: again)
         shutil.rmtree(ckpt_dir, ignore_errors=True)
         shutil.rmtree(final_dir, ignore_errors=True)
+        shutil.rmtree(steps_dir, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
 
     with global_rng():  # TRL seeds and samples from torch's process-wide generator (cropi_core/rng.py)
         trainer = build_trainer(model_dir, problems, cfg, ckpt_dir, template=template, instruction=instruction,
                                 fault_hook=fault_hook, progress=progress, device=device, log=log,
-                                vllm_url=vllm_url, vllm_model=vllm_model)
+                                vllm_url=vllm_url, vllm_model=vllm_model, keep_steps=keep_steps,
+                                steps_dir=steps_dir)
         start = last_checkpoint(ckpt_dir) if resume else None
         trainer.train(resume_from_checkpoint=str(start) if start else None)
 
@@ -467,4 +486,18 @@ def train_grpo(
     shutil.rmtree(final_dir, ignore_errors=True)
     os.replace(tmp, final_dir)
     shutil.rmtree(ckpt_dir, ignore_errors=True)
-    return TrainResult(steps=trainer.state.global_step, log_history=history, final_dir=final_dir, ran_on=ran_on)
+    missing = sorted(set(keep_steps) - set(kept()))
+    if missing:  # only a step past the stage's end (the caller's mistake) can be missing here
+        raise CropiError(f"train_grpo: no policy was saved after step(s) {missing} of {trainer.state.global_step}")
+    return TrainResult(steps=trainer.state.global_step, log_history=history, final_dir=final_dir, ran_on=ran_on,
+                       step_dirs=kept())
+
+
+def save_policy(model, tokenizer, folder: Path) -> None:
+    """The policy's weights (safetensors) and tokenizer in `folder`, which appears complete or not at all."""
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(str(tmp), safe_serialization=True)
+    tokenizer.save_pretrained(str(tmp))
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(tmp, folder)

@@ -7,11 +7,15 @@ Definitions (all on the seed-MEAN curves):
 
 - targeted accuracy of a run at step t = mean over the targeted test sets of the accuracy metric (greedy pass@1,
   or mean@n of sampled answers when eval.n_samples > 0); untargeted likewise.
-  Evaluations exist at stage boundaries t_i = i·E (i = 0..S).
+  Evaluations exist at stage boundaries t_i = i·E (i = 0..S), and with eval.every_steps = e also every e steps
+  inside each stage (the curves below then have those points too; a method's seeds are cut to the steps all of
+  them were evaluated at).
 - target A* = full data's final (t = S·E) mean targeted accuracy.
 - steps to target t*(method): the first crossing of A* by the piecewise-LINEAR interpolation of the method's mean
   targeted curve between consecutive evaluations: the first i with a(t_i) ≥ A*; t* = 0 if i = 0, else
-  t* = t_{i-1} + (A* − a(t_{i-1})) / (a(t_i) − a(t_{i-1})) · E. Never reached → no speed-up ("not reached").
+  t* = t_{i-1} + (A* − a(t_{i-1})) / (a(t_i) − a(t_{i-1})) · (t_i − t_{i-1}). Never reached → no speed-up ("not
+  reached"). On a concave curve a coarser grid reads the crossing later; with mid-stage evaluations the report
+  also gives the speed-up read from the stage-end points alone, comparable with runs that have no others.
 - step speed-up = (S·E) / t*  (the paper's 2.66×: full data's steps over the method's steps to the same accuracy).
 - cost c(t) in seconds: offline rollouts the method needs + for each stage begun, its scoring (calibration and
   candidates where configured, sketches, scores, selection; paid at the stage start) + the stage's training time pro rata to the steps done in it. Bootstrap
@@ -82,6 +86,20 @@ def cost_at(rec: dict[str, Any], t: float, offline: bool = True) -> float | None
     return float(c)
 
 
+def speedup(total_steps: float, t_star: float | None) -> float | None:
+    """(S·E) / t*: ∞ when the target holds from step 0, None when never reached."""
+    return None if t_star is None else (float("inf") if t_star == 0 else total_steps / t_star)
+
+
+def common_steps(curves: list[tuple[np.ndarray, ...]]) -> list[tuple[np.ndarray, ...]]:
+    """The (steps, values...) curves of one method's seeds cut to the steps all of them were evaluated at (runs
+    reused from before eval.every_steps was set have the stage ends only)."""
+    if not curves:
+        return curves
+    keep = set(curves[0][0].tolist()).intersection(*(set(c[0].tolist()) for c in curves[1:]))
+    return [tuple(a[np.isin(c[0], list(keep))] for a in c) for c in curves]
+
+
 def _mean_std(x: list[float]) -> tuple[float, float]:
     a = np.asarray([v for v in x if v is not None and np.isfinite(v)], dtype=float)
     if a.size == 0:
@@ -100,7 +118,7 @@ def summarize(records: list[dict[str, Any]], methods: list[str]) -> dict[str, An
     for m, rs in by.items():
         row: dict[str, Any] = {"seeds": [r["seed"] for r in rs]}
         for g, short in (("test_targeted", "tgt"), ("test_untargeted", "unt")):
-            curves = [group_curve(r, g) for r in rs]
+            curves = common_steps([group_curve(r, g) for r in rs])
             if not curves or curves[0][0].size == 0:
                 continue
             steps = curves[0][0]
@@ -135,7 +153,11 @@ def summarize(records: list[dict[str, Any]], methods: list[str]) -> dict[str, An
                 continue
             t_star = steps_to_reach(np.asarray(row["steps"]), np.asarray(row["tgt_mean"]), target)
             row["steps_to_target"] = t_star
-            row["step_speedup"] = (T / t_star if t_star and t_star > 0 else (float("inf") if t_star == 0 else None))
+            row["step_speedup"] = speedup(T, t_star)
+            ends = np.isclose(np.mod(row["steps"], by[m][0]["steps_per_stage"]), 0)
+            if not ends.all():  # a finer grid (eval.every_steps): the same rule on the stage-end points alone
+                row["step_speedup_stage_ends"] = speedup(T, steps_to_reach(
+                    np.asarray(row["steps"])[ends], np.asarray(row["tgt_mean"])[ends], target))
             # wall-clock at t* on the seed-mean cost curve (costs of each seed at t*, averaged)
             for sfx, offline in COSTS:
                 cs = [cost_at(r, t_star, offline) for r in by[m]] if t_star is not None else [None]
@@ -147,14 +169,13 @@ def summarize(records: list[dict[str, Any]], methods: list[str]) -> dict[str, An
                 # reached, but a cost this folder never timed (artifacts computed by another run on the root)
                 row[f"wall_unpriced{sfx}"] = t_star is not None and row[f"wall_speedup{sfx}"] is None
             # per-seed step speed-ups against the same target (spread of the headline metric)
-            per = []
-            for r in by[m]:
-                st, a, _ = group_curve(r, "test_targeted")
-                ts = steps_to_reach(st, a, target)
-                per.append(None if ts is None else (float("inf") if ts == 0 else T / ts))
+            per = [speedup(T, steps_to_reach(st, a, target))
+                   for st, a, _ in common_steps([group_curve(r, "test_targeted") for r in by[m]])]
             row["step_speedup_per_seed"] = per
             if degenerate:
                 row["step_speedup"] = row["wall_speedup"] = row["wall_speedup_excl_offline"] = float("nan")
+                if "step_speedup_stage_ends" in row:
+                    row["step_speedup_stage_ends"] = float("nan")
                 row["step_speedup_per_seed"] = [float("nan")] * len(per)
     return out
 
@@ -365,6 +386,10 @@ def write_report(cfg: RunConfig, records: list[dict[str, Any]], folder: Path, me
           md_table(table_rows),
           "Step speed-up per seed (same target): " + "; ".join(
               f"{m}: " + ", ".join(times(v) for v in row.get("step_speedup_per_seed", [])) for m, row in ms.items()) + "\n",
+          *(["Step speed-up read from the stage-end evaluations alone (as without eval.every_steps): " + "; ".join(
+              f"{m}: {times(row.get('step_speedup_stage_ends'))}" for m, row in ms.items()
+              if "step_speedup_stage_ends" in row) + "\n"] if any("step_speedup_stage_ends" in r for r in ms.values())
+            else []),
           "## Definitions\n", (__doc__ or "").split("Definitions (all on the seed-MEAN curves):", 1)[-1].strip() + "\n",
           "## Accuracy vs step\n", f"![accuracy]({paths['compare_accuracy'].name})\n",
           md_table([{"method": m, "steps": " ".join(f"{s:g}" for s in row.get("steps", [])),

@@ -46,6 +46,8 @@ class StageOutputs:
     shaping: dict[str, ArtifactRef] = field(default_factory=dict)
     scores: ArtifactRef | None = None
     counts: Tally = field(default_factory=Tally)  # what the stage subflow's task runs did
+    # eval.every_steps: step k inside the stage → test set → evaluation of the policy after step k
+    step_evals: dict[int, dict[str, ArtifactRef]] = field(default_factory=dict)
 
     @property
     def scoring(self) -> list[ArtifactRef]:

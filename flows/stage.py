@@ -129,10 +129,16 @@ def stage(config: RunConfig, stage: int, ckpt: ArtifactRef, pool: ArtifactRef, p
     new_ckpt = tr.submit(T_train.train, cfg=cfg, stage=stage, ckpt=ckpt, pool=pool, sel=sel)
     evals = {n: tr.submit(T_eval.evaluate, cfg=cfg, ckpt=new_ckpt, data=d, name=n, stage=stage + 1)
              for n, d in tests.items()}
+    new_ckpt = new_ckpt.result()
+    E = cfg.train.steps_per_stage
+    step_evals = {k: {n: tr.submit(T_eval.evaluate, cfg=cfg, ckpt=ref, data=d, name=n, stage=stage, step=stage * E + k)
+                      for n, d in tests.items()}
+                  for k, ref in T_train.step_checkpoints(cfg, stage, ckpt, pool, sel).items()}
 
-    out = StageOutputs(stage=stage, input_checkpoint=ckpt, selection=sel, checkpoint=new_ckpt.result(),
+    out = StageOutputs(stage=stage, input_checkpoint=ckpt, selection=sel, checkpoint=new_ckpt,
                        online=online.result(), health=health.result(), evals={n: f.result() for n, f in evals.items()},
-                       grads=grads, shaping=shaping, scores=scores)
+                       grads=grads, shaping=shaping, scores=scores,
+                       step_evals={k: {n: f.result() for n, f in fs.items()} for k, fs in step_evals.items()})
     from tasks.reports import stage_report
 
     stage_report(cfg, out)

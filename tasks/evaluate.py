@@ -15,9 +15,18 @@ R = RECIPES["evaluation"]
 eval_key = R.key
 
 
-@task(name="evaluate", task_run_name="eval-{name}-s{stage}", tags=[GPU_TAG], cache_policy=NO_CACHE)
-def evaluate(cfg: RunConfig, ckpt: ArtifactRef, data: ArtifactRef, name: str, stage: int = 0) -> ArtifactRef:
-    """Accuracy of checkpoint `ckpt` on test set `data` (per-item correctness stored for inspection)."""
+def _run_name() -> str:
+    from prefect.runtime import task_run
+
+    p = task_run.parameters
+    return f"eval-{p['name']}-s{p.get('stage', 0)}" + (f"-step{p['step']}" if p.get("step") is not None else "")
+
+
+@task(name="evaluate", task_run_name=_run_name, tags=[GPU_TAG], cache_policy=NO_CACHE)
+def evaluate(cfg: RunConfig, ckpt: ArtifactRef, data: ArtifactRef, name: str, stage: int = 0,
+             step: int | None = None) -> ArtifactRef:
+    """Accuracy of checkpoint `ckpt` on test set `data` (per-item correctness stored for inspection). `stage`: the
+    checkpoint θ_stage; `step`: the global GRPO step of a mid-stage checkpoint (eval.every_steps), for names only."""
     def payload(w) -> dict:
         from cropi_core.evaluation import evaluate as run_eval
 
@@ -28,7 +37,7 @@ def evaluate(cfg: RunConfig, ckpt: ArtifactRef, data: ArtifactRef, name: str, st
                        max_new_tokens=e.max_new_tokens, template=cfg.data.template, instruction=cfg.data.instruction,
                        batch_size=e.batch_size, seed=0, progress=show_progress())
         # *_se: standard error over the test prompts (cropi_core.evaluation.standard_error)
-        meta = {"set": name, "stage": stage, "n": len(problems), "accuracy": float(res.accuracy),
+        meta = {"set": name, "stage": stage, **({"step": step} if step is not None else {}), "n": len(problems), "accuracy": float(res.accuracy),
                 "accuracy_se": float(res.accuracy_se),
                 "mean_at_n": None if res.mean_at_n is None else float(res.mean_at_n),
                 "mean_at_n_se": None if res.mean_at_n_se is None else float(res.mean_at_n_se), "run": cfg.name,

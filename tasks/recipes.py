@@ -79,22 +79,23 @@ def produce(recipe: Recipe, task: str, cfg: RunConfig, params: dict[str, Any],
 
 def produce_checkpoint(recipe: Recipe, task: str, cfg: RunConfig, params: dict[str, Any],
                        build: Callable[[str, Callable[..., dict]], ArtifactRef], lock: str,
-                       fault: str | None = None) -> Any:
+                       fault: str | None = None, complete: Callable[[], bool] = lambda: True) -> Any:
     """`produce` for checkpoints, whose key is the hash of their weights: found by the producer key
     (`recipe.key`) in their meta; else, holding the work-folder lock `lock` (another run on this root may be
     making the same one), `build(producer key, compute)` trains or copies and registers it, putting
     `compute(ran_on, **extra)` (the compute record so far) in the meta it registers, so the seconds are in the
-    manifest from the moment it exists."""
+    manifest from the moment it exists. `complete()`: whether what `build` registers beside the checkpoint is all
+    there too (a found checkpoint is a hit only then)."""
     store = get_store(cfg)
     key = recipe.key(cfg, **params)
     found = find_produced(store, "checkpoint", key)
-    if found is not None:
+    if found is not None and complete():
         return storage_hit(task, found)
     if fault:
         maybe_fault(fault)
     with work_lock(cfg, lock, key[:24]):
         found = find_produced(store, "checkpoint", key)
-        if found is not None:  # registered while we waited for the lock
+        if found is not None and complete():  # registered while we waited for the lock
             return storage_hit(task, found)
         with Timer() as t:
             ref = build(key, lambda ran_on=None, **extra: compute_record(t.elapsed(), task, ran_on, **extra))
@@ -243,6 +244,9 @@ RECIPES: dict[str, Recipe] = {
     "pool_health": Recipe("health", ("ckpt", "pool_rollouts"), lambda cfg, **_: {**_temperature(cfg), "prompts": "all"}),
     "train": Recipe("checkpoint", ("ckpt", "pool", "sel"), lambda cfg, stage, **_: {
         "train": cfg.train.hashable(), "stage": stage, **prompt_format(cfg)}, key_kind="train"),
+    # the policy after step k of a stage (eval.every_steps): the stage's training inputs and k
+    "train_step": Recipe("checkpoint", ("ckpt", "pool", "sel"), lambda cfg, stage, step, **_: {
+        "train": cfg.train.hashable(), "stage": stage, "step": step, **prompt_format(cfg)}, key_kind="train_step"),
     "evaluation": Recipe("evaluation", ("ckpt", "data"), lambda cfg, **_: {"eval": cfg.eval.hashable(),
                                                                           **prompt_format(cfg)}),
 }

@@ -173,7 +173,8 @@ def cost_rows(summary: RunRecord, price) -> list[dict]:
     for s in summary.stages:
         rows.append({"stage": str(s.stage), "offline (amortised)": fmt(None if offline is None else offline / n),
                      "scoring": fmt(secs([r.key for r in s.scoring])), "training": fmt(secs([s.checkpoint.key])),
-                     "evaluation": fmt(secs([r.key for r in s.evals.values()]))})
+                     "evaluation": fmt(secs([r.key for ev in [s.evals, *getattr(s, "step_evals", {}).values()]
+                                             for r in ev.values()]))})
     return rows
 
 
@@ -184,7 +185,11 @@ def accuracies(cfg: RunConfig, summary: RunRecord) -> dict[str, Any]:
     roles = {n: meta_of(cfg, d).get("role", "test") for n, d in summary.tests.items()}
     acc: dict[str, list[tuple[int, float]]] = {}
     se: dict[str, list[tuple[int, float | None]]] = {}
-    for step, evals in [(0, summary.evals0)] + [((s.stage + 1) * E, s.evals) for s in summary.stages]:
+    points = [(0, summary.evals0)]
+    for s in summary.stages:  # mid-stage evaluations (eval.every_steps), then the stage's end
+        points += [(s.stage * E + k, ev) for k, ev in sorted(getattr(s, "step_evals", {}).items())]
+        points.append(((s.stage + 1) * E, s.evals))
+    for step, evals in points:
         for n, r in evals.items():
             a, e = accuracy_and_se(cfg, r)
             acc.setdefault(n, []).append((step, a))

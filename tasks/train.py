@@ -17,6 +17,7 @@ from tasks.common import (GPU_TAG, TransientFault, attempt, check_cancelled, fau
 from tasks.recipes import RECIPES, produce_checkpoint
 
 R = RECIPES["train"]
+R_STEP = RECIPES["train_step"]
 train_key = R.key  # producer key: the trained checkpoint's own key is content-hashed, so the task is keyed on its inputs
 
 
@@ -26,11 +27,24 @@ def train(cfg: RunConfig, stage: int, ckpt: ArtifactRef, pool: ArtifactRef, sel:
 
     Trainer checkpoints every `train.save_steps` steps live in a local work folder keyed by the inputs, so a
     retried or killed task resumes mid-stage. CROPI_FAULT="train:N" fails the first N attempts right after
-    the first optimizer step past a saved checkpoint.
+    the first optimizer step past a saved checkpoint. With eval.every_steps, the policy after each of those steps
+    is registered too (`step_checkpoints`), before the final one; a final found without them trains again.
     """
+    complete = lambda: None not in step_checkpoints(cfg, stage, ckpt, pool, sel).values()  # noqa: E731
     return produce_checkpoint(R, "train", cfg, {"stage": stage, "ckpt": ckpt, "pool": pool, "sel": sel},
                               lambda key, compute: _train(cfg, stage, ckpt, pool, sel, key, compute),
-                              lock="train")
+                              lock="train", complete=complete)
+
+
+def step_checkpoints(cfg: RunConfig, stage: int, ckpt: ArtifactRef, pool: ArtifactRef,
+                     sel: ArtifactRef) -> dict[int, ArtifactRef | None]:
+    """{k: the registered policy after step k of this stage, None if missing} for k in eval.mid_steps (empty
+    without eval.every_steps)."""
+    from tasks.artifacts import find_produced
+
+    store = get_store(cfg)
+    return {k: find_produced(store, "checkpoint", R_STEP.key(cfg, stage=stage, ckpt=ckpt, pool=pool, sel=sel, step=k))
+            for k in cfg.eval.mid_steps(cfg.train.steps_per_stage)}
 
 
 def _train(cfg: RunConfig, stage: int, ckpt: ArtifactRef, pool: ArtifactRef, sel: ArtifactRef, key: str,
@@ -60,7 +74,8 @@ def _train(cfg: RunConfig, stage: int, ckpt: ArtifactRef, pool: ArtifactRef, sel
     try:
         res = train_grpo(checkpoint_path(cfg, ckpt), chosen, cfg.train, out, template=cfg.data.template,
                          instruction=cfg.data.instruction, resume=True, fault_hook=hook,
-                         progress=show_progress(), log=log, device=cfg.model.device, **server)
+                         progress=show_progress(), log=log, device=cfg.model.device,
+                         keep_steps=cfg.eval.mid_steps(steps), **server)
     finally:
         if server:  # the engine now holds a synced policy, no checkpoint's weights
             from tasks.vllm_server import forget_loaded
@@ -72,8 +87,15 @@ def _train(cfg: RunConfig, stage: int, ckpt: ArtifactRef, pool: ArtifactRef, sel
             "train_loss": float(last.get("train_loss", last.get("loss", float("nan")))),
             "reward_mean": sum(rewards) / len(rewards) if rewards else None, "ran_on": res.ran_on,
             "compute": compute(res.ran_on, **({"partial": True} if resumed else {}))}
+    store = get_store(cfg)
+    for k, folder in sorted(res.step_dirs.items()):  # registered first: a final checkpoint implies its steps
+        step_key = R_STEP.key(cfg, stage=stage, ckpt=ckpt, pool=pool, sel=sel, step=k)
+        register_checkpoint(store, folder, parents=[ckpt.key, sel.key],
+                            config={"producer": step_key, "train": cfg.train.hashable(), "step": k},
+                            meta={"producer": step_key, "run": cfg.name, "in_stage": stage, "step": k,
+                                  "global_step": stage * steps + k}, move=True)
     # the config enters the checkpoint's own key (storage.registry): {"producer", "train"} as ever
-    ref = register_checkpoint(get_store(cfg), res.final_dir, parents=[ckpt.key, sel.key],
+    ref = register_checkpoint(store, res.final_dir, parents=[ckpt.key, sel.key],
                               config={"producer": key, "train": cfg.train.hashable()}, meta=meta, move=True)
     shutil.rmtree(out, ignore_errors=True)
     return ref

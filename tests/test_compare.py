@@ -123,6 +123,27 @@ def test_step_and_wall_speedup_definitions():
     assert c["wall_speedup_excl_offline"] == pytest.approx(300 / 170)
 
 
+def test_mid_stage_points_sharpen_the_crossing_and_stage_ends_are_kept():
+    """Stages of 10 steps, evaluated every 5 (eval.every_steps): full data's target is its final 0.4 (step 30).
+    cropi's curve 0.1 @0, 0.4 @5, 0.45 @10, ...: the target is crossed at step 5 → 30 / 5 = 6×. Read from the
+    stage ends alone (0.1 @0, 0.45 @10) the crossing is interpolated to 10 · 0.3 / 0.35 = 8.571 → 3.5×. A second
+    seed evaluated at the stage ends only cuts both seeds to the common steps."""
+    full = _rec("full", [0.1, 0.2, 0.3, 0.4], 0.0, 0.0, 100.0)
+    fine = _rec("cropi", [0.1, 0.45, 0.5, 0.5], 0.0, 0.0, 100.0)
+    fine["acc"]["t"] = [[0, 0.1], [5, 0.4], [10, 0.45], [15, 0.5], [20, 0.5], [25, 0.5], [30, 0.5]]
+    fine["acc"]["u"] = [[t, 0.5] for t, _ in fine["acc"]["t"]]
+    c = summarize([full, fine], ["full", "cropi"])["methods"]["cropi"]
+    assert c["steps"] == [0, 5, 10, 15, 20, 25, 30]
+    assert c["steps_to_target"] == pytest.approx(5.0) and c["step_speedup"] == pytest.approx(6.0)
+    assert c["step_speedup_stage_ends"] == pytest.approx(30 / (10 * 0.3 / 0.35))
+    assert "step_speedup_stage_ends" not in summarize([full, fine], ["full", "cropi"])["methods"]["full"]
+
+    coarse = {**_rec("cropi", [0.1, 0.45, 0.5, 0.5], 0.0, 0.0, 100.0), "seed": 1}
+    c = summarize([full, fine, coarse], ["full", "cropi"])["methods"]["cropi"]
+    assert c["steps"] == [0, 10, 20, 30] and c["step_speedup"] == pytest.approx(3.5)
+    assert c["step_speedup_per_seed"] == pytest.approx([3.5, 3.5])
+
+
 def test_untimed_cost_is_reported_unpriced_not_not_reached():
     """Full data's stage-1 training computed by another run on the root (no seconds here): CROPI still reaches
     the target (step speed-up defined), its wall-clock is "unpriced", not "not reached"."""

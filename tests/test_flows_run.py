@@ -185,6 +185,45 @@ def test_ratio_change_reuses_rollouts_and_grads(coin, clean):
     assert len(s["stages"][0]["selected_ids"]) == 24
 
 
+def test_mid_stage_evaluations_add_curve_points_and_keep_every_key(coin, clean):
+    """eval.every_steps=2 on 2 stages × 4 steps: the policy after steps 2 and 6 is stored and evaluated, so the
+    curve has points 0, 2, 4, 6, 8. Nothing else changes: each stage is retrained once to save its step (same
+    inputs, same machine → the same final checkpoints), every other artifact is reused, a rerun computes
+    nothing, and without the field the run is the clean one again (stage ends only)."""
+    from storage.store import open_store
+
+    storage = clean["storage"]
+    base = ["run", "--config", str(coin["config"]), "--storage", str(storage)]
+    res = cli(*base, "--set", "eval.every_steps=2")
+    assert res.exit_code == 0, res.output
+    s = summary_of(storage)
+    assert sorted({r["step"] for r in s["accuracy"]}) == [0, 2, 4, 6, 8]
+    assert [st["checkpoint"] for st in s["stages"]] == [st["checkpoint"] for st in clean["summary"]["stages"]]
+    # the stage-end points are the clean run's evaluations (same checkpoints → same evaluation artifacts)
+    ends = {(r["group"], r["step"]): r["accuracy"] for r in s["accuracy"] if r["step"] % 4 == 0}
+    assert ends == {(r["group"], r["step"]): r["accuracy"] for r in clean["summary"]["accuracy"]}
+    # 2 stages × 1 mid step × 2 test sets (target, other) evaluated; each stage trained again
+    assert sorted(t for t, _ in s["computed"]) == ["evaluate"] * 4 + ["train"] * 2
+
+    store = open_store(str(storage))
+    for st, clean_st in zip(s["stages"], clean["summary"]["stages"]):
+        m = store.manifest(st["checkpoint"])
+        step_ckpts = store.find("checkpoint", meta={"run": "coin", "in_stage": m.meta["stage"] - 1})
+        assert [c.meta["step"] for c in step_ckpts] == [2]
+        mid = step_ckpts[0]
+        # parents: the stage's starting checkpoint and its selection, like the stage's final checkpoint
+        assert list(mid.parents) == list(m.parents) and mid.key != st["checkpoint"]
+        assert mid.meta["global_step"] == (m.meta["stage"] - 1) * 4 + 2
+
+    res = cli(*base, "--set", "eval.every_steps=2")
+    assert res.exit_code == 0, res.output
+    assert summary_of(storage)["computed"] == []
+    res = cli(*base)
+    assert res.exit_code == 0, res.output
+    s = summary_of(storage)
+    assert s["computed"] == [] and sorted({r["step"] for r in s["accuracy"]}) == [0, 4, 8]
+
+
 def test_energy_allocation_sketches_through_a_shared_calibration(coin, clean):
     """influence.allocation=energy: one calibration artifact per stage, parent of that stage's pool AND val sketches;
     the offline rollouts are reused and a rerun computes nothing."""
