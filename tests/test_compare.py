@@ -62,6 +62,15 @@ def test_compare_writes_report_files(compared):
     assert not list(compared["storage"].joinpath("runs").rglob("timings.json*"))
 
 
+def test_one_worker_runs_each_later_run_in_its_own_process(compared):
+    """--workers 1 (the fixture's default): the first run in the CLI's process, each later one in a worker process
+    of its own (its log in the compare folder), so no run inherits the memory an earlier one left behind."""
+    logs = compared["folder"] / "logs"
+    assert sorted(p.name for p in logs.glob("*.log")) == ["full-s0.log", "learnability-s0.log"]
+    assert sorted(p.name for p in (compared["folder"] / "records").glob("*.json")) == [
+        "full-s0.json", "learnability-s0.json"]
+
+
 def test_compare_runs_share_base_and_rollouts(compared):
     recs = json.loads((compared["folder"] / "records.json").read_text())
     assert [(r["method"], r["seed"]) for r in recs] == [("cropi", 0), ("full", 0), ("learnability", 0)]
