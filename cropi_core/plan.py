@@ -1046,6 +1046,7 @@ def estimate(cfg: RunConfig, shape: ModelShape, data: DataSizes, rates: Rates, d
     step = StepCost(seqs, seqs * (p_train + mean["train"]), seqs * (p_train + r_pad),
                     {"generation": fl_gen, "reference forward (KL)": fl_ref, "policy fwd+bwd": fl_pol}, step_s)
     E = tr.steps_per_stage
+    mids = len(cfg.eval.mid_steps(E))  # eval.every_steps: policies stored and evaluated inside each stage
     act_b = 2 if bf16 else 4
     micro = tr.micro_batch_size or seqs  # completions per forward/backward (TRL per_device_train_batch_size)
     toks = micro * (p_train + r_train)
@@ -1071,7 +1072,7 @@ def estimate(cfg: RunConfig, shape: ModelShape, data: DataSizes, rates: Rates, d
                 if op_train == "generate_hf" else f"vLLM ({tr.vllm_mode})")
     tasks.append(TaskCost(
         "train", f"GRPO: {M} stages × {E} steps of {tr.prompts_per_step} prompts × {tr.num_generations}", M,
-        M * E * step.total_flops, M * E * step.total_s, M * E * step.total_s, Memory(train_mem), M * 4 * N,
+        M * E * step.total_flops, M * E * step.total_s, M * E * step.total_s, Memory(train_mem), M * (1 + mids) * 4 * N,
         worst(*statuses["train"]), scratch_bytes=2 * 12 * N, cropi_only=False,
         notes=[f"one task per stage on one device: {seqs} completions generated once per step, then the loss in "
                f"passes of {micro} (no activation checkpointing)",
@@ -1079,12 +1080,13 @@ def estimate(cfg: RunConfig, shape: ModelShape, data: DataSizes, rates: Rates, d
                f"generation ({gen_what}): peak {fmt_bytes(gen_mem.total)}{fits(gen_mem.total)}",
                f"TRL pads to the batch's longest completion: {seqs} × ({p_train:.0f} + {r_pad:.0f}) tokens per step, "
                f"{(p_train + r_pad) / (p_train + mean['train']):.2f}× the real {seqs} × ({p_train:.0f} + {mean['train']:.0f})",
-               "scratch: the two newest mid-stage trainer checkpoints (weights + AdamW state, 12 bytes/param each)"]))
+               "scratch: the two newest mid-stage trainer checkpoints (weights + AdamW state, 12 bytes/param each)"]
+        + ([f"eval.every_steps {cfg.eval.every_steps}: {mids} more stored policies per stage (fp32 weights)"] if mids else [])))
 
     # ---- evaluation
     ev = cfg.eval
     per_prompt = ((1 if ev.greedy else 0) + ev.n_samples) or 1  # greedy pass + mean@n samples (one sample if neither)
-    eval_runs = M + 1
+    eval_runs = M + 1 + M * mids
     ev_s, ev_fl, ev_store, ev_mem = [], 0.0, 0.0, 0.0
     for t in data.tests:
         fl_t = forward_flops(shape, t.prompts * per_prompt, t.prompt_tokens + padded["eval"])
@@ -1096,7 +1098,7 @@ def estimate(cfg: RunConfig, shape: ModelShape, data: DataSizes, rates: Rates, d
                                       model_bytes))
     tests_n = sum(t.prompts for t in data.tests)
     tasks.append(TaskCost("evaluation", f"{len(data.tests)} test sets, {tests_n:,} prompts × {per_prompt} "
-                          f"(θ_0 and after each stage)", eval_runs, eval_runs * ev_fl, eval_runs * sum(ev_s),
+                          f"(θ_0 and after each stage" + (f", and {mids} times inside each" if mids else "") + ")", eval_runs, eval_runs * ev_fl, eval_runs * sum(ev_s),
                           eval_runs * makespan(ev_s, slots), Memory({"weights": weights, "kv_cache": ev_mem}),
                           eval_runs * ev_store, worst(*statuses["evaluation"]), tasks_per_run=len(data.tests),
                           cropi_only=False, notes=["transformers generate (evaluation never uses vLLM): padded to "

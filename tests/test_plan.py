@@ -203,6 +203,16 @@ def test_full_data_costs_the_same_per_step_and_cropi_adds_rollouts_and_sketches(
     assert once.step.total_flops == p.step.total_flops and once.totals[0].flops < cropi.flops
 
 
+def test_mid_stage_evaluations_are_planned():
+    """eval.every_steps 5 on 2 stages × 20 steps: steps 5, 10, 15 of each stage are stored and evaluated, so the
+    evaluation task runs 1 + 2 + 2 × 3 = 9 times instead of 3, and training stores 2 × (1 + 3) policies, not 2."""
+    base, fine = tiny_plan(), tiny_plan(**{"eval.every_steps": 5})
+    ev0, ev = (next(t for t in p.tasks if t.kind == "evaluation") for p in (base, fine))
+    assert (ev0.runs, ev.runs) == (3, 9) and ev.flops == pytest.approx(3 * ev0.flops, rel=1e-12)
+    tr0, tr = (next(t for t in p.tasks if t.kind == "train") for p in (base, fine))
+    assert tr.storage_bytes == 4 * tr0.storage_bytes and tr.flops == tr0.flops
+
+
 def test_sketch_buffers_count_against_device_memory():
     # k = 2^20 columns for a 0.6M-parameter model at ρ = 1: kept = 617,344; slot = 4·(617,344 + 1,048,576) bytes
     # = 6,663,680 B, so ⌊2^30 / 6,663,680⌋ = 161 prompts share the 1 GiB group (chunk_rows 256 does not cap it):
