@@ -119,11 +119,19 @@ def checkpoint_content(path: str, gguf_file: str | None = None) -> str:
 def find_produced(store: Store, kind: str, producer: str) -> ArtifactRef | None:
     """The newest intact artifact of `kind` whose meta records `producer` (content-keyed outputs, e.g.
     checkpoints); a damaged one is skipped with a warning (checkpoints are hashed in full), so it is recomputed."""
-    found = store.find(kind, meta={"producer": producer})
-    for m in reversed(found):
-        if store.exists(m.key, verify="full" if kind == "checkpoint" else None):
-            return store.ref(m.key)
-    return None
+    return find_produced_each(store, kind, [producer])[producer]
+
+
+def find_produced_each(store: Store, kind: str, producers: list[str]) -> dict[str, ArtifactRef | None]:
+    """{producer: find_produced(store, kind, producer)} for several producers from one scan of the store's
+    manifests (a lookup per producer would list and read every manifest once each)."""
+    wanted = set(producers)
+    out: dict[str, ArtifactRef | None] = dict.fromkeys(producers)
+    for m in reversed(store.find(kind)):
+        p = m.meta.get("producer")
+        if p in wanted and out[p] is None and store.exists(m.key, verify="full" if kind == "checkpoint" else None):
+            out[p] = store.ref(m.key)
+    return out
 
 
 def checkpoint_path(cfg: RunConfig, ref: ArtifactRef | str) -> Path:

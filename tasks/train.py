@@ -40,11 +40,12 @@ def step_checkpoints(cfg: RunConfig, stage: int, ckpt: ArtifactRef, pool: Artifa
                      sel: ArtifactRef) -> dict[int, ArtifactRef | None]:
     """{k: the registered policy after step k of this stage, None if missing} for k in eval.mid_steps (empty
     without eval.every_steps)."""
-    from tasks.artifacts import find_produced
+    from tasks.artifacts import find_produced_each
 
-    store = get_store(cfg)
-    return {k: find_produced(store, "checkpoint", R_STEP.key(cfg, stage=stage, ckpt=ckpt, pool=pool, sel=sel, step=k))
+    keys = {k: R_STEP.key(cfg, stage=stage, ckpt=ckpt, pool=pool, sel=sel, step=k)
             for k in cfg.eval.mid_steps(cfg.train.steps_per_stage)}
+    found = find_produced_each(get_store(cfg), "checkpoint", list(keys.values())) if keys else {}
+    return {k: found[key] for k, key in keys.items()}
 
 
 def _train(cfg: RunConfig, stage: int, ckpt: ArtifactRef, pool: ArtifactRef, sel: ArtifactRef, key: str,

@@ -198,3 +198,38 @@ def test_corrupt_artifact_that_cannot_be_recomputed_stops_with_one_line(coin, tm
     errors = [line for line in res.output.splitlines() if line.strip()]
     assert len(errors) == 1 and str(source.name) in errors[0] and "not found" in errors[0].lower(), res.output
     assert sorted(m.key for m in open_store(root).find()) == before  # nothing registered, nothing moved aside
+
+
+def test_find_produced_each_reads_the_manifests_once_and_skips_a_damaged_copy(tmp_path, monkeypatch):
+    """The step checkpoints of a stage are looked up together: one scan of the store for all of them, the newest
+    intact copy per producer, a damaged newer copy skipped (so it is recomputed), a missing producer None."""
+    from storage.registry import register_checkpoint
+    from tasks.artifacts import find_produced, find_produced_each
+
+    store = open_store(tmp_path / "s", verify="sampled")
+
+    def ckpt(producer: str, content: bytes):
+        folder = tmp_path / f"c-{producer}-{content.hex()}"
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(content * 1000)
+        (folder / "config.json").write_text("{}")
+        return register_checkpoint(store, folder, parents=[], config={"producer": producer, "c": content.hex()},
+                                   meta={"producer": producer})
+
+    a = ckpt("a", b"\x01")
+    b_old = ckpt("b", b"\x02")
+    time.sleep(0.01)  # created_at orders the copies
+    b_new = ckpt("b", b"\x03")
+    ckpt("other", b"\x04")
+    flip(next(payload(store, b_new.key).glob("*.safetensors")))
+    scans = []
+    real_find = store.find
+    monkeypatch.setattr(store, "find", lambda *a, **k: scans.append(a) or real_find(*a, **k))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        found = find_produced_each(store, "checkpoint", ["a", "b", "c"])
+        one = find_produced(store, "checkpoint", "b")
+    assert len(scans) == 2  # one per call, however many producers
+    # a: its only copy; b: the newer copy is damaged, so the older intact one; c: never produced
+    assert {p: r.key if r else None for p, r in found.items()} == {"a": a.key, "b": b_old.key, "c": None}
+    assert one.key == b_old.key
