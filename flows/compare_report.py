@@ -180,6 +180,56 @@ def summarize(records: list[dict[str, Any]], methods: list[str]) -> dict[str, An
     return out
 
 
+FREE = "learnability"  # the heuristic an influence method must beat: read from the offline rollouts, no gradient pass
+NOT_SCORED = ("full", "random", "pass_rate", "learnability", "dapo")
+
+
+def verdict(summary: dict[str, Any], method: str) -> dict[str, Any] | None:
+    """Does `method` earn its scoring on this pool? Its final accuracies against learnability p(1−p) (free) and full
+    data, in SEs of one evaluation (the method's own final SE), read as the issue's bars: targeted ≥ learnability
+    + 2 SE is "ahead", ≤ − 2 SE "behind", else "level"; untargeted within 1 SE of full data's (or above) is "kept".
+    None when learnability, full data or an SE is missing."""
+    ms = summary["methods"]
+    row, free, full = ms.get(method, {}), ms.get(FREE, {}), ms.get("full", {})
+    need = ("tgt_final", "unt_final", "tgt_se", "unt_se")
+    if not all(k in r for r in (row, free, full) for k in need):
+        return None
+    se_t, se_u = row["tgt_se"][-1], row["unt_se"][-1]
+    if se_t is None or se_u is None or not (se_t > 0 and se_u > 0):
+        return None
+    d_t = row["tgt_final"][0] - free["tgt_final"][0]
+    d_u = row["unt_final"][0] - full["unt_final"][0]
+    out = {"method": method, "targeted_vs_free": d_t, "targeted_vs_free_se": d_t / se_t,
+           "untargeted_vs_full": d_u, "untargeted_vs_full_se": d_u / se_u,
+           "targeted": "ahead" if d_t >= 2 * se_t else "behind" if d_t <= -2 * se_t else "level",
+           "untargeted_kept": d_u >= -se_u,
+           "wall_excl_offline": row.get("wall_speedup_excl_offline"),
+           "free_wall_excl_offline": free.get("wall_speedup_excl_offline")}
+    # the clock as the table writes it ("unpriced" where this folder never timed a cost)
+    nums = (f"targeted {d_t:+.3f} ({d_t / se_t:+.1f} SE) vs learnability, untargeted {d_u:+.3f} "
+            f"({d_u / se_u:+.1f} SE) vs full data, clock excl. offline {wall(row, '_excl_offline')} vs "
+            f"learnability's {wall(free, '_excl_offline')}")
+    if out["targeted"] == "ahead":
+        out["text"] = (f"**{method} earns its scoring here**: {nums}." if out["untargeted_kept"] else
+                       f"**{method} buys targeted accuracy with untargeted accuracy here**: {nums}.")
+    elif (out["targeted"] == "level" and out["untargeted_kept"] and _faster(out["wall_excl_offline"],
+                                                                            out["free_wall_excl_offline"])):
+        out["text"] = (f"**{method} is level with learnability on accuracy and reaches full data's accuracy sooner "
+                       f"on the clock here**: {nums}.")
+    else:
+        where = "level with" if out["targeted"] == "level" else "behind"
+        out["text"] = (f"**{method} does not earn its scoring here** ({where} learnability, which needs no gradient "
+                       f"pass; on this pool `selection.method: learnability` is the cheaper choice): {nums}.")
+    return out
+
+
+def _faster(a: float | None, b: float | None) -> bool:
+    """Speed-up a beats speed-up b (None = target not reached; NaN = undefined or unpriced: never faster)."""
+    if a is None or not np.isfinite(a) and not np.isinf(a):
+        return False
+    return b is None or (np.isfinite(b) or np.isinf(b)) and a > b
+
+
 def _nanmean(x: list[float | None]) -> float | None:
     a = np.asarray([v for v in x if v is not None and np.isfinite(v)], dtype=float)
     return float(a.mean()) if a.size else None
@@ -363,6 +413,7 @@ def write_report(cfg: RunConfig, records: list[dict[str, Any]], folder: Path, me
                               "online pass": f"{f('online_pass_rate'):.3f}", "ESS/K": f"{f('ess_frac'):.3f}",
                               "KL": f"{f('kl'):.4f}", "scoring s": f"{f('scoring_s'):.1f}", "train s": f"{f('train_s'):.1f}"})
 
+    verdicts = [v for m in ms if m not in NOT_SCORED and (v := verdict(summary, m)) is not None]
     c = cfg
     cr = ms.get("cropi", {})
     headline = (f"CROPI step speed-up over full data: **{times(cr.get('step_speedup'))}** "
@@ -384,6 +435,10 @@ def write_report(cfg: RunConfig, records: list[dict[str, Any]], folder: Path, me
           f"Accuracy metric: {records[0].get('metric', 'greedy pass@1')}.\n", headline + "\n",
           "## Final accuracy (Table 1 style; mean ± sample std over seeds [SE of one evaluation])\n",
           md_table(table_rows),
+          *(["## Does influence earn its scoring here?\n",
+             "Against learnability p(1−p) — read from the same offline rollouts, no gradient pass — on targeted "
+             "accuracy (ahead: ≥ 2 SE of one evaluation), and against full data on untargeted accuracy (kept: within "
+             "1 SE or above):\n", *(f"- {v['text']}" for v in verdicts), ""] if verdicts else []),
           "Step speed-up per seed (same target): " + "; ".join(
               f"{m}: " + ", ".join(times(v) for v in row.get("step_speedup_per_seed", [])) for m, row in ms.items()) + "\n",
           *(["Step speed-up read from the stage-end evaluations alone (as without eval.every_steps): " + "; ".join(
@@ -407,7 +462,8 @@ def write_report(cfg: RunConfig, records: list[dict[str, Any]], folder: Path, me
     text = "\n".join(md)
     report = folder / "compare.md"
     report.write_text(text)
-    results = {"target": summary["target"], "degenerate": bool(summary.get("degenerate")), "methods": {m: {k: v for k, v in row.items()} for m, row in ms.items()}}
+    results = {"target": summary["target"], "degenerate": bool(summary.get("degenerate")), "methods": {m: {k: v for k, v in row.items()} for m, row in ms.items()},
+               "verdicts": {v["method"]: v for v in verdicts}}
     (folder / "results.json").write_text(json.dumps(results, indent=1, default=float))
 
     key = slug(cfg) + "-compare"

@@ -55,6 +55,13 @@ def test_compare_writes_report_files(compared):
     md = (f / "compare.md").read_text()
     assert "| cropi |" in md and "| full |" in md and "Figure 6" in md
     assert "wall excl. offline" in md and "without the one-time offline rollouts" in md
+    # learnability ran beside cropi: the report and the console say whether influence earned its scoring
+    res = json.loads((f / "results.json").read_text())
+    v, ms = res["verdicts"]["cropi"], res["methods"]
+    assert v["targeted_vs_free"] == pytest.approx(ms["cropi"]["tgt_final"][0] - ms["learnability"]["tgt_final"][0])
+    assert v["untargeted_vs_full"] == pytest.approx(ms["cropi"]["unt_final"][0] - ms["full"]["unt_final"][0])
+    assert "## Does influence earn its scoring here?" in md and f"- {v['text']}" in md
+    assert v["text"].replace("**", "").replace("`", "") in compared["output"]
     # every method's own curriculum report exists too
     for m in ("cropi", "full", "learnability"):
         assert (compared["storage"] / "runs" / f"coin-{m}-s0" / "report.md").exists()
@@ -372,3 +379,40 @@ def test_parallel_compare_gives_the_same_records(compared, tmp_path, monkeypatch
     assert (folder / "logs" / "full-s0.log").exists() and (folder / "records" / "random-s0.json").exists()
     assert recs[1]["offline_s"] == 0 and all(s["train_s"] for r in recs for s in r["stages"])  # priced from manifests
     assert "--workers: must be ≥ 1" in CliRunner().invoke(app, ["compare", "--workers", "0"]).output
+
+
+
+def _graded(method: str, tgt: float, unt: float, scoring: float = 0.0, se: float = 1 / 32) -> dict:
+    """A one-stage record (10 steps, 100 s of training): targeted 0.4 → tgt, untargeted 0.5 → unt, every
+    evaluation's SE `se`, `scoring` s paid at the stage start."""
+    rec = _rec(method, [0.4, tgt], 0.0, scoring, 100.0)
+    rec["acc"]["u"] = [[0, 0.5], [10, unt]]
+    rec["se"] = {n: [[t, se] for t, _ in rec["acc"][n]] for n in rec["acc"]}
+    return rec
+
+
+@pytest.mark.parametrize("tgt, unt, scoring, says, targeted, kept", [
+    # SE = 1/32 = 0.03125; learnability ends at 0.5 targeted and full data at 0.5 on both (exact in binary);
+    # A* = 0.5, which learnability reaches at step 10 (100 s: 1.00× on the clock)
+    (0.5625, 0.484375, 50, "earns its scoring", "ahead", True),                       # +2 SE (at the bar), −0.5 SE
+    (0.6250, 0.4375, 50, "buys targeted accuracy with untargeted", "ahead", False),   # +4 SE, −2 SE
+    # +1 SE: reaches 0.5 at t* = 10 · 0.1 / 0.13125 = 7.62 steps; 50 s scoring + 76.2 s = 126 s (0.79×) > 100 s
+    (0.53125, 0.5, 50, "does not earn its scoring here** (level with", "level", True),
+    # the same curve without scoring: 76.2 s (1.31×) beats learnability's 100 s
+    (0.53125, 0.5, 0, "level with learnability on accuracy and reaches full data's accuracy sooner", "level", True),
+    (0.4375, 0.5, 50, "does not earn its scoring here** (behind", "behind", True),    # −2 SE, never reaches A*
+])
+def test_verdict_reads_the_bars_against_learnability_and_full_data(tgt, unt, scoring, says, targeted, kept):
+    from flows.compare_report import verdict
+
+    full, free = _graded("full", 0.5, 0.5), _graded("learnability", 0.5, 0.5)
+    cropi = _graded("cropi", tgt, unt, scoring)
+    v = verdict(summarize([full, free, cropi], ["full", "learnability", "cropi"]), "cropi")
+    assert v["targeted_vs_free_se"] == pytest.approx((tgt - 0.5) * 32)
+    assert v["untargeted_vs_full_se"] == pytest.approx((unt - 0.5) * 32)
+    assert (v["targeted"], v["untargeted_kept"]) == (targeted, kept)
+    assert says in v["text"]
+    # without learnability, or without the method's SEs (older records), there is nothing to say
+    assert verdict(summarize([full, cropi], ["full", "cropi"]), "cropi") is None
+    no_se = {k: v for k, v in cropi.items() if k != "se"}
+    assert verdict(summarize([full, free, no_se], ["full", "learnability", "cropi"]), "cropi") is None

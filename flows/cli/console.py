@@ -391,6 +391,8 @@ def compare_summary(view: View, out_: dict[str, Any], times, wall) -> None:  # n
     secs = [r.get("compute_seconds") for r in recs]
     out.print(f"final accuracy (mean over seeds ± SE) of {len(recs)} runs:", soft_wrap=True)
     out.print(t)
+    for v in res.get("verdicts", {}).values():  # does influence earn its scoring on this pool (compare.md)
+        out.print(v["text"].replace("**", "").replace("`", ""), soft_wrap=True, markup=False)
     out.print(f"compared {len(recs)} runs in {out_['seconds']:.1f}s: {n['task_runs']} task runs, "
               f"{n['computed']} computed, {n['reused']} reused", soft_wrap=True)
     out.print(cost_line(out_["seconds"], None if any(s is None for s in secs) else sum(secs)), soft_wrap=True)
