@@ -51,6 +51,12 @@ def curriculum(config: RunConfig) -> RunSummary:
     roll_val_r = {n: f.result() for n, f in roll_val.items()}
     vals_r = {n: f.result() for n, f in vals.items()}
     ckpt = base.result()
+    if cfg.runner.kind == "local":
+        # θ_0's evaluations run on this flow's runner, stage 0 on its own: on one machine the two would share the
+        # cores, and each task's recorded compute seconds (what `cropi compare` prices) would include the other's
+        # work (stage 0's sketch was priced ≈ 1.9× its cost alone). On Ray they run on workers of their own.
+        for f in evals0.values():
+            f.result()
     stages: list[StageOutputs] = []
     counts = Tally()
     runner = task_runner(cfg)

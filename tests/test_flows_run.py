@@ -420,3 +420,39 @@ def test_asset_events_carry_lineage(clean, prefect_api):
     upstream = {x["prefect.resource.id"] for x in ev["related"] if x.get("prefect.resource.role") == "asset"}
     parents = store.manifest(final).parents
     assert upstream == {asset_key(store.uri(p)) for p in parents} and len(parents) == 2
+
+
+def test_step0_evaluations_finish_before_stage0_starts(coin, tmp_path, monkeypatch):
+    """θ_0's evaluations run on the curriculum flow's runner and stage 0 on its own: on one machine they used to
+    overlap, so stage 0's scoring recorded the evaluations' work in its compute seconds (the first run of a pool
+    priced its stage-0 sketch ≈ 1.9× what it costs alone, docs/targeting.md), and `cropi compare` priced it so.
+    With the local runner the evaluations now end before anything of stage 0 starts. Each evaluation is slowed by
+    1 s here so that, without the wait, stage 0 (which starts within a second of the offline rollouts) overlaps
+    them; every stage-0 artifact's start (created_at − its compute seconds) must follow the last θ_0 evaluation."""
+    import time
+    from datetime import datetime
+
+    import cropi_core.evaluation as E
+    from storage import open_store
+
+    slow = E.evaluate
+
+    def evaluate(*a, **k):
+        time.sleep(1.0)
+        return slow(*a, **k)
+
+    monkeypatch.setattr(E, "evaluate", evaluate)
+    storage = tmp_path / "store"
+    res = cli("run", "--config", str(coin["config"]), "--storage", str(storage), "--set", "train.stages=1")
+    assert res.exit_code == 0, res.output
+    store = open_store(str(storage))
+    base = summary_of(storage)["base_checkpoint"]
+    base = base["key"] if isinstance(base, dict) else base
+    when = lambda m: datetime.fromisoformat(m.created_at).timestamp()  # noqa: E731
+    evals0 = [m for m in store.find("evaluation") if base in m.parents]
+    stage0 = [m for m in store.find() if m.kind in ("calibration", "grads", "scores", "selection")
+              and m.meta.get("stage") == 0]
+    assert len(evals0) >= 2 and stage0, (len(evals0), [m.kind for m in stage0])
+    last_eval = max(when(m) for m in evals0)
+    first_start = min(when(m) - m.meta["compute"]["seconds"] for m in stage0)
+    assert last_eval <= first_start, f"a θ_0 evaluation ended {last_eval - first_start:.2f} s into stage 0"
