@@ -447,7 +447,6 @@ def test_step0_evaluations_finish_before_stage0_starts(coin, tmp_path, monkeypat
     assert res.exit_code == 0, res.output
     store = open_store(str(storage))
     base = summary_of(storage)["base_checkpoint"]
-    base = base["key"] if isinstance(base, dict) else base
     when = lambda m: datetime.fromisoformat(m.created_at).timestamp()  # noqa: E731
     evals0 = [m for m in store.find("evaluation") if base in m.parents]
     stage0 = [m for m in store.find() if m.kind in ("calibration", "grads", "scores", "selection")
