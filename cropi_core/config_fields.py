@@ -31,6 +31,7 @@ WHEN: dict[str, tuple[Callable[[Any], bool], str]] = {
     "files": (lambda c: c.data.synthetic is None, "cropi_core/data/splits.py"),
     "scored": (lambda c: c.selection.method in ("popi", "influence_once"), "tasks/selection.py"),  # influence ranks
     "candidates": (lambda c: c.influence.candidates is not None, "tasks/selection.py"),
+    "gated": (lambda c: c.selection.gate_probe is not None, "tasks/selection.py"),
     "verify_set": (lambda c: "verify" in c.storage.model_fields_set, "tasks/common.py"),
     "vllm": (lambda c: c.train.use_vllm, "cropi_core/training.py"),
     "vllm_rollout": (lambda c: c.rollout.backend == "vllm", "tasks/rollouts.py"),
@@ -117,6 +118,9 @@ FIELDS: dict[str, tuple[Role, str]] = {
     "selection.rescore": ("schedule", "scored"),
     "selection.drift_ess": ("schedule", "scored"),
     "selection.drift_kl": ("schedule", "scored"),
+    "selection.gate_probe": ("values", "scored"),
+    "selection.gate_score": ("values", "gated"),
+    "selection.gate_share": ("values", "gated"),
     "train.stages": ("values", "always"),
     "train.steps_per_stage": ("values", "always"),
     "train.lr": ("values", "always"),

@@ -25,6 +25,7 @@ Missing inputs raise ValueError; "nothing eligible" (e.g. every prompt unscorabl
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -35,7 +36,7 @@ METHODS = ("popi", "full", "random", "pass_rate", "learnability", "influence_onc
 FUSIONS = ("none", "learnability_rrf")
 
 __all__ = ["select", "mix_random", "draw_candidates", "learnability_candidates", "fused_influence", "influence_ranking",
-           "drifted", "METHODS",
+           "drifted", "conflict_gate", "GateDecision", "learnability_without", "METHODS",
            "FUSIONS"]
 
 
@@ -112,6 +113,45 @@ def drifted(ess_frac: float | None, kl: float | None, ess_threshold: float, kl_t
     if kl_threshold is not None and (kl is None or not np.isfinite(kl) or kl > kl_threshold):
         return True
     return False
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    """What the conflict gate (`SelectionConfig.gate_probe`) read from a random probe of the pool."""
+
+    fires: bool  # True: some of the pool conflicts with the target, so influence ranks the whole pool
+    probed: int  # scorable prompts the probe sketched
+    conflicting: list[int]  # pool rows of the probe whose mean score over the validation sets is < −gate_score
+    share: float  # len(conflicting) / probed (0.0 when nothing was probed)
+
+
+def conflict_gate(scores: np.ndarray | Sequence[np.ndarray], gate_score: float, gate_share: float) -> GateDecision:
+    """Does influence have something to say that learnability p(1−p) cannot? Beyond the paper.
+
+    scores: [n_lists, N] influence scores of a random probe of the pool (NaN = not probed or unscorable). A prompt
+    conflicts with the target when its mean score over the validation sets is below −gate_score (its rewarded
+    habit points against the target's gradient); the gate fires when at least gate_share of the probed prompts
+    do. Where nothing conflicts, every learnable prompt helps or is neutral and learnability chooses as well as
+    influence (docs/targeting.md); only a gradient pass can see a prompt that hurts.
+    """
+    lists = _score_lists(scores)
+    s = np.mean(np.stack([np.asarray(x, dtype=np.float64) for x in lists]), axis=0)  # [N]
+    probed = np.isfinite(s)
+    conflicting = np.flatnonzero(probed & (s < -gate_score))
+    n = int(probed.sum())
+    share = conflicting.size / n if n else 0.0
+    return GateDecision(fires=bool(n > 0 and share >= gate_share), probed=n,
+                        conflicting=[int(i) for i in conflicting], share=float(share))
+
+
+def learnability_without(pass_rates: np.ndarray, exclude: Sequence[int], ratio: float) -> np.ndarray:
+    """The conflict gate's selection when it does not fire: top ⌊ratio·N⌋ by p(1−p) (as method learnability, ties
+    to the lower index) among the prompts not in `exclude` (the probe's conflicting rows). int64[n_selected]."""
+    p = _pass_rates(pass_rates, "learnability")
+    learn = p * (1.0 - p)  # [N], in [0, 0.25]
+    learn[np.asarray(list(exclude), dtype=np.int64)] = -1.0  # rank after every other prompt
+    keep = min(top_count(ratio, p.size), p.size - len(set(exclude)))
+    return rank_order(learn)[:keep]
 
 
 def _score_lists(scores: np.ndarray | Sequence[np.ndarray]) -> list[np.ndarray]:

@@ -71,7 +71,7 @@ def curriculum(config: RunConfig) -> RunSummary:
                                                                behavior_val)
             refreshes.append(ref)
         drift = None
-        if m > 0 and schedule == "drift":
+        if m > 0 and schedule == "drift" and not gate_quiet(cfg, stages[-1]):
             drift, rec = drift_check(tr, cfg, m, ckpt, behavior_pool, stages[-1].selection)
             rescores.append(rec)
             fixed = None if rec["rescored"] else stages[-1].selection
@@ -82,7 +82,7 @@ def curriculum(config: RunConfig) -> RunSummary:
         counts = counts + out.counts
         stages.append(out)
         ckpt = out.checkpoint
-        if schedule == "once" and fixed is None:
+        if (schedule == "once" and fixed is None) or gate_quiet(cfg, out):
             fixed = out.selection
 
     from tasks.reports import final_report
@@ -95,6 +95,14 @@ def curriculum(config: RunConfig) -> RunSummary:
     summary.counts = counts + tr.tally()
     summary.flow_seconds = time.perf_counter() - t0
     return summary
+
+
+def gate_quiet(cfg: RunConfig, out: StageOutputs) -> bool:
+    """Stage `out` ran the conflict gate (selection.gate_probe) and it did not fire: its learnability selection is
+    kept for every later stage (nothing in the pool conflicted with the target at θ_0, so no re-scoring)."""
+    from tasks.selection import gate_fires
+
+    return "gate" in out.shaping and not gate_fires(cfg, out.shaping["gate"])
 
 
 def rescore_schedule(cfg: RunConfig) -> str:

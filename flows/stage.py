@@ -51,6 +51,29 @@ def stage_sketches(tr: Tracker, cfg: RunConfig, stage: int, ckpt: ArtifactRef, p
     return g_pool, g_val, shaping
 
 
+def probe_gate(tr: Tracker, cfg: RunConfig, stage: int, ckpt: ArtifactRef, pool_rollouts: ArtifactRef,
+               val_rollouts: dict[str, ArtifactRef]) -> tuple[ArtifactRef, dict[str, ArtifactRef],
+                                                                dict[str, ArtifactRef]]:
+    """The conflict gate (selection.gate_probe): sketch and score a random probe of the pool, then decide.
+    Returns the gate artifact, what it cost ("calibration", "probe", "probe_grads", "probe_scores", "gate": part
+    of the stage's scoring) and the validation sketches (the same artifacts the whole-pool ranking then uses)."""
+    calib = None
+    if cfg.influence.uses_energy:
+        calib = tr.submit(T_grads.calibration, cfg=cfg, ckpt=ckpt, pool_rollouts=pool_rollouts, stage=stage).result()
+    cand = tr.submit(T_sel.probe, cfg=cfg, pool_rollouts=pool_rollouts, stage=stage).result()
+    g_probe = grads_ref(tr, cfg, stage, ckpt, pool_rollouts, "pool-probe", calib, cand)
+    g_val = {n: grads_ref(tr, cfg, stage, ckpt, r, n.replace("/", "-"), calib) for n, r in val_rollouts.items()}
+    sc = tr.submit(T_sel.scores, cfg=cfg, pool_grads=g_probe, val_grads=g_val, stage=stage).result()
+    gate = tr.submit(T_sel.gate, cfg=cfg, scores=sc, stage=stage).result()
+    d = get_store(cfg).read_json(gate.key, "gate.json")
+    log(f"stage {stage}: conflict gate: {len(d['conflicting'])} of {d['probed']} probed prompts conflict with the "
+        f"target (score < -{cfg.selection.gate_score}: {d['share']:.1%}; fires at {cfg.selection.gate_share:.0%}) "
+        + ("-> influence ranks the whole pool" if d["fires"] else
+           "-> learnability without them, kept for every later stage"))
+    shaping = {"calibration": calib, "probe": cand, "probe_grads": g_probe, "probe_scores": sc, "gate": gate}
+    return gate, {n: r for n, r in shaping.items() if r is not None}, g_val
+
+
 def grads_ref(tr: Tracker, cfg: RunConfig, stage: int, ckpt: ArtifactRef, rollouts: ArtifactRef, label: str,
               calibration: ArtifactRef | None = None, candidates: ArtifactRef | None = None) -> ArtifactRef:
     """Finalized gradient artifact; chunks found corrupt at finalize time are recomputed once."""
@@ -104,11 +127,18 @@ def stage(config: RunConfig, stage: int, ckpt: ArtifactRef, pool: ArtifactRef, p
     tr = Tracker(cfg)
     grads: dict[str, ArtifactRef] = {}
     shaping: dict[str, ArtifactRef] = {"drift": drift} if drift is not None else {}
-    scores = None
+    scores = gate = None
     if fixed_selection is not None:
         sel = fixed_selection
     else:
-        if cfg.selection.method in SCORED:
+        if cfg.selection.method == "popi" and cfg.selection.gate_probe is not None:
+            gate, probed, g_val = probe_gate(tr, cfg, stage, ckpt, pool_rollouts, val_rollouts)
+            shaping.update(probed)
+            if T_sel.gate_fires(cfg, gate):
+                gate = None  # the whole-pool ranking, keyed as without the gate
+            else:
+                grads = dict(g_val)
+        if cfg.selection.method in SCORED and gate is None:
             g_pool, g_val, shaped = stage_sketches(tr, cfg, stage, ckpt, pool_rollouts, val_rollouts,
                                                    previous_selection)
             shaping.update(shaped)
@@ -119,7 +149,8 @@ def stage(config: RunConfig, stage: int, ckpt: ArtifactRef, pool: ArtifactRef, p
                                 stage=stage).result()
                 shaping["ess"] = ess
             scores = tr.submit(T_sel.scores, cfg=cfg, pool_grads=g_pool, val_grads=g_val, stage=stage, ess=ess)
-        sel = tr.submit(T_sel.selection, cfg=cfg, stage=stage, pool=pool, pool_rollouts=pool_rollouts, scores=scores)
+        sel = tr.submit(T_sel.selection, cfg=cfg, stage=stage, pool=pool, pool_rollouts=pool_rollouts, scores=scores,
+                        gate=gate)
         scores = scores.result() if scores is not None else None
         sel = sel.result()
 

@@ -190,6 +190,12 @@ def candidates_config(cfg: RunConfig, stage: int, **_: Any) -> dict:
     return conf
 
 
+def probe_config(cfg: RunConfig, stage: int, **_: Any) -> dict:
+    """The conflict gate's probe: a seeded random draw, sized by gate_probe × the selection size."""
+    return {"probe": cfg.selection.gate_probe, "ratio": cfg.selection.ratio, "seed": cfg.selection.seed,
+            "stage": stage}
+
+
 def scores_config(cfg: RunConfig, ess: ArtifactRef | None = None, **_: Any) -> dict:
     """{} for the paper's cosine (every key from before the other rules stays), else the rule and its power; the
     ESS weighting's power when a pool-health artifact weighs the scores (influence.ess_power > 0, stage ≥ 1)."""
@@ -239,7 +245,11 @@ RECIPES: dict[str, Recipe] = {
     "candidates": Recipe("candidates", ("pool_rollouts", "previous"), candidates_config),
     "grads": Recipe("grads", ("ckpt", "rollouts", "calibration", "candidates"), grads_config),
     "scores": Recipe("scores", ("pool_grads", "val_grads", "ess"), scores_config),
-    "selection": Recipe("selection", ("pool", "scores|pool_rollouts"), selection_config),
+    "probe": Recipe("candidates", ("pool_rollouts",), probe_config),
+    "gate": Recipe("gate", ("scores",), lambda cfg, **_: {"gate_score": cfg.selection.gate_score,
+                                                          "gate_share": cfg.selection.gate_share}),
+    # a quiet conflict gate is the selection's parent in place of scores (no gate: every earlier key)
+    "selection": Recipe("selection", ("pool", "scores|pool_rollouts", "gate"), selection_config),
     "health": Recipe("health", ("ckpt", "pool_rollouts", "sel"), _temperature),
     "pool_health": Recipe("health", ("ckpt", "pool_rollouts"), lambda cfg, **_: {**_temperature(cfg), "prompts": "all"}),
     "train": Recipe("checkpoint", ("ckpt", "pool", "sel"), lambda cfg, stage, **_: {

@@ -12,11 +12,11 @@ from cropi_core.config import RunConfig
 from storage import ArtifactRef
 from tasks.artifacts import (count_by, load_checkpoint, load_problems, pass_rates, ran_on, read_grads, read_rollouts,
                              read_scores, selected_indices)
-from tasks.common import GPU_TAG
+from tasks.common import GPU_TAG, get_store
 from tasks.recipes import RANDOM_METHODS, RECIPES, behavior_temperature, mixes_random, produce
 
-SCORES, SELECTION, HEALTH, POOL_HEALTH, CANDIDATES = (RECIPES[k] for k in ("scores", "selection", "health",
-                                                                          "pool_health", "candidates"))
+SCORES, SELECTION, HEALTH, POOL_HEALTH, CANDIDATES, PROBE, GATE = (
+    RECIPES[k] for k in ("scores", "selection", "health", "pool_health", "candidates", "probe", "gate"))
 scores_key, selection_key, health_key, pool_health_key = SCORES.key, SELECTION.key, HEALTH.key, POOL_HEALTH.key
 
 
@@ -45,6 +45,46 @@ def candidates(cfg: RunConfig, pool_rollouts: ArtifactRef, previous: ArtifactRef
 
     return produce(CANDIDATES, "candidates", cfg, {"pool_rollouts": pool_rollouts, "previous": previous, "stage": stage},
                    payload)
+
+
+# ---------------------------------------------------------------- the conflict gate (selection.gate_probe)
+@task(name="probe", task_run_name="probe-s{stage}", cache_policy=NO_CACHE)
+def probe(cfg: RunConfig, pool_rollouts: ArtifactRef, stage: int = 0) -> ArtifactRef:
+    """The pool rows the conflict gate sketches first: a seeded random draw of ⌈gate_probe × selection size⌉
+    scorable prompts (a candidates artifact: the pool sketch over them leaves every other row unscored)."""
+    def payload(w) -> dict:
+        from cropi_core.scoring import top_count
+        from cropi_core.selection import draw_candidates
+
+        recs = read_rollouts(w.store, pool_rollouts.key)
+        scorable = np.array([p.k >= 2 and p.scorable for p in recs])  # the rows sketch_prompts would sketch
+        n_draw = math.ceil(cfg.selection.gate_probe * top_count(cfg.selection.ratio, len(recs)))
+        idx = draw_candidates(scorable, n_draw, (), seed=(cfg.selection.seed, stage, 4241))
+        w.put_json("candidates.json", {"stage": stage, "indices": idx})
+        return {"stage": stage, "n": len(idx), "pool": len(recs), "scorable": int(scorable.sum()), "by": "probe",
+                "run": cfg.name}
+
+    return produce(PROBE, "probe", cfg, {"pool_rollouts": pool_rollouts, "stage": stage}, payload)
+
+
+@task(name="gate", task_run_name="gate-s{stage}", cache_policy=NO_CACHE)
+def gate(cfg: RunConfig, scores: ArtifactRef, stage: int = 0) -> ArtifactRef:
+    """`cropi_core.selection.conflict_gate` on the probe's scores: whether the stage ranks the whole pool by
+    influence (fires) or selects by learnability without the probe's conflicting prompts (quiet)."""
+    def payload(w) -> dict:
+        from cropi_core.selection import conflict_gate
+
+        d = conflict_gate(read_scores(cfg, scores)[1], cfg.selection.gate_score, cfg.selection.gate_share)
+        w.put_json("gate.json", {"fires": d.fires, "probed": d.probed, "share": d.share,
+                                 "conflicting": d.conflicting})
+        return {"stage": stage, "fires": d.fires, "probed": d.probed, "conflicting": len(d.conflicting),
+                "share": d.share, "run": cfg.name}
+
+    return produce(GATE, "gate", cfg, {"scores": scores}, payload)
+
+
+def gate_fires(cfg: RunConfig, ref: ArtifactRef) -> bool:
+    return bool(get_store(cfg).read_json(ref.key, "gate.json")["fires"])
 
 
 # ---------------------------------------------------------------- scores
@@ -80,22 +120,28 @@ def scores(cfg: RunConfig, pool_grads: ArtifactRef, val_grads: dict[str, Artifac
 # ---------------------------------------------------------------- selection
 @task(name="selection", task_run_name="selection-s{stage}", cache_policy=NO_CACHE)
 def selection(cfg: RunConfig, stage: int, pool: ArtifactRef, pool_rollouts: ArtifactRef,
-              scores: ArtifactRef | None = None) -> ArtifactRef:
-    """Pick the stage's training prompts (`cropi_core.selection.select`), stored as indices + ids + stats."""
+              scores: ArtifactRef | None = None, gate: ArtifactRef | None = None) -> ArtifactRef:
+    """Pick the stage's training prompts (`cropi_core.selection.select`), stored as indices + ids + stats.
+    `gate`: a conflict gate that did not fire (selection.gate_probe): learnability without its conflicting rows."""
     def payload(w) -> dict:
-        from cropi_core.selection import influence_ranking, mix_random, select
+        from cropi_core.selection import influence_ranking, learnability_without, mix_random, select
 
         s = cfg.selection
         problems = load_problems(cfg, pool)
         p = pass_rates(w.store, pool_rollouts.key)
         score_lists = read_scores(cfg, scores)[1] if scores is not None else None
         seed = s.seed + (stage if s.method in RANDOM_METHODS else 0)
-        idx = select(s.method, scores=score_lists, pass_rates=p, ratio=s.ratio, seed=seed, k_rrf=s.k_rrf,
-                     n=len(problems), fusion=s.fusion if score_lists is not None else "none", k_fusion=s.k_fusion)
+        if gate is not None:
+            idx = learnability_without(p, w.store.read_json(gate.key, "gate.json")["conflicting"], s.ratio)
+        else:
+            idx = select(s.method, scores=score_lists, pass_rates=p, ratio=s.ratio, seed=seed, k_rrf=s.k_rrf,
+                         n=len(problems), fusion=s.fusion if score_lists is not None else "none",
+                         k_fusion=s.k_fusion)
         if mixes_random(cfg):
             idx = mix_random(idx, len(problems), s.mix_random, seed=s.seed * 1000 + stage)
         idx = [int(i) for i in idx]
-        out = {"method": s.method, "stage": stage, "indices": idx, "ids": [problems[i].id for i in idx],
+        out = {"method": s.method if gate is None else "learnability (conflict gate quiet)", "stage": stage,
+               "indices": idx, "ids": [problems[i].id for i in idx],
                "offline_pass_rate": [float(p[i]) for i in idx]}
         if score_lists is not None:
             fused = influence_ranking(score_lists, p, fusion=s.fusion, ratio=s.ratio, k_rrf=s.k_rrf,
@@ -103,11 +149,12 @@ def selection(cfg: RunConfig, stage: int, pool: ArtifactRef, pool_rollouts: Arti
             out["fused"] = [float(fused[i]) for i in idx]
         w.put_json("selection.json", out)
         return {"method": s.method, "stage": stage, "n": len(idx), "pool": len(problems),
+                **({"gate": "quiet"} if gate is not None else {}),
                 "domains": count_by(problems[i].domain for i in idx),
                 "sources": count_by(problems[i].source for i in idx),
                 "offline_pass_rate": float(np.mean(p[idx])) if idx else 0.0, "run": cfg.name}
 
-    params = {"stage": stage, "pool": pool, "pool_rollouts": pool_rollouts, "scores": scores}
+    params = {"stage": stage, "pool": pool, "pool_rollouts": pool_rollouts, "scores": scores, "gate": gate}
     return produce(SELECTION, "selection", cfg, params, payload)
 
 

@@ -139,3 +139,51 @@ def test_ess_aware_scores_weigh_the_paper_scores_by_each_prompts_ess(coin, paper
     np.testing.assert_allclose(got[~np.isnan(got)], expected[~np.isnan(expected)], rtol=1e-6, atol=1e-7)
     kinds = _kinds(s)
     assert "grads" not in kinds and "health" in kinds and "scores" in kinds
+
+
+def test_quiet_conflict_gate_sketches_only_its_probe_and_keeps_learnability(coin, paper):
+    """gate_probe 1 with a bar no prompt can reach (all of the probe below −0.99): stage 0 sketches exactly a seeded
+    random ⌈1 × 12⌉ scorable pool prompts (bit-identical rows to the paper run's full sketch, every other row NaN:
+    never computed), the gate does not fire, and the selection is learnability's top 12 without the probe's
+    conflicting rows; stage 1 keeps it (no drift check, no sketch, no score)."""
+    from cropi_core.selection import conflict_gate, learnability_without
+    from tasks.artifacts import pass_rates
+
+    s = _run(coin, "gate-quiet", "selection.gate_probe=1", "selection.gate_score=0.99", "selection.gate_share=1.0")
+    store = open_store(str(coin["storage"]))
+    st0 = s["stages"][0]
+    assert "pool" not in st0["grads"]  # the whole pool was never sketched
+    for name, key in st0["grads"].items():
+        assert key == paper["stages"][0]["grads"][name]  # validation sketches: the paper run's, reused
+    shaping = st0["shaping"]
+    assert set(shaping) == {"probe", "probe_grads", "probe_scores", "gate"}
+    probe = store.read_json(shaping["probe"], "candidates.json")["indices"]
+    g = store.read_array(shaping["probe_grads"], "grads")  # [48, 32]
+    full = store.read_array(paper["stages"][0]["grads"]["pool"], "grads")  # [48, 32]
+    assert np.flatnonzero(~np.isnan(g).any(axis=1)).tolist() == probe and len(probe) == 12
+    np.testing.assert_array_equal(g[probe], full[probe])
+    gate = store.read_json(shaping["gate"], "gate.json")
+    popi = store.read_array(shaping["probe_scores"], "popi")  # [1, 48], NaN off the probe
+    want = conflict_gate(popi, 0.99, 1.0)
+    assert gate == {"fires": False, "probed": 12, "share": want.share, "conflicting": want.conflicting}
+    sel = store.read_json(st0["selection"], "selection.json")["indices"]
+    assert sel == learnability_without(pass_rates(store, s["pool_rollouts"]), [], 0.25).tolist()
+    assert s["stages"][1]["selection"] == st0["selection"] and s["stages"][1]["grads"] == {}
+    assert s["rescores"] == []
+    assert store.manifest(st0["selection"]).parents[-1] == shaping["gate"]
+
+
+def test_conflict_gate_that_fires_ranks_the_whole_pool_with_the_ungated_keys(coin, paper):
+    """gate_probe 1 with a bar any conflicting prompt passes (one probed prompt with mean score < −0.001 of 12 is
+    8.3% ≥ 1%): the gate fires, and every stage is the paper run's exactly (same sketch, scores, selection and
+    checkpoint keys, reused), the probe and the gate added to stage 0's scoring."""
+    s = _run(coin, "gate-fire", "selection.gate_probe=1", "selection.gate_score=0.001", "selection.gate_share=0.01")
+    store = open_store(str(coin["storage"]))
+    shaping = s["stages"][0]["shaping"]
+    popi = store.read_array(shaping["probe_scores"], "popi")
+    assert np.nanmin(popi) < -0.001, "premise: some probed prompt conflicts"
+    assert store.read_json(shaping["gate"], "gate.json")["fires"] is True
+    assert [st["selection"] for st in s["stages"]] == [st["selection"] for st in paper["stages"]]
+    assert s["stages"][0]["grads"] == paper["stages"][0]["grads"]
+    assert s["final_checkpoint"] == paper["final_checkpoint"]
+    assert {t for t, _ in s["computed"]} <= {"probe", "grads-chunk", "grads", "scores", "gate"}

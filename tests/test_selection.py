@@ -167,3 +167,31 @@ def test_drift_trigger_fires_at_the_thresholds(ess, kl, ess_t, kl_t, fires):
     from cropi_core.selection import drifted
 
     assert drifted(ess, kl, ess_t, kl_t) is fires
+
+
+def test_conflict_gate_hand_computed():
+    """Two validation lists over 6 prompts; prompt 5 was not probed (NaN). Mean scores: 0 → (−0.3 − 0.1)/2 = −0.2,
+    1 → 0.05, 2 → −0.1 (not below −0.1), 3 → −0.15, 4 → 0.4. With gate_score 0.1 the conflicting rows are 0 and 3:
+    share 2/5 = 0.4. The gate fires at gate_share 0.4 (≥), not at 0.41; nothing probed never fires."""
+    from cropi_core.selection import conflict_gate
+
+    s = np.array([[-0.3, 0.1, -0.1, -0.2, 0.5, np.nan],
+                  [-0.1, 0.0, -0.1, -0.1, 0.3, np.nan]])
+    d = conflict_gate(s, 0.1, 0.4)
+    assert d.fires and d.probed == 5 and d.conflicting == [0, 3] and d.share == pytest.approx(0.4)
+    assert not conflict_gate(s, 0.1, 0.41).fires
+    assert conflict_gate(s, 0.25, 0.1).conflicting == []  # −0.2 is not below −0.25
+    empty = conflict_gate(np.full((2, 4), np.nan), 0.1, 0.01)
+    assert not empty.fires and empty.probed == 0 and empty.share == 0.0
+
+
+def test_learnability_without_skips_the_conflicting_rows():
+    """p = [0.5, 0.5, 0.25, 0.0, 0.75, 0.5]: p(1−p) = [.25, .25, .1875, 0, .1875, .25]; learnability's top 3 (ties to
+    the lower index) is [0, 1, 5]; without rows 1 and 5 it is [0, 2, 4]; excluding all but two leaves two."""
+    from cropi_core.selection import learnability_without, select
+
+    p = np.array([0.5, 0.5, 0.25, 0.0, 0.75, 0.5])
+    assert select("learnability", pass_rates=p, ratio=0.5).tolist() == [0, 1, 5]
+    assert learnability_without(p, [], 0.5).tolist() == [0, 1, 5]
+    assert learnability_without(p, [1, 5], 0.5).tolist() == [0, 2, 4]
+    assert learnability_without(p, [0, 1, 2, 4], 0.5).tolist() == [5, 3]
