@@ -624,8 +624,9 @@ class SelectionConfig(Section):
         "The conflict gate (beyond the paper; null = off): before a stage ranks the pool by influence, sketch a "
         "seeded random probe of ⌈gate_probe × selection size⌉ scorable pool prompts and score it. Only if at least "
         "gate_share of them conflict with the target (mean score < −gate_score) is the whole pool sketched and "
-        "ranked as configured; otherwise the stage selects by learnability p(1−p) without the probe's conflicting "
-        "prompts, and later stages keep that selection (no drift check, no re-scoring). Influence beat "
+        "ranked as configured; otherwise the stage is method learnability's (top p(1−p), the same selection and "
+        "training artifacts, reused where learnability ran on this root) and later stages keep that selection (no "
+        "drift check, no re-scoring). Influence beat "
         "learnability on the embedded benchmarks only where a pool source conflicted with the target "
         "(docs/targeting.md), so a pool without conflict is not worth its gradient pass. Only method popi. Keyed "
         "by the probe (a candidates artifact) and the gate artifact."))

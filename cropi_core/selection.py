@@ -36,7 +36,7 @@ METHODS = ("popi", "full", "random", "pass_rate", "learnability", "influence_onc
 FUSIONS = ("none", "learnability_rrf")
 
 __all__ = ["select", "mix_random", "draw_candidates", "learnability_candidates", "fused_influence", "influence_ranking",
-           "drifted", "conflict_gate", "GateDecision", "learnability_without", "METHODS",
+           "drifted", "conflict_gate", "GateDecision", "METHODS",
            "FUSIONS"]
 
 
@@ -142,16 +142,6 @@ def conflict_gate(scores: np.ndarray | Sequence[np.ndarray], gate_score: float, 
     share = conflicting.size / n if n else 0.0
     return GateDecision(fires=bool(n > 0 and share >= gate_share), probed=n,
                         conflicting=[int(i) for i in conflicting], share=float(share))
-
-
-def learnability_without(pass_rates: np.ndarray, exclude: Sequence[int], ratio: float) -> np.ndarray:
-    """The conflict gate's selection when it does not fire: top ⌊ratio·N⌋ by p(1−p) (as method learnability, ties
-    to the lower index) among the prompts not in `exclude` (the probe's conflicting rows). int64[n_selected]."""
-    p = _pass_rates(pass_rates, "learnability")
-    learn = p * (1.0 - p)  # [N], in [0, 0.25]
-    learn[np.asarray(list(exclude), dtype=np.int64)] = -1.0  # rank after every other prompt
-    keep = min(top_count(ratio, p.size), p.size - len(set(exclude)))
-    return rank_order(learn)[:keep]
 
 
 def _score_lists(scores: np.ndarray | Sequence[np.ndarray]) -> list[np.ndarray]:

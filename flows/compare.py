@@ -48,7 +48,7 @@ NEEDS_OFFLINE = {"cropi": ("pool", "val"), "cropi-paper": ("pool", "val"), "crop
 
 def paper_selection(cfg: RunConfig) -> None:
     """Set the paper's CROPI selection on `cfg` in place: POPI cosine over the whole pool, re-scored every stage, no
-    fusion with learnability (the sketch itself stays as configured: `influence.projector` etc.)."""
+    conflict gate, no fusion with learnability (the sketch itself stays as configured: `influence.projector` etc.)."""
     cfg.selection.method = "popi"
     cfg.selection.fusion = "none"
     cfg.selection.rescore = "every"
@@ -56,6 +56,7 @@ def paper_selection(cfg: RunConfig) -> None:
     cfg.influence.candidates = None
     cfg.influence.candidates_by = "random"
     cfg.influence.ess_power = 0.0
+    cfg.selection.gate_probe = None
 
 
 def parse_methods(spec: str | list[str] | tuple[str, ...] | None) -> list[str]:

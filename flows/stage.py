@@ -69,9 +69,17 @@ def probe_gate(tr: Tracker, cfg: RunConfig, stage: int, ckpt: ArtifactRef, pool_
     log(f"stage {stage}: conflict gate: {len(d['conflicting'])} of {d['probed']} probed prompts conflict with the "
         f"target (score < -{cfg.selection.gate_score}: {d['share']:.1%}; fires at {cfg.selection.gate_share:.0%}) "
         + ("-> influence ranks the whole pool" if d["fires"] else
-           "-> learnability without them, kept for every later stage"))
+           "-> this stage and every later one are method learnability's"))
     shaping = {"calibration": calib, "probe": cand, "probe_grads": g_probe, "probe_scores": sc, "gate": gate}
     return gate, {n: r for n, r in shaping.items() if r is not None}, g_val
+
+
+def learnability_stage(cfg: RunConfig) -> RunConfig:
+    """A quiet conflict gate's stage: method learnability's, key for key (its selection and training artifacts are
+    learnability's, reused where that method has run on this root)."""
+    c = cfg.model_copy(deep=True)
+    c.selection.method = "learnability"
+    return c
 
 
 def grads_ref(tr: Tracker, cfg: RunConfig, stage: int, ckpt: ArtifactRef, rollouts: ArtifactRef, label: str,
@@ -138,6 +146,7 @@ def stage(config: RunConfig, stage: int, ckpt: ArtifactRef, pool: ArtifactRef, p
                 gate = None  # the whole-pool ranking, keyed as without the gate
             else:
                 grads = dict(g_val)
+                cfg = learnability_stage(cfg)
         if cfg.selection.method in SCORED and gate is None:
             g_pool, g_val, shaped = stage_sketches(tr, cfg, stage, ckpt, pool_rollouts, val_rollouts,
                                                    previous_selection)
@@ -149,8 +158,7 @@ def stage(config: RunConfig, stage: int, ckpt: ArtifactRef, pool: ArtifactRef, p
                                 stage=stage).result()
                 shaping["ess"] = ess
             scores = tr.submit(T_sel.scores, cfg=cfg, pool_grads=g_pool, val_grads=g_val, stage=stage, ess=ess)
-        sel = tr.submit(T_sel.selection, cfg=cfg, stage=stage, pool=pool, pool_rollouts=pool_rollouts, scores=scores,
-                        gate=gate)
+        sel = tr.submit(T_sel.selection, cfg=cfg, stage=stage, pool=pool, pool_rollouts=pool_rollouts, scores=scores)
         scores = scores.result() if scores is not None else None
         sel = sel.result()
 

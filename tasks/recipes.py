@@ -248,8 +248,7 @@ RECIPES: dict[str, Recipe] = {
     "probe": Recipe("candidates", ("pool_rollouts",), probe_config),
     "gate": Recipe("gate", ("scores",), lambda cfg, **_: {"gate_score": cfg.selection.gate_score,
                                                           "gate_share": cfg.selection.gate_share}),
-    # a quiet conflict gate is the selection's parent in place of scores (no gate: every earlier key)
-    "selection": Recipe("selection", ("pool", "scores|pool_rollouts", "gate"), selection_config),
+    "selection": Recipe("selection", ("pool", "scores|pool_rollouts"), selection_config),
     "health": Recipe("health", ("ckpt", "pool_rollouts", "sel"), _temperature),
     "pool_health": Recipe("health", ("ckpt", "pool_rollouts"), lambda cfg, **_: {**_temperature(cfg), "prompts": "all"}),
     "train": Recipe("checkpoint", ("ckpt", "pool", "sel"), lambda cfg, stage, **_: {

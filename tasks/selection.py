@@ -70,7 +70,7 @@ def probe(cfg: RunConfig, pool_rollouts: ArtifactRef, stage: int = 0) -> Artifac
 @task(name="gate", task_run_name="gate-s{stage}", cache_policy=NO_CACHE)
 def gate(cfg: RunConfig, scores: ArtifactRef, stage: int = 0) -> ArtifactRef:
     """`cropi_core.selection.conflict_gate` on the probe's scores: whether the stage ranks the whole pool by
-    influence (fires) or selects by learnability without the probe's conflicting prompts (quiet)."""
+    influence (fires) or is method learnability's stage (quiet)."""
     def payload(w) -> dict:
         from cropi_core.selection import conflict_gate
 
@@ -120,28 +120,22 @@ def scores(cfg: RunConfig, pool_grads: ArtifactRef, val_grads: dict[str, Artifac
 # ---------------------------------------------------------------- selection
 @task(name="selection", task_run_name="selection-s{stage}", cache_policy=NO_CACHE)
 def selection(cfg: RunConfig, stage: int, pool: ArtifactRef, pool_rollouts: ArtifactRef,
-              scores: ArtifactRef | None = None, gate: ArtifactRef | None = None) -> ArtifactRef:
-    """Pick the stage's training prompts (`cropi_core.selection.select`), stored as indices + ids + stats.
-    `gate`: a conflict gate that did not fire (selection.gate_probe): learnability without its conflicting rows."""
+              scores: ArtifactRef | None = None) -> ArtifactRef:
+    """Pick the stage's training prompts (`cropi_core.selection.select`), stored as indices + ids + stats."""
     def payload(w) -> dict:
-        from cropi_core.selection import influence_ranking, learnability_without, mix_random, select
+        from cropi_core.selection import influence_ranking, mix_random, select
 
         s = cfg.selection
         problems = load_problems(cfg, pool)
         p = pass_rates(w.store, pool_rollouts.key)
         score_lists = read_scores(cfg, scores)[1] if scores is not None else None
         seed = s.seed + (stage if s.method in RANDOM_METHODS else 0)
-        if gate is not None:
-            idx = learnability_without(p, w.store.read_json(gate.key, "gate.json")["conflicting"], s.ratio)
-        else:
-            idx = select(s.method, scores=score_lists, pass_rates=p, ratio=s.ratio, seed=seed, k_rrf=s.k_rrf,
-                         n=len(problems), fusion=s.fusion if score_lists is not None else "none",
-                         k_fusion=s.k_fusion)
+        idx = select(s.method, scores=score_lists, pass_rates=p, ratio=s.ratio, seed=seed, k_rrf=s.k_rrf,
+                     n=len(problems), fusion=s.fusion if score_lists is not None else "none", k_fusion=s.k_fusion)
         if mixes_random(cfg):
             idx = mix_random(idx, len(problems), s.mix_random, seed=s.seed * 1000 + stage)
         idx = [int(i) for i in idx]
-        out = {"method": s.method if gate is None else "learnability (conflict gate quiet)", "stage": stage,
-               "indices": idx, "ids": [problems[i].id for i in idx],
+        out = {"method": s.method, "stage": stage, "indices": idx, "ids": [problems[i].id for i in idx],
                "offline_pass_rate": [float(p[i]) for i in idx]}
         if score_lists is not None:
             fused = influence_ranking(score_lists, p, fusion=s.fusion, ratio=s.ratio, k_rrf=s.k_rrf,
@@ -149,12 +143,11 @@ def selection(cfg: RunConfig, stage: int, pool: ArtifactRef, pool_rollouts: Arti
             out["fused"] = [float(fused[i]) for i in idx]
         w.put_json("selection.json", out)
         return {"method": s.method, "stage": stage, "n": len(idx), "pool": len(problems),
-                **({"gate": "quiet"} if gate is not None else {}),
                 "domains": count_by(problems[i].domain for i in idx),
                 "sources": count_by(problems[i].source for i in idx),
                 "offline_pass_rate": float(np.mean(p[idx])) if idx else 0.0, "run": cfg.name}
 
-    params = {"stage": stage, "pool": pool, "pool_rollouts": pool_rollouts, "scores": scores, "gate": gate}
+    params = {"stage": stage, "pool": pool, "pool_rollouts": pool_rollouts, "scores": scores}
     return produce(SELECTION, "selection", cfg, params, payload)
 
 

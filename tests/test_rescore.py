@@ -141,14 +141,15 @@ def test_ess_aware_scores_weigh_the_paper_scores_by_each_prompts_ess(coin, paper
     assert "grads" not in kinds and "health" in kinds and "scores" in kinds
 
 
-def test_quiet_conflict_gate_sketches_only_its_probe_and_keeps_learnability(coin, paper):
+def test_quiet_conflict_gate_sketches_only_its_probe_and_is_learnabilitys_run(coin, paper):
     """gate_probe 1 with a bar no prompt can reach (all of the probe below −0.99): stage 0 sketches exactly a seeded
     random ⌈1 × 12⌉ scorable pool prompts (bit-identical rows to the paper run's full sketch, every other row NaN:
-    never computed), the gate does not fire, and the selection is learnability's top 12 without the probe's
-    conflicting rows; stage 1 keeps it (no drift check, no sketch, no score)."""
-    from cropi_core.selection import conflict_gate, learnability_without
-    from tasks.artifacts import pass_rates
+    never computed), the gate does not fire, and from there the run is method learnability's key for key — its
+    selections and checkpoints reused from a learnability run on the same root, nothing trained again; stage 1
+    keeps the selection (no drift check, no sketch, no score)."""
+    from cropi_core.selection import conflict_gate
 
+    learn = _run(coin, "learnability", "selection.method=learnability")
     s = _run(coin, "gate-quiet", "selection.gate_probe=1", "selection.gate_score=0.99", "selection.gate_share=1.0")
     store = open_store(str(coin["storage"]))
     st0 = s["stages"][0]
@@ -166,11 +167,10 @@ def test_quiet_conflict_gate_sketches_only_its_probe_and_keeps_learnability(coin
     popi = store.read_array(shaping["probe_scores"], "popi")  # [1, 48], NaN off the probe
     want = conflict_gate(popi, 0.99, 1.0)
     assert gate == {"fires": False, "probed": 12, "share": want.share, "conflicting": want.conflicting}
-    sel = store.read_json(st0["selection"], "selection.json")["indices"]
-    assert sel == learnability_without(pass_rates(store, s["pool_rollouts"]), [], 0.25).tolist()
-    assert s["stages"][1]["selection"] == st0["selection"] and s["stages"][1]["grads"] == {}
-    assert s["rescores"] == []
-    assert store.manifest(st0["selection"]).parents[-1] == shaping["gate"]
+    assert [st["selection"] for st in s["stages"]] == [st["selection"] for st in learn["stages"]]
+    assert s["final_checkpoint"] == learn["final_checkpoint"]
+    assert s["rescores"] == [] and s["stages"][1]["grads"] == {}
+    assert {t for t, _ in s["computed"]} <= {"probe", "grads-chunk", "grads", "scores", "gate"}  # nothing trained
 
 
 def test_conflict_gate_that_fires_ranks_the_whole_pool_with_the_ungated_keys(coin, paper):

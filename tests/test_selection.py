@@ -184,14 +184,3 @@ def test_conflict_gate_hand_computed():
     empty = conflict_gate(np.full((2, 4), np.nan), 0.1, 0.01)
     assert not empty.fires and empty.probed == 0 and empty.share == 0.0
 
-
-def test_learnability_without_skips_the_conflicting_rows():
-    """p = [0.5, 0.5, 0.25, 0.0, 0.75, 0.5]: p(1−p) = [.25, .25, .1875, 0, .1875, .25]; learnability's top 3 (ties to
-    the lower index) is [0, 1, 5]; without rows 1 and 5 it is [0, 2, 4]; excluding all but two leaves two."""
-    from cropi_core.selection import learnability_without, select
-
-    p = np.array([0.5, 0.5, 0.25, 0.0, 0.75, 0.5])
-    assert select("learnability", pass_rates=p, ratio=0.5).tolist() == [0, 1, 5]
-    assert learnability_without(p, [], 0.5).tolist() == [0, 1, 5]
-    assert learnability_without(p, [1, 5], 0.5).tolist() == [0, 2, 4]
-    assert learnability_without(p, [0, 1, 2, 4], 0.5).tolist() == [5, 3]
