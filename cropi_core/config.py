@@ -620,22 +620,24 @@ class SelectionConfig(Section):
         "this."))
     drift_kl: float | None = Field(None, gt=0, description=(
         "rescore drift: re-score when the mean per-token KL(θ_m‖β), in nats, is above this; null = not checked."))
-    gate_probe: float | None = Field(None, gt=0, description=(
-        "The conflict gate (beyond the paper; null = off): before a stage ranks the pool by influence, sketch a "
-        "seeded random probe of ⌈gate_probe × selection size⌉ scorable pool prompts and score it. Only if at least "
-        "gate_share of them conflict with the target (mean score < −gate_score) is the whole pool sketched and "
-        "ranked as configured; otherwise the stage is method learnability's (top p(1−p), the same selection and "
-        "training artifacts, reused where learnability ran on this root) and later stages keep that selection (no "
-        "drift check, no re-scoring). Influence beat "
-        "learnability on the embedded benchmarks only where a pool source conflicted with the target "
-        "(docs/targeting.md), so a pool without conflict is not worth its gradient pass. Only method popi. Keyed "
-        "by the probe (a candidates artifact) and the gate artifact."))
+    gate_probe: int | None = Field(None, gt=0, description=(
+        "The conflict gate (beyond the paper; null = off): before a stage ranks the pool by influence, sketch and "
+        "score a seeded random probe of gate_probe scorable pool prompts. Only if at least gate_share of them "
+        "conflict with the target (mean score < −gate_score) is the whole pool sketched and ranked as configured; "
+        "otherwise the stage is method learnability's (top p(1−p): the same selection and training artifacts, "
+        "reused where learnability ran on this root) and later stages keep that selection (no drift check, no "
+        "re-scoring). Influence beat learnability on the embedded benchmarks only where a pool source conflicted "
+        "with the target (docs/targeting.md), so elsewhere its gradient pass buys nothing. A count, not a share: "
+        "detecting a conflicting tenth of the pool needs the same probe at any pool size (64: missed with "
+        "probability ≈ 1 %, see gate_share). Only method popi. Keyed by the probe (a candidates artifact)."))
     gate_score: float = Field(0.1, gt=0, lt=1, description=(
         "Conflict gate: a probed prompt conflicts when its influence score (mean over the validation sets) is below "
-        "−gate_score. In cosine units (influence.score cosine): 0.1 is about 1.5× the 95th percentile of |score| "
-        "below zero on the embedded default's pool, where nothing conflicts (docs/targeting.md)."))
+        "−gate_score. In cosine units (influence.score cosine). Stage-0 scores measured in docs/targeting.md: "
+        "below −0.1 are 0.6 % of the embedded default's scorable pool (nothing there conflicts), 14 % of the "
+        "targeting benchmark's (its conflicting domain) and 7 % at conflict_strength 0.5."))
     gate_share: float = Field(0.03, gt=0, le=1, description=(
-        "Conflict gate: the share of probed prompts that must conflict for the gate to fire."))
+        "Conflict gate: the share of probed prompts that must conflict for the gate to fire (with a probe of 64: "
+        "2 prompts; a pool whose conflicting tenth is missed with probability 0.9^64 + 64·0.1·0.9^63 ≈ 1 %)."))
     # rescore and its thresholds decide whether a selection is computed, not what it holds: not hashed; the gate's
     # fields are in the keys of the probe and gate artifacts (a parent of the selection when the gate is quiet)
     HASH_EXCLUDE = frozenset({"rescore", "drift_ess", "drift_kl", "gate_probe", "gate_score", "gate_share"})

@@ -191,9 +191,8 @@ def candidates_config(cfg: RunConfig, stage: int, **_: Any) -> dict:
 
 
 def probe_config(cfg: RunConfig, stage: int, **_: Any) -> dict:
-    """The conflict gate's probe: a seeded random draw, sized by gate_probe × the selection size."""
-    return {"probe": cfg.selection.gate_probe, "ratio": cfg.selection.ratio, "seed": cfg.selection.seed,
-            "stage": stage}
+    """The conflict gate's probe: a seeded random draw of gate_probe scorable prompts."""
+    return {"probe": cfg.selection.gate_probe, "seed": cfg.selection.seed, "stage": stage}
 
 
 def scores_config(cfg: RunConfig, ess: ArtifactRef | None = None, **_: Any) -> dict:

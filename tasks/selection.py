@@ -50,16 +50,14 @@ def candidates(cfg: RunConfig, pool_rollouts: ArtifactRef, previous: ArtifactRef
 # ---------------------------------------------------------------- the conflict gate (selection.gate_probe)
 @task(name="probe", task_run_name="probe-s{stage}", cache_policy=NO_CACHE)
 def probe(cfg: RunConfig, pool_rollouts: ArtifactRef, stage: int = 0) -> ArtifactRef:
-    """The pool rows the conflict gate sketches first: a seeded random draw of ⌈gate_probe × selection size⌉
-    scorable prompts (a candidates artifact: the pool sketch over them leaves every other row unscored)."""
+    """The pool rows the conflict gate sketches first: a seeded random draw of gate_probe scorable prompts (a
+    candidates artifact: the pool sketch over them leaves every other row unscored)."""
     def payload(w) -> dict:
-        from cropi_core.scoring import top_count
         from cropi_core.selection import draw_candidates
 
         recs = read_rollouts(w.store, pool_rollouts.key)
         scorable = np.array([p.k >= 2 and p.scorable for p in recs])  # the rows sketch_prompts would sketch
-        n_draw = math.ceil(cfg.selection.gate_probe * top_count(cfg.selection.ratio, len(recs)))
-        idx = draw_candidates(scorable, n_draw, (), seed=(cfg.selection.seed, stage, 4241))
+        idx = draw_candidates(scorable, cfg.selection.gate_probe, (), seed=(cfg.selection.seed, stage, 4241))
         w.put_json("candidates.json", {"stage": stage, "indices": idx})
         return {"stage": stage, "n": len(idx), "pool": len(recs), "scorable": int(scorable.sum()), "by": "probe",
                 "run": cfg.name}

@@ -142,15 +142,15 @@ def test_ess_aware_scores_weigh_the_paper_scores_by_each_prompts_ess(coin, paper
 
 
 def test_quiet_conflict_gate_sketches_only_its_probe_and_is_learnabilitys_run(coin, paper):
-    """gate_probe 1 with a bar no prompt can reach (all of the probe below −0.99): stage 0 sketches exactly a seeded
-    random ⌈1 × 12⌉ scorable pool prompts (bit-identical rows to the paper run's full sketch, every other row NaN:
+    """gate_probe 12 with a bar no prompt can reach (all of the probe below −0.99): stage 0 sketches exactly a seeded
+    random 12 scorable pool prompts (bit-identical rows to the paper run's full sketch, every other row NaN:
     never computed), the gate does not fire, and from there the run is method learnability's key for key — its
     selections and checkpoints reused from a learnability run on the same root, nothing trained again; stage 1
     keeps the selection (no drift check, no sketch, no score)."""
     from cropi_core.selection import conflict_gate
 
     learn = _run(coin, "learnability", "selection.method=learnability")
-    s = _run(coin, "gate-quiet", "selection.gate_probe=1", "selection.gate_score=0.99", "selection.gate_share=1.0")
+    s = _run(coin, "gate-quiet", "selection.gate_probe=12", "selection.gate_score=0.99", "selection.gate_share=1.0")
     store = open_store(str(coin["storage"]))
     st0 = s["stages"][0]
     assert "pool" not in st0["grads"]  # the whole pool was never sketched
@@ -174,10 +174,10 @@ def test_quiet_conflict_gate_sketches_only_its_probe_and_is_learnabilitys_run(co
 
 
 def test_conflict_gate_that_fires_ranks_the_whole_pool_with_the_ungated_keys(coin, paper):
-    """gate_probe 1 with a bar any conflicting prompt passes (one probed prompt with mean score < −0.001 of 12 is
+    """gate_probe 12 with a bar any conflicting prompt passes (one probed prompt with mean score < −0.001 of 12 is
     8.3% ≥ 1%): the gate fires, and every stage is the paper run's exactly (same sketch, scores, selection and
     checkpoint keys, reused), the probe and the gate added to stage 0's scoring."""
-    s = _run(coin, "gate-fire", "selection.gate_probe=1", "selection.gate_score=0.001", "selection.gate_share=0.01")
+    s = _run(coin, "gate-fire", "selection.gate_probe=12", "selection.gate_score=0.001", "selection.gate_share=0.01")
     store = open_store(str(coin["storage"]))
     shaping = s["stages"][0]["shaping"]
     popi = store.read_array(shaping["probe_scores"], "popi")
