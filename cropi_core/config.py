@@ -613,14 +613,14 @@ class SelectionConfig(Section):
         "scoring cost) and re-score only when ESS/K < drift_ess or KL > drift_kl; otherwise keep that selection. "
         "ESS/K is measured against β, the behavior of the stored rollouts: once θ has moved far from β the check "
         "fires every stage (pair it with influence.refresh_ess to reset β). The paper's method in one line: "
-        "selection: {method: popi, fusion: none, rescore: every}. Not keyed: it decides whether a selection is "
+        "selection: {method: popi, fusion: none, rescore: every, gate_probe: null}. Not keyed: it decides whether a selection is "
         "computed, not what it holds."))
     drift_ess: float = Field(0.5, ge=0, le=1, description=(
         "rescore drift: re-score when the mean ESS/K of the importance weights (1 = θ still equals β) is below "
         "this."))
     drift_kl: float | None = Field(None, gt=0, description=(
         "rescore drift: re-score when the mean per-token KL(θ_m‖β), in nats, is above this; null = not checked."))
-    gate_probe: int | None = Field(None, gt=0, description=(
+    gate_probe: int | None = Field(64, gt=0, description=(
         "The conflict gate (beyond the paper; null = off): before a stage ranks the pool by influence, sketch and "
         "score a seeded random probe of gate_probe scorable pool prompts. Only if at least gate_share of them "
         "conflict with the target (mean score < −gate_score) is the whole pool sketched and ranked as configured; "
@@ -630,11 +630,12 @@ class SelectionConfig(Section):
         "with the target (docs/targeting.md), so elsewhere its gradient pass buys nothing. A count, not a share: "
         "detecting a conflicting tenth of the pool needs the same probe at any pool size (64: missed with "
         "probability ≈ 1 %, see gate_share). Only method popi. Keyed by the probe (a candidates artifact)."))
-    gate_score: float = Field(0.1, gt=0, lt=1, description=(
-        "Conflict gate: a probed prompt conflicts when its influence score (mean over the validation sets) is below "
-        "−gate_score. In cosine units (influence.score cosine). Stage-0 scores measured in docs/targeting.md: "
-        "below −0.1 are 0.6 % of the embedded default's scorable pool (nothing there conflicts), 14 % of the "
-        "targeting benchmark's (its conflicting domain) and 7 % at conflict_strength 0.5."))
+    gate_score: float = Field(3.0, gt=0, description=(
+        "Conflict gate: a probed prompt conflicts when its influence score (mean over the validation sets) lies more "
+        "than gate_score robust standard deviations (1.4826 × the median absolute deviation) below the probe's "
+        "median: scale-free, so it holds for any model and sketch dimension. Stage-0 scores measured in "
+        "docs/targeting.md: 0 % of the embedded default's scorable pool lie 3 σ̂ below (nothing there conflicts), "
+        "10 % of the targeting benchmark's (its conflicting domain), 6 % at conflict_strength 0.5."))
     gate_share: float = Field(0.03, gt=0, le=1, description=(
         "Conflict gate: the share of probed prompts that must conflict for the gate to fire (with a probe of 64: "
         "2 prompts; a pool whose conflicting tenth is missed with probability 0.9^64 + 64·0.1·0.9^63 ≈ 1 %)."))

@@ -119,29 +119,38 @@ def drifted(ess_frac: float | None, kl: float | None, ess_threshold: float, kl_t
 class GateDecision:
     """What the conflict gate (`SelectionConfig.gate_probe`) read from a random probe of the pool."""
 
-    fires: bool  # True: some of the pool conflicts with the target, so influence ranks the whole pool
+    fires: bool  # True: part of the pool conflicts with the target, so influence ranks the whole pool
     probed: int  # scorable prompts the probe sketched
-    conflicting: list[int]  # pool rows of the probe whose mean score over the validation sets is < −gate_score
+    conflicting: list[int]  # pool rows of the probe scored below `threshold`
     share: float  # len(conflicting) / probed (0.0 when nothing was probed)
+    threshold: float  # median − gate_score · 1.4826 · MAD of the probe's scores (NaN when nothing was probed)
 
 
 def conflict_gate(scores: np.ndarray | Sequence[np.ndarray], gate_score: float, gate_share: float) -> GateDecision:
     """Does influence have something to say that learnability p(1−p) cannot? Beyond the paper.
 
-    scores: [n_lists, N] influence scores of a random probe of the pool (NaN = not probed or unscorable). A prompt
-    conflicts with the target when its mean score over the validation sets is below −gate_score (its rewarded
-    habit points against the target's gradient); the gate fires when at least gate_share of the probed prompts
-    do. Where nothing conflicts, every learnable prompt helps or is neutral and learnability chooses as well as
-    influence (docs/targeting.md); only a gradient pass can see a prompt that hurts.
+    scores: [n_lists, N] influence scores of a random probe of the pool (NaN = not probed or unscorable); a prompt's
+    score is its mean over the validation sets. A prompt conflicts with the target when its score lies more than
+    gate_score robust standard deviations (σ̂ = 1.4826 · MAD, median absolute deviation) below the probe's median:
+    its rewarded habit points against the target's gradient, further than the bulk of the pool spreads. Scale-free,
+    so one setting serves any model and sketch (cosines shrink with the dimension). The gate fires when at least
+    gate_share of the probed prompts conflict. Where nothing conflicts, every learnable prompt helps or is neutral
+    and learnability chooses as well as influence (docs/targeting.md); only a gradient pass can see a prompt that
+    hurts.
     """
     lists = _score_lists(scores)
     s = np.mean(np.stack([np.asarray(x, dtype=np.float64) for x in lists]), axis=0)  # [N]
     probed = np.isfinite(s)
-    conflicting = np.flatnonzero(probed & (s < -gate_score))
     n = int(probed.sum())
-    share = conflicting.size / n if n else 0.0
-    return GateDecision(fires=bool(n > 0 and share >= gate_share), probed=n,
-                        conflicting=[int(i) for i in conflicting], share=float(share))
+    if n == 0:
+        return GateDecision(fires=False, probed=0, conflicting=[], share=0.0, threshold=float("nan"))
+    med = float(np.median(s[probed]))
+    sigma = 1.4826 * float(np.median(np.abs(s[probed] - med)))
+    threshold = med - gate_score * sigma
+    conflicting = np.flatnonzero(probed & (s < threshold))
+    share = conflicting.size / n
+    return GateDecision(fires=bool(share >= gate_share), probed=n, conflicting=[int(i) for i in conflicting],
+                        share=float(share), threshold=float(threshold))
 
 
 def _score_lists(scores: np.ndarray | Sequence[np.ndarray]) -> list[np.ndarray]:

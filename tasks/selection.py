@@ -74,9 +74,9 @@ def gate(cfg: RunConfig, scores: ArtifactRef, stage: int = 0) -> ArtifactRef:
 
         d = conflict_gate(read_scores(cfg, scores)[1], cfg.selection.gate_score, cfg.selection.gate_share)
         w.put_json("gate.json", {"fires": d.fires, "probed": d.probed, "share": d.share,
-                                 "conflicting": d.conflicting})
+                                 "threshold": d.threshold, "conflicting": d.conflicting})
         return {"stage": stage, "fires": d.fires, "probed": d.probed, "conflicting": len(d.conflicting),
-                "share": d.share, "run": cfg.name}
+                "share": d.share, "threshold": d.threshold, "run": cfg.name}
 
     return produce(GATE, "gate", cfg, {"scores": scores}, payload)
 

@@ -68,7 +68,7 @@ def coin_config(data: dict[str, Path], model_dir: Path, **extra) -> dict:
         "rollout": {"num_generations": 4, "num_generations_val": 4, "max_new_tokens": 12, "temperature": 1.0},
         "influence": {"projector": "dense", "sketch_dim": 32, "chunk_rows": 16},
         # the paper's selection: these runs test the pipeline's mechanics (every stage scored), not the default
-        "selection": {"ratio": 0.25, "fusion": "none", "rescore": "every"},
+        "selection": {"ratio": 0.25, "fusion": "none", "rescore": "every", "gate_probe": None},
         "train": {"stages": 2, "steps_per_stage": 4, "save_steps": 2, "prompts_per_step": 2, "num_generations": 2,
                   "max_new_tokens": 12, "temperature": 1.0},
         "eval": {"max_new_tokens": 12},

@@ -170,17 +170,20 @@ def test_drift_trigger_fires_at_the_thresholds(ess, kl, ess_t, kl_t, fires):
 
 
 def test_conflict_gate_hand_computed():
-    """Two validation lists over 6 prompts; prompt 5 was not probed (NaN). Mean scores: 0 → (−0.3 − 0.1)/2 = −0.2,
-    1 → 0.05, 2 → −0.1 (not below −0.1), 3 → −0.15, 4 → 0.4. With gate_score 0.1 the conflicting rows are 0 and 3:
-    share 2/5 = 0.4. The gate fires at gate_share 0.4 (≥), not at 0.41; nothing probed never fires."""
+    """Two validation lists over 8 prompts; prompt 7 was not probed (NaN). Mean scores s = [−0.5, 0.0, 0.1, 0.2,
+    0.3, 0.4, −0.2]: median 0.1; |s − 0.1| = [0.6, 0.1, 0, 0.1, 0.2, 0.3, 0.3] → MAD 0.2, σ̂ = 1.4826 · 0.2 =
+    0.29652. gate_score 1: threshold 0.1 − 0.29652 = −0.19652 → prompts 0 (−0.5) and 6 (−0.2) conflict, share 2/7;
+    gate_score 2: threshold −0.49304 → only prompt 0, 1/7. Fires at gate_share 2/7 (≥), not at 0.29."""
     from cropi_core.selection import conflict_gate
 
-    s = np.array([[-0.3, 0.1, -0.1, -0.2, 0.5, np.nan],
-                  [-0.1, 0.0, -0.1, -0.1, 0.3, np.nan]])
-    d = conflict_gate(s, 0.1, 0.4)
-    assert d.fires and d.probed == 5 and d.conflicting == [0, 3] and d.share == pytest.approx(0.4)
-    assert not conflict_gate(s, 0.1, 0.41).fires
-    assert conflict_gate(s, 0.25, 0.1).conflicting == []  # −0.2 is not below −0.25
-    empty = conflict_gate(np.full((2, 4), np.nan), 0.1, 0.01)
+    s = np.array([[-0.6, 0.1, 0.1, 0.3, 0.2, 0.5, -0.3, np.nan],
+                  [-0.4, -0.1, 0.1, 0.1, 0.4, 0.3, -0.1, np.nan]])
+    d = conflict_gate(s, 1.0, 2 / 7)
+    assert d.fires and d.probed == 7 and d.conflicting == [0, 6] and d.share == pytest.approx(2 / 7)
+    assert d.threshold == pytest.approx(0.1 - 1.4826 * 0.2)
+    assert not conflict_gate(s, 1.0, 0.29).fires
+    assert conflict_gate(s, 2.0, 0.1).conflicting == [0]
+    # scale-free: the same scores ×100 conflict in the same places
+    assert conflict_gate(100 * s, 1.0, 2 / 7).conflicting == [0, 6]
+    empty = conflict_gate(np.full((2, 4), np.nan), 1.0, 0.01)
     assert not empty.fires and empty.probed == 0 and empty.share == 0.0
-
