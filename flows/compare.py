@@ -114,6 +114,7 @@ def run_record(cfg: RunConfig, method: str, seed: int, out: RunSummary) -> dict[
     """
     from tasks.reports import collect
     from tasks.artifacts import metric_label
+    from tasks.selection import gate_fires
 
     d = collect(cfg, out)
     price = pricer(get_store(cfg))
@@ -129,6 +130,7 @@ def run_record(cfg: RunConfig, method: str, seed: int, out: RunSummary) -> dict[
             **{k: row[k] for k in ("ess_frac", "kl", "train_reward")},
             "scoring_s": scoring, "train_s": price(s.checkpoint.key),
             "checkpoint": s.checkpoint.key, "selection": s.selection.key,
+            **({"gate_fired": gate_fires(cfg, s.shaping["gate"])} if "gate" in s.shaping else {}),
         })
     # greedy pass@1, or mean@n of sampled answers when eval.n_samples > 0 (smoother on small test sets), and the
     # standard error of each evaluation over its test prompts (the same numbers as the run report's)

@@ -139,6 +139,9 @@ def summarize(records: list[dict[str, Any]], methods: list[str]) -> dict[str, An
             row[f"total_cost{sfx}_s"] = _mean_std(costs) if None not in costs else (float("nan"), float("nan"))
         row["offline_s"] = _mean_std([r["offline_s"] for r in rs])
         row["scoring_s"] = _mean_std([sum(s["scoring_s"] or 0 for s in r["stages"]) + (r["offline_s"] or 0) for r in rs])
+        gates = [s["gate_fired"] for r in rs for s in r["stages"] if "gate_fired" in s]
+        if gates:  # the conflict gate (selection.gate_probe): how many of its decisions stayed quiet
+            row["gate_quiet"] = [sum(not g for g in gates), len(gates)]
         out["methods"][m] = row
     if "full" in out["methods"] and "tgt_mean" in out["methods"]["full"]:
         target = out["methods"]["full"]["tgt_mean"][-1]
@@ -209,6 +212,12 @@ def verdict(summary: dict[str, Any], method: str) -> dict[str, Any] | None:
     nums = (f"targeted {d_t:+.3f} ({d_t / se_t:+.1f} SE) vs learnability, untargeted {d_u:+.3f} "
             f"({d_u / se_u:+.1f} SE) vs full data, clock excl. offline {wall(row, '_excl_offline')} vs "
             f"learnability's {wall(free, '_excl_offline')}")
+    quiet, decided = row.get("gate_quiet", [0, 0])
+    if decided and quiet == decided:
+        out["text"] = (f"**{method}'s conflict gate found nothing in this pool that conflicts with the target** (in "
+                       f"{decided} of {decided} probes), so it trained learnability's selection and paid only the "
+                       f"probe: {nums}.")
+        return out
     if out["targeted"] == "ahead":
         out["text"] = (f"**{method} earns its scoring here**: {nums}." if out["untargeted_kept"] else
                        f"**{method} buys targeted accuracy with untargeted accuracy here**: {nums}.")

@@ -416,3 +416,19 @@ def test_verdict_reads_the_bars_against_learnability_and_full_data(tgt, unt, sco
     assert verdict(summarize([full, cropi], ["full", "cropi"]), "cropi") is None
     no_se = {k: v for k, v in cropi.items() if k != "se"}
     assert verdict(summarize([full, free, no_se], ["full", "learnability", "cropi"]), "cropi") is None
+
+
+def test_verdict_names_a_quiet_conflict_gate():
+    """A cropi record whose every stage-0 gate stayed quiet (it trained learnability's selection): the verdict says
+    so instead of advising learnability; one probe that fired (seed 1) keeps the ordinary verdict."""
+    from flows.compare_report import verdict
+
+    full, free = _graded("full", 0.5, 0.5), _graded("learnability", 0.5, 0.5)
+    quiet = _graded("cropi", 0.5, 0.5, 5)
+    quiet["stages"][0]["gate_fired"] = False
+    v = verdict(summarize([full, free, quiet], ["full", "learnability", "cropi"]), "cropi")
+    assert "conflict gate found nothing in this pool" in v["text"] and "(in 1 of 1 probes)" in v["text"]
+    fired = {**_graded("cropi", 0.5, 0.5, 5), "seed": 1}
+    fired["stages"][0]["gate_fired"] = True
+    v = verdict(summarize([full, free, quiet, fired], ["full", "learnability", "cropi"]), "cropi")
+    assert "does not earn its scoring here" in v["text"]
