@@ -203,10 +203,11 @@ def collect(cfg: RunConfig, summary: RunRecord) -> dict[str, Any]:
     stages = []
     for s in summary.stages:
         sel = read_selection(cfg, s.selection)
-        scores = read_scores(cfg, s.scores)[1] if s.scores is not None else None
+        scored = s.scores if s.scores is not None else s.shaping.get("probe_scores")  # a quiet gate: its probe
+        scores = read_scores(cfg, scored)[1] if scored is not None else None
         online = pass_rates(store, s.online.key)
         stages.append({**stage_rows(cfg, s), "ids": sel["ids"], "offline": np.asarray(sel["offline_pass_rate"]),
-                       "online": online, "scores": scores})
+                       "online": online, "scores": scores, "probe_only": s.scores is None and scored is not None})
     return {**accuracies(cfg, summary), "stages": stages}
 
 
@@ -298,7 +299,8 @@ def _plots(cfg: RunConfig, d: dict[str, Any], folder: Path) -> dict[str, Path]:
             v = np.asarray(s["scores"], dtype=float).ravel()
             v = v[np.isfinite(v)]
             if v.size:
-                ax.hist(v, bins=40, alpha=0.5, label=f"stage {s['stage']}")
+                probe = " (gate probe)" if s["probe_only"] else ""
+                ax.hist(v, bins=40, alpha=0.5, label=f"stage {s['stage']}{probe}")
                 any_scores = True
     ax.set(xlabel="POPI (cosine to validation mean sketch)", ylabel="pool prompts",
            title="POPI score histogram" + ("" if any_scores else " (method does not score)"))
@@ -346,6 +348,20 @@ def _plots(cfg: RunConfig, d: dict[str, Any], folder: Path) -> dict[str, Path]:
 
 
 @task(name="report", cache_policy=NO_CACHE)
+def gate_lines(cfg: RunConfig, summary: RunRecord) -> list[str]:
+    """One report line per conflict-gate decision (selection.gate_probe)."""
+    out = []
+    for s in summary.stages:
+        if "gate" in s.shaping:
+            d = get_store(cfg).read_json(s.shaping["gate"].key, "gate.json")
+            out.append(f"Conflict gate, stage {s.stage}: {len(d['conflicting'])} of {d['probed']} probed pool prompts "
+                       f"score below {d['threshold']:.3f} (the median − {cfg.selection.gate_score:g} robust SDs), "
+                       f"{d['share']:.1%} against {cfg.selection.gate_share:.0%}: " +
+                       ("**fired**, so influence ranked the whole pool.\n" if d["fires"] else
+                        "**quiet**, so this stage and every later one trained learnability's selection.\n"))
+    return out
+
+
 def final_report(cfg: RunConfig, summary: RunRecord) -> Path:
     """Write `<run folder>/report.md` with plots and the lineage graph; publish them as Prefect artifacts."""
     folder = run_dir(cfg)
@@ -373,7 +389,7 @@ def final_report(cfg: RunConfig, summary: RunRecord) -> Path:
               "health": "Off-policy health", "lineage": "Lineage of the final checkpoint"}
     md = [f"# CROPI run `{cfg.name}`\n", f"Final checkpoint: `{summary.final_checkpoint.key}`\n",
           f"Selection: `{cfg.selection.method}`, ratio {cfg.selection.ratio}, {cfg.train.stages} stages × "
-          f"{cfg.train.steps_per_stage} GRPO steps.\n",
+          f"{cfg.train.steps_per_stage} GRPO steps.\n", *gate_lines(cfg, summary),
           f"## Accuracy: targeted and untargeted means\n\nMetric: {metric_label(cfg)}; ± is the standard error of one "
           "evaluation over its test prompts (for a mean of sets: sqrt(Σ SE²)/J); 95% CI ≈ ± 1.96 SE.\n",
           md_table(grp_tab), "## Stages\n", md_table(stage_tab), "## Accuracy per test set\n",

@@ -172,6 +172,8 @@ def test_quiet_conflict_gate_sketches_only_its_probe_and_is_learnabilitys_run(co
     assert s["final_checkpoint"] == learn["final_checkpoint"]
     assert s["rescores"] == [] and s["stages"][1]["grads"] == {}
     assert {t for t, _ in s["computed"]} <= {"probe", "grads-chunk", "grads", "scores", "gate"}  # nothing trained
+    report = (coin["storage"] / "runs" / "gate-quiet" / "report.md").read_text()
+    assert "Conflict gate, stage 0: " in report and "of 12 probed pool prompts" in report and "**quiet**" in report
 
 
 def test_conflict_gate_that_fires_ranks_the_whole_pool_with_the_ungated_keys(coin, paper):
