@@ -1003,6 +1003,11 @@ def estimate(cfg: RunConfig, shape: ModelShape, data: DataSizes, rates: Rates, d
                   f"{chunks_p} chunks of {inf.chunk_rows} rows for the pool per stage; pool then validation sets"]
         if inf.candidates is not None:
             gnotes.append(f"influence.candidates {inf.candidates:g}: {pool_rows:,} of {pool_n:,} pool prompts sketched")
+        if sel.gate_probe is not None and sel.method == "popi":
+            gnotes.append(f"selection.gate_probe {sel.gate_probe}: a probe of {min(pool_n, sel.gate_probe):,} pool "
+                          "prompts is sketched first and the whole pool only if the conflict gate fires (counted "
+                          "here; if it stays quiet a run pays the probe and the validation sketches once, then "
+                          "trains learnability's selection)")
         tasks.append(TaskCost("grads", f"sketches: pool {pool_rows:,} × {k_pool} + val {val_rows} × {k_val}, k = {dim:,} "
                               f"({inf.projector}, ρ {inf.sparse_ratio:g}, {inf.transform}, {inf.allocation})",
                               hi, hi * fl_stage, hi * s_stage, hi * wall_stage, sk_mem, hi * stage_store,
