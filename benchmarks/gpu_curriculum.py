@@ -95,7 +95,7 @@ def curriculum_config(data: dict[str, Path], shape: dict, dtype: str, device: st
         "rollout": {"num_generations": 16, "num_generations_val": 32, "max_new_tokens": 12, "temperature": 1.0},
         "influence": {"projector": "grass", "allocation": "energy", "sketch_dim": 256, "chunk_rows": 256,
                       "calibration_prompts": 8},
-        "selection": {"ratio": 0.25, "fusion": "none", "rescore": "every"},  # both stages sketch and score
+        "selection": {"ratio": 0.25, "fusion": "none", "rescore": "every", "gate_probe": None},  # both stages score
         # save_steps past the stage's steps: no mid-stage trainer checkpoint (weights + AdamW: 15 GB at 1.5B)
         "train": {"stages": 2, "steps_per_stage": 2, "save_steps": 100, "prompts_per_step": 2, "num_generations": 4,
                   "max_new_tokens": 12, "temperature": 1.0,
