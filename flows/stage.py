@@ -52,10 +52,9 @@ def stage_sketches(tr: Tracker, cfg: RunConfig, stage: int, ckpt: ArtifactRef, p
 
 
 def probe_gate(tr: Tracker, cfg: RunConfig, stage: int, ckpt: ArtifactRef, pool_rollouts: ArtifactRef,
-               val_rollouts: dict[str, ArtifactRef]) -> tuple[ArtifactRef, dict[str, ArtifactRef],
-                                                                dict[str, ArtifactRef]]:
+               val_rollouts: dict[str, ArtifactRef]) -> tuple[bool, dict[str, ArtifactRef], dict[str, ArtifactRef]]:
     """The conflict gate (selection.gate_probe): sketch and score a random probe of the pool, then decide.
-    Returns the gate artifact, what it cost ("calibration", "probe", "probe_grads", "probe_scores", "gate": part
+    Returns whether it fired, what it cost ("calibration", "probe", "probe_grads", "probe_scores", "gate": part
     of the stage's scoring) and the validation sketches (the same artifacts the whole-pool ranking then uses)."""
     calib = None
     if cfg.influence.uses_energy:
@@ -72,7 +71,7 @@ def probe_gate(tr: Tracker, cfg: RunConfig, stage: int, ckpt: ArtifactRef, pool_
         + ("-> influence ranks the whole pool" if d["fires"] else
            "-> this stage and every later one are method learnability's"))
     shaping = {"calibration": calib, "probe": cand, "probe_grads": g_probe, "probe_scores": sc, "gate": gate}
-    return gate, {n: r for n, r in shaping.items() if r is not None}, g_val
+    return bool(d["fires"]), {n: r for n, r in shaping.items() if r is not None}, g_val
 
 
 def learnability_stage(cfg: RunConfig) -> RunConfig:
@@ -136,19 +135,17 @@ def stage(config: RunConfig, stage: int, ckpt: ArtifactRef, pool: ArtifactRef, p
     tr = Tracker(cfg)
     grads: dict[str, ArtifactRef] = {}
     shaping: dict[str, ArtifactRef] = {"drift": drift} if drift is not None else {}
-    scores = gate = None
+    scores = None
     if fixed_selection is not None:
         sel = fixed_selection
     else:
         if cfg.selection.method == "popi" and cfg.selection.gate_probe is not None:
-            gate, probed, g_val = probe_gate(tr, cfg, stage, ckpt, pool_rollouts, val_rollouts)
+            fires, probed, g_val = probe_gate(tr, cfg, stage, ckpt, pool_rollouts, val_rollouts)
             shaping.update(probed)
-            if T_sel.gate_fires(cfg, gate):
-                gate = None  # the whole-pool ranking, keyed as without the gate
-            else:
+            if not fires:  # quiet: learnability's stage (a firing gate ranks the whole pool below, keys unchanged)
                 grads = dict(g_val)
                 cfg = learnability_stage(cfg)
-        if cfg.selection.method in SCORED and gate is None:
+        if cfg.selection.method in SCORED:
             g_pool, g_val, shaped = stage_sketches(tr, cfg, stage, ckpt, pool_rollouts, val_rollouts,
                                                    previous_selection)
             shaping.update(shaped)

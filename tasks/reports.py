@@ -347,7 +347,6 @@ def _plots(cfg: RunConfig, d: dict[str, Any], folder: Path) -> dict[str, Path]:
     return paths
 
 
-@task(name="report", cache_policy=NO_CACHE)
 def gate_lines(cfg: RunConfig, summary: RunRecord) -> list[str]:
     """One report line per conflict-gate decision (selection.gate_probe)."""
     out = []
@@ -362,6 +361,7 @@ def gate_lines(cfg: RunConfig, summary: RunRecord) -> list[str]:
     return out
 
 
+@task(name="report", cache_policy=NO_CACHE)
 def final_report(cfg: RunConfig, summary: RunRecord) -> Path:
     """Write `<run folder>/report.md` with plots and the lineage graph; publish them as Prefect artifacts."""
     folder = run_dir(cfg)
