@@ -269,7 +269,7 @@ def sketch_prompts(
     device = next(model.parameters()).device
     cdt = _compute_dtype(model)
     out = torch.full((len(prompts), projector.dim), float("nan"), dtype=projector.dtype)
-    scorable = [i for i, p in enumerate(prompts) if p.k >= 2 and p.scorable]
+    scorable = [i for i, p in enumerate(prompts) if p.scorable]
     group = max(1, GROUP_BYTES // max(1, projector.slot_bytes()))
     hooks = None
     with _Frozen(model), torch.enable_grad():

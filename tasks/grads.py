@@ -44,7 +44,7 @@ def calibration(cfg: RunConfig, ckpt: ArtifactRef, pool_rollouts: ArtifactRef, s
 
         inf = cfg.influence
         model, _ = load_checkpoint(cfg, ckpt)
-        prompts = [p for p in read_rollouts(w.store, pool_rollouts.key) if p.k >= 2 and p.scorable]
+        prompts = [p for p in read_rollouts(w.store, pool_rollouts.key) if p.scorable]
         prompts = prompts[: inf.calibration_prompts]
         w.put_json("energy.json", gradient_energy(model, prompts, aggregation=inf.aggregation,
                                                   micro_batch_tokens=inf.micro_batch_tokens,

@@ -31,7 +31,7 @@ def candidates(cfg: RunConfig, pool_rollouts: ArtifactRef, previous: ArtifactRef
         from cropi_core.selection import draw_candidates, learnability_candidates
 
         recs = read_rollouts(w.store, pool_rollouts.key)
-        scorable = np.array([p.k >= 2 and p.scorable for p in recs])  # the rows sketch_prompts would sketch
+        scorable = np.array([p.scorable for p in recs])  # the rows sketch_prompts sketches
         prev = selected_indices(cfg, previous) if previous is not None else []
         n_draw = math.ceil(cfg.influence.candidates * top_count(cfg.selection.ratio, len(recs)))
         if cfg.influence.candidates_by == "learnability":
@@ -56,7 +56,7 @@ def probe(cfg: RunConfig, pool_rollouts: ArtifactRef, stage: int = 0) -> Artifac
         from cropi_core.selection import draw_candidates
 
         recs = read_rollouts(w.store, pool_rollouts.key)
-        scorable = np.array([p.k >= 2 and p.scorable for p in recs])  # the rows sketch_prompts would sketch
+        scorable = np.array([p.scorable for p in recs])  # the rows sketch_prompts sketches
         idx = draw_candidates(scorable, cfg.selection.gate_probe, (), seed=(cfg.selection.seed, stage, 4241))
         w.put_json("candidates.json", {"stage": stage, "indices": idx})
         return {"stage": stage, "n": len(idx), "pool": len(recs), "scorable": int(scorable.sum()), "by": "probe",

@@ -108,6 +108,22 @@ def test_exact_equals_autograd_at_beta_and_off_policy(aggregation):
             assert rel(rows[b], ref) > 1e-3  # the perturbation really changed the gradient
 
 
+def test_scorable_is_one_definition_and_unscorable_rows_are_nan():
+    """`PromptRollouts.scorable` is the one rule the sketch, the candidates, the probe and the rollouts' count use:
+    at least 2 responses whose rewards are not all equal (else every advantage is 0 and so is the gradient)."""
+    model = tiny(0, dtype=torch.float32)
+    p = torch.tensor([3, 4, 5])
+    r = [torch.tensor([6, 7]), torch.tensor([8])]
+    lb = [-torch.ones(2), -torch.ones(1)]
+    cases = [PromptRollouts(p, r, lb, torch.tensor([1.0, 0.0]), problem_id="mixed"),     # scorable
+             PromptRollouts(p, r, lb, torch.tensor([1.0, 1.0]), problem_id="equal"),     # A ≡ 0
+             PromptRollouts(p, r[:1], lb[:1], torch.tensor([1.0]), problem_id="k1"),     # one response
+             PromptRollouts(p, [], [], torch.zeros(0), problem_id="k0")]                 # none (was an IndexError)
+    assert [c.scorable for c in cases] == [True, False, False, False]
+    rows = sketch_prompts(model, cases, make_projector("exact", model, 0, dtype=torch.float32))
+    assert torch.isfinite(rows[0]).all() and rows[1:].isnan().all()
+
+
 def test_tied_embeddings_exact():
     model = tiny(1, tie=True)
     prompts = make_prompts(3, seed=2)

@@ -47,8 +47,9 @@ class PromptRollouts:
 
     @property
     def scorable(self) -> bool:
-        """False when all K rewards are equal: A ≡ 0, so the policy gradient is exactly zero."""
-        return bool((self.rewards != self.rewards[0]).any())
+        """False when K < 2 or all K rewards are equal: A ≡ 0, so the policy gradient is exactly zero (the rows
+        sketch_prompts sketches; every other row of a sketch is NaN)."""
+        return self.k >= 2 and bool((self.rewards != self.rewards[0]).any())
 
     @property
     def num_tokens(self) -> int:
