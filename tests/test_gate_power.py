@@ -1,0 +1,27 @@
+"""benchmarks/gate_power.py: the conflict gate's odds of firing, replayed on a pool's scores, against the
+hypergeometric probability derived by hand."""
+
+from __future__ import annotations
+
+from math import comb
+
+import numpy as np
+
+from benchmarks.gate_power import fire_rate
+
+
+def test_fire_rate_is_the_hypergeometric_odds_of_probing_two_conflicting_prompts():
+    # 400 scorable prompts: 392 spread evenly on [-0.05, 0.05] and 8 at -1.0. In a 64-prompt probe the median lies in
+    # the bulk and its MAD is ≈ 0.025 (SD ≈ 0.003), so σ̂ = 1.4826·MAD ≈ 0.037 and the threshold median - 3σ̂ ≈ -0.11
+    # lies below every bulk prompt (it would need MAD < 0.014 to reach -0.05) and far above -1.0: exactly the
+    # outliers conflict. With gate_share 0.03 a 64-prompt probe fires when it holds
+    # ≥ 2 outliers (2/64 ≥ 0.03 > 1/64): X ~ Hypergeometric(N=400, K=8, n=64), P(fire) = 1 - P(X=0) - P(X=1).
+    s = np.concatenate([np.linspace(-0.05, 0.05, 392), np.full(8, -1.0)])[None, :]  # [1 list, 400]
+    p0 = comb(392, 64) / comb(400, 64)
+    p1 = 8 * comb(392, 63) / comb(400, 64)
+    expected = 1 - p0 - p1  # ≈ 0.37
+    rate = fire_rate(s, 64, 4000, 3.0, 0.03, seed=0)
+    assert abs(rate - expected) < 3 * np.sqrt(expected * (1 - expected) / 4000) + 1e-9, (rate, expected)
+    # nothing conflicts: never fires; a probe larger than the pool has no rate
+    assert fire_rate(s[:, :392], 64, 500, 3.0, 0.03, seed=0) == 0.0
+    assert np.isnan(fire_rate(s, 401, 10, 3.0, 0.03, seed=0))
