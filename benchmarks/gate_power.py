@@ -17,14 +17,15 @@ Prints a markdown table (and writes it to --out).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import typer
 
+from cropi_core.data.loaders import problems_from_jsonl
 from cropi_core.selection import conflict_gate
 from storage import open_store
+from tasks.artifacts import FILE
 
 app = typer.Typer(add_completion=False)
 PROBES = (32, 64, 96, 128)
@@ -48,10 +49,7 @@ def pool_domains(st, n: int) -> np.ndarray | None:
     for m in st.find("dataset"):
         if m.meta.get("role") != "pool":
             continue
-        path = Path(st.artifact_dir(m.key)) / st.manifest(m.key).payload / "problems.jsonl"
-        if not path.exists():
-            return None
-        doms = [json.loads(line).get("domain") for line in path.read_text().splitlines() if line.strip()]
+        doms = [p.domain for p in problems_from_jsonl(st.read_bytes(m.key, FILE), source=f"dataset {m.key[:12]}")]
         return np.array(doms) if len(doms) == n and all(doms) else None
     return None
 
