@@ -11,7 +11,7 @@ and reports, with the gate's own function on the whole pool and on `--draws` ran
   - P(fire) for probes of 32, 64, 96 and 128 prompts (seeded draws without replacement among the scorable rows).
 Nothing is recomputed; it costs seconds.
 
-    .venv/bin/python -m benchmarks.gate_power /tmp/store-a /tmp/store-b [--gate-score 3 --gate-share 0.03]
+    .venv/bin/python -m benchmarks.gate_power /tmp/store-a /tmp/store-b [--gate-score 3 --gate-share 0.015]
 Prints a markdown table (and writes it to --out).
 """
 
@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import typer
 
+from cropi_core.config import SelectionConfig
 from cropi_core.data.loaders import problems_from_jsonl
 from cropi_core.selection import conflict_gate
 from storage import open_store
@@ -80,8 +81,10 @@ def fire_rate(s: np.ndarray, probe: int, draws: int, gate_score: float, gate_sha
 
 @app.command()
 def main(roots: list[str] = typer.Argument(..., help="storage roots (paths or URLs) holding a stage-0 pool ranking"),
-         gate_score: float = typer.Option(3.0, help="selection.gate_score: robust SDs below the probe's median"),
-         gate_share: float = typer.Option(0.03, help="selection.gate_share: share of the probe that must conflict"),
+         gate_score: float = typer.Option(SelectionConfig().gate_score,
+                                          help="selection.gate_score: robust SDs below the probe's median"),
+         gate_share: float = typer.Option(SelectionConfig().gate_share,
+                                          help="selection.gate_share: share of the probe that must conflict"),
          draws: int = typer.Option(2000, help="random probes per size"),
          seed: int = typer.Option(0, help="seed of the probe draws"),
          out: Path | None = typer.Option(None, help="also write the markdown here")) -> None:

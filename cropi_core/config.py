@@ -620,7 +620,7 @@ class SelectionConfig(Section):
         "this."))
     drift_kl: float | None = Field(None, gt=0, description=(
         "rescore drift: re-score when the mean per-token KL(θ_m‖β), in nats, is above this; null = not checked."))
-    gate_probe: int | None = Field(64, gt=0, description=(
+    gate_probe: int | None = Field(128, gt=0, description=(
         "The conflict gate (beyond the paper; null = off): before a stage ranks the pool by influence, sketch and "
         "score a seeded random probe of gate_probe scorable pool prompts. Only if at least gate_share of them "
         "conflict with the target (mean score < −gate_score) is the whole pool sketched and ranked as configured; "
@@ -628,17 +628,21 @@ class SelectionConfig(Section):
         "reused where learnability ran on this root) and later stages keep that selection (no drift check, no "
         "re-scoring). Influence beat learnability on the embedded benchmarks only where a pool source conflicted "
         "with the target (docs/targeting.md), so elsewhere its gradient pass buys nothing. A count, not a share: "
-        "detecting a conflicting tenth of the pool needs the same probe at any pool size (64: missed with "
-        "probability ≈ 1 %, see gate_share). Only method popi. Keyed by the probe (a candidates artifact)."))
+        "detecting a conflicting twentieth of the pool needs the same probe at any pool size (128: missed with "
+        "probability ≈ 1 %, see gate_share). 64 missed the conflicting domain of two targeting realisations in 15 % "
+        "and 28 % of draws, 128 in 1.4 % and 2.5 % (benchmarks/gate_power.py, docs/targeting.md). Only method popi. "
+        "Keyed by the probe (a candidates artifact)."))
     gate_score: float = Field(3.0, gt=0, description=(
         "Conflict gate: a probed prompt conflicts when its influence score (mean over the validation sets) lies more "
         "than gate_score robust standard deviations (1.4826 × the median absolute deviation) below the probe's "
         "median: scale-free, so it holds for any model and sketch dimension. Stage-0 scores measured in "
         "docs/targeting.md: 0 % of the embedded default's scorable pool lie 3 σ̂ below (nothing there conflicts), "
         "10 % of the targeting benchmark's (its conflicting domain), 6 % at conflict_strength 0.5."))
-    gate_share: float = Field(0.03, gt=0, le=1, description=(
-        "Conflict gate: the share of probed prompts that must conflict for the gate to fire (with a probe of 64: "
-        "2 prompts; a pool whose conflicting tenth is missed with probability 0.9^64 + 64·0.1·0.9^63 ≈ 1 %)."))
+    gate_share: float = Field(0.015, gt=0, le=1, description=(
+        "Conflict gate: the share of probed prompts that must conflict for the gate to fire. With a probe of 128: "
+        "2 prompts, so a pool whose conflicting twentieth lies below the bar is missed with probability "
+        "0.95^128 + 128·0.05·0.95^127 ≈ 1 %, and a pool of Gaussian scores (0.13 % beyond 3 σ, nothing "
+        "conflicting) fires falsely with probability ≈ 1.3 %."))
     # rescore and its thresholds decide whether a selection is computed, not what it holds: not hashed; the gate's
     # fields are in the keys of the probe and gate artifacts (a parent of the selection when the gate is quiet)
     HASH_EXCLUDE = frozenset({"rescore", "drift_ess", "drift_kl", "gate_probe", "gate_score", "gate_share"})

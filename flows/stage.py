@@ -67,7 +67,7 @@ def probe_gate(tr: Tracker, cfg: RunConfig, stage: int, ckpt: ArtifactRef, pool_
     d = get_store(cfg).read_json(gate.key, "gate.json")
     log(f"stage {stage}: conflict gate: {len(d['conflicting'])} of {d['probed']} probed prompts conflict with the "
         f"target (score < {d['threshold']:.3f}, the median - {cfg.selection.gate_score:g} robust SDs: {d['share']:.1%}; "
-        f"fires at {cfg.selection.gate_share:.0%}) "
+        f"fires at {cfg.selection.gate_share:.1%}) "
         + ("-> influence ranks the whole pool" if d["fires"] else
            "-> this stage and every later one are method learnability's"))
     shaping = {"calibration": calib, "probe": cand, "probe_grads": g_probe, "probe_scores": sc, "gate": gate}

@@ -355,7 +355,7 @@ def gate_lines(cfg: RunConfig, summary: RunRecord) -> list[str]:
             d = get_store(cfg).read_json(s.shaping["gate"].key, "gate.json")
             out.append(f"Conflict gate, stage {s.stage}: {len(d['conflicting'])} of {d['probed']} probed pool prompts "
                        f"score below {d['threshold']:.3f} (the median − {cfg.selection.gate_score:g} robust SDs), "
-                       f"{d['share']:.1%} against {cfg.selection.gate_share:.0%}: " +
+                       f"{d['share']:.1%} against {cfg.selection.gate_share:.1%}: " +
                        ("**fired**, so influence ranked the whole pool.\n" if d["fires"] else
                         "**quiet**, so this stage and every later one trained learnability's selection.\n"))
     return out
