@@ -623,15 +623,15 @@ class SelectionConfig(Section):
     gate_probe: int | None = Field(128, gt=0, description=(
         "The conflict gate (beyond the paper; null = off): before a stage ranks the pool by influence, sketch and "
         "score a seeded random probe of gate_probe scorable pool prompts. Only if at least gate_share of them "
-        "conflict with the target (mean score < −gate_score) is the whole pool sketched and ranked as configured; "
+        "conflict with the target (see gate_score) is the whole pool sketched and ranked as configured; "
         "otherwise the stage is method learnability's (top p(1−p): the same selection and training artifacts, "
         "reused where learnability ran on this root) and later stages keep that selection (no drift check, no "
         "re-scoring). Influence beat learnability on the embedded benchmarks only where a pool source conflicted "
         "with the target (docs/targeting.md), so elsewhere its gradient pass buys nothing. A count, not a share: "
         "detecting a conflicting twentieth of the pool needs the same probe at any pool size (128: missed with "
-        "probability ≈ 1 %, see gate_share). 64 missed the conflicting domain of two targeting realisations in 15 % "
-        "and 28 % of draws, 128 in 1.4 % and 2.5 % (benchmarks/gate_power.py, docs/targeting.md). Only method popi. "
-        "Keyed by the probe (a candidates artifact)."))
+        "probability ≈ 1 %, see gate_share). Replayed on whole pools (benchmarks/gate_power.py), 2 of 64 missed "
+        "the conflicting domain of two targeting realisations in 15 % and 27 % of draws, 2 of 128 in 0.9 % and "
+        "2.0 %. Only method popi. Keyed by the probe (a candidates artifact)."))
     gate_score: float = Field(3.0, gt=0, description=(
         "Conflict gate: a probed prompt conflicts when its influence score (mean over the validation sets) lies more "
         "than gate_score robust standard deviations (1.4826 × the median absolute deviation) below the probe's "
