@@ -25,3 +25,22 @@ def test_fire_rate_is_the_hypergeometric_odds_of_probing_two_conflicting_prompts
     # nothing conflicts: never fires; a probe larger than the pool has no rate
     assert fire_rate(s[:, :392], 64, 500, 3.0, 0.03, seed=0) == 0.0
     assert np.isnan(fire_rate(s, 401, 10, 3.0, 0.03, seed=0))
+
+
+def test_the_default_gate_fires_at_two_of_its_128_probed_prompts():
+    # The default (SelectionConfig: gate_probe 128, gate_share 0.015) fires at 2 conflicting prompts of 128
+    # (2/128 = 0.0156 ≥ 0.015 > 1/128). Same pool as above: in a 128-prompt probe the MAD is again ≈ 0.025, so exactly
+    # the 8 outliers conflict; X ~ Hypergeometric(N=400, K=8, n=128), P(fire) = 1 - P(X=0) - P(X=1) ≈ 0.78, against
+    # ≈ 0.37 for 2 of 64 above.
+    from cropi_core.config import SelectionConfig
+
+    cfg = SelectionConfig()
+    assert (cfg.gate_probe, cfg.gate_score) == (128, 3.0)
+    assert 2 / 128 >= cfg.gate_share > 1 / 128
+    s = np.concatenate([np.linspace(-0.05, 0.05, 392), np.full(8, -1.0)])[None, :]  # [1 list, 400]
+    p0 = comb(392, 128) / comb(400, 128)
+    p1 = 8 * comb(392, 127) / comb(400, 128)
+    expected = 1 - p0 - p1
+    rate = fire_rate(s, cfg.gate_probe, 4000, cfg.gate_score, cfg.gate_share, seed=1)
+    assert abs(rate - expected) < 3 * np.sqrt(expected * (1 - expected) / 4000) + 1e-9, (rate, expected)
+    assert fire_rate(s[:, :392], cfg.gate_probe, 500, cfg.gate_score, cfg.gate_share, seed=1) == 0.0
