@@ -118,6 +118,7 @@ FIELDS: dict[str, tuple[Role, str]] = {
     "selection.rescore": ("schedule", "scored"),
     "selection.drift_ess": ("schedule", "scored"),
     "selection.drift_kl": ("schedule", "scored"),
+    "selection.rescore_reliability": ("schedule", "scored"),
     "selection.gate_probe": ("values", "scored"),
     "selection.gate_score": ("values", "gated"),
     "selection.gate_share": ("values", "gated"),

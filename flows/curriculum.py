@@ -80,6 +80,9 @@ def curriculum(config: RunConfig) -> RunSummary:
             tests=tests_r, fixed_selection=fixed, previous_selection=stages[-1].selection if stages else None,
             drift=drift)
         counts = counts + out.counts
+        if rescores and rescores[-1]["stage"] == m and rescores[-1]["rescored"]:
+            rescores[-1].update(reliability=out.reliability, rescore_reliability=cfg.selection.rescore_reliability,
+                                kept_unreliable=out.kept_unreliable)
         stages.append(out)
         ckpt = out.checkpoint
         if (schedule == "once" and fixed is None) or gate_quiet(cfg, out):
@@ -178,7 +181,8 @@ def run_curriculum(cfg: RunConfig) -> dict[str, Any]:
         "stages": [{"stage": s.stage, "checkpoint": s.checkpoint.key, "selection": s.selection.key,
                     "selected_ids": A.read_selection(cfg, s.selection)["ids"],
                     "grads": {n: g.key for n, g in s.grads.items()},
-                    "scores": s.scores.key if s.scores is not None else None,
+                    "scores": s.scores.key if s.scores is not None else None, "reliability": s.reliability,
+                    "kept_unreliable": s.kept_unreliable,
                     "shaping": {n: r.key for n, r in s.shaping.items()}} for s in out.stages],
         "pool_rollouts": out.pool_rollouts.key, "val_rollouts": {n: r.key for n, r in out.val_rollouts.items()},
         "refreshes": out.refreshes, "rescores": out.rescores,

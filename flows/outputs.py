@@ -45,6 +45,10 @@ class StageOutputs:
     # (influence.candidates), "drift" (selection.rescore = drift: the pool-health check before the stage)
     shaping: dict[str, ArtifactRef] = field(default_factory=dict)
     scores: ArtifactRef | None = None
+    # split-half reliability of the stage's influence ranking (scored stages), and whether the stage kept the
+    # previous selection because a re-score fell below selection.rescore_reliability
+    reliability: float | None = None
+    kept_unreliable: bool = False
     counts: Tally = field(default_factory=Tally)  # what the stage subflow's task runs did
     # eval.every_steps: step k inside the stage → test set → evaluation of the policy after step k
     step_evals: dict[int, dict[str, ArtifactRef]] = field(default_factory=dict)

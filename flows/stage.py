@@ -82,6 +82,18 @@ def learnability_stage(cfg: RunConfig) -> RunConfig:
     return c
 
 
+def unreliable_rescore(cfg: RunConfig, stage: int, previous_selection: ArtifactRef | None,
+                       reliability: float) -> bool:
+    """selection.rescore_reliability: a drift-triggered re-score (stage ≥ 1, a previous selection to fall back on)
+    whose ranking is less reliable than the threshold (or unmeasurable: NaN) is not trained on."""
+    s = cfg.selection
+    if stage == 0 or previous_selection is None or s.method != "popi" or s.rescore != "drift":
+        return False
+    if s.rescore_reliability is None:
+        return False
+    return not (reliability >= s.rescore_reliability)
+
+
 def grads_ref(tr: Tracker, cfg: RunConfig, stage: int, ckpt: ArtifactRef, rollouts: ArtifactRef, label: str,
               calibration: ArtifactRef | None = None, candidates: ArtifactRef | None = None) -> ArtifactRef:
     """Finalized gradient artifact; chunks found corrupt at finalize time are recomputed once."""
@@ -136,6 +148,7 @@ def stage(config: RunConfig, stage: int, ckpt: ArtifactRef, pool: ArtifactRef, p
     grads: dict[str, ArtifactRef] = {}
     shaping: dict[str, ArtifactRef] = {"drift": drift} if drift is not None else {}
     scores = None
+    reliability, kept_unreliable = None, False
     if fixed_selection is not None:
         sel = fixed_selection
     else:
@@ -156,9 +169,19 @@ def stage(config: RunConfig, stage: int, ckpt: ArtifactRef, pool: ArtifactRef, p
                                 stage=stage).result()
                 shaping["ess"] = ess
             scores = tr.submit(T_sel.scores, cfg=cfg, pool_grads=g_pool, val_grads=g_val, stage=stage, ess=ess)
-        sel = tr.submit(T_sel.selection, cfg=cfg, stage=stage, pool=pool, pool_rollouts=pool_rollouts, scores=scores)
-        scores = scores.result() if scores is not None else None
-        sel = sel.result()
+            reliability = T_sel.reliability(cfg, g_pool, g_val)
+            kept_unreliable = unreliable_rescore(cfg, stage, previous_selection, reliability)
+            log(f"stage {stage}: split-half reliability of the influence ranking {reliability:.3f}"
+                + (f" < {cfg.selection.rescore_reliability:g}: the re-score is noise, keeping the previous selection"
+                   if kept_unreliable else ""))
+        if kept_unreliable:
+            sel = previous_selection
+            scores = scores.result() if scores is not None else None
+        else:
+            sel = tr.submit(T_sel.selection, cfg=cfg, stage=stage, pool=pool, pool_rollouts=pool_rollouts,
+                            scores=scores)
+            scores = scores.result() if scores is not None else None
+            sel = sel.result()
 
     online = tr.submit(T_roll.rollouts, cfg=cfg, ckpt=ckpt, data=pool, k=cfg.rollout.num_generations, subset=sel,
                        label=f"online-s{stage}")
@@ -174,7 +197,8 @@ def stage(config: RunConfig, stage: int, ckpt: ArtifactRef, pool: ArtifactRef, p
 
     out = StageOutputs(stage=stage, input_checkpoint=ckpt, selection=sel, checkpoint=new_ckpt,
                        online=online.result(), health=health.result(), evals={n: f.result() for n, f in evals.items()},
-                       grads=grads, shaping=shaping, scores=scores,
+                       grads=grads, shaping=shaping, scores=scores, reliability=reliability,
+                       kept_unreliable=kept_unreliable,
                        step_evals={k: {n: f.result() for n, f in fs.items()} for k, fs in step_evals.items()})
     from tasks.reports import stage_report
 

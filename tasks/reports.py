@@ -112,6 +112,16 @@ def stage_rows(cfg: RunConfig, out: StageRecord) -> dict[str, Any]:
     }
 
 
+def _reliability_line(out: StageRecord) -> str:
+    """The influence ranking's split-half reliability (scored stages only), and whether it was trained on."""
+    rel = getattr(out, "reliability", None)
+    if rel is None:
+        return ""
+    kept = " Below selection.rescore_reliability: this stage kept the previous selection." if getattr(
+        out, "kept_unreliable", False) else ""
+    return f"Split-half reliability of the influence ranking: {_fmt(rel)}.{kept}\n\n"
+
+
 @task(name="report-stage", task_run_name="report-s{out.stage}", cache_policy=NO_CACHE)
 def stage_report(cfg: RunConfig, out: StageRecord) -> str:
     """Markdown + keyed table for one stage; file `<run folder>/stage_<m>.md`. Returns the file path."""
@@ -122,6 +132,7 @@ def stage_report(cfg: RunConfig, out: StageRecord) -> str:
           f"Composition by domain: {json.dumps(r['domains'])}\n\n"
           f"Pass rate of the selected prompts: offline (β) {_fmt(r['offline_pass_rate'])}, online (θ_{m}) "
           f"{_fmt(r['online_pass_rate'])}. Off-policy health: ESS/K {_fmt(r['ess_frac'])}, KL {_fmt(r['kl'])}.\n\n"
+          + _reliability_line(out) +
           f"Accuracy ({metric_label(cfg)}, ± standard error over test prompts) after this stage:\n\n"
           + md_table([{"set": n, "accuracy": pm_se(*a)} for n, a in r["accuracy"].items()])
           + f"\nCheckpoint: `{r['checkpoint']}`\n")

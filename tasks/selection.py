@@ -115,6 +115,17 @@ def scores(cfg: RunConfig, pool_grads: ArtifactRef, val_grads: dict[str, Artifac
     return produce(SCORES, "scores", cfg, {"pool_grads": pool_grads, "val_grads": val_grads, "ess": ess}, payload)
 
 
+def reliability(cfg: RunConfig, pool_grads: ArtifactRef, val_grads: dict[str, ArtifactRef]) -> float:
+    """`cropi_core.scoring.split_half_reliability` of the stage's influence ranking, from the sketches its scores were
+    computed from (no gradient pass: milliseconds of numpy, so a plain call in the flow, not a task with an
+    artifact; NaN when it cannot be measured)."""
+    from cropi_core.scoring import split_half_reliability
+
+    vals = [read_grads(cfg, val_grads[n]) for n in sorted(val_grads)]
+    return split_half_reliability(read_grads(cfg, pool_grads), vals, cfg.influence.score, cfg.influence.norm_power,
+                                  seed=cfg.influence.seed)
+
+
 # ---------------------------------------------------------------- selection
 @task(name="selection", task_run_name="selection-s{stage}", cache_policy=NO_CACHE)
 def selection(cfg: RunConfig, stage: int, pool: ArtifactRef, pool_rollouts: ArtifactRef,

@@ -80,9 +80,10 @@ def runs(tmp_path_factory, prefect_api):
     out = {}
     for setup in H.coin_setup(tmp_path_factory, "reach", **{
             "model.dtype": "bfloat16", "train.mixed_precision": "bf16",
-            # energy allocation adds the calibration task, drift re-scoring the health task
+            # energy allocation adds the calibration task, drift re-scoring the health task (drift_ess 1: it fires,
+            # so stage 1 re-scores and the reliability guard reads its threshold)
             "influence.projector": "grass", "influence.allocation": "energy", "influence.sketch_dim": 64,
-            "selection.rescore": "drift", "storage.verify": "sampled"}):
+            "selection.rescore": "drift", "selection.drift_ess": 1.0, "storage.verify": "sampled"}):
         cfg = load_config(setup["config"], {"storage.root": str(setup["storage"])})
         summary, seen = traced_run(cfg)
         out["coin"] = {"cfg": cfg, "summary": summary, "store": get_store(cfg), "reads": seen}

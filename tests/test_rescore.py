@@ -55,14 +55,41 @@ def test_drift_check_that_does_not_fire_keeps_the_selection_and_scores_nothing(c
 def test_drift_check_that_fires_rescores_like_the_paper(coin, paper):
     """drift_ess 1: any policy change (ESS/K < 1) re-scores, so stage 1 is the paper schedule's stage 1 exactly —
     the same selection and checkpoint keys, all reused from the paper run."""
-    s = _run(coin, "drift-fire", "selection.rescore=drift", "selection.drift_ess=1.0")
+    s = _run(coin, "drift-fire", "selection.rescore=drift", "selection.drift_ess=1.0",
+             "selection.rescore_reliability=null")
     (rec,) = s["rescores"]
-    assert rec["rescored"] is True and rec["ess_frac"] < 1.0
+    assert rec["rescored"] is True and rec["ess_frac"] < 1.0 and rec["kept_unreliable"] is False
     assert [st["selection"] for st in s["stages"]] == [st["selection"] for st in paper["stages"]]
     assert s["final_checkpoint"] == paper["final_checkpoint"]
     # nothing else to compute: at most the health check (the drift-keep test may have made it already)
     assert {t for t, _ in s["computed"]} <= {"health"}
     assert open_store(str(coin["storage"])).exists(rec["health"])
+
+
+def test_reliability_guard_keeps_the_previous_selection_below_its_threshold(coin, paper):
+    """The drift check fires (drift_ess 1), stage 1 re-scores (its sketches and scores are the paper run's stage 1,
+    reused), and its split-half reliability, which a ranking reaches only if both halves of the validation set order
+    the pool identically, is below the threshold 1.0: stage 1 trains on stage 0's selection, exactly as the
+    once-schedule does (same selection and checkpoint keys)."""
+    s = _run(coin, "guard-keep", "selection.rescore=drift", "selection.drift_ess=1.0",
+             "selection.rescore_reliability=1.0")
+    once = _run(coin, "once", "selection.rescore=once")
+    (rec,) = s["rescores"]
+    assert rec["rescored"] is True and rec["kept_unreliable"] is True and rec["reliability"] < 1.0
+    assert s["stages"][1]["scores"] == paper["stages"][1]["scores"]  # paid for, then not trained on
+    assert s["stages"][1]["selection"] == s["stages"][0]["selection"] != paper["stages"][1]["selection"]
+    assert s["final_checkpoint"] == once["final_checkpoint"]
+    assert s["stages"][1]["reliability"] == rec["reliability"] and s["stages"][0]["reliability"] is not None
+    assert "Below selection.rescore_reliability" in (coin["storage"] / "runs" / "guard-keep" / "stage_1.md").read_text()
+
+
+def test_reliability_guard_at_its_lowest_threshold_trains_on_the_rescore(coin, paper):
+    """Threshold −1 (every correlation passes): the guarded drift run is the paper schedule's run, key for key."""
+    s = _run(coin, "guard-pass", "selection.rescore=drift", "selection.drift_ess=1.0",
+             "selection.rescore_reliability=-1.0")
+    (rec,) = s["rescores"]
+    assert rec["kept_unreliable"] is False and -1.0 <= rec["reliability"] <= 1.0
+    assert s["final_checkpoint"] == paper["final_checkpoint"]
 
 
 def test_rescore_once_reuses_stage_0(coin, paper):
