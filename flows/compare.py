@@ -31,7 +31,8 @@ from prefect import flow
 
 from cropi_core.config import RunConfig
 from cropi_core.errors import ConfigError
-from flows.outputs import RunSummary
+from flows.outputs import RunSummary, StageOutputs
+from storage import ArtifactRef
 from flows.runtime import computed_seconds, for_run
 from tasks.common import get_store, local_root, log
 from tasks.reports import pricer
@@ -97,6 +98,16 @@ def compare_dir(cfg: RunConfig) -> Path:
 
 
 # ---------------------------------------------------------------- one run → plain numbers
+def selection_cost(s: StageOutputs, kept: bool) -> list[ArtifactRef]:
+    """The artifacts that choosing stage s's prompts cost. A stage that kept the previous selection pays only for what
+    decided to keep it (the drift check, a gate) and for a re-score that the reliability guard
+    (selection.rescore_reliability) then did not train on (its sketches and scores); the kept selection itself was
+    paid for by the stage that made it."""
+    if not kept:
+        return s.scoring
+    return [*s.shaping.values(), *s.grads.values(), *([s.scores] if s.scores is not None else [])]
+
+
 def _sum(xs: list[float | None]) -> float | None:
     return None if any(x is None for x in xs) else float(sum(xs))  # type: ignore[arg-type]
 
@@ -120,15 +131,16 @@ def run_record(cfg: RunConfig, method: str, seed: int, out: RunSummary) -> dict[
     price = pricer(get_store(cfg))
     stages = []
     for s, row in zip(out.stages, d["stages"], strict=True):
-        scoring = _sum([price(r.key) for r in s.scoring])
-        if s.stage > 0 and s.selection.key == out.stages[s.stage - 1].selection.key:
-            # kept the previous selection (influence_once, or a drift check that did not fire): only the check
-            scoring = _sum([price(r.key) for r in s.shaping.values()]) or 0.0
+        kept = s.stage > 0 and s.selection.key == out.stages[s.stage - 1].selection.key
+        scoring = _sum([price(r.key) for r in selection_cost(s, kept)])
+        if kept:
+            scoring = scoring or 0.0
         stages.append({
             **{k: row[k] for k in ("stage", "selected", "pool", "domains", "offline_pass_rate")},
             "online_pass_rate": float(row["online"].mean()) if len(row["online"]) else None,
             **{k: row[k] for k in ("ess_frac", "kl", "train_reward")},
             "scoring_s": scoring, "train_s": price(s.checkpoint.key),
+            "reliability": s.reliability, "kept_unreliable": s.kept_unreliable,
             "checkpoint": s.checkpoint.key, "selection": s.selection.key,
             **({"gate_fired": gate_fires(cfg, s.shaping["gate"])} if "gate" in s.shaping else {}),
         })

@@ -375,6 +375,17 @@ def group_shares(rs: list[dict[str, Any]], k: int, groups: dict[str, str]) -> di
     return out
 
 
+def _mean_of(xs: list) -> float:
+    """Mean of the measured values (None and NaN left out); NaN when none was measured."""
+    v = [float(x) for x in xs if x is not None and np.isfinite(x)]
+    return float(np.mean(v)) if v else float("nan")
+
+
+def _num(x: float) -> str:
+    """A stage mean for the composition table: three decimals, "–" where no run of the method measured it."""
+    return "–" if not np.isfinite(x) else f"{x:.3f}"
+
+
 # ---------------------------------------------------------------- the report
 def write_report(cfg: RunConfig, records: list[dict[str, Any]], folder: Path, methods: list[str],
                  seeds: int) -> tuple[Path, dict[str, Any]]:
@@ -414,13 +425,14 @@ def write_report(cfg: RunConfig, records: list[dict[str, Any]], folder: Path, me
             mean = {d: np.mean([r["stages"][k]["domains"].get(d, 0) for r in rs]) for d in doms}
             sel = np.mean([r["stages"][k]["selected"] for r in rs])
             share = group_shares(rs, k, groups)
-            f = lambda key: np.nanmean([np.nan if r["stages"][k][key] is None else r["stages"][k][key] for r in rs])  # noqa: E731
+            f = lambda key: _mean_of([r["stages"][k].get(key) for r in rs])  # noqa: E731
             comp_rows.append({"method": m, "stage": k, "selected": f"{sel:.0f}",
                               **{f"{g} share": f"{share[g]:.2f}" for g in GROUPS},
                               "domains": ", ".join(f"{d}:{v:.0f}" for d, v in mean.items()),
                               "offline pass": f"{f('offline_pass_rate'):.3f}",
                               "online pass": f"{f('online_pass_rate'):.3f}", "ESS/K": f"{f('ess_frac'):.3f}",
-                              "KL": f"{f('kl'):.4f}", "scoring s": f"{f('scoring_s'):.1f}", "train s": f"{f('train_s'):.1f}"})
+                              "KL": f"{f('kl'):.4f}", "reliability": _num(f("reliability")),
+                              "scoring s": f"{f('scoring_s'):.1f}", "train s": f"{f('train_s'):.1f}"})
 
     verdicts = [v for m in ms if m not in NOT_SCORED and (v := verdict(summary, m)) is not None]
     c = cfg

@@ -432,3 +432,22 @@ def test_verdict_names_a_quiet_conflict_gate():
     fired["stages"][0]["gate_fired"] = True
     v = verdict(summarize([full, free, quiet, fired], ["full", "learnability", "cropi"]), "cropi")
     assert "does not earn its scoring here" in v["text"]
+
+
+def test_a_kept_stage_pays_for_its_check_and_for_a_rescore_it_did_not_train_on():
+    """A stage that keeps the previous selection is charged what decided that (the drift check's health artifact)
+    and, when the reliability guard discarded a re-score, that re-score's sketches and scores; never the kept
+    selection again. A stage that trains on its own selection pays everything in `StageOutputs.scoring`."""
+    from flows.compare import selection_cost
+    from flows.outputs import StageOutputs
+    from storage import ArtifactRef
+
+    ref = lambda kind, key: ArtifactRef(kind=kind, key=key, uri=f"memory://{key}")  # noqa: E731
+    base = dict(stage=1, input_checkpoint=ref("checkpoint", "t1"), selection=ref("selection", "sel0"),
+                checkpoint=ref("checkpoint", "t2"), online=ref("rollouts", "on"), health=ref("health", "h"), evals={})
+    quiet = StageOutputs(**base, shaping={"drift": ref("health", "drift")})
+    guarded = StageOutputs(**base, shaping={"drift": ref("health", "drift")}, grads={"pool": ref("grads", "gp")},
+                           scores=ref("scores", "sc"), reliability=0.2, kept_unreliable=True)
+    assert [r.key for r in selection_cost(quiet, kept=True)] == ["drift"]
+    assert [r.key for r in selection_cost(guarded, kept=True)] == ["drift", "gp", "sc"]
+    assert [r.key for r in selection_cost(guarded, kept=False)] == ["drift", "gp", "sc", "sel0"]
