@@ -81,6 +81,12 @@ def test_reliability_guard_keeps_the_previous_selection_below_its_threshold(coin
     assert s["final_checkpoint"] == once["final_checkpoint"]
     assert s["stages"][1]["reliability"] == rec["reliability"] and s["stages"][0]["reliability"] is not None
     assert "Below selection.rescore_reliability" in (coin["storage"] / "runs" / "guard-keep" / "stage_1.md").read_text()
+    # benchmarks/rescore_reliability.py finds the same sketches through the scores' manifest and gets the same value
+    from benchmarks.rescore_reliability import rankings
+
+    found = {r["key"]: r["reliability"] for r in rankings(str(coin["storage"]))}
+    for st in s["stages"]:
+        assert found[st["scores"][:12]] == pytest.approx(st["reliability"], abs=1e-12)
 
 
 def test_reliability_guard_at_its_lowest_threshold_trains_on_the_rescore(coin, paper):
