@@ -212,7 +212,8 @@ def test_split_half_reliability_hand_computed():
 
 def test_split_half_reliability_matches_pandas_spearman_on_random_sketches():
     """Independent reference: the same seeded halves scored with popi, averaged over two sets; Spearman's ρ as the
-    Pearson correlation of pandas' average ranks (NaN rows dropped) of the two score vectors."""
+    Pearson correlation of pandas' average ranks (NaN rows dropped) of the two score vectors, averaged over the
+    three splits."""
     import pandas as pd
 
     from cropi_core.scoring import split_half_reliability
@@ -222,14 +223,17 @@ def test_split_half_reliability_matches_pandas_spearman_on_random_sketches():
     pool[7] = np.nan
     direction = rng.normal(size=8)
     vals = [direction + rng.normal(size=(9, 8)), direction + rng.normal(size=(6, 8))]
-    got = split_half_reliability(pool, vals, seed=5)
-    halves = [[], []]
-    for j, v in enumerate(vals):
-        perm = np.random.default_rng([5, j]).permutation(len(v))
-        halves[0].append(popi(pool, v[perm[: len(v) // 2]]))
-        halves[1].append(popi(pool, v[perm[len(v) // 2:]]))
-    both = pd.DataFrame({"a": np.mean(halves[0], axis=0), "b": np.mean(halves[1], axis=0)}).dropna()
-    ranks = both.rank(method="average")
-    assert len(ranks) == 49
-    assert got == pytest.approx(ranks["a"].corr(ranks["b"]), abs=1e-12)
+    got = split_half_reliability(pool, vals, seed=5, splits=3)
+    rhos = []
+    for split in range(3):
+        halves = [[], []]
+        for j, v in enumerate(vals):
+            perm = np.random.default_rng([5, split, j]).permutation(len(v))
+            halves[0].append(popi(pool, v[perm[: len(v) // 2]]))
+            halves[1].append(popi(pool, v[perm[len(v) // 2:]]))
+        both = pd.DataFrame({"a": np.mean(halves[0], axis=0), "b": np.mean(halves[1], axis=0)}).dropna()
+        ranks = both.rank(method="average")
+        assert len(ranks) == 49
+        rhos.append(ranks["a"].corr(ranks["b"]))
+    assert got == pytest.approx(np.mean(rhos), abs=1e-12)
     assert 0.3 < got < 1.0  # a shared direction plus noise: clearly positive, not perfect
