@@ -52,10 +52,14 @@ def stage_sketches(tr: Tracker, cfg: RunConfig, stage: int, ckpt: ArtifactRef, p
 
 
 def probe_gate(tr: Tracker, cfg: RunConfig, stage: int, ckpt: ArtifactRef, pool_rollouts: ArtifactRef,
-               val_rollouts: dict[str, ArtifactRef]) -> tuple[bool, dict[str, ArtifactRef], dict[str, ArtifactRef]]:
+               val_rollouts: dict[str, ArtifactRef], previous_selection: ArtifactRef | None = None,
+               ) -> tuple[bool, dict[str, ArtifactRef], dict[str, ArtifactRef], float | None]:
     """The conflict gate (selection.gate_probe): sketch and score a random probe of the pool, then decide.
     Returns whether it fired, what it cost ("calibration", "probe", "probe_grads", "probe_scores", "gate": part
-    of the stage's scoring) and the validation sketches (the same artifacts the whole-pool ranking then uses)."""
+    of the stage's scoring), the validation sketches (the same artifacts the whole-pool ranking then uses) and, at a
+    re-scoring stage (a previous selection exists), the split-half reliability of the probe's ranking: when it is
+    below selection.rescore_reliability the gate's decision is not taken (it would read noise) and the stage keeps
+    the previous selection without sketching the whole pool."""
     calib = None
     if cfg.influence.uses_energy:
         calib = tr.submit(T_grads.calibration, cfg=cfg, ckpt=ckpt, pool_rollouts=pool_rollouts, stage=stage).result()
@@ -64,14 +68,23 @@ def probe_gate(tr: Tracker, cfg: RunConfig, stage: int, ckpt: ArtifactRef, pool_
     g_val = {n: grads_ref(tr, cfg, stage, ckpt, r, n.replace("/", "-"), calib) for n, r in val_rollouts.items()}
     sc = tr.submit(T_sel.scores, cfg=cfg, pool_grads=g_probe, val_grads=g_val, stage=stage).result()
     gate = tr.submit(T_sel.gate, cfg=cfg, scores=sc, stage=stage).result()
+    shaping = {"calibration": calib, "probe": cand, "probe_grads": g_probe, "probe_scores": sc, "gate": gate}
+    shaping = {n: r for n, r in shaping.items() if r is not None}
+    reliability = None
+    if stage > 0 and previous_selection is not None:
+        reliability = T_sel.reliability(cfg, g_probe, g_val)  # over the probed rows (the others are NaN)
+        if unreliable_rescore(cfg, stage, previous_selection, reliability):
+            log(f"stage {stage}: split-half reliability of the probe's influence ranking {reliability:.3f} < "
+                f"{cfg.selection.rescore_reliability:g}: the re-score is noise, keeping the previous selection "
+                "(the whole pool is not sketched)")
+            return False, shaping, g_val, reliability
     d = get_store(cfg).read_json(gate.key, "gate.json")
     log(f"stage {stage}: conflict gate: {len(d['conflicting'])} of {d['probed']} probed prompts conflict with the "
         f"target (score < {d['threshold']:.3f}, the median - {cfg.selection.gate_score:g} robust SDs: {d['share']:.1%}; "
         f"fires at {cfg.selection.gate_share:.1%}) "
         + ("-> influence ranks the whole pool" if d["fires"] else
            "-> this stage and every later one are method learnability's"))
-    shaping = {"calibration": calib, "probe": cand, "probe_grads": g_probe, "probe_scores": sc, "gate": gate}
-    return bool(d["fires"]), {n: r for n, r in shaping.items() if r is not None}, g_val
+    return bool(d["fires"]), shaping, g_val, reliability
 
 
 def learnability_stage(cfg: RunConfig) -> RunConfig:
@@ -153,12 +166,17 @@ def stage(config: RunConfig, stage: int, ckpt: ArtifactRef, pool: ArtifactRef, p
         sel = fixed_selection
     else:
         if cfg.selection.method == "popi" and cfg.selection.gate_probe is not None:
-            fires, probed, g_val = probe_gate(tr, cfg, stage, ckpt, pool_rollouts, val_rollouts)
+            fires, probed, g_val, reliability = probe_gate(tr, cfg, stage, ckpt, pool_rollouts, val_rollouts,
+                                                           previous_selection)
             shaping.update(probed)
-            if not fires:  # quiet: learnability's stage (a firing gate ranks the whole pool below, keys unchanged)
+            kept_unreliable = reliability is not None and unreliable_rescore(cfg, stage, previous_selection,
+                                                                             reliability)
+            if kept_unreliable:
+                grads = dict(g_val)
+            elif not fires:  # quiet: learnability's stage (a firing gate ranks the whole pool below, keys unchanged)
                 grads = dict(g_val)
                 cfg = learnability_stage(cfg)
-        if cfg.selection.method in SCORED:
+        if cfg.selection.method in SCORED and not kept_unreliable:
             g_pool, g_val, shaped = stage_sketches(tr, cfg, stage, ckpt, pool_rollouts, val_rollouts,
                                                    previous_selection)
             shaping.update(shaped)

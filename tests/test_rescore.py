@@ -89,6 +89,27 @@ def test_reliability_guard_keeps_the_previous_selection_below_its_threshold(coin
         assert found[st["scores"][:12]] == pytest.approx(st["reliability"], abs=1e-12)
 
 
+def test_reliability_guard_reads_the_gates_probe_and_never_sketches_the_whole_pool(coin, paper):
+    """With the conflict gate on (firing at stage 0, so stage 0 is the paper run's), the drift check fires before
+    stage 1 and the gate's probe at θ_1 is sketched; its ranking's split-half reliability is below the threshold
+    1.0, so stage 1 keeps stage 0's selection without taking the gate's decision and without sketching the whole
+    pool: stage 1 has validation sketches only, and trains exactly the once-schedule's stage 1."""
+    s = _run(coin, "guard-probe", "selection.rescore=drift", "selection.drift_ess=1.0",
+             "selection.rescore_reliability=1.0", "selection.gate_probe=12", "selection.gate_score=0.01",
+             "selection.gate_share=0.01")
+    once = _run(coin, "once", "selection.rescore=once")
+    (rec,) = s["rescores"]
+    st1 = s["stages"][1]
+    assert rec["rescored"] is True and rec["kept_unreliable"] is True and rec["reliability"] < 1.0
+    assert s["stages"][0]["selection"] == paper["stages"][0]["selection"] == st1["selection"]
+    assert "pool" not in st1["grads"] and st1["scores"] is None  # the whole pool was never sketched at θ_1
+    assert {"probe", "probe_grads", "probe_scores", "gate", "drift"} <= set(st1["shaping"])
+    assert s["final_checkpoint"] == once["final_checkpoint"]
+    store = open_store(str(coin["storage"]))
+    g = store.read_array(st1["shaping"]["probe_grads"], "grads")
+    assert (~np.isnan(g).any(axis=1)).sum() == 12  # only the probe's rows were sketched
+
+
 def test_reliability_guard_at_its_lowest_threshold_trains_on_the_rescore(coin, paper):
     """Threshold −1 (every correlation passes): the guarded drift run is the paper schedule's run, key for key."""
     s = _run(coin, "guard-pass", "selection.rescore=drift", "selection.drift_ess=1.0",
