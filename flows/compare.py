@@ -142,7 +142,8 @@ def run_record(cfg: RunConfig, method: str, seed: int, out: RunSummary) -> dict[
             "scoring_s": scoring, "train_s": price(s.checkpoint.key),
             "reliability": s.reliability, "kept_unreliable": s.kept_unreliable,
             "checkpoint": s.checkpoint.key, "selection": s.selection.key,
-            **({"gate_fired": gate_fires(cfg, s.shaping["gate"])} if "gate" in s.shaping else {}),
+            **({"gate_fired": gate_fires(cfg, s.shaping["gate"])}
+               if "gate" in s.shaping and not s.kept_unreliable else {}),
         })
     # greedy pass@1, or mean@n of sampled answers when eval.n_samples > 0 (smoother on small test sets), and the
     # standard error of each evaluation over its test prompts (the same numbers as the run report's)

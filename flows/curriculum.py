@@ -102,10 +102,11 @@ def curriculum(config: RunConfig) -> RunSummary:
 
 def gate_quiet(cfg: RunConfig, out: StageOutputs) -> bool:
     """Stage `out` ran the conflict gate (selection.gate_probe) and it did not fire: its learnability selection is
-    kept for every later stage (nothing in the pool conflicted with the target at θ_0, so no re-scoring)."""
+    kept for every later stage (nothing in the pool conflicted with the target at θ_0, so no re-scoring). A stage
+    whose probe ranking was too unreliable to decide on (selection.rescore_reliability) took no gate decision."""
     from tasks.selection import gate_fires
 
-    return "gate" in out.shaping and not gate_fires(cfg, out.shaping["gate"])
+    return "gate" in out.shaping and not out.kept_unreliable and not gate_fires(cfg, out.shaping["gate"])
 
 
 def rescore_schedule(cfg: RunConfig) -> str:

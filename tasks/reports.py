@@ -35,6 +35,8 @@ class StageRecord(Protocol):
     health: ArtifactRef
     evals: dict[str, ArtifactRef]
     scores: ArtifactRef | None
+    reliability: float | None  # split-half reliability of the stage's influence ranking (scored stages)
+    kept_unreliable: bool  # the stage kept the previous selection: its re-score was below rescore_reliability
 
     @property
     def scoring(self) -> list[ArtifactRef]: ...
@@ -362,7 +364,11 @@ def gate_lines(cfg: RunConfig, summary: RunRecord) -> list[str]:
     """One report line per conflict-gate decision (selection.gate_probe)."""
     out = []
     for s in summary.stages:
-        if "gate" in s.shaping:
+        if "gate" in s.shaping and getattr(s, "kept_unreliable", False):
+            out.append(f"Conflict gate, stage {s.stage}: not decided: the probe's influence ranking had split-half "
+                       f"reliability {s.reliability:.3f} < {cfg.selection.rescore_reliability:g} "
+                       "(selection.rescore_reliability), so this stage kept the previous selection.\n")
+        elif "gate" in s.shaping:
             d = get_store(cfg).read_json(s.shaping["gate"].key, "gate.json")
             out.append(f"Conflict gate, stage {s.stage}: {len(d['conflicting'])} of {d['probed']} probed pool prompts "
                        f"score below {d['threshold']:.3f} (the median − {cfg.selection.gate_score:g} robust SDs), "

@@ -108,6 +108,8 @@ def test_reliability_guard_reads_the_gates_probe_and_never_sketches_the_whole_po
     store = open_store(str(coin["storage"]))
     g = store.read_array(st1["shaping"]["probe_grads"], "grads")
     assert (~np.isnan(g).any(axis=1)).sum() == 12  # only the probe's rows were sketched
+    report = (coin["storage"] / "runs" / "guard-probe" / "report.md").read_text()
+    assert "Conflict gate, stage 1: not decided" in report and "Conflict gate, stage 0: " in report
 
 
 def test_reliability_guard_at_its_lowest_threshold_trains_on_the_rescore(coin, paper):
