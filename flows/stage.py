@@ -53,9 +53,10 @@ def stage_sketches(tr: Tracker, cfg: RunConfig, stage: int, ckpt: ArtifactRef, p
 
 def probe_gate(tr: Tracker, cfg: RunConfig, stage: int, ckpt: ArtifactRef, pool_rollouts: ArtifactRef,
                val_rollouts: dict[str, ArtifactRef], previous_selection: ArtifactRef | None = None,
-               ) -> tuple[bool, dict[str, ArtifactRef], dict[str, ArtifactRef], float | None]:
+               ) -> tuple[str, dict[str, ArtifactRef], dict[str, ArtifactRef], float | None]:
     """The conflict gate (selection.gate_probe): sketch and score a random probe of the pool, then decide.
-    Returns whether it fired, what it cost ("calibration", "probe", "probe_grads", "probe_scores", "gate": part
+    Returns the decision ("fires", "quiet", or "kept": the probe's ranking was too unreliable to decide on), what it
+    cost ("calibration", "probe", "probe_grads", "probe_scores", "gate": part
     of the stage's scoring), the validation sketches (the same artifacts the whole-pool ranking then uses) and, at a
     re-scoring stage (a previous selection exists), the split-half reliability of the probe's ranking: when it is
     below selection.rescore_reliability the gate's decision is not taken (it would read noise) and the stage keeps
@@ -77,14 +78,14 @@ def probe_gate(tr: Tracker, cfg: RunConfig, stage: int, ckpt: ArtifactRef, pool_
             log(f"stage {stage}: split-half reliability of the probe's influence ranking {reliability:.3f} < "
                 f"{cfg.selection.rescore_reliability:g}: the re-score is noise, keeping the previous selection "
                 "(the whole pool is not sketched)")
-            return False, shaping, g_val, reliability
+            return "kept", shaping, g_val, reliability
     d = get_store(cfg).read_json(gate.key, "gate.json")
     log(f"stage {stage}: conflict gate: {len(d['conflicting'])} of {d['probed']} probed prompts conflict with the "
         f"target (score < {d['threshold']:.3f}, the median - {cfg.selection.gate_score:g} robust SDs: {d['share']:.1%}; "
         f"fires at {cfg.selection.gate_share:.1%}) "
         + ("-> influence ranks the whole pool" if d["fires"] else
            "-> this stage and every later one are method learnability's"))
-    return bool(d["fires"]), shaping, g_val, reliability
+    return ("fires" if d["fires"] else "quiet"), shaping, g_val, reliability
 
 
 def learnability_stage(cfg: RunConfig) -> RunConfig:
@@ -166,15 +167,13 @@ def stage(config: RunConfig, stage: int, ckpt: ArtifactRef, pool: ArtifactRef, p
         sel = fixed_selection
     else:
         if cfg.selection.method == "popi" and cfg.selection.gate_probe is not None:
-            fires, probed, g_val, reliability = probe_gate(tr, cfg, stage, ckpt, pool_rollouts, val_rollouts,
-                                                           previous_selection)
+            decision, probed, g_val, reliability = probe_gate(tr, cfg, stage, ckpt, pool_rollouts, val_rollouts,
+                                                              previous_selection)
             shaping.update(probed)
-            kept_unreliable = reliability is not None and unreliable_rescore(cfg, stage, previous_selection,
-                                                                             reliability)
-            if kept_unreliable:
+            kept_unreliable = decision == "kept"
+            if decision != "fires":  # a firing gate ranks the whole pool below, keys unchanged
                 grads = dict(g_val)
-            elif not fires:  # quiet: learnability's stage (a firing gate ranks the whole pool below, keys unchanged)
-                grads = dict(g_val)
+            if decision == "quiet":  # learnability's stage
                 cfg = learnability_stage(cfg)
         if cfg.selection.method in SCORED and not kept_unreliable:
             g_pool, g_val, shaped = stage_sketches(tr, cfg, stage, ckpt, pool_rollouts, val_rollouts,
@@ -192,14 +191,10 @@ def stage(config: RunConfig, stage: int, ckpt: ArtifactRef, pool: ArtifactRef, p
             log(f"stage {stage}: split-half reliability of the influence ranking {reliability:.3f}"
                 + (f" < {cfg.selection.rescore_reliability:g}: the re-score is noise, keeping the previous selection"
                    if kept_unreliable else ""))
-        if kept_unreliable:
-            sel = previous_selection
-            scores = scores.result() if scores is not None else None
-        else:
-            sel = tr.submit(T_sel.selection, cfg=cfg, stage=stage, pool=pool, pool_rollouts=pool_rollouts,
-                            scores=scores)
-            scores = scores.result() if scores is not None else None
-            sel = sel.result()
+        picked = None if kept_unreliable else tr.submit(T_sel.selection, cfg=cfg, stage=stage, pool=pool,
+                                                         pool_rollouts=pool_rollouts, scores=scores)
+        scores = scores.result() if scores is not None else None
+        sel = previous_selection if picked is None else picked.result()
 
     online = tr.submit(T_roll.rollouts, cfg=cfg, ckpt=ckpt, data=pool, k=cfg.rollout.num_generations, subset=sel,
                        label=f"online-s{stage}")
